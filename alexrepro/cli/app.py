@@ -1,0 +1,69 @@
+"""The Typer application, the global options and the error convention (exit 0 / 1 / 2)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.text import Text
+
+from alexrepro import __version__
+from alexrepro.errors import UserError, WorkFailed
+from alexrepro.progress import console
+
+app = typer.Typer(
+    name="alexrepro",
+    help="Reproduce AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) on ImageNet, end to end.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or os.environ.get("ALEXREPRO_DEBUG", "") not in ("", "0")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"alexrepro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    _state["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning our errors into one line and an exit code.
+
+    Usage errors (unknown option, missing argument) are Typer's own: message and exit 2.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in args:
+        _state["debug"] = True
+    try:
+        app(args=args, prog_name="alexrepro")
+    except UserError as e:
+        if debug_enabled():
+            raise
+        console.print(Text.assemble(("error: ", "red"), str(e)), soft_wrap=True)
+        sys.exit(2)
+    except WorkFailed as e:
+        if debug_enabled():
+            raise
+        console.print(Text.assemble(("failed: ", "red"), str(e)), soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        sys.exit(130)

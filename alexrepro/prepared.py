@@ -1,0 +1,292 @@
+"""The prepared-set format (DESIGN.md): HDF5 shards, manifest.json, stats.h5, skipped.tsv.
+
+Layout of a prepared set OUT:
+    manifest.json          format version, splits (counts, shard files), classes, encoding, source
+    <split>/<NNNNN>.h5     shards, written to a temporary name and renamed when complete
+    stats.h5               mean image (256×256×3 float32, RGB, 0–255), channel mean, pixel count,
+                           and after `alexrepro pca`: eigval (3,), eigvec (3×3, columns), same scale
+    skipped.tsv            path <TAB> reason for every source file not written
+
+A shard holds `labels` (int64, n), `keys` (source path of each image, UTF-8 strings) and either
+    jpeg: `data` (uint8, all encoded images back to back) + `offsets` (int64, n + 1)
+    raw:  `images` (uint8, n×256×256×3, chunked one image per chunk)
+with attributes `encoding`, `image_size`, `count`, `format_version`. The flat byte array with
+offsets avoids HDF5 variable-length types, which h5py reads slowly.
+
+h5py handles do not survive fork or pickling: readers open files lazily in each process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from alexrepro.atomic import atomic_path, atomic_write_json
+from alexrepro.errors import UserError
+
+FORMAT_NAME = "alexrepro-prepared"
+FORMAT_VERSION = 1
+IMAGE_SIZE = 256  # §2: every image is stored as its central 256×256 patch
+MANIFEST = "manifest.json"
+STATS = "stats.h5"
+SKIPPED = "skipped.tsv"
+ENCODINGS = ("jpeg", "raw")
+
+
+# --------------------------------------------------------------------------------------------- shards
+def write_shard(
+    path: str | os.PathLike[str],
+    encoding: str,
+    images: list[bytes] | np.ndarray,
+    labels: list[int] | np.ndarray,
+    keys: list[str],
+) -> None:
+    """Write one complete shard atomically: `images` are JPEG bytes (jpeg) or n×256×256×3 uint8 (raw)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    n = len(labels)
+    if len(images) != n or len(keys) != n:
+        raise ValueError("images, labels and keys must have the same length")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            if encoding == "jpeg":
+                lengths = np.fromiter((len(b) for b in images), dtype=np.int64, count=n)
+                offsets = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                data = np.frombuffer(b"".join(images), dtype=np.uint8)
+                f.create_dataset("data", data=data)
+                f.create_dataset("offsets", data=offsets)
+            else:
+                arr = np.asarray(images, dtype=np.uint8).reshape(n, IMAGE_SIZE, IMAGE_SIZE, 3)
+                chunks = (1, IMAGE_SIZE, IMAGE_SIZE, 3) if n else None
+                f.create_dataset("images", data=arr, chunks=chunks)
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset("keys", data=np.array(list(keys), dtype=h5py.string_dtype("utf-8")))
+            f.attrs["encoding"] = encoding
+            f.attrs["image_size"] = IMAGE_SIZE
+            f.attrs["count"] = n
+            f.attrs["format_version"] = FORMAT_VERSION
+
+
+def decode_jpeg(data: bytes | np.ndarray) -> np.ndarray:
+    """Decode stored JPEG bytes to an RGB uint8 H×W×3 array (PIL, or pillow-simd where installed)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class Shard:
+    """Random access to one shard; the HDF5 handle is opened lazily in each process."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid = -1
+        self._offsets: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+            self._offsets = None
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    @property
+    def encoding(self) -> str:
+        return str(self.file.attrs["encoding"])
+
+    def __len__(self) -> int:
+        return int(self.file.attrs["count"])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            self._offsets = self.file["offsets"][:]
+        return self._offsets
+
+    def labels(self) -> np.ndarray:
+        return self.file["labels"][:]
+
+    def keys(self) -> list[str]:
+        return [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in self.file["keys"][:]]
+
+    def encoded(self, i: int) -> np.ndarray:
+        """The stored JPEG bytes of image i (jpeg shards only), as a uint8 array."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.file["data"][lo:hi]
+
+    def encoded_range(self, start: int, stop: int) -> list[np.ndarray]:
+        """JPEG bytes of images start..stop-1 with a single HDF5 read."""
+        off = self.offsets
+        block = self.file["data"][off[start] : off[stop]]
+        base = off[start]
+        return [block[off[i] - base : off[i + 1] - base] for i in range(start, stop)]
+
+    def image(self, i: int) -> np.ndarray:
+        """Image i as uint8 256×256×3 RGB."""
+        if self.encoding == "raw":
+            return self.file["images"][i]
+        return decode_jpeg(self.encoded(i))
+
+
+# --------------------------------------------------------------------------------------------- manifest
+def manifest_path(out: str | os.PathLike[str]) -> Path:
+    return Path(out) / MANIFEST
+
+
+def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a prepared set; a UserError if OUT is not one."""
+    path = manifest_path(out)
+    if not Path(out).is_dir():
+        raise UserError(f"{out} does not exist; prepare a set first with: alexrepro prep SRC {out}")
+    if not path.is_file():
+        raise UserError(f"{out} is not a prepared set (no {MANIFEST}); prepare one with: alexrepro prep SRC {out}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({e}); run alexrepro prep again to rebuild it") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise UserError(f"{path} is not an alexrepro manifest; prepare the set with alexrepro prep")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{out} has format version {manifest.get('format_version')}, this alexrepro reads "
+            f"{FORMAT_VERSION}; prepare it again with this version"
+        )
+    return manifest
+
+
+def write_manifest(out: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest}
+    atomic_write_json(manifest_path(out), manifest)
+
+
+# --------------------------------------------------------------------------------------------- stats
+@dataclass
+class Stats:
+    """Colour statistics of the training split, all on the 0–255 scale (RGB)."""
+
+    mean: np.ndarray  # float32 256×256×3: §2's per-pixel mean image
+    channel_mean: np.ndarray  # float64 (3,)
+    pixel_count: int
+    eigval: np.ndarray | None = None  # (3,), descending: §4.1's λ_i of the RGB covariance
+    eigvec: np.ndarray | None = None  # 3×3, columns are the eigenvectors p_i
+    scale: str = "0-255"  # the pixel scale the numbers are stated on
+
+
+def write_stats(out: str | os.PathLike[str], stats: Stats) -> None:
+    """Write stats.h5 atomically (replacing the whole file)."""
+    with atomic_path(Path(out) / STATS) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("mean", data=np.asarray(stats.mean, dtype=np.float32))
+            f.create_dataset("channel_mean", data=np.asarray(stats.channel_mean, dtype=np.float64))
+            f.attrs["pixel_count"] = int(stats.pixel_count)
+            f.attrs["scale"] = stats.scale
+            if stats.eigval is not None and stats.eigvec is not None:
+                f.create_dataset("eigval", data=np.asarray(stats.eigval, dtype=np.float64))
+                f.create_dataset("eigvec", data=np.asarray(stats.eigvec, dtype=np.float64))
+
+
+def read_stats(out: str | os.PathLike[str], need_pca: bool = False) -> Stats:
+    """Read stats.h5; a UserError naming the command to run if it (or the PCA) is missing."""
+    path = Path(out) / STATS
+    if not path.is_file():
+        raise UserError(f"{out} has no {STATS}; run alexrepro prep {out} to completion first")
+    with h5py.File(path, "r") as f:
+        stats = Stats(
+            mean=f["mean"][:],
+            channel_mean=f["channel_mean"][:],
+            pixel_count=int(f.attrs["pixel_count"]),
+            eigval=f["eigval"][:] if "eigval" in f else None,
+            eigvec=f["eigvec"][:] if "eigvec" in f else None,
+            scale=str(f.attrs.get("scale", "0-255")),
+        )
+    if need_pca and stats.eigval is None:
+        raise UserError(f"{out} has no PCA colour statistics; run: alexrepro pca {out}")
+    return stats
+
+
+# --------------------------------------------------------------------------------------------- splits
+class SplitDataset:
+    """One split of a prepared set: `ds[i]` is (uint8 256×256×3 RGB array, int label)."""
+
+    def __init__(self, out: str | os.PathLike[str], split: str) -> None:
+        self.out = Path(out)
+        self.manifest = read_manifest(out)
+        splits = self.manifest.get("splits", {})
+        if split not in splits:
+            have = ", ".join(splits) or "none"
+            raise UserError(f"{out} has no split {split!r} (it has: {have})")
+        self.split = split
+        self.encoding = str(self.manifest["encoding"])
+        entries = splits[split]["shards"]
+        self.shards = [Shard(self.out / e["file"]) for e in entries]
+        counts = np.array([int(e["count"]) for e in entries], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(shard number, index within the shard) of global index i."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        s = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return s, int(i - self.starts[s])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        s, j = self.locate(int(i))
+        return self.shards[s].image(j), int(self.labels[i])
+
+    def encoded(self, i: int) -> np.ndarray:
+        s, j = self.locate(int(i))
+        return self.shards[s].encoded(j)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every label of the split in order (read once, cached)."""
+        if self._labels is None:
+            parts = [sh.labels() for sh in self.shards]
+            self._labels = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return self._labels
+
+    def keys(self) -> list[str]:
+        return [k for sh in self.shards for k in sh.keys()]
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("classes", []))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_labels"] = None
+        return state
+
+
+def open_split(out: str | os.PathLike[str], split: str) -> SplitDataset:
+    """Random-access dataset of (uint8 H×W×3 RGB array, int label) for one split of a prepared set."""
+    return SplitDataset(out, split)

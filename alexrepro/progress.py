@@ -1,0 +1,80 @@
+"""Rich progress bars and console output on stderr; stdout is kept for --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, with the unit the task names (images/s, steps/s)."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "it")
+        speed = task.finished_speed or task.speed
+        text = f"{speed:,.1f} {unit}/s" if speed else f"? {unit}/s"
+        return Text(text, style="progress.data.speed")
+
+
+class StatusColumn(ProgressColumn):
+    """A free-text field a task may set (loss, skipped count, ...)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("status", "")))
+
+
+def make_progress(transient: bool = False) -> Progress:
+    """A progress display with count, rate and ETA, written to stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        StatusColumn(),
+        console=console,
+        transient=transient,
+    )
+
+
+def emit_json(obj: Any) -> None:
+    """Print exactly one JSON object on stdout (the --json contract)."""
+    sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    from pathlib import Path
+
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

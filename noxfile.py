@@ -1,0 +1,19 @@
+"""Sessions: `nox -s tests` (the CI line), `nox -s lint`, `nox -s demo`."""
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The CPU test suite, DALI (CPU mode) included; GPU tests skip without CUDA."""
+    session.install("-e", ".[dali,test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "alexrepro", "tests", "tools", "noxfile.py")
