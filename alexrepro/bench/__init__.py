@@ -1,0 +1,1 @@
+"""Benchmarks: our data path beside a plain baseline on this machine."""

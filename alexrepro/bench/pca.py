@@ -1,0 +1,86 @@
+"""Benchmark `alexrepro pca`'s pass against a plain numpy one: python -m alexrepro.bench.pca OUT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexrepro.errors import UserError
+from alexrepro.prepared import open_split
+from alexrepro.progress import console, emit_json
+from alexrepro.stats import covariance_from_sums, eigen_rgb, pca_sums, sample_indices
+
+# The baseline holds every pixel in memory (np.cov makes float64 copies: ~3 MB per image for
+# each copy), so both sides use at most this many images, the same ones, chosen with seed 0.
+BASELINE_MAX_IMAGES = 256
+
+
+def _baseline(out: Path, indices: np.ndarray) -> np.ndarray:
+    """Eigenvalues (descending) of np.cov over the stacked pixels of the given training images."""
+    ds = open_split(out, "train")
+    pixels = np.stack([ds[int(i)][0] for i in indices]).reshape(-1, 3)
+    cov = np.cov(pixels, rowvar=False)  # unbiased, as ours
+    return np.sort(np.linalg.eigvalsh(cov))[::-1]
+
+
+def bench_pca(out: Path, workers: int, max_images: int = BASELINE_MAX_IMAGES) -> dict[str, Any]:
+    """Our PCA pass (exact streamed sums, `workers` processes) vs a plain numpy pass, same images."""
+    out = Path(out)
+    total = len(open_split(out, "train"))
+    indices = sample_indices(total, max_images, seed=0)
+    sample = None if len(indices) == total else max_images
+
+    t0 = time.perf_counter()
+    _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=0, progress=False)
+    ours_val, _ = eigen_rgb(covariance_from_sums(pixels, s, ss))
+    ours_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    base_val = _baseline(out, indices)
+    base_s = time.perf_counter() - t0
+
+    n = len(indices)
+    ours_rate, base_rate = n / ours_s, n / base_s
+    return {
+        "out": str(out),
+        "images": n,
+        "workers": workers,
+        "ours_seconds": round(ours_s, 4),
+        "ours_images_per_s": round(ours_rate, 2),
+        "numpy_seconds": round(base_s, 4),
+        "numpy_images_per_s": round(base_rate, 2),
+        "speedup": round(ours_rate / base_rate, 3),
+        "eigval_ours": ours_val,
+        "eigval_numpy": base_val,
+        "eigval_max_rel_diff": float(np.max(np.abs(ours_val - base_val) / np.abs(base_val).clip(1e-12))),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: print one JSON object with both rates and their ratio."""
+    parser = argparse.ArgumentParser(prog="python -m alexrepro.bench.pca", description=__doc__)
+    parser.add_argument("out", type=Path, help="a prepared set (alexrepro prep)")
+    parser.add_argument("--workers", type=int, default=1, help="processes for our pass")
+    parser.add_argument("--max-images", type=int, default=BASELINE_MAX_IMAGES, help="images both passes use")
+    args = parser.parse_args(argv)
+    try:
+        result = bench_pca(args.out, args.workers, args.max_images)
+    except UserError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    console.print(
+        f"pca on {result['images']} images: ours {result['ours_images_per_s']:.1f} images/s "
+        f"({args.workers} workers), numpy {result['numpy_images_per_s']:.1f} images/s, "
+        f"×{result['speedup']:.2f}"
+    )
+    emit_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Colour statistics of the training split: §2's mean image and §4.1's RGB PCA for lighting.
+
+Both are exact sums streamed over the stored images (decoded as stored), parallel over chunks
+of shards in a process pool; partial sums are integers, so the result does not depend on the
+number of workers or the order in which chunks finish.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from alexrepro.errors import UserError
+from alexrepro.prepared import IMAGE_SIZE, Shard, Stats, open_split, read_stats, write_stats
+from alexrepro.progress import make_progress
+
+# Published ImageNet PCA (fb.resnet.torch, datasets/imagenet.lua `pca`), pixels on [0, 1]:
+# eigenvalues descending; eigenvector matrix with rows R, G, B and one eigenvector per column
+# (its Lighting transform computes rgb_i = Σ_j eigvec[i, j] · α_j · λ_j).
+IMAGENET_EIGVAL_UNIT = np.array([0.2175, 0.0188, 0.0045])
+IMAGENET_EIGVEC = np.array(
+    [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ]
+)
+IMAGENET_PCA_SOURCE = "fb.resnet.torch datasets/imagenet.lua (pixels on [0, 1])"
+
+LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
+PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
+CHUNK = 64  # images per pool task: fine-grained progress and load balance, few round trips
+
+
+# --------------------------------------------------------------------------------------------- pure math
+def covariance_from_sums(n: int, s: np.ndarray, ss: np.ndarray) -> np.ndarray:
+    """3×3 covariance of n vectors x from Σx (3,) and Σxxᵀ (3×3), unbiased (divides by n − 1, as np.cov)."""
+    if n < 2:
+        raise ValueError(f"a covariance needs at least 2 samples, got {n}")
+    s = np.asarray(s, dtype=np.float64)
+    ss = np.asarray(ss, dtype=np.float64)
+    cov = (ss - np.outer(s, s) / n) / (n - 1)
+    return (cov + cov.T) / 2  # symmetric to the last bit, for eigh
+
+
+def eigen_rgb(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns) of a 3×3 covariance, signs fixed.
+
+    Sign convention: each eigenvector's component of largest magnitude is positive (the first
+    such component on a tie). That component is at least 1/√3 in size, so the choice is stable.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.shape != (3, 3):
+        raise ValueError(f"expected a 3×3 covariance, got shape {cov.shape}")
+    val, vec = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(val)[::-1]
+    val, vec = val[order], vec[:, order]
+    lead = vec[np.argmax(np.abs(vec), axis=0), np.arange(3)]
+    vec = vec * np.where(lead < 0, -1.0, 1.0)
+    return val, vec
+
+
+def eigval_on_unit_scale(eigval: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the [0, 1]-scale covariance, given those on 0–255: λ / 255²."""
+    return np.asarray(eigval, dtype=np.float64) / PIXEL_MAX**2
+
+
+def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
+    """(3,) m such that §4.1's lighting shift of a 0–255 pixel is eigvec @ (alpha * m).
+
+    "unit": the paper's formula on [0, 1] pixels (eigenvalues λ/255², shift eigvec·(α⊙λ/255²)),
+    restated on 0–255 by multiplying by 255: m = λ / 255.
+    "cuda-convnet": Krizhevsky's released code, m = √λ with λ on the 0–255 scale.
+    """
+    if scale not in LIGHTING_SCALES:
+        raise ValueError(f"lighting scale must be one of {LIGHTING_SCALES}, got {scale!r}")
+    if stats.eigval is None:
+        raise UserError("the colour statistics have no PCA; run: alexrepro pca OUT")
+    if stats.scale != "0-255":
+        raise ValueError(f"statistics on scale {stats.scale!r}; expected '0-255'")
+    lam = np.clip(np.asarray(stats.eigval, dtype=np.float64), 0.0, None)  # rounding can give -0
+    if scale == "unit":
+        return lam / PIXEL_MAX
+    return np.sqrt(lam)
+
+
+def sample_indices(total: int, sample: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of the images a pass uses: all of them, or `sample` drawn without replacement."""
+    if sample is None or sample >= total:
+        return np.arange(total, dtype=np.int64)
+    if sample < 1:
+        raise UserError(f"--sample must be a positive number of images, got {sample}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=sample, replace=False)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- workers
+def _images(path: Path, idx: np.ndarray) -> Iterator[np.ndarray]:
+    """The stored images at shard-local indices `idx` (sorted), decoded as stored, shape-checked."""
+    shard = Shard(path)
+    try:
+        contiguous = len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1
+        if shard.encoding == "raw" and contiguous:
+            block = shard.file["images"][int(idx[0]) : int(idx[-1]) + 1]
+            items: Iterator[np.ndarray] = iter(block)
+        elif shard.encoding == "jpeg" and contiguous:
+            from alexrepro.prepared import decode_jpeg
+
+            items = (decode_jpeg(b) for b in shard.encoded_range(int(idx[0]), int(idx[-1]) + 1))
+        else:
+            items = (shard.image(int(i)) for i in idx)
+        for i, img in zip(idx, items, strict=True):
+            if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or img.dtype != np.uint8:
+                raise UserError(
+                    f"{path} image {int(i)} decodes to {img.shape} {img.dtype}, not "
+                    f"{IMAGE_SIZE}×{IMAGE_SIZE}×3 uint8; prepare the set again with alexrepro prep"
+                )
+            yield img
+    finally:
+        shard.close()
+
+
+def _mean_task(path: Path, idx: np.ndarray) -> tuple[int, np.ndarray]:
+    """(images, per-pixel int64 sum) over one chunk of a shard."""
+    total = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int64)
+    n = 0
+    for img in _images(path, idx):
+        np.add(total, img, out=total)
+        n += 1
+    return n, total
+
+
+def _pca_task(path: Path, idx: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(images, Σx int64 (3,), Σxxᵀ int64 3×3) over the pixels of one chunk of a shard."""
+    s = np.zeros(3, dtype=np.int64)
+    ss = np.zeros((3, 3), dtype=np.int64)
+    n = 0
+    for img in _images(path, idx):
+        x = img.reshape(-1, 3).astype(np.float64)
+        # One image: entries ≤ 65536·255² < 2^53, so the float64 products and sums are exact integers.
+        s += x.sum(axis=0).astype(np.int64)
+        ss += (x.T @ x).astype(np.int64)
+        n += 1
+    return n, s, ss
+
+
+def _chunks(out: Path, indices: np.ndarray | None) -> tuple[list[tuple[Path, np.ndarray]], int]:
+    """Pool tasks (shard path, local indices) covering the chosen training images, and their count."""
+    ds = open_split(out, "train")
+    if len(ds) == 0:
+        raise UserError(f"{out} has no training images; prepare it again with alexrepro prep SRC {out}")
+    chosen = np.arange(len(ds), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    tasks: list[tuple[Path, np.ndarray]] = []
+    for k, shard in enumerate(ds.shards):
+        lo, hi = np.searchsorted(chosen, ds.starts[k : k + 2])  # `chosen` is sorted
+        local = chosen[lo:hi] - ds.starts[k]
+        for a in range(0, len(local), CHUNK):
+            tasks.append((shard.path, local[a : a + CHUNK]))
+    return tasks, int(len(chosen))
+
+
+def _run(
+    fn: Callable[[Path, np.ndarray], tuple],
+    tasks: list[tuple[Path, np.ndarray]],
+    total: int,
+    workers: int,
+    progress: bool,
+    label: str,
+) -> list[tuple]:
+    """Run `fn` over every task (in a spawn pool when workers > 1), with a bar over images."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    bar = make_progress() if progress else None
+    results: list[tuple] = []
+    if bar is not None:
+        bar.start()
+        task_id = bar.add_task(label, total=total, unit="images")
+    try:
+        if workers == 1:
+            for path, idx in tasks:
+                results.append(fn(path, idx))
+                if bar is not None:
+                    bar.advance(task_id, len(idx))
+        else:
+            # spawn: h5py handles and the progress bar's thread must not be forked.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(fn, path, idx): len(idx) for path, idx in tasks}
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    if bar is not None:
+                        bar.advance(task_id, futures[fut])
+    finally:
+        if bar is not None:
+            bar.stop()
+    return results
+
+
+# --------------------------------------------------------------------------------------------- passes
+def compute_mean(out: Path, workers: int = 1, progress: bool = True) -> Stats:
+    """§2's per-pixel mean image of every stored training image; writes stats.h5 (keeping any PCA)."""
+    out = Path(out)
+    tasks, total = _chunks(out, None)
+    parts = _run(_mean_task, tasks, total, workers, progress, "mean image")
+    n = sum(p[0] for p in parts)
+    pixel_sum = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int64)
+    for _, part in parts:
+        pixel_sum += part
+    mean = (pixel_sum / n).astype(np.float32)
+    pixel_count = n * IMAGE_SIZE * IMAGE_SIZE
+    channel_mean = pixel_sum.reshape(-1, 3).sum(axis=0) / pixel_count
+    eigval = eigvec = None
+    if (out / "stats.h5").is_file():
+        old = read_stats(out)
+        eigval, eigvec = old.eigval, old.eigvec
+    stats = Stats(mean=mean, channel_mean=channel_mean, pixel_count=pixel_count, eigval=eigval, eigvec=eigvec)
+    write_stats(out, stats)
+    return stats
+
+
+def pca_sums(
+    out: Path, sample: int | None = None, workers: int = 1, seed: int = 0, progress: bool = True
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(images, pixels, Σx, Σxxᵀ) over the training pixels (or `sample` images), as exact int64 sums."""
+    out = Path(out)
+    total = len(open_split(out, "train"))
+    indices = None if sample is None else sample_indices(total, sample, seed)
+    tasks, n_images = _chunks(out, indices)
+    parts = _run(_pca_task, tasks, n_images, workers, progress, "colour PCA")
+    s = np.zeros(3, dtype=np.int64)
+    ss = np.zeros((3, 3), dtype=np.int64)
+    for _, ps, pss in parts:
+        s += ps
+        ss += pss
+    return n_images, n_images * IMAGE_SIZE * IMAGE_SIZE, s, ss
+
+
+def compute_pca(
+    out: Path, sample: int | None = None, workers: int = 1, seed: int = 0, progress: bool = True
+) -> Stats:
+    """§4.1's RGB covariance eigen-decomposition of the training pixels, stored in stats.h5 (0–255 scale)."""
+    out = Path(out)
+    if not (out / "stats.h5").is_file():
+        open_split(out, "train")  # a clearer error first if OUT is not a prepared set at all
+        raise UserError(f"{out} has no stats.h5 (the mean image); run alexrepro prep on it to completion first")
+    stats = read_stats(out)
+    _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=seed, progress=progress)
+    stats.eigval, stats.eigvec = eigen_rgb(covariance_from_sums(pixels, s, ss))
+    stats.scale = "0-255"
+    write_stats(out, stats)
+    return stats

@@ -1,0 +1,111 @@
+"""LRN (§3.3): b = a / (k + α' Σ a²)^β over n adjacent maps, checked against the formula written out in loops."""
+
+import pytest
+import torch
+
+from alexrepro.errors import UserError
+from alexrepro.lrn import LocalResponseNorm, local_response_norm
+
+K, N, ALPHA, BETA = 2.0, 5, 1e-4, 0.75  # §3.3 as printed
+
+
+def lrn_by_loops(
+    x: torch.Tensor, n: int, alpha_prime: float, beta: float, k: float, groups: int
+) -> torch.Tensor:
+    """The formula of §3.3 with explicit loops over channels: the sum runs over channels max(lo, c - n/2) ..
+    min(hi, c + n/2), where [lo, hi] is the channel range of c's tower (the whole range when groups = 1)."""
+    channels = x.shape[1]
+    per_group = channels // groups
+    out = []
+    for c in range(channels):
+        lo_tower = (c // per_group) * per_group
+        hi_tower = lo_tower + per_group - 1
+        total = torch.zeros_like(x[:, 0])
+        for j in range(max(lo_tower, c - n // 2), min(hi_tower, c + n // 2) + 1):
+            total = total + x[:, j] ** 2
+        out.append(x[:, c] / (k + alpha_prime * total) ** beta)
+    return torch.stack(out, 1)
+
+
+def activations(channels: int = 8, scale: float = 30.0, seed: int = 0) -> torch.Tensor:
+    # Large activations so that α Σ a² is comparable to k (30² · 5 · 1e-4 ≈ 0.45 against k = 2).
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, channels, 3, 4, generator=g, dtype=torch.float64) * scale
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_printed_convention_is_the_formula_with_alpha(size):
+    x = activations()
+    got = local_response_norm(x, size, ALPHA, BETA, K, "printed")
+    torch.testing.assert_close(got, lrn_by_loops(x, size, ALPHA, BETA, K, groups=1))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_divided_by_n_convention_is_the_formula_with_alpha_over_n(size):
+    x = activations()
+    got = local_response_norm(x, size, ALPHA, BETA, K, "divided-by-n")
+    torch.testing.assert_close(got, lrn_by_loops(x, size, ALPHA / size, BETA, K, groups=1))
+    printed = local_response_norm(x, size, ALPHA, BETA, K, "printed")
+    assert not torch.allclose(got, printed, rtol=1e-3, atol=0)
+
+
+def test_conventions_match_pytorch_as_paper_md_states():
+    # PAPER.md: the printed formula is nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2), and
+    # PyTorch's own α = 1e-4 is the divided-by-n reading.
+    x = activations().float()
+    torch.testing.assert_close(
+        local_response_norm(x, N, ALPHA, BETA, K, "printed"),
+        torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(x),
+    )
+    torch.testing.assert_close(
+        local_response_norm(x, N, ALPHA, BETA, K, "divided-by-n"),
+        torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x),
+    )
+
+
+@pytest.mark.parametrize("convention, alpha_prime", [("printed", ALPHA), ("divided-by-n", ALPHA / N)])
+def test_two_towers_never_share_a_neighbourhood(convention, alpha_prime):
+    # 8 channels in two towers of 4: channels 3 and 4 sit on either side of the tower boundary.
+    x = activations(channels=8)
+    towers = local_response_norm(x, N, ALPHA, BETA, K, convention, groups=2)
+    torch.testing.assert_close(towers, lrn_by_loops(x, N, alpha_prime, BETA, K, groups=2))
+    whole = local_response_norm(x, N, ALPHA, BETA, K, convention, groups=1)
+    torch.testing.assert_close(whole, lrn_by_loops(x, N, alpha_prime, BETA, K, groups=1))
+    # With n = 5 the windows of channels 2..5 reach across the boundary; those of 0, 1, 6, 7 do not.
+    for c in (0, 1, 6, 7):
+        torch.testing.assert_close(towers[:, c], whole[:, c])
+    for c in (2, 3, 4, 5):
+        assert not torch.allclose(towers[:, c], whole[:, c], rtol=1e-4, atol=0), c
+    # The boundary channel 3 of tower 1 normalises over channels 1, 2, 3 only.
+    expected = x[:, 3] / (K + alpha_prime * (x[:, 1] ** 2 + x[:, 2] ** 2 + x[:, 3] ** 2)) ** BETA
+    torch.testing.assert_close(towers[:, 3], expected)
+
+
+def test_gradient_matches_the_written_out_formula():
+    x1 = activations(channels=6).requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    w = torch.randn_like(x1)
+    (local_response_norm(x1, N, ALPHA, BETA, K, "printed", groups=2) * w).sum().backward()
+    (lrn_by_loops(x2, N, ALPHA, BETA, K, groups=2) * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_module_wraps_the_function_and_keeps_channels_last():
+    x = activations().float().contiguous(memory_format=torch.channels_last)
+    m = LocalResponseNorm(N, ALPHA, BETA, K, "divided-by-n", groups=2)
+    torch.testing.assert_close(
+        m(x), local_response_norm(x.contiguous(), N, ALPHA, BETA, K, "divided-by-n", 2)
+    )
+    assert "groups=2" in repr(m)
+
+
+def test_bad_arguments_are_user_errors():
+    x = activations(channels=6)
+    with pytest.raises(UserError, match="groups=4 must divide the 6 channels"):
+        local_response_norm(x, N, ALPHA, BETA, K, "printed", groups=4)
+    with pytest.raises(UserError, match="unknown LRN convention 'caffe'"):
+        local_response_norm(x, N, ALPHA, BETA, K, "caffe")
+    with pytest.raises(UserError, match="unknown LRN convention"):
+        LocalResponseNorm(N, ALPHA, BETA, K, "torch")
+    with pytest.raises(UserError, match="N×C×H×W"):
+        local_response_norm(x[0], N, ALPHA, BETA, K)
