@@ -1,0 +1,385 @@
+"""`alexrepro synth`: a small ImageNet-layout source tree of generated, learnable images.
+
+SRC/
+  train/<wnid>/<wnid>_<i>.JPEG                       class-per-folder (ImageFolder reads it)
+  val/ILSVRC2012_val_%08d.JPEG                       flat, classes shuffled across the numbers
+  devkit/data/ILSVRC2012_validation_ground_truth.txt one ILSVRC2012_ID per val image
+  devkit/data/meta.mat                               the devkit's `synsets` struct array
+  LOC_synset_mapping.txt, LOC_val_solution.csv       the Kaggle layout of the same labels
+  synth.json                                         what was written (and the marker of a synth tree)
+
+Devkit ID order: the real devkit numbers its leaf synsets in an order of its own (ID 1 is
+n02119789, kit fox, not the first sorted WNID), and readers that assume sorted order get
+almost every label wrong. synth reproduces the trap: the IDs 1..N are a random permutation of the
+sorted WNIDs drawn from the seed, redrawn until no class keeps its sorted place (a
+derangement), so the order is deterministic per seed and a reader that assumes sorted
+order gets every val label wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+
+from alexrepro.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, temp_name
+from alexrepro.errors import UserError
+from alexrepro.progress import make_progress
+from alexrepro.synth_images import (
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MIN_SIZE,
+    class_look,
+    encode,
+    quirk_bytes,
+    render,
+    sample_size,
+)
+
+GENERATOR = "alexrepro synth"
+FORMAT_VERSION = 1
+SUMMARY_FILE = "synth.json"
+PATHS = {
+    "train": "train",
+    "val": "val",
+    "devkit": "devkit",
+    "ground_truth": "devkit/data/ILSVRC2012_validation_ground_truth.txt",
+    "meta_mat": "devkit/data/meta.mat",
+    "synset_mapping": "LOC_synset_mapping.txt",
+    "val_solution": "LOC_val_solution.csv",
+    "summary": SUMMARY_FILE,
+}
+MAX_CLASSES = 10_000
+TRAIN_STRIDE = 1_000_000  # train image i of class c is drawn from key c * TRAIN_STRIDE + i
+MAX_PER_CLASS = 100_000
+SIZE_LIMITS = (16, 4000)
+
+# The oddities of real ImageNet (train): kind -> (what is written, expected outcome of prep).
+# Convertible ones are drawn images of their class; prep must turn each into RGB.
+TRAIN_QUIRKS: dict[str, tuple[str, str]] = {
+    "cmyk": ("CMYK JPEG", "converted"),
+    "greyscale": ("greyscale (L) JPEG", "converted"),
+    "png": ("RGB PNG named .JPEG", "converted"),
+    "rgba_png": ("RGBA PNG named .JPEG, transparent around the object", "converted"),
+    "palette": ("palette (P) GIF named .JPEG", "converted"),
+    "tiny": ("40×30 JPEG", "converted"),
+    "huge": ("2500×1800 JPEG", "converted"),
+    "truncated": ("JPEG cut off after half its bytes", "skipped"),
+    "empty": ("empty file", "skipped"),
+    "text": ("an HTML error page named .JPEG", "skipped"),
+}
+VAL_QUIRK = "cmyk"  # one val image is CMYK (a real one would be too): still converted
+TINY_SIZE = (40, 30)
+HUGE_SIZE = (2500, 1800)
+
+# The first 50 ILSVRC-2012 classes in sorted-WNID order, with the devkit's words.
+REAL_SYNSETS = (
+    ("n01440764", "tench, Tinca tinca"),
+    ("n01443537", "goldfish, Carassius auratus"),
+    ("n01484850", "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias"),
+    ("n01491361", "tiger shark, Galeocerdo cuvieri"),
+    ("n01494475", "hammerhead, hammerhead shark"),
+    ("n01496331", "electric ray, crampfish, numbfish, torpedo"),
+    ("n01498041", "stingray"),
+    ("n01514668", "cock"),
+    ("n01514859", "hen"),
+    ("n01518878", "ostrich, Struthio camelus"),
+    ("n01530575", "brambling, Fringilla montifringilla"),
+    ("n01531178", "goldfinch, Carduelis carduelis"),
+    ("n01532829", "house finch, linnet, Carpodacus mexicanus"),
+    ("n01534433", "junco, snowbird"),
+    ("n01537544", "indigo bunting, indigo finch, indigo bird, Passerina cyanea"),
+    ("n01558993", "robin, American robin, Turdus migratorius"),
+    ("n01560419", "bulbul"),
+    ("n01580077", "jay"),
+    ("n01582220", "magpie"),
+    ("n01592084", "chickadee"),
+    ("n01601694", "water ouzel, dipper"),
+    ("n01608432", "kite"),
+    ("n01614925", "bald eagle, American eagle, Haliaeetus leucocephalus"),
+    ("n01616318", "vulture"),
+    ("n01622779", "great grey owl, great gray owl, Strix nebulosa"),
+    ("n01629819", "European fire salamander, Salamandra salamandra"),
+    ("n01630670", "common newt, Triturus vulgaris"),
+    ("n01631663", "eft"),
+    ("n01632458", "spotted salamander, Ambystoma maculatum"),
+    ("n01632777", "axolotl, mud puppy, Ambystoma mexicanum"),
+    ("n01641577", "bullfrog, Rana catesbeiana"),
+    ("n01644373", "tree frog, tree-frog"),
+    ("n01644900", "tailed frog, bell toad, ribbed toad, tailed toad, Ascaphus trui"),
+    ("n01664065", "loggerhead, loggerhead turtle, Caretta caretta"),
+    ("n01665541", "leatherback turtle, leatherback, leathery turtle, Dermochelys coriacea"),
+    ("n01667114", "mud turtle"),
+    ("n01667778", "terrapin"),
+    ("n01669191", "box turtle, box tortoise"),
+    ("n01675722", "banded gecko"),
+    ("n01677366", "common iguana, iguana, Iguana iguana"),
+    ("n01682714", "American chameleon, anole, Anolis carolinensis"),
+    ("n01685808", "whiptail, whiptail lizard"),
+    ("n01687978", "agama"),
+    ("n01688243", "frilled lizard, Chlamydosaurus kingi"),
+    ("n01689811", "alligator lizard"),
+    ("n01692333", "Gila monster, Heloderma suspectum"),
+    ("n01693334", "green lizard, Lacerta viridis"),
+    ("n01694178", "African chameleon, Chamaeleo chamaeleon"),
+    ("n01695060", "Komodo dragon, Komodo lizard, dragon lizard, giant lizard, Varanus komodoensis"),
+    ("n01697457", "African crocodile, Nile crocodile, Crocodylus niloticus"),
+)
+# Made-up WNIDs start with n9 (leaves) and n8 (inner nodes): WordNet 3.0 noun offsets stay
+# below 16,000,000, so they can never clash with a real synset.
+META_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+               "num_train_images")
+
+# Each stream of randomness gets its own SeedSequence key, so any one image can be redrawn alone.
+_TRAIN, _VAL, _VAL_ORDER, _DEVKIT_ORDER, _QUIRK, _KAGGLE_ORDER = 1, 2, 3, 4, 5, 6
+
+
+def draw_image(seed: int, split: str, index: int, class_index: int, min_size: int = DEFAULT_MIN_SIZE,
+               max_size: int = DEFAULT_MAX_SIZE, size: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The uint8 RGB image and object box that synth writes for one image.
+
+    `index` is c * TRAIN_STRIDE + i for train image i of class c, the quirk number for
+    quirks and the 1-based val number for val. For val the randomness does not depend on
+    `class_index`, so redrawing with another class gives the same size and background with
+    another object (the tests use that to check labels against pixels).
+    """
+    key = {"train": _TRAIN, "val": _VAL, "quirk": _QUIRK}[split]
+    rng = np.random.default_rng([seed, key, index])
+    w, h = size or sample_size(rng, min_size, max_size)
+    return render(rng, class_look(class_index), w, h)
+
+
+def class_synsets(classes: int) -> list[tuple[str, str]]:
+    """(WNID, words) of each class in sorted-WNID order: real ImageNet ones first, then made-up."""
+    made_up = [(f"n9{i:07d}", f"synthetic {class_look(i).description()}") for i in range(len(REAL_SYNSETS), classes)]
+    return list(REAL_SYNSETS[:classes]) + made_up
+
+
+def devkit_ids(classes: int, seed: int) -> np.ndarray:
+    """ILSVRC2012_ID (1-based) of each class in sorted-WNID order: a seeded derangement."""
+    rng = np.random.default_rng([seed, _DEVKIT_ORDER])
+    while True:  # about e draws on average; every class then sits away from its sorted place
+        perm = rng.permutation(classes)
+        if not np.any(perm == np.arange(classes)):
+            return perm + 1
+
+
+def meta_mat_bytes(synsets: list[tuple[str, str]], ids: np.ndarray, train_counts: list[int]) -> bytes:
+    """The devkit's meta.mat: a `synsets` struct array, leaves (IDs 1..N) then inner nodes.
+
+    Like the real one, rows run in ID order; leaves have num_children 0, and one inner node
+    per shape plus a root stand in for the WordNet hierarchy above them.
+    """
+    n = len(synsets)
+    leaves: dict[int, tuple[Any, ...]] = {}
+    by_shape: dict[str, list[int]] = {}
+    for c, (wnid, words) in enumerate(synsets):
+        look = class_look(c)
+        gloss = f"generated images: a {look.description()} among distractor shapes"
+        leaves[int(ids[c])] = _synset_row(int(ids[c]), wnid, words, gloss, [], 0, train_counts[c])
+        by_shape.setdefault(look.shape, []).append(c)
+    rows = [leaves[i] for i in range(1, n + 1)]
+    inner_ids = []
+    for j, (shape, members) in enumerate(sorted(by_shape.items())):
+        inner_ids.append(n + j + 1)
+        rows.append(_synset_row(n + j + 1, f"n8{j:07d}", f"synthetic {shape}", f"generated {shape} classes",
+                                sorted(int(ids[c]) for c in members), 1, sum(train_counts[c] for c in members)))
+    rows.append(_synset_row(n + len(inner_ids) + 1, f"n8{len(inner_ids):07d}", "synthetic object",
+                            "every generated class", inner_ids, 2, sum(train_counts)))
+    table = np.empty((len(rows), 1), dtype=[(f, object) for f in META_FIELDS])
+    for r, row in enumerate(rows):
+        table[r, 0] = row
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"synsets": table}, format="5", oned_as="row")
+    data = bytearray(buf.getvalue())
+    # savemat stamps the time into the 116-byte header text; a fixed one keeps files byte-identical.
+    data[:116] = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: alexrepro synth".ljust(116)
+    return bytes(data)
+
+
+def _synset_row(sid: int, wnid: str, words: str, gloss: str, children: list[int], height: int,
+                num_train: int) -> tuple[Any, ...]:
+    return (np.array([[sid]], np.uint16), wnid, words, gloss, np.array([[len(children)]], np.uint16),
+            np.array(children, np.uint16).reshape(1, -1), np.array([[height]], np.uint8),
+            np.array([[num_train]], np.int32))
+
+
+def check_args(classes: int, train_per_class: int, val_per_class: int, seed: int, min_size: int,
+               max_size: int) -> None:
+    """Raise UserError for numbers synth cannot honour."""
+    if not 2 <= classes <= MAX_CLASSES:
+        raise UserError(f"--classes must be between 2 and {MAX_CLASSES}, got {classes}")
+    if not 1 <= train_per_class <= MAX_PER_CLASS:
+        raise UserError(f"--train-per-class must be between 1 and {MAX_PER_CLASS}, got {train_per_class}")
+    if not 1 <= val_per_class <= MAX_PER_CLASS:
+        raise UserError(f"--val-per-class must be between 1 and {MAX_PER_CLASS}, got {val_per_class}")
+    if seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed}")
+    lo, hi = SIZE_LIMITS
+    if not lo <= min_size <= hi or not lo <= max_size <= hi:
+        raise UserError(f"--min-size and --max-size must be between {lo} and {hi} px, got {min_size} and {max_size}")
+    if min_size > max_size:
+        raise UserError(f"--min-size ({min_size}) is larger than --max-size ({max_size}); swap them")
+
+
+def prepare_folder(src: Path) -> None:
+    """Make SRC ready: create it, or clear a previous synth output; refuse anything else."""
+    if src.exists() and not src.is_dir():
+        raise UserError(f"{src} is a file; give synth a new or empty folder")
+    if not src.exists():
+        src.mkdir(parents=True)
+        return
+    if not any(src.iterdir()):
+        return
+    marker = src / SUMMARY_FILE
+    try:
+        ours = json.loads(marker.read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{src} is not empty and is not an earlier synth output; give synth a new or empty folder")
+    for name in ("train", "val", "devkit", PATHS["synset_mapping"], PATHS["val_solution"], SUMMARY_FILE):
+        p = src / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in src.glob(".*.tmp-*"):  # temporaries of an interrupted run
+        p.unlink()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write through a temporary name and rename (no fsync per image: a rerun regenerates all)."""
+    tmp = temp_name(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val_per_class: int = 20,
+                   seed: int = 0, quirks: bool = False, min_size: int = DEFAULT_MIN_SIZE,
+                   max_size: int = DEFAULT_MAX_SIZE, progress: bool = True) -> dict[str, Any]:
+    """Write an ImageNet-layout tree of generated images under `src`; return the summary.
+
+    The summary (also saved as SRC/synth.json, without `src` and `seconds`) holds the
+    counts, the sorted WNIDs with names and devkit IDs, the quirk files with the outcome
+    prep should reach for each, and the paths written, all relative to `src`.
+    """
+    check_args(classes, train_per_class, val_per_class, seed, min_size, max_size)
+    src = Path(src)
+    prepare_folder(src)
+    started = time.perf_counter()
+    synsets = class_synsets(classes)
+    wnids = [w for w, _ in synsets]
+    ids = devkit_ids(classes, seed)
+    summary: dict[str, Any] = {
+        "generator": GENERATOR, "format_version": FORMAT_VERSION, "complete": False, "seed": seed,
+        "classes": classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
+        "quirks_enabled": quirks, "min_size": min_size, "max_size": max_size,
+    }
+    atomic_write_json(src / SUMMARY_FILE, summary)  # marks SRC as ours before any image lands
+
+    # Val labels: every class val_per_class times, shuffled across the numbering.
+    val_labels = np.random.default_rng([seed, _VAL_ORDER]).permutation(np.repeat(np.arange(classes), val_per_class))
+    val_quirk_at = int(np.random.default_rng([seed, _VAL_ORDER, 1]).integers(len(val_labels))) + 1 if quirks else 0
+    quirk_list: list[dict[str, Any]] = []
+    train_counts = [train_per_class] * classes
+    jobs = [("train", c, i) for c in range(classes) for i in range(1, train_per_class + 1)]
+    if quirks:
+        for q in range(len(TRAIN_QUIRKS)):
+            c = q % classes
+            train_counts[c] += 1
+            jobs.append(("quirk", c, q))
+    jobs += [("val", int(val_labels[k - 1]), k) for k in range(1, len(val_labels) + 1)]
+
+    for c in range(classes):
+        (src / "train" / wnids[c]).mkdir(parents=True, exist_ok=True)
+    (src / "val").mkdir(exist_ok=True)
+    boxes: dict[int, tuple[int, int, int, int]] = {}
+    display = make_progress() if progress else None
+    task = display.add_task("synth", total=len(jobs), unit="images") if display else None
+    next_index = [train_per_class + 1] * classes
+    try:
+        if display:
+            display.start()
+        for split, c, i in jobs:
+            if split == "train":
+                img, _ = draw_image(seed, "train", c * TRAIN_STRIDE + i, c, min_size, max_size)
+                write_file(src / "train" / wnids[c] / f"{wnids[c]}_{i}.JPEG", encode(img))
+            elif split == "quirk":
+                kind = list(TRAIN_QUIRKS)[i]
+                size = TINY_SIZE if kind == "tiny" else HUGE_SIZE if kind == "huge" else None
+                img, _ = draw_image(seed, "quirk", i, c, min_size, max_size, size=size)
+                data, found = quirk_bytes(kind, img)
+                rel = f"train/{wnids[c]}/{wnids[c]}_{next_index[c]}.JPEG"
+                next_index[c] += 1
+                write_file(src / rel, data)
+                quirk_list.append(_quirk_entry(rel, "train", wnids[c], kind, found, img))
+            else:
+                img, boxes[i] = draw_image(seed, "val", i, c, min_size, max_size)
+                rel = f"val/ILSVRC2012_val_{i:08d}.JPEG"
+                if i == val_quirk_at:
+                    data, found = quirk_bytes(VAL_QUIRK, img)
+                    quirk_list.append(_quirk_entry(rel, "val", wnids[c], VAL_QUIRK, found, img))
+                else:
+                    data = encode(img)
+                write_file(src / rel, data)
+            if display:
+                display.advance(task)
+    finally:
+        if display:
+            display.stop()
+
+    write_devkit(src, synsets, ids, val_labels, train_counts)
+    write_kaggle(src, synsets, val_labels, boxes, seed)
+    broken = [q["path"] for q in quirk_list if q["expected"] == "skipped"]
+    n_train, n_val = sum(train_counts), len(val_labels)
+    summary.update({
+        "complete": True,
+        "wnids": wnids,
+        "names": [words for _, words in synsets],
+        "devkit_ids": [int(x) for x in ids],
+        "looks": [class_look(c).description() for c in range(classes)],
+        "counts": {"train_files": n_train, "train_readable": n_train - len(broken), "val_files": n_val,
+                   "val_readable": n_val, "skipped": len(broken)},
+        "quirks": quirk_list,
+        "broken": broken,
+        "paths": dict(PATHS),
+    })
+    atomic_write_json(src / SUMMARY_FILE, summary)
+    seconds = time.perf_counter() - started
+    return {"src": str(src.resolve()), **summary, "seconds": round(seconds, 3),
+            "images_per_s": round(len(jobs) / seconds, 1) if seconds > 0 else None}
+
+
+def _quirk_entry(rel: str, split: str, wnid: str, kind: str, found: dict[str, Any], img: np.ndarray) -> dict[str, Any]:
+    what, expected = TRAIN_QUIRKS[kind]
+    readable = expected == "converted"
+    return {"path": rel, "split": split, "wnid": wnid, "kind": kind, "what": what, "expected": expected,
+            **found, "size": [int(img.shape[1]), int(img.shape[0])] if readable else None}
+
+
+def write_devkit(src: Path, synsets: list[tuple[str, str]], ids: np.ndarray, val_labels: np.ndarray,
+                 train_counts: list[int]) -> None:
+    """The devkit's ground-truth file (ILSVRC2012_ID per val image) and meta.mat."""
+    gt = "".join(f"{int(ids[c])}\n" for c in val_labels)
+    atomic_write_text(src / PATHS["ground_truth"], gt)
+    atomic_write_bytes(src / PATHS["meta_mat"], meta_mat_bytes(synsets, ids, train_counts))
+
+
+def write_kaggle(src: Path, synsets: list[tuple[str, str]], val_labels: np.ndarray,
+                 boxes: dict[int, tuple[int, int, int, int]], seed: int) -> None:
+    """Kaggle's LOC_synset_mapping.txt (sorted WNIDs) and LOC_val_solution.csv (rows unordered, as Kaggle's)."""
+    atomic_write_text(src / PATHS["synset_mapping"], "".join(f"{w} {words}\n" for w, words in synsets))
+    rows = []
+    for k in np.random.default_rng([seed, _KAGGLE_ORDER]).permutation(len(val_labels)) + 1:
+        x0, y0, x1, y1 = boxes[int(k)]
+        # Kaggle's PredictionString: "<wnid> xmin ymin xmax ymax " per box, trailing space included.
+        rows.append(f"ILSVRC2012_val_{int(k):08d},{synsets[int(val_labels[k - 1])][0]} {x0} {y0} {x1} {y1} \n")
+    atomic_write_text(src / PATHS["val_solution"], "ImageId,PredictionString\n" + "".join(rows))

@@ -1,0 +1,34 @@
+"""Shared fixtures. Each generates its data once per session into pytest's temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alexrepro.synth import make_synthetic
+
+# A small synth tree: 4 classes × 6 train (plus the quirk files), 3 val per class, sides 48–96 px.
+SYNTH_SMALL = {"classes": 4, "train_per_class": 6, "val_per_class": 3, "seed": 0, "quirks": True,
+               "min_size": 48, "max_size": 96}
+
+
+@pytest.fixture(scope="session")
+def synth_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """(SRC, summary) of the small synth tree, generated once per session; treat it as read-only."""
+    src = tmp_path_factory.mktemp("synth") / "src"
+    summary = make_synthetic(src, progress=False, **SYNTH_SMALL)
+    return src, summary
+
+
+@pytest.fixture(scope="session")
+def synth_src(synth_tree: tuple[Path, dict[str, Any]]) -> Path:
+    """SRC of the small synth tree (ImageNet layout, quirks on); read-only."""
+    return synth_tree[0]
+
+
+@pytest.fixture(scope="session")
+def synth_summary(synth_tree: tuple[Path, dict[str, Any]]) -> dict[str, Any]:
+    """The summary make_synthetic returned for `synth_src` (counts, wnids, quirks, paths)."""
+    return synth_tree[1]
