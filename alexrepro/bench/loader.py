@@ -1,0 +1,125 @@
+"""Benchmark our loaders beside pytorch/examples' ImageNet loader: python -m alexrepro.bench.loader OUT --src SRC.
+
+Ours: `make_loader` on the prepared set OUT (training: §4.1's crops, mirrors and lighting, mean
+subtraction). Baseline: pytorch/examples/imagenet's training loader, torchvision ImageFolder over
+the original JPEG tree SRC/train with RandomResizedCrop(224), RandomHorizontalFlip, ToTensor and
+Normalize, in a DataLoader with the same workers and batch size. All in one run on this machine;
+the first batch of each (worker start-up) is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexrepro.errors import UserError
+from alexrepro.prepared import read_stats
+from alexrepro.progress import console, emit_json, make_progress
+from alexrepro.recipe import DataConfig, load_recipe
+
+
+def _time(batches: Iterable[Any], count: int, label: str) -> dict[str, Any]:
+    """images/s over `count` batches after the first one, with a progress bar on stderr."""
+    it = iter(batches)
+    next(it)  # start-up: workers, pipeline build
+    images, t0 = 0, time.perf_counter()
+    with make_progress(transient=True) as progress:
+        task = progress.add_task(label, total=count, unit="batches")
+        for _ in range(count):
+            try:
+                x = next(it)[0]
+            except StopIteration:
+                break
+            images += x.shape[0]
+            progress.advance(task)
+    seconds = time.perf_counter() - t0
+    return {"images": images, "seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
+
+
+def _ours(out: Path, kind: str, data: DataConfig, batches: int, batch_size: int, device: torch.device) -> dict:
+    from alexrepro.loaders import make_loader
+
+    loader = make_loader(out, "train", data, batch_size, train=True, device=device, kind=kind)
+    try:
+        if len(loader) < 2:
+            raise UserError(f"{out} has too few training images for batches of {batch_size}; use --batch-size")
+        return _time(loader, min(batches, len(loader) - 1), f"{kind} loader")
+    finally:
+        loader.close()
+
+
+def _baseline(src: Path, batches: int, batch_size: int, workers: int) -> dict:
+    from torchvision import datasets, transforms
+
+    train = Path(src) / "train"
+    if not train.is_dir():
+        raise UserError(f"{src} has no train/ folder of class folders; give the source tree with --src")
+    normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    dataset = datasets.ImageFolder(str(train), transforms.Compose([
+        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    return _time(loader, min(batches, len(loader) - 1), "pytorch/examples baseline")
+
+
+def bench_loader(
+    out: Path,
+    src: Path | None,
+    batches: int,
+    batch_size: int,
+    workers: int,
+    kinds: tuple[str, ...] = ("torch", "dali"),
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""
+    dev = torch.device(device)
+    data = dataclasses.replace(load_recipe("paper").data, workers=workers)
+    if read_stats(out).eigval is None:
+        console.print("bench: no PCA statistics in the set, so lighting is off (run alexrepro pca OUT)")
+        data = dataclasses.replace(data, lighting=False)
+    result: dict[str, Any] = {"batches": batches, "batch_size": batch_size, "workers": workers,
+                              "device": str(dev), "loaders": {}}
+    for kind in kinds:
+        try:
+            result["loaders"][kind] = _ours(Path(out), kind, data, batches, batch_size, dev)
+        except UserError as e:
+            if "nvidia-dali" not in str(e):
+                raise
+            result["loaders"][kind] = {"error": str(e)}
+    if src is not None:
+        result["baseline"] = _baseline(Path(src), batches, batch_size, workers)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: print one JSON object with every rate."""
+    parser = argparse.ArgumentParser(prog="python -m alexrepro.bench.loader", description=__doc__)
+    parser.add_argument("out", type=Path, help="a prepared set (alexrepro prep)")
+    parser.add_argument("--src", type=Path, default=None, help="the source JPEG tree, for the baseline")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per loader")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
+    parser.add_argument("--workers", type=int, default=4, help="loader worker processes")
+    parser.add_argument("--kinds", default="torch,dali", help="which of our loaders, comma-separated")
+    parser.add_argument("--device", default="cpu", help="where the batches go (cpu, cuda)")
+    args = parser.parse_args(argv)
+    try:
+        result = bench_loader(args.out, args.src, args.batches, args.batch_size, args.workers,
+                              tuple(k for k in args.kinds.split(",") if k), args.device)
+    except UserError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    rows = {**result["loaders"], **({"baseline": result["baseline"]} if "baseline" in result else {})}
+    for name, r in rows.items():
+        console.print(f"{name}: " + (r["error"] if "error" in r else f"{r['images_per_s']:.1f} images/s"))
+    emit_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The DALI backend's external source: a picklable callable that hands DALI one batch of stored images.
+
+It runs in DALI's Python worker processes (parallel external source, batch mode), so it imports
+neither torch nor DALI: only the shard reader, the epoch plan and the one sampler. DALI calls it
+with a BatchInfo (epoch_idx counts DALI epochs since the pipeline was built, iteration the batch
+within it); the loader builds the pipeline for a first (epoch, start batch) and lets DALI epoch k
+be our epoch first_epoch + k from batch 0, rebuilding it when asked for anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from alexrepro.loaders.batch_read import read_batch
+from alexrepro.loaders.order import BatchPlan, rank_batch
+from alexrepro.prepared import SplitDataset
+from alexrepro.recipe import DataConfig
+
+
+def nonempty_batches(plan: BatchPlan) -> int:
+    """Batches in which this rank gets at least one image (all but possibly the kept last one)."""
+    nb = plan.num_batches
+    if nb == 0:
+        return 0
+    lo, hi = plan.rank_bounds(plan.batch_length(nb - 1))
+    return nb - 1 if hi == lo else nb
+
+
+@dataclass
+class ShardSource:
+    """Batch-mode source: (stored images, crop corners [y, x], flips, labels, α) of this rank's slice."""
+
+    split: SplitDataset
+    plan: BatchPlan
+    data: DataConfig
+    first_epoch: int
+    first_start: int
+
+    def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
+        epoch_idx, iteration = int(info.epoch_idx), int(info.iteration)
+        epoch = self.first_epoch + epoch_idx
+        batch = (self.first_start if epoch_idx == 0 else 0) + iteration
+        if batch >= nonempty_batches(self.plan):
+            raise StopIteration
+        # ten crops: the views are constants of the pipeline; the centre params only fill the slots
+        idx, p = rank_batch(self.plan, self.data, False, epoch, batch)
+        stored = read_batch(self.split, idx)  # one HDF5 read per shard
+        labels = self.split.labels[idx]
+        return (
+            stored,
+            [np.array([y, x], dtype=np.int32) for y, x in zip(p.y, p.x, strict=True)],
+            [np.array(f, dtype=np.int32) for f in p.flip],
+            [np.array(v, dtype=np.int64) for v in labels],
+            [np.asarray(a, dtype=np.float64) for a in p.alpha],
+        )
