@@ -1,0 +1,100 @@
+"""`alexrepro prep SRC OUT` and `alexrepro info OUT`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from alexrepro.cli.app import app
+from alexrepro.imaging import JPEG_QUALITY
+from alexrepro.info import describe, verify
+from alexrepro.prep import SHARD_SIZE, PrepOptions, prep
+from alexrepro.progress import console, emit_json
+
+JSON_HELP = "Print one JSON object on stdout."
+
+
+@app.command("prep")
+def prep_cmd(
+    src: Path = typer.Argument(..., help="The ImageNet source: train/, val/, test/ folders, .tar files, devkit."),
+    out: Path = typer.Argument(..., help="Folder for the prepared set (new, empty, or an unfinished prep to resume)."),
+    split: list[str] = typer.Option([], "--split", help="Prepare only this split: train, val or test (repeatable)."),
+    devkit: Path = typer.Option(None, "--devkit", help="The ILSVRC devkit folder (meta.mat, *_ground_truth.txt)."),
+    val_labels: Path = typer.Option(
+        None, "--val-labels", help="Labels of a flat val folder: a devkit ground-truth .txt or LOC_val_solution.csv."
+    ),
+    test_labels: Path = typer.Option(
+        None, "--test-labels", help="Labels of a flat test folder, e.g. ILSVRC2010_test_ground_truth.txt."
+    ),
+    synset_mapping: Path = typer.Option(None, "--synset-mapping", help="Class names: LOC_synset_mapping.txt."),
+    encoding: str = typer.Option("jpeg", "--encoding", help="How images are stored: jpeg or raw (uint8 arrays)."),
+    quality: int = typer.Option(JPEG_QUALITY, "--quality", help="JPEG quality of the stored images."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: all cores)."),
+    shard_size: int = typer.Option(SHARD_SIZE, "--shard-size", help="Images per HDF5 shard."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Resize every image (shorter side 256, central 256×256 crop) into HDF5 shards; compute the mean image."""
+    options = PrepOptions(
+        encoding=encoding,
+        quality=quality,
+        shard_size=shard_size,
+        workers=workers,
+        splits=list(split) or None,
+        devkit=devkit,
+        val_labels=val_labels,
+        test_labels=test_labels,
+        synset_mapping=synset_mapping,
+    )
+    summary = prep(src, out, options, progress=True)
+    if json_out:
+        emit_json(summary)
+        return
+    table = Table("split", "found", "written", "skipped", "shards", "resumed")
+    for name, s in summary["splits"].items():
+        table.add_row(name, str(s["found"]), str(s["written"]), str(s["skipped"]), str(s["shards"]),
+                      str(s["resumed_shards"]))
+    console.print(table)
+    rate = f", {summary['images_per_s']} images/s" if summary["images_per_s"] else ""
+    console.print(f"prepared {out} in {summary['seconds']:.1f} s{rate}; {summary['skipped']} skipped "
+                  f"(see {Path(out) / 'skipped.tsv'})")
+
+
+@app.command("info")
+def info_cmd(
+    out: Path = typer.Argument(..., help="A prepared set (the OUT of alexrepro prep)."),
+    verify_: bool = typer.Option(False, "--verify", help="Read every shard and check counts, labels and images."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """What a prepared set holds: splits, counts, classes, format, statistics, skipped files."""
+    info = describe(out)
+    if verify_:
+        info["verify"] = verify(out, progress=True)
+    if json_out:
+        emit_json(info)
+        return
+    quality = f" (quality {info['quality']})" if info["encoding"] == "jpeg" else ""
+    console.print(f"[bold]{out}[/bold] from {info['source']}: {info['encoding']}{quality}, "
+                  f"{info['image_size']}×{info['image_size']}, {info['bytes'] / 2**20:,.1f} MiB")
+    table = Table("split", "images", "skipped", "shards", "MiB", "layout")
+    for name, s in info["splits"].items():
+        table.add_row(name, f"{s['count']:,}", str(s["skipped"]), str(s["shards"]), f"{s['bytes'] / 2**20:,.1f}",
+                      s["layout"])
+    console.print(table)
+    first = ", ".join(f"{c['index']} {c['wnid']} {c['name']}" for c in info["classes"]["first"])
+    console.print(f"{info['classes']['count']} classes: {first}{', ...' if info['classes']['count'] > 5 else ''}")
+    if info["mean"]:
+        r, g, b = info["mean"]["channel_mean"]
+        console.print(f"mean (RGB, 0-255): {r:.2f} {g:.2f} {b:.2f}")
+    else:
+        console.print("mean: not computed (run alexrepro prep to completion)")
+    if info["pca"]:
+        console.print("PCA eigenvalues (0-255 scale): " + " ".join(f"{v:.2f}" for v in info["pca"]["eigval"]))
+    else:
+        console.print(f"PCA: not computed (run: alexrepro pca {out})")
+    console.print(f"skipped files: {info['skipped']['count']}")
+    for f in info["skipped"]["first"]:
+        console.print(f"  {f['path']}: {f['reason']}")
+    if verify_:
+        console.print(f"verified: {sum(info['verify']['images'].values()):,} images, every shard intact")

@@ -1,0 +1,115 @@
+"""One source image to one stored image: decode → RGB → shorter side 256 → central 256×256 → encode.
+
+§2: "we down-sampled the images to a fixed resolution of 256×256: given a rectangular image, we first
+rescaled the image such that the shorter side was of length 256, and then cropped out the central
+256×256 patch". The paper names no resampling filter; we use an antialiased bilinear filter (as
+torchvision's Resize on PIL images), resample only the part of the image the central crop keeps, and let
+libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (draft mode, never below 256 on the shorter side).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from alexrepro.prepared import IMAGE_SIZE
+
+JPEG_QUALITY = 95  # default quality of the stored JPEGs (libjpeg's 4:2:0 chroma subsampling)
+RESAMPLE = Image.Resampling.BILINEAR  # antialiased when reducing (PIL's filters scale their support)
+REDUCING_GAP = 3.0  # PIL: reduce by an integer factor first when the scale is ≥ 3×; "indistinguishable"
+
+
+class BadImage(Exception):
+    """A source file that cannot become a stored image; the message is the reason (one line)."""
+
+
+def scaled_size(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float]:
+    """The image's size once its shorter side is `size` (§2), unrounded."""
+    scale = size / min(width, height)
+    return width * scale, height * scale
+
+
+def center_crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float, float, float]:
+    """The source region that becomes the central size×size patch after §2's rescale (unrounded).
+
+    Rescaling by s = size / min(w, h) and cropping size×size keeps a square of side size / s = min(w, h).
+    """
+    side = min(width, height)
+    left = (width - side) / 2
+    top = (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def open_image(data: bytes, size: int = IMAGE_SIZE) -> Image.Image:
+    """Decode image bytes (any mode); large JPEGs are DCT-scaled but keep the shorter side ≥ size."""
+    if not data:
+        raise BadImage("empty file")
+    try:
+        im = Image.open(io.BytesIO(data))
+        original = im.size
+        # draft() picks the largest 1/2, 1/4, 1/8 scale with both sides still ≥ the request,
+        # so the shorter side stays ≥ size; it only changes anything when that side is ≥ 2·size.
+        if im.format == "JPEG" and min(im.size) >= 2 * size:
+            im.draft("RGB", (size, size))
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large to decode safely ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image (no decoder recognises the bytes)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage(f"truncated or corrupt image ({_one_line(e)})") from None
+    if min(im.size) < 1:
+        raise BadImage(f"image has no pixels ({im.size[0]}×{im.size[1]})")
+    if min(im.size) < min(size, *original):  # draft must never take the shorter side below `size`
+        raise AssertionError(f"draft decoded {original} at {im.size}, below {size}")
+    return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB: CMYK, greyscale, palette, alpha (dropped, as torchvision's loader), 16-bit."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16"):
+        im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")  # 16-bit to 8-bit
+    elif im.mode == "F":
+        im = im.convert("L")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise BadImage(f"cannot convert mode {im.mode} to RGB ({_one_line(e)})") from None
+
+
+def resize_center_crop(im: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """§2: shorter side to `size` (antialiased), central size×size patch; only the kept box is resampled."""
+    box = center_crop_box(*im.size, size=size)
+    if im.size == (size, size):
+        return im
+    return im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+
+
+def prepare_image(
+    data: bytes, encoding: str = "jpeg", quality: int = JPEG_QUALITY, size: int = IMAGE_SIZE
+) -> bytes | np.ndarray:
+    """Source bytes to the stored image: JPEG bytes (encoding "jpeg") or a size×size×3 uint8 array ("raw")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings would break the progress display
+        im = open_image(data, size)
+        try:
+            if im.mode in ("RGB", "L"):  # resample first: fewer channels (L), and RGB is a no-op
+                im = to_rgb(resize_center_crop(im, size))
+            else:  # palette must not be resampled as indices; CMYK/alpha convert first
+                im = resize_center_crop(to_rgb(im), size)
+        except (OSError, ValueError) as e:
+            raise BadImage(f"truncated or corrupt image ({_one_line(e)})") from None
+    if encoding == "raw":
+        return np.asarray(im, dtype=np.uint8)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
