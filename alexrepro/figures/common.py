@@ -1,0 +1,183 @@
+"""What every figure needs: the run and its checkpoint, centre-patch inputs, and atomic PNG writes.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg backend (headless: files, never
+windows), at a fixed size and dpi and without `bbox_inches="tight"`, so a PNG is exactly
+figsize × dpi pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display is ever needed
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import nn  # noqa: E402
+
+from alexrepro.atomic import atomic_path  # noqa: E402
+from alexrepro.errors import UserError  # noqa: E402
+from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
+
+FIGURES = "figures"  # RUN/figures/ holds the default outputs
+DPI = 100  # every figure: its PNG is figsize × DPI pixels
+RUN_HELP = "a run folder (alexrepro train --run RUN) or a checkpoint .pt"
+
+
+# --------------------------------------------------------------------------------------------- runs
+def resolve_run(target: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(run folder, checkpoint file) for a RUN folder or a .pt path: best.pt, else last.pt, else the newest."""
+    from alexrepro.checkpoint import BEST, LAST, checkpoint_dir, find_resumable
+
+    path = Path(target)
+    if path.is_file():
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run, path
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist; give {RUN_HELP}")
+    folder = checkpoint_dir(path)
+    for name in (BEST, LAST):  # best.pt: the net with the lowest validation error, as the paper reports
+        if (folder / name).is_file():
+            return path, folder / name
+    newest = find_resumable(path)
+    if newest is None:
+        raise UserError(f"{path} has no checkpoints in {folder}; train it first or give a checkpoint .pt")
+    return path, newest
+
+
+def figure_path(run_dir: Path, name: str, out: str | os.PathLike[str] | None) -> Path:
+    """The PNG to write: `out` when given, else RUN/figures/<name>."""
+    return Path(out) if out is not None else Path(run_dir) / FIGURES / name
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read for figures: the net in eval mode, its recipe, classes and raw dict."""
+
+    path: Path
+    model: nn.Module
+    recipe: Recipe
+    classes: list[dict[str, Any]]
+    ckpt: dict[str, Any]
+
+
+def load_net(path: Path, device: torch.device) -> Loaded:
+    """Load a checkpoint and its net; UserError if it is missing, corrupt or not an alexrepro net."""
+    from alexrepro.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("recipe"), dict):
+        raise UserError(f"{path} holds no model weights and recipe; give a checkpoint written by alexrepro train")
+    model, recipe, classes = model_from_checkpoint(ckpt)
+    if not hasattr(model, "forward_features"):
+        raise UserError(f"{path}: this net has no fc7 features; give an AlexNet checkpoint")
+    return Loaded(Path(path), model.to(device).eval(), recipe, classes, ckpt)
+
+
+def class_names(classes: list[dict[str, Any]], num_classes: int) -> list[str]:
+    """A short display name per class index: the first synonym of its name, else its WNID, else its number."""
+    names = [str(i) for i in range(num_classes)]
+    for c in classes:
+        i = int(c["index"])
+        if 0 <= i < num_classes:
+            full = str(c.get("name") or c.get("wnid") or i)
+            names[i] = full.split(",")[0].strip()[:24]
+    return names
+
+
+def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: Path) -> None:
+    """UserError unless the net was trained on the prepared set's classes (labels would mean other things)."""
+    from alexrepro.evaluate import class_ids
+
+    if loaded.recipe.model.num_classes != len(set_classes) or class_ids(loaded.classes) != class_ids(set_classes):
+        raise UserError(
+            f"{loaded.path} was trained on other classes than {out} ({loaded.recipe.model.num_classes} vs "
+            f"{len(set_classes)}, or other WNIDs); give the prepared set the run was trained on"
+        )
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def mean_image(loaded: Loaded, out: Path) -> np.ndarray:
+    """§2's mean image to subtract, at the recipe's image size: from the checkpoint, else OUT/stats.h5."""
+    from alexrepro.augment import mean_image_for
+    from alexrepro.prepared import read_stats
+
+    stats = loaded.ckpt.get("stats") or {}
+    if stats.get("mean") is not None and stats.get("channel_mean") is not None:
+        mean = np.asarray(torch.as_tensor(stats["mean"]).float().numpy(), dtype=np.float32)
+        channel = np.asarray(torch.as_tensor(stats["channel_mean"]).double().numpy())
+    else:
+        st = read_stats(out)
+        mean, channel = st.mean, st.channel_mean
+    return mean_image_for(mean, channel, loaded.recipe.data)
+
+
+def centre_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray:
+    """The uint8 centre patches N×c×c×3 of stored images, resized to the recipe's image size first."""
+    from alexrepro.augment import center_offset, crop_flip, resize_image
+
+    o = center_offset(data.image_size, data.crop_size)
+    return np.stack([crop_flip(resize_image(im, data.image_size), o, o, data.crop_size, False) for im in images])
+
+
+def centre_batch(
+    images: Sequence[np.ndarray], data: DataConfig, mean: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(net input N×3×c×c, the uint8 centre patches N×c×c×3) for stored 256² images, as `eval --crops 1` sees them."""
+    from alexrepro.augment import Colour, eval_params, finish_batch
+
+    params = eval_params(len(images), data.image_size, data.crop_size)
+    patches = centre_patches(images, data)
+    colour = Colour(torch.as_tensor(mean, dtype=torch.float32, device=device), None, None)
+    return finish_batch(torch.from_numpy(patches), params, colour, device), patches
+
+
+def iter_centre_batches(
+    dataset: Any, indices: Sequence[int], data: DataConfig, mean: np.ndarray, device: torch.device, batch_size: int
+) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """(inputs, uint8 patches, labels) for the dataset's `indices`, in order, `batch_size` at a time."""
+    for lo in range(0, len(indices), batch_size):
+        chunk = [dataset[int(i)] for i in indices[lo : lo + batch_size]]
+        x, patches = centre_batch([im for im, _ in chunk], data, mean, device)
+        yield x, patches, np.array([y for _, y in chunk], dtype=np.int64)
+
+
+def pick_indices(n_total: int, n: int, seed: int) -> np.ndarray:
+    """`n` distinct image indices of a split of `n_total`, drawn with `seed`, in increasing order."""
+    if n < 1:
+        raise UserError(f"ask for at least one image, got {n}")
+    if n > n_total:
+        raise UserError(f"the split holds {n_total} images, fewer than the {n} asked for; ask for fewer")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, size=n, replace=False))
+
+
+# --------------------------------------------------------------------------------------------- output
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A headless figure of width_in × height_in inches at DPI (its PNG: that times DPI pixels)."""
+    return Figure(figsize=(width_in, height_in), dpi=DPI)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write the figure as a PNG atomically (never bbox 'tight': the pixel size stays figsize × DPI)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def save_rgb(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a uint8 H×W×3 array as a PNG of exactly those pixels, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB").save(tmp, format="PNG")
+    return path

@@ -1,0 +1,259 @@
+"""Figure 4 (right): query images and the training images whose fc7 vectors are nearest in Euclidean distance.
+
+The fc7 vectors (4096-d for the paper net, after the ReLU) of the indexed training images are cached
+in RUN/fc7-index-<split>.h5 as float32 (float16 would halve the disk but ties the near-equal vectors
+of a barely trained net). The cache is keyed on the checkpoint file (size and SHA-256), the prepared set (its manifest's
+SHA-256), the split, the images indexed and the recipe's input size and mean; a mismatch rebuilds it.
+Queries are cast to the index's dtype before the search, so an image that is in the index finds
+itself at (or, across batch sizes, within rounding of) distance 0. Every image is seen on its centre patch (as `eval --crops 1`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from alexrepro.atomic import atomic_path
+from alexrepro.errors import UserError
+from alexrepro.figures.common import (
+    Loaded,
+    centre_patches,
+    check_same_classes,
+    class_names,
+    figure_path,
+    iter_centre_batches,
+    load_net,
+    mean_image,
+    new_figure,
+    pick_indices,
+    resolve_run,
+    save_figure,
+)
+from alexrepro.progress import console, make_progress
+
+INDEX_VERSION = 1
+INDEX_DTYPE = np.float32
+DEFAULT_INDEX_SIZE = 50_000  # evenly spaced training images (820 MB of fc7); ImageNet's 1.28 M would be 21 GB
+CELL_IN = 2.0  # inches per image cell
+TITLE_IN = 0.6  # inches above the grid for the figure's title and the first row's
+
+
+def index_path(run_dir: Path, split: str) -> Path:
+    """RUN/fc7-index-<split>.h5."""
+    return Path(run_dir) / f"fc7-index-{split}.h5"
+
+
+def nearest_neighbors(
+    index_feats: Any, query_feats: np.ndarray, k: int, block: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices Q×k, Euclidean distances Q×k) of each query's k nearest index rows, nearest first.
+
+    `index_feats` is any N×D array that slices by rows (numpy or an h5py dataset), read `block` rows at
+    a time. Candidates are chosen with ‖a‖² + ‖b‖² − 2a·b and their distances recomputed as ‖a − b‖, so
+    an exact match is at distance 0; ties go to the lower row.
+    """
+    q = np.asarray(query_feats, dtype=np.float64)
+    n = int(index_feats.shape[0])
+    if q.ndim != 2 or len(index_feats.shape) != 2 or q.shape[1] != index_feats.shape[1]:
+        raise ValueError(f"queries {q.shape} and index {tuple(index_feats.shape)} must be Q×D and N×D")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the index size {n}, got {k}")
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    best_d = np.zeros((len(q), 0), dtype=np.float64)
+    q_sq = (q**2).sum(1)
+    for lo in range(0, n, block):
+        rows = np.asarray(index_feats[lo : lo + block], dtype=np.float64)
+        approx = q_sq[:, None] + (rows**2).sum(1)[None, :] - 2.0 * q @ rows.T
+        m = min(k, len(rows))
+        cand = np.argpartition(approx, m - 1, axis=1)[:, :m] if m < len(rows) else np.tile(np.arange(len(rows)), (len(q), 1))
+        exact = np.linalg.norm(rows[cand] - q[:, None, :], axis=2)
+        all_i = np.concatenate([best_i, cand + lo], axis=1)
+        all_d = np.concatenate([best_d, exact], axis=1)
+        order = np.lexsort((all_i, all_d), axis=1)[:, :k]  # by distance, then by row
+        best_i = np.take_along_axis(all_i, order, 1)
+        best_d = np.take_along_axis(all_d, order, 1)
+    return best_i, best_d
+
+
+def index_indices(n_total: int, size: int) -> np.ndarray:
+    """Which images of a split of n_total the index holds: all when size is 0 or ≥ n_total, else `size` evenly spaced."""
+    if size < 0:
+        raise UserError(f"--index-size must be 0 (all) or positive, got {size}")
+    if size == 0 or size >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    return np.unique(np.linspace(0, n_total - 1, size).round().astype(np.int64))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) -> str:
+    """The cache key: what the index's vectors depend on, as canonical JSON."""
+    from alexrepro.prepared import manifest_path
+
+    d = loaded.recipe.data
+    key = {
+        "version": INDEX_VERSION,
+        "checkpoint": {"size": loaded.path.stat().st_size, "sha256": file_sha256(loaded.path)},
+        "set": {"path": str(Path(out_set).resolve()), "manifest_sha256": file_sha256(manifest_path(out_set))},
+        "split": split,
+        "dtype": np.dtype(INDEX_DTYPE).name,
+        "indices_sha256": hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest(),
+        "input": {"image_size": d.image_size, "crop_size": d.crop_size, "mean": d.mean},
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], mean: np.ndarray, device: torch.device,
+                batch_size: int, on_batch: Any = None):  # noqa: ANN201 - a generator of (feats, labels)
+    """(fc7 vectors as float32 numpy, labels) for the dataset's `indices`, batch by batch."""
+    with torch.inference_mode():
+        for x, _, labels in iter_centre_batches(dataset, indices, loaded.recipe.data, mean, device, batch_size):
+            feats = loaded.model.forward_features(x).float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(labels))
+            yield feats, labels
+
+
+def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.ndarray, mean: np.ndarray,
+                device: torch.device, batch_size: int, show_progress: bool = True) -> None:
+    """Extract the fc7 vectors of `indices` and write the index file atomically, rows filled as batches finish."""
+    progress = make_progress(transient=True)
+    with progress, atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        task = progress.add_task(f"fc7 index ({dataset.split})", total=len(indices), unit="images",
+                                 visible=show_progress)
+        feats_ds = None
+        labels_out = np.zeros(len(indices), dtype=np.int64)
+        row = 0
+        for feats, labels in fc7_batches(loaded, dataset, indices, mean, device, batch_size,
+                                         on_batch=lambda n: progress.advance(task, n)):
+            if feats_ds is None:
+                feats_ds = f.create_dataset("features", shape=(len(indices), feats.shape[1]), dtype=INDEX_DTYPE,
+                                            chunks=(min(1024, len(indices)), feats.shape[1]))
+            feats_ds[row : row + len(feats)] = feats.astype(INDEX_DTYPE)
+            labels_out[row : row + len(feats)] = labels
+            row += len(feats)
+        f.create_dataset("indices", data=indices.astype(np.int64))
+        f.create_dataset("labels", data=labels_out)
+        f.attrs["key"] = key
+        f.attrs["split"] = dataset.split
+
+
+def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size: int, mean: np.ndarray,
+                 device: torch.device, batch_size: int) -> tuple[Path, bool]:
+    """(the index file, whether it was reused): reuse RUN/fc7-index-<split>.h5 when its key matches, else build it."""
+    from alexrepro.prepared import open_split
+
+    dataset = open_split(out_set, split)
+    indices = index_indices(len(dataset), size)
+    if len(indices) == 0:
+        raise UserError(f"{out_set} split {split!r} holds no images to search; prepare it again")
+    if len(indices) < len(dataset):
+        console.print(f"indexing {len(indices):,} of {len(dataset):,} {split} images, evenly spaced "
+                      "(--index-size 0 indexes all)")
+    path = index_path(run_dir, split)
+    key = index_key(loaded, out_set, split, indices)
+    if path.is_file():
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("key") == key and "features" in f:
+                    return path, True
+        except OSError:
+            pass  # an unreadable cache is rebuilt below
+        console.print(f"rebuilding {path.name}: the checkpoint, the set or the options changed")
+    build_index(path, key, loaded, dataset, indices, mean, device, batch_size)
+    return path, False
+
+
+def draw_neighbors(
+    target: str | os.PathLike[str], out_set: str | os.PathLike[str], queries: int = 5, k: int = 6,
+    split: str = "val", index_split: str = "train", index_size: int = DEFAULT_INDEX_SIZE, seed: int = 0,
+    out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
+) -> dict[str, Any]:
+    """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}."""
+    from alexrepro.evaluate import resolve_device
+    from alexrepro.prepared import open_split
+
+    if not 1 <= queries <= 32:
+        raise UserError(f"--queries must be between 1 and 32, got {queries}")
+    if not 1 <= k <= 32:
+        raise UserError(f"--k must be between 1 and 32, got {k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    run, ckpt_path = resolve_run(target)
+    dev = resolve_device(device)
+    out_set = Path(out_set)
+    query_set = open_split(out_set, split)
+    train_set = open_split(out_set, index_split)
+    loaded = load_net(ckpt_path, dev)
+    check_same_classes(loaded, train_set.classes, out_set)
+    names = class_names(loaded.classes, loaded.recipe.model.num_classes)
+    mean = mean_image(loaded, out_set)
+    path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, mean, dev, batch_size)
+
+    q_idx = pick_indices(len(query_set), queries, seed)
+    q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, mean, dev, batch_size), strict=True)
+    q = np.concatenate(q_feats).astype(INDEX_DTYPE)  # the index's rounding (see above)
+    with h5py.File(path_idx, "r") as f:
+        feats = f["features"]
+        if k > feats.shape[0]:
+            raise UserError(f"--k {k} is more than the {feats.shape[0]} indexed images; ask for fewer")
+        rows, dists = nearest_neighbors(feats, q, k)
+        set_indices = f["indices"][:]
+        index_labels = f["labels"][:]
+    q_labels = np.concatenate(q_labels)
+
+    fig = new_figure(CELL_IN * (k + 1), CELL_IN * queries + TITLE_IN)
+    axes = fig.subplots(queries, k + 1, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - TITLE_IN / (CELL_IN * queries + TITLE_IN),
+                        wspace=0.05, hspace=0.25)
+    report = []
+    for r in range(queries):
+        q_patch = _patch(loaded, query_set, int(q_idx[r]))
+        _show(axes[r][0], q_patch, f"query: {names[int(q_labels[r])]}", "black", bold=True)
+        hits = []
+        for j in range(k):
+            i = int(set_indices[rows[r, j]])
+            lab = int(index_labels[rows[r, j]])
+            patch = _patch(loaded, train_set, i)
+            colour = "tab:green" if lab == int(q_labels[r]) else "tab:red"
+            _show(axes[r][j + 1], patch, f"{names[lab]}  d={dists[r, j]:.3g}", colour)
+            hits.append({"index": i, "label": lab, "distance": float(f"{dists[r, j]:.6g}")})
+        report.append({"index": int(q_idx[r]), "label": int(q_labels[r]), "neighbors": hits})
+    fig.suptitle(f"fc7 nearest neighbours: {split} queries, {index_split} images "
+                 "(green: same class as the query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
+    path = save_figure(fig, figure_path(run, f"neighbors-{split}.png", out))
+    return {
+        "path": str(path), "checkpoint": str(ckpt_path), "index": str(path_idx), "index_reused": reused,
+        "index_images": int(len(set_indices)), "split": split, "index_split": index_split, "k": k,
+        "queries": report, "width": round(CELL_IN * (k + 1) * fig.dpi),
+        "height": round((CELL_IN * queries + TITLE_IN) * fig.dpi),
+    }
+
+
+def _patch(loaded: Loaded, dataset: Any, i: int) -> np.ndarray:
+    return centre_patches([dataset[i][0]], loaded.recipe.data)[0]
+
+
+def _show(ax: Any, image: np.ndarray, title: str, colour: str, bold: bool = False) -> None:
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_edgecolor(colour)
+        side.set_linewidth(3 if bold else 1.5)
+    ax.set_title(title, fontsize=8, color=colour, fontweight="bold" if bold else "normal")
