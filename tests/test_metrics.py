@@ -1,0 +1,129 @@
+"""Metrics: top-k with ties, Wilson intervals against the formula, crop and ensemble averaging."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alexrepro.errors import UserError
+from alexrepro.metrics import (
+    ErrorCounts,
+    average_crops,
+    average_ensemble,
+    softmax,
+    topk_classes,
+    topk_correct,
+    topk_error,
+    true_class_rank,
+    wilson_interval,
+)
+
+
+def test_topk_on_constructed_scores():
+    scores = torch.tensor(
+        [
+            [0.9, 0.05, 0.03, 0.01, 0.005, 0.005],  # label 0: rank 0
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # label 0: rank 5, outside the top 5
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # label 1: rank 4, inside the top 5
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # label 2: rank 2
+        ]
+    )
+    labels = torch.tensor([0, 0, 1, 2])
+    assert true_class_rank(scores, labels).tolist() == [0, 5, 4, 2]
+    assert topk_correct(scores, labels, 1).tolist() == [True, False, False, False]
+    assert topk_correct(scores, labels, 5).tolist() == [True, False, True, True]
+    assert topk_error(scores, labels, 1) == pytest.approx(3 / 4)
+    assert topk_error(scores, labels, 5) == pytest.approx(1 / 4)
+
+
+def test_ties_count_against_the_true_class():
+    # A constant output must not score: every tied class is counted as ranked above the label.
+    flat = torch.zeros(3, 6)
+    labels = torch.tensor([0, 3, 5])
+    assert topk_error(flat, labels, 1) == 1.0
+    assert topk_error(flat, labels, 5) == 1.0
+    # Tied for first with one other class: not top-1, but top-2.
+    scores = torch.tensor([[0.4, 0.4, 0.1, 0.1]])
+    assert not topk_correct(scores, torch.tensor([1]), 1).item()
+    assert topk_correct(scores, torch.tensor([1]), 2).item()
+    # Tied below: the other class scoring equal to the label but the label still top-1 when alone on top.
+    assert topk_correct(torch.tensor([[0.7, 0.1, 0.1, 0.1]]), torch.tensor([0]), 1).item()
+
+
+def test_k_larger_than_classes_is_a_user_error():
+    scores = torch.rand(2, 3)
+    with pytest.raises(UserError, match="top-5 error needs at least 5 classes but the scores have 3"):
+        topk_error(scores, torch.tensor([0, 1]), 5)
+    with pytest.raises(UserError):
+        ErrorCounts(num_classes=4)  # top-5 is part of the report
+
+
+def test_wilson_interval_matches_the_formula():
+    z = 1.959963984540054
+    for errors, n in [(0, 10), (3, 10), (10, 10), (375, 1000), (17000, 100000), (1, 1)]:
+        p = errors / n
+        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = (z / (1 + z**2 / n)) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+        lo, hi = wilson_interval(errors, n)
+        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert hi == pytest.approx(min(1.0, centre + half), abs=1e-12)
+        assert lo <= p <= hi
+    # A textbook value: 0 of 10 gives [0, 0.2775].
+    assert wilson_interval(0, 10)[1] == pytest.approx(0.27753, abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_interval(1, 0)
+
+
+def test_crop_average_is_the_mean_of_softmaxes_over_crops():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 10, 7, generator=g)  # 4 images, 10 crops, 7 classes
+    probs = softmax(logits)
+    avg = average_crops(probs)
+    for i in range(4):
+        acc = torch.zeros(7)
+        for c in range(10):
+            acc += torch.exp(logits[i, c]) / torch.exp(logits[i, c]).sum()
+        torch.testing.assert_close(avg[i], acc / 10)
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    a = torch.tensor([[10.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 3.0, 2.9]])
+    pa, pb = softmax(a), softmax(b)
+    ens = average_ensemble([pa, pb])
+    torch.testing.assert_close(ens, (pa + pb) / 2)
+    # Averaging logits would give a different distribution (and here a different top-1).
+    by_logits = softmax((a + b) / 2)
+    assert not torch.allclose(ens, by_logits)
+    assert ens.argmax().item() == 0 and by_logits.argmax().item() == 0
+    c = torch.tensor([[0.0, 8.0, 0.0]])
+    d = torch.tensor([[4.0, 0.0, 4.0]])
+    # softmax average: class 1 has ≈ 0.5; logit average: classes 0..2 tie-ish, class 1 wins at 4 vs 2
+    ens2 = average_ensemble([softmax(c), softmax(d)])
+    assert ens2[0, 1] == pytest.approx((math.exp(8) / (math.exp(8) + 2)) / 2 + 1 / (2 * math.exp(4) + 1) / 2)
+    with pytest.raises(ValueError):
+        average_ensemble([softmax(a), softmax(torch.zeros(1, 4))])
+
+
+def test_error_counts_per_class_and_merge():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = torch.tensor([0, 0, 1, 1])
+    counts = ErrorCounts(num_classes=2, ks=(1,))
+    counts.update(scores[:2], labels[:2])
+    other = ErrorCounts(num_classes=2, ks=(1,))
+    other.update(scores[2:], labels[2:])
+    counts.add_array(other.as_array())
+    assert counts.total == 4
+    assert counts.images.tolist() == [2, 2]
+    assert counts.misses[1].tolist() == [1, 1]
+    assert counts.error(1) == pytest.approx(0.5)
+    np.testing.assert_allclose(counts.class_error(1), [0.5, 0.5])
+    assert counts.interval(1) == wilson_interval(2, 4)
+
+
+def test_topk_classes_sorted_and_capped():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.2]])
+    vals, idx = topk_classes(scores, 5)
+    assert idx.shape == (1, 4) and idx[0, 0].item() == 1
+    assert vals[0].tolist() == sorted(vals[0].tolist(), reverse=True)

@@ -1,0 +1,143 @@
+"""predict: real photographs through prep's preprocessing, names and probabilities, broken files reported."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from alexrepro.checkpoint import load_checkpoint, save_checkpoint
+from alexrepro.cli import main
+from alexrepro.errors import UserError
+from alexrepro.imaging import prepare_image
+from alexrepro.model import build_model
+from alexrepro.predict import image_views, load_image, mean_from_checkpoint
+from alexrepro.prepared import Stats, write_manifest, write_shard, write_stats
+from alexrepro.recipe import load_recipe
+
+K = 7
+CLASSES = [{"index": i, "wnid": f"n{i:08d}", "name": f"thing {i}"} for i in range(K)]
+MEAN = np.linspace(60, 190, 256 * 256 * 3, dtype=np.float32).reshape(256, 256, 3)
+
+
+def tiny_recipe():
+    return load_recipe("tiny", [f"model.num_classes={K}", "data.image_size=72", "data.crop_size=64",
+                                "model.fc_width=32", "data.workers=0"])
+
+
+def write_ckpt(path, with_mean=True):
+    recipe = tiny_recipe()
+    torch.manual_seed(0)
+    model = build_model(recipe.model, recipe.data.crop_size)
+    payload = {"model": model.state_dict(), "recipe": recipe.to_dict(), "recipe_name": "tiny", "classes": CLASSES,
+               "epoch": 1, "step": 1}
+    if with_mean:
+        payload["stats"] = {"mean": MEAN.astype(np.float16), "channel_mean": MEAN.reshape(-1, 3).mean(0)}
+    save_checkpoint(path, payload)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skdata.astronaut()).save(root / "astronaut.jpg", quality=90)
+    Image.fromarray(skdata.chelsea()).save(root / "chelsea.png")
+    Image.fromarray(skdata.coffee()).convert("L").save(root / "coffee_grey.jpg")  # greyscale → RGB
+    (root / "broken.jpg").write_bytes((root / "astronaut.jpg").read_bytes()[:300])  # truncated
+    (root / "empty.png").write_bytes(b"")
+    write_ckpt(root / "with_mean.pt")
+    write_ckpt(root / "no_mean.pt", with_mean=False)
+    return root
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_predict_photos_and_report_broken_files(photos, capsys):
+    names = ["astronaut.jpg", "broken.jpg", "chelsea.png", "empty.png", "coffee_grey.jpg"]
+    args = ["predict", "-c", str(photos / "with_mean.pt"), *[str(photos / n) for n in names], "--json"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 1  # some files failed; the others were still predicted
+    r = json.loads(stdout)
+    assert [p["path"].rsplit("/", 1)[1] for p in r["images"]] == ["astronaut.jpg", "chelsea.png", "coffee_grey.jpg"]
+    assert [f["path"].rsplit("/", 1)[1] for f in r["failed"]] == ["broken.jpg", "empty.png"]
+    assert all(f["reason"] for f in r["failed"]) and "empty file" in r["failed"][1]["reason"]
+    assert r["mean_from"] == "checkpoint" and r["test_time"] == "predict_ten_crop"
+    for item in r["images"]:
+        top = item["top"]
+        assert len(top) == 5 and len({t["index"] for t in top}) == 5
+        probs = [t["prob"] for t in top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        for t in top:
+            assert t["name"] == f"thing {t['index']}" and t["wnid"] == f"n{t['index']:08d}"
+    assert "2 of 5 images could not be read" in err
+
+
+def test_human_output_lists_classes(photos, capsys):
+    code, stdout, err = run_cli(["predict", "-c", str(photos / "with_mean.pt"), str(photos / "chelsea.png"),
+                                 "--crops", "1"], capsys)
+    assert code == 0 and stdout == ""
+    assert "chelsea.png" in err and "thing " in err and "probability" in err
+
+
+def test_mean_needs_data_when_the_checkpoint_lacks_it(photos, tmp_path, capsys):
+    code, _, err = run_cli(["predict", "-c", str(photos / "no_mean.pt"), str(photos / "chelsea.png")], capsys)
+    assert code == 2 and "--data OUT" in err
+    write_stats(tmp_path, Stats(mean=MEAN, channel_mean=MEAN.reshape(-1, 3).mean(0), pixel_count=1))
+    code, stdout, _ = run_cli(["predict", "-c", str(photos / "no_mean.pt"), str(photos / "chelsea.png"),
+                               "--data", str(tmp_path), "--json"], capsys)
+    assert code == 0
+    from_data = json.loads(stdout)
+    assert from_data["mean_from"].endswith("stats.h5")
+    code, stdout, _ = run_cli(["predict", "-c", str(photos / "with_mean.pt"), str(photos / "chelsea.png"),
+                               "--json"], capsys)
+    from_ckpt = json.loads(stdout)
+    # float16 storage of the mean moves the probabilities only in the last digits
+    for a, b in zip(from_data["images"][0]["top"], from_ckpt["images"][0]["top"], strict=True):
+        assert a["index"] == b["index"] and a["prob"] == pytest.approx(b["prob"], abs=1e-3)
+    with pytest.raises(UserError, match="--data OUT"):
+        mean_from_checkpoint(load_checkpoint(photos / "no_mean.pt"), None)
+
+
+def test_predict_sees_exactly_what_the_eval_loader_sees(photos, tmp_path):
+    """The file goes through prep's §2 path and the loader's ten-crop path: same tensor as eval's."""
+    from alexrepro.loaders import make_loader
+
+    raw = (photos / "astronaut.jpg").read_bytes()
+    stored = np.asarray(prepare_image(raw, encoding="raw"))
+    np.testing.assert_array_equal(load_image(photos / "astronaut.jpg"), stored)
+    out = tmp_path / "set"
+    write_shard(out / "val" / "00000.h5", "raw", stored[None], [3], ["val/astronaut.jpg"])
+    write_manifest(out, {"source": "test", "encoding": "raw", "image_size": 256, "classes": CLASSES,
+                         "splits": {"val": {"count": 1, "shards": [{"file": "val/00000.h5", "count": 1}]}}})
+    write_stats(out, Stats(mean=MEAN, channel_mean=MEAN.reshape(-1, 3).mean(0), pixel_count=1))
+    data = tiny_recipe().data
+    cpu = torch.device("cpu")
+    from alexrepro.augment import mean_image_for
+
+    mean_t = torch.as_tensor(mean_image_for(MEAN, MEAN.reshape(-1, 3).mean(0), data))
+    for crops, kind in ((10, "ten"), (1, "center")):
+        loader = make_loader(out, "val", data, 1, train=False, device=cpu, crops=kind, kind="torch")
+        images, labels = next(iter(loader))
+        mine = image_views(stored, mean_t, data, crops, cpu)
+        assert mine.shape == images.shape and labels.tolist() == [3]
+        torch.testing.assert_close(mine, images)
+
+
+def test_png_named_jpeg_and_cmyk_are_read(photos, tmp_path, capsys):
+    png_named_jpeg = tmp_path / "really_png.JPEG"
+    Image.fromarray(skdata.coffee()).save(png_named_jpeg, format="PNG")
+    cmyk = tmp_path / "cmyk.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(skdata.astronaut()).convert("CMYK").save(buf, format="JPEG")
+    cmyk.write_bytes(buf.getvalue())
+    code, stdout, _ = run_cli(["predict", "-c", str(photos / "with_mean.pt"), str(png_named_jpeg), str(cmyk),
+                               "--crops", "1", "--json"], capsys)
+    assert code == 0 and len(json.loads(stdout)["images"]) == 2
