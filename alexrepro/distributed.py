@@ -1,0 +1,171 @@
+"""Data-parallel set-up: one process per GPU (NCCL) or per CPU worker (gloo), in one small module.
+
+On one machine `alexrepro train --gpus N` (or `--device cpu --procs N`) spawns the N processes
+itself; across machines `torchrun` starts them and sets RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT, which `from_env` reads. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from alexrepro.errors import UserError, WorkFailed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank among world_size, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def torchrun_env() -> DistInfo | None:
+    """The rank a launcher (torchrun or our own spawn) gave this process, or None when run alone."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
+    if world <= 1:
+        return None
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def resolve_launch(device: str, gpus: int, procs: int, parallel: str | None) -> tuple[str, int, str]:
+    """(device type, processes to start, parallel mode none|data|model) for a request; UserError if impossible.
+
+    `--gpus N` counts GPUs (one process each); `--procs N` counts gloo processes on the CPU.
+    `--parallel model` is §3.2's two-GPU split (two CUDA devices; on the CPU both towers run there).
+    Under torchrun the processes already exist, so none are started.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available; use --device cpu")
+    if gpus < 1 or procs < 1:
+        raise UserError("--gpus and --procs must be at least 1")
+    if device == "cpu" and gpus > 1:
+        raise UserError("--gpus counts GPUs; for several processes on the CPU use --procs N")
+    if device == "cuda" and procs > 1:
+        raise UserError("--procs is for --device cpu; on GPUs use --gpus N (one process per GPU)")
+    if device == "cuda" and gpus > torch.cuda.device_count():
+        raise UserError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are present")
+    world = gpus if device == "cuda" else procs
+    mode = parallel or ("data" if world > 1 else "none")
+    if mode not in ("none", "data", "model"):
+        raise UserError(f"--parallel must be data or model, got {mode!r}")
+    if mode == "model":
+        if device == "cuda" and gpus != 2:
+            raise UserError("--parallel model is the paper's two-GPU split: it needs exactly --gpus 2")
+        if procs > 1:
+            raise UserError("--parallel model runs one process; drop --procs")
+        return device, 1, mode
+    if torchrun_env() is not None:
+        return device, 1, "data"
+    return device, world, mode if world > 1 else "none"
+
+
+def backend_for(device_type: str) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def init_process_group(info: DistInfo, device_type: str) -> None:
+    """Join the process group named by the MASTER_ADDR/MASTER_PORT environment."""
+    if not info.distributed or dist.is_initialized():
+        return
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend_for(device_type), rank=info.rank, world_size=info.world_size)
+
+
+def cleanup() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across ranks, in place (a no-op when running alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op when running alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine right now, for the rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple, outdir: str) -> None:
+    """One spawned process: set the torchrun-style environment, run fn, record its result or error."""
+    os.environ.update(
+        {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    try:
+        result = fn(*args)
+    except (UserError, WorkFailed) as e:
+        kind = "user" if isinstance(e, UserError) else "work"
+        Path(outdir, f"error-{rank}.json").write_text(json.dumps({"kind": kind, "message": str(e)}))
+        raise SystemExit(1) from None
+    if rank == 0:
+        Path(outdir, "result.json").write_text(json.dumps(result, default=str))
+
+
+def launch(fn: Callable[..., Any], world_size: int, args: tuple = ()) -> Any:
+    """Run fn(*args) in world_size spawned processes; rank 0's return value (JSON-able) comes back.
+
+    A UserError or WorkFailed in any rank is raised again here (the first rank's, by rank order).
+    """
+    with tempfile.TemporaryDirectory(prefix="alexrepro-spawn-") as outdir:
+        try:
+            mp.start_processes(
+                _entry, args=(fn, world_size, free_port(), args, outdir), nprocs=world_size,
+                join=True, start_method="spawn",
+            )
+        except mp.ProcessExitedException:
+            pass  # the error file says why; checked below
+        except mp.ProcessRaisedException as e:
+            raise WorkFailed(f"a training process crashed: {str(e).strip().splitlines()[-1]}") from None
+        errors = sorted(Path(outdir).glob("error-*.json"))
+        if errors:
+            err = json.loads(errors[0].read_text())
+            raise (UserError if err["kind"] == "user" else WorkFailed)(err["message"])
+        result = Path(outdir, "result.json")
+        if not result.is_file():
+            raise WorkFailed("a training process exited without a result; rerun with --debug for its traceback")
+        return json.loads(result.read_text())

@@ -1,0 +1,414 @@
+"""The training loop of §5, top to bottom in `train()`; `run_training()` plans devices and processes.
+
+`plan_training(TrainOptions)` turns what the command line asked for into a `TrainPlan`: the
+resolved recipe (a resumed run's recipe compared with the checkpoint's), the devices, the number of
+data-parallel processes. `run_training` then runs `train` in this process, in N spawned processes
+(`--gpus N`, or `--procs N` on the CPU) or in a process torchrun started.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alexrepro import checkpoint as ck
+from alexrepro import distributed as D
+from alexrepro.errors import UserError, WorkFailed
+from alexrepro.metrics import true_class_rank
+from alexrepro.optim import apply_hyperparameters, make_optimizer, set_lr
+from alexrepro.prepared import open_split, read_manifest, read_stats
+from alexrepro.progress import console, make_progress
+from alexrepro.recipe import Recipe, diff_recipes, load_recipe, recipe_from_dict
+from alexrepro.runlog import RunLog, epoch_line
+from alexrepro.schedule import LRSchedule
+from alexrepro.watchdog import StallWatch, is_finite, nonfinite_message, stall_message
+
+# Recipe fields that change how a run executes but not what it computes: a resume may change them
+# without --force (schedule.epochs extends or shortens the run).
+RESUME_MAY_CHANGE = {
+    "schedule.epochs", "data.workers", "data.loader", "run.log_every", "run.checkpoint_every",
+    "run.keep_last", "run.stall_steps", "run.compile", "run.channels_last",
+}
+
+
+@dataclass
+class TrainOptions:
+    """What `alexrepro train` was asked for (recipe overrides already include the mapped options)."""
+
+    out: Path
+    run_dir: Path
+    recipe: str | None = None  # a shipped name or a .toml path; None on resume = the checkpoint's
+    overrides: list[str] = field(default_factory=list)  # section.key=value
+    device: str = "auto"  # cpu | cuda | auto
+    gpus: int = 1
+    procs: int = 1  # data-parallel gloo processes on the CPU
+    parallel: str | None = None  # data | model; None = data when more than one GPU
+    resume: str | None = None  # None = fresh run; "" = newest loadable checkpoint of the run; else a path
+    force: bool = False
+    tensorboard: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class TrainPlan:
+    """A resolved run: what every training process needs (picklable)."""
+
+    out: Path
+    run_dir: Path
+    recipe: Recipe
+    device_type: str  # cpu | cuda
+    world_size: int  # data-parallel processes this launch starts (1 = none)
+    parallel: str  # none | data | model
+    resume_path: Path | None
+    tensorboard: bool
+    show_progress: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_training(opts: TrainOptions) -> TrainPlan:
+    """Check the request and resolve the recipe and devices; every bad input is a UserError here."""
+    read_manifest(opts.out)  # a UserError unless OUT is a prepared set
+    device, world, parallel = D.resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
+
+    notes: list[str] = []
+    resume_path = None
+    if opts.resume is not None:
+        resume_path = Path(opts.resume) if opts.resume else ck.find_resumable(opts.run_dir)
+        if resume_path is None:
+            raise UserError(f"no checkpoint to resume in {ck.checkpoint_dir(opts.run_dir)}; start without --resume")
+        saved = ck.load_checkpoint(resume_path)
+        saved_recipe = recipe_from_dict(saved["recipe"], name=str(saved.get("recipe_name", "checkpoint")))
+        base = load_recipe(opts.recipe) if opts.recipe else saved_recipe
+        from alexrepro.recipe import apply_overrides
+
+        recipe = apply_overrides(base, opts.overrides)
+        changed = diff_recipes(saved_recipe, recipe)
+        blocking = [k for k in changed if k not in RESUME_MAY_CHANGE]
+        if blocking and not opts.force:
+            raise UserError(
+                f"the recipe differs from the checkpoint's in {', '.join(blocking)}; resume with the same "
+                "recipe, or add --force to continue with the new values"
+            )
+        if changed:
+            notes.append(f"resuming with changed recipe values: {', '.join(changed)}")
+        if saved.get("parallel", "none") == "model" and parallel != "model" or (
+            parallel == "model" and saved.get("parallel", "none") != "model"
+        ):
+            raise UserError("resume with the same --parallel mode as the checkpoint (the optimiser state differs)")
+    else:
+        if opts.recipe is None:
+            raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
+        recipe = load_recipe(opts.recipe, opts.overrides)
+        if ck.find_resumable(opts.run_dir) is not None:
+            raise UserError(f"{opts.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run")
+    return TrainPlan(
+        out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
+        parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
+        show_progress=opts.show_progress, notes=notes,
+    )
+
+
+def run_training(opts: TrainOptions) -> dict[str, Any] | None:
+    """Plan, then train here, in spawned data-parallel processes, or under torchrun (None on ranks > 0)."""
+    plan = plan_training(opts)
+    if plan.tensorboard:
+        _tensorboard_writer(None)
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    if plan.world_size > 1 and D.torchrun_env() is None:
+        return D.launch(_process, plan.world_size, (plan,))
+    summary = _process(plan)
+    env = D.torchrun_env()
+    return None if env is not None and not env.is_main else summary
+
+
+def _process(plan: TrainPlan) -> dict[str, Any]:
+    """One training process: join the process group (if any), train, leave."""
+    info = D.torchrun_env() or D.DistInfo()
+    if info.distributed and plan.parallel == "none":
+        plan = replace(plan, parallel="data")
+    if info.distributed and plan.device_type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    D.init_process_group(info, plan.device_type)
+    try:
+        return train(plan, info)
+    finally:
+        D.cleanup()
+
+
+def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
+    """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary."""
+    from alexrepro.loaders import make_loader
+    from alexrepro.model import build_model, model_parallel
+
+    t0 = time.time()
+    recipe, out, run_dir = plan.recipe, plan.out, plan.run_dir
+    m_cfg, d_cfg, o_cfg, s_cfg, r_cfg = recipe.model, recipe.data, recipe.optim, recipe.schedule, recipe.run
+    if plan.device_type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    else:
+        device = torch.device("cpu")
+    devices = [str(device)] if plan.parallel != "model" else (
+        ["cuda:0", "cuda:1"] if plan.device_type == "cuda" else ["cpu", "cpu"])
+
+    # ---- data: the prepared set must match the recipe
+    manifest = read_manifest(out)
+    classes = list(manifest.get("classes", []))
+    if len(classes) != m_cfg.num_classes:
+        raise UserError(
+            f"the recipe has model.num_classes = {m_cfg.num_classes} but {out} has {len(classes)} classes; "
+            f"add --set model.num_classes={len(classes)}"
+        )
+    stats = read_stats(out)
+    num_val = len(open_split(out, "val"))
+
+    # ---- model, optimiser, schedule (§5), same init on every rank
+    random.seed(r_cfg.seed)
+    np.random.seed(r_cfg.seed)
+    torch.manual_seed(r_cfg.seed)
+    model = build_model(m_cfg, d_cfg.crop_size)
+    if plan.parallel == "model":
+        model = model_parallel(model, (torch.device(devices[0]), torch.device(devices[1])))
+        device = torch.device(devices[0])
+    else:
+        model = model.to(device)
+    if r_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, o_cfg)
+    schedule = LRSchedule(s_cfg, o_cfg.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=r_cfg.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r_cfg.precision)
+    torch.manual_seed(r_cfg.seed + info.rank)  # dropout masks differ between ranks, as between images
+
+    def loader(split: str, train: bool):
+        return make_loader(
+            out, split, d_cfg, o_cfg.batch_size, train=train, device=device, seed=r_cfg.seed,
+            rank=info.rank, world_size=info.world_size, crops="center", kind=d_cfg.loader,
+            channels_last=r_cfg.channels_last,
+        )
+
+    train_loader, val_loader = loader("train", True), loader("val", False)
+
+    # ---- resume: weights, optimiser, schedule, RNG, loader position, history
+    start_epoch, start_batch, step, seconds_before = 0, 0, 0, 0.0
+    best_top1, history = math.inf, []
+    epoch_tally = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, images
+    if plan.resume_path is not None:
+        saved = ck.load_checkpoint(plan.resume_path)
+        model.load_state_dict(saved["model"])
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+        except ValueError as e:
+            raise UserError(f"the optimiser state does not fit ({e}); resume with the same recipe and --parallel") from None
+        schedule.load_state_dict(saved["schedule"])
+        if scaler.is_enabled() and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        train_loader.load_state_dict(saved["loader"])
+        start_epoch, start_batch, step = int(saved["epoch"]), int(saved["batch"]), int(saved["step"])
+        best_top1 = float(saved["best_top1"])
+        history = list(saved["metrics"]["history"])
+        epoch_tally = saved["metrics"]["running"].to(torch.float64).clone()
+        seconds_before = float(saved["metrics"].get("seconds", 0.0))
+        ck.restore_rng(saved["rng"])
+    apply_hyperparameters(optimizer, o_cfg, schedule.lr)  # the recipe's values, never the saved ones
+
+    net = model
+    if plan.parallel == "data":
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if r_cfg.compile:
+        net = torch.compile(net)
+
+    # ---- the run folder (rank 0)
+    log = RunLog(run_dir, enabled=info.is_main)
+    if info.is_main:
+        ck.remove_stale_temps(run_dir)
+        log.write_recipe(recipe)
+        log.write_environment(devices if plan.parallel != "data" else [f"{plan.device_type}"] * info.world_size,
+                              info.world_size)
+        log.truncate_metrics(step)
+        log.line(f"{'resumed from ' + str(plan.resume_path) if plan.resume_path else 'started'} at epoch "
+                 f"{start_epoch} step {step}: recipe {recipe.name}, devices {devices}, world {info.world_size}")
+    writer = _tensorboard_writer(run_dir) if plan.tensorboard and info.is_main else None
+    stall = StallWatch(m_cfg.num_classes, r_cfg.stall_steps)
+    warnings: list[str] = []
+    topk = (1, min(5, m_cfg.num_classes))
+    progress = make_progress() if plan.show_progress and info.is_main else None
+    if progress is not None:
+        progress.start()
+
+    def payload(epoch: int, batch: int) -> dict[str, Any]:
+        return {
+            "model": ck.unwrap(model).state_dict(), "recipe": recipe.to_dict(), "recipe_name": recipe.name,
+            "classes": classes, "epoch": epoch, "batch": batch, "step": step, "parallel": plan.parallel,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "schedule": schedule.state_dict(), "rng": ck.capture_rng(), "loader": train_loader.state_dict(),
+            "metrics": {"history": history, "running": epoch_tally.clone(),
+                        "seconds": seconds_before + time.time() - t0},
+            "best_top1": best_top1, "stats": ck.stats_payload(stats),
+        }
+
+    # ---- the loop (§5)
+    last_paths: dict[str, Path] = {}
+    try:
+        for epoch in range(start_epoch, s_cfg.epochs):
+            lr = schedule.lr
+            set_lr(optimizer, lr)
+            train_loader.set_epoch(epoch, start_batch)
+            net.train()
+            n_batches = start_batch + len(train_loader)  # len() counts from start_batch
+            if start_batch == 0:
+                epoch_tally.zero_()
+            window, t_window = torch.zeros(4, dtype=torch.float64), time.time()
+            task = None if progress is None else progress.add_task(
+                f"epoch {epoch + 1}/{s_cfg.epochs}", total=n_batches, completed=start_batch, unit="batch")
+            for i, (images, labels) in enumerate(ck.rng_isolated(train_loader), start=start_batch):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = net(images)
+                losses = F.cross_entropy(logits.float(), labels, reduction="none")
+                ranks = true_class_rank(logits.detach().float(), labels)
+                count = torch.full((), float(len(labels)), dtype=torch.float64, device=losses.device)
+                tally = torch.stack([losses.detach().sum().double(), (ranks < topk[0]).sum().double(),
+                                     (ranks < topk[1]).sum().double(), count])
+                tally = D.all_reduce_sum(tally.to(device)).cpu()
+                loss_value = float(tally[0] / tally[3])
+                if not is_finite(loss_value):  # watchdog: keep the last good state, then stop
+                    where = None
+                    if info.is_main:
+                        where = ck.write_run_checkpoint(run_dir, payload(epoch, i), epoch_end=False,
+                                                        is_best=False, keep_last=r_cfg.keep_last)["last"]
+                    D.barrier()
+                    raise WorkFailed(nonfinite_message(step + 1, loss_value, lr, str(where) if where else None))
+                # Sum over this rank's images ÷ the global batch × world: DDP's average is the global mean.
+                loss = losses.sum() * info.world_size / tally[3].item() if info.world_size > 1 else losses.mean()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                epoch_tally += tally
+                window += tally
+                if progress is not None:
+                    ips = float(window[3]) / max(time.time() - t_window, 1e-9)
+                    progress.update(task, advance=1, status=f"step {step} loss {loss_value:.3f} lr {lr:.3g} "
+                                    f"top-1 err {float(1 - epoch_tally[1] / epoch_tally[3]):.1%} {ips:,.0f} img/s")
+                if step % r_cfg.log_every == 0 or i == n_batches - 1:
+                    secs = time.time() - t_window
+                    rec = _train_record(window, epoch, i + 1, step, lr, secs, seconds_before + time.time() - t0)
+                    log.metrics(rec)
+                    log.line(epoch_line(epoch, i + 1, n_batches, rec["train_loss"], 100 * (1 - rec["train_top1_error"]),
+                                        100 * (1 - rec["train_top5_error"]), lr, rec["images_per_s"]))
+                    if writer is not None:
+                        writer.add_scalar("train/loss", rec["train_loss"], step)
+                        writer.add_scalar("train/lr", lr, step)
+                    if stall.check(step, rec["train_loss"]):
+                        warnings.append(stall_message(step, rec["train_loss"], m_cfg.num_classes, m_cfg.init))
+                        console.print(f"[yellow]warning:[/yellow] {warnings[-1]}")
+                        log.line(f"warning: {warnings[-1]}")
+                    window, t_window = torch.zeros(4, dtype=torch.float64), time.time()
+                if r_cfg.checkpoint_every and step % r_cfg.checkpoint_every == 0 and i + 1 < n_batches:
+                    if info.is_main:
+                        last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch, i + 1), epoch_end=False,
+                                                                  is_best=False, keep_last=r_cfg.keep_last))
+                    D.barrier()
+            start_batch = 0
+            if progress is not None:
+                progress.remove_task(task)
+
+            # ---- validation on the centre crop; the schedule and best checkpoint follow top-1 error
+            val = validate(net, val_loader, device, amp_dtype, topk, expected=num_val)
+            reduced = schedule.epoch_end(epoch, val["top1_error"])
+            is_best = val["top1_error"] < best_top1
+            best_top1 = min(best_top1, val["top1_error"])
+            t_ep = epoch_tally
+            record = {
+                "kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
+                "train_loss": float(t_ep[0] / t_ep[3]), "train_top1_error": float(1 - t_ep[1] / t_ep[3]),
+                "train_top5_error": float(1 - t_ep[2] / t_ep[3]), "val_top1_error": val["top1_error"],
+                "val_top5_error": val["top5_error"], "val_images": val["images"],
+                "seconds": seconds_before + time.time() - t0, "best": is_best, "lr_reduced": reduced,
+            }
+            history.append(record)
+            log.metrics(record)
+            val_line = (f"Epoch: [{epoch}] val  top-1 error {100 * val['top1_error']:.2f}%  top-5 error "
+                        f"{100 * val['top5_error']:.2f}%{'  (best)' if is_best else ''}"
+                        f"{f'  lr -> {schedule.lr:g}' if reduced else ''}")
+            log.line(val_line)
+            if info.is_main:
+                console.print(val_line, highlight=False)
+            if writer is not None:
+                writer.add_scalar("val/top1_error", val["top1_error"], epoch + 1)
+                writer.add_scalar("val/top5_error", val["top5_error"], epoch + 1)
+            if info.is_main:
+                last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch + 1, 0), epoch_end=True,
+                                                          is_best=is_best, keep_last=r_cfg.keep_last))
+            D.barrier()
+    finally:
+        if progress is not None:
+            progress.stop()
+        if writer is not None:
+            writer.close()
+        train_loader.close()
+        val_loader.close()
+
+    best = min(history, key=lambda r: r["val_top1_error"]) if history else None
+    folder = ck.checkpoint_dir(run_dir)
+    return {
+        "run": str(run_dir), "recipe": recipe.name, "epochs": len(history), "steps": step,
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_top1_error": best["val_top1_error"] if best else None,
+        "best_val_top5_error": best["val_top5_error"] if best else None,
+        "last_val_top1_error": history[-1]["val_top1_error"] if history else None,
+        "last_val_top5_error": history[-1]["val_top5_error"] if history else None,
+        "seconds": seconds_before + time.time() - t0, "world_size": info.world_size, "devices": devices,
+        "parallel": plan.parallel, "resumed_from": str(plan.resume_path) if plan.resume_path else None,
+        "checkpoints": {k: str(folder / n) for k, n in (("last", ck.LAST), ("best", ck.BEST)) if (folder / n).exists()},
+        "warnings": warnings,
+    }
+
+
+@torch.no_grad()
+def validate(net: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,  # noqa: ANN001
+             topk: tuple[int, int], expected: int) -> dict[str, float]:
+    """Centre-crop top-1/top-5 error over every rank's images; the image count must equal `expected`."""
+    net.eval()
+    loader.set_epoch(0)
+    hits = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images
+    for images, labels in ck.rng_isolated(loader):
+        if len(labels) == 0:
+            continue
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = net(images)
+        ranks = true_class_rank(logits.float(), labels)
+        hits += torch.stack([(ranks < topk[0]).sum(), (ranks < topk[1]).sum(), torch.tensor(len(labels), device=ranks.device)]).double().to(device)
+    hits = D.all_reduce_sum(hits).cpu()
+    if int(hits[2]) != expected:  # count the images scored across ranks (torchvision only warns)
+        raise WorkFailed(f"validation scored {int(hits[2])} images but the split has {expected}")
+    return {"top1_error": float(1 - hits[0] / hits[2]), "top5_error": float(1 - hits[1] / hits[2]),
+            "images": int(hits[2])}
+
+
+def _train_record(window: torch.Tensor, epoch: int, batch: int, step: int, lr: float, secs: float,
+                  total_secs: float) -> dict[str, Any]:
+    n = float(window[3]) or 1.0
+    return {"kind": "step", "epoch": epoch, "batch": batch, "step": step, "lr": lr,
+            "train_loss": float(window[0]) / n, "train_top1_error": 1 - float(window[1]) / n,
+            "train_top5_error": 1 - float(window[2]) / n, "images_per_s": float(window[3]) / max(secs, 1e-9),
+            "seconds": total_secs}
+
+
+def _tensorboard_writer(run_dir: Path | None):  # noqa: ANN202
+    """A SummaryWriter under RUN/tensorboard, or a UserError saying how to install TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return None if run_dir is None else SummaryWriter(str(Path(run_dir) / "tensorboard"))

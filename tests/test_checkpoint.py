@@ -1,0 +1,96 @@
+"""Checkpoints: atomic writes, loud refusal of bad files, the newest loadable found, old ones pruned."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from alexrepro import checkpoint as ck
+from alexrepro.errors import UserError
+
+
+def _payload(epoch, step=0):
+    return {"epoch": epoch, "step": step, "model": {"w": torch.full((3,), float(epoch))},
+            "rng": {"numpy": ("MT19937", np.arange(4, dtype=np.uint32), 1, 0, 0.0)},
+            "stats": {"channel_mean": np.array([1.0, 2.0, 3.0])}}
+
+
+def test_save_load_roundtrip_is_weights_only_safe(tmp_path):
+    p = tmp_path / "a.pt"
+    ck.save_checkpoint(p, _payload(2, 7))
+    got = ck.load_checkpoint(p)
+    assert got["format"] == "alexrepro-checkpoint" and got["version"] == 1
+    assert got["epoch"] == 2 and got["step"] == 7 and torch.equal(got["model"]["w"], torch.full((3,), 2.0))
+    assert torch.equal(got["rng"]["numpy"][1], torch.arange(4, dtype=torch.int32).to(torch.uint32))
+
+
+def test_a_failing_write_leaves_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "last.pt"
+    ck.save_checkpoint(p, _payload(1))
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a zip")  # a partial write, then the disk fills
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(p, _payload(2))
+    monkeypatch.undo()
+    assert ck.load_checkpoint(p)["epoch"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_load_refuses_missing_corrupt_and_foreign_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ck.load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="corrupt"):
+        ck.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserError, match="not an alexrepro checkpoint"):
+        ck.load_checkpoint(foreign)
+
+
+def test_corrupt_newest_is_skipped_with_a_warning(tmp_path, capsys):
+    run = tmp_path / "run"
+    ck.write_run_checkpoint(run, _payload(1, 10), epoch_end=True, is_best=True, keep_last=3)
+    time.sleep(0.01)
+    last = ck.checkpoint_dir(run) / "last.pt"
+    assert ck.find_resumable(run) == last
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # torn by something outside our atomic write
+    os.utime(last, None)
+    found = ck.find_resumable(run)
+    assert found is not None and found.name in ("epoch-001.pt", "best.pt")
+    assert ck.load_checkpoint(found)["step"] == 10
+    assert "skipping last.pt" in capsys.readouterr().err
+    assert ck.find_resumable(tmp_path / "empty") is None
+
+
+def test_epoch_files_keep_the_last_k_plus_best(tmp_path):
+    run = tmp_path / "run"
+    for e in range(1, 6):
+        ck.write_run_checkpoint(run, _payload(e, e * 10), epoch_end=True, is_best=(e == 2), keep_last=2)
+    names = sorted(p.name for p in ck.checkpoint_dir(run).iterdir())
+    assert names == ["best.pt", "epoch-004.pt", "epoch-005.pt", "last.pt"]
+    assert ck.load_checkpoint(ck.checkpoint_dir(run) / "best.pt")["epoch"] == 2
+    # a mid-epoch save touches only last.pt
+    ck.write_run_checkpoint(run, _payload(5, 57), epoch_end=False, is_best=False, keep_last=2)
+    assert ck.load_checkpoint(ck.checkpoint_dir(run) / "last.pt")["step"] == 57
+    assert ck.load_checkpoint(ck.checkpoint_dir(run) / "epoch-005.pt")["step"] == 50
+
+
+def test_unwrap_removes_compile_wrapper():
+    net = torch.nn.Linear(2, 2)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self._orig_mod = net
+
+    assert ck.unwrap(Wrapped()) is net and ck.unwrap(net) is net

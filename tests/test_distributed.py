@@ -1,0 +1,91 @@
+"""Data parallelism: launch checks, torchrun's environment, N gloo processes = 1 process; GPU paths."""
+
+import pytest
+import torch
+from test_train import SMALL, make_set  # tests/ is on sys.path under pytest
+
+from alexrepro import checkpoint as ck
+from alexrepro import distributed as D
+from alexrepro.errors import UserError
+from alexrepro.train import TrainOptions, run_training
+
+
+def test_resolve_launch_counts_processes_and_refuses_impossible_requests():
+    assert D.resolve_launch("cpu", 1, 1, None) == ("cpu", 1, "none")
+    assert D.resolve_launch("cpu", 1, 3, None) == ("cpu", 3, "data")
+    assert D.resolve_launch("cpu", 1, 1, "model") == ("cpu", 1, "model")  # both towers on the CPU
+    with pytest.raises(UserError, match="--procs N"):
+        D.resolve_launch("cpu", 2, 1, None)
+    with pytest.raises(UserError, match="data or model"):
+        D.resolve_launch("cpu", 1, 2, "pipeline")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            D.resolve_launch("cuda", 1, 1, None)
+    elif torch.cuda.device_count() < 2:
+        with pytest.raises(UserError, match="only 1 CUDA devices"):
+            D.resolve_launch("cuda", 2, 1, "model")
+
+
+def test_torchrun_environment_is_read(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert D.torchrun_env() is None
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = D.torchrun_env()
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (3, 8, 1, False)
+    assert D.resolve_launch("cpu", 1, 1, None) == ("cpu", 1, "data")  # torchrun started the processes
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    with pytest.raises(UserError, match="integers"):
+        D.torchrun_env()
+
+
+def test_all_reduce_is_identity_alone():
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(D.all_reduce_sum(t), torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    data = make_set(tmp_path / "out")
+    common = SMALL + ["model.dropout=0.0", "schedule.epochs=1"]
+    one = run_training(TrainOptions(out=data, run_dir=tmp_path / "one", recipe="tiny", overrides=common,
+                                    device="cpu", show_progress=False))
+    two = run_training(TrainOptions(out=data, run_dir=tmp_path / "two", recipe="tiny", overrides=common,
+                                    device="cpu", procs=2, show_progress=False))
+    assert two["world_size"] == 2 and two["parallel"] == "data" and two["steps"] == one["steps"]
+    assert two["last_val_top1_error"] == pytest.approx(one["last_val_top1_error"])
+    a = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "one") / "last.pt")["model"]
+    b = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "two") / "last.pt")["model"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_an_error_in_a_spawned_process_is_reported(tmp_path):
+    data = make_set(tmp_path / "out")
+    with pytest.raises(UserError, match="does not divide by 3"):
+        run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", overrides=SMALL,
+                                  device="cpu", procs=3, show_progress=False))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_channels_last_training_on_cuda(tmp_path):
+    data = make_set(tmp_path / "out")
+    s = run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", device="cuda",
+                                  overrides=SMALL + ["run.precision=bf16", "run.channels_last=true",
+                                                     "schedule.epochs=1"], show_progress=False))
+    assert s["devices"] == ["cuda:0"] and s["steps"] == 4
+    c = ck.load_checkpoint(s["checkpoints"]["last"])
+    assert all(torch.isfinite(t).all() for t in c["model"].values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_model_parallel_on_two_gpus(tmp_path):
+    data = make_set(tmp_path / "out")
+    s = run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", device="cuda", gpus=2,
+                                  parallel="model", overrides=SMALL + ["schedule.epochs=1"], show_progress=False))
+    assert s["parallel"] == "model" and s["devices"] == ["cuda:0", "cuda:1"]

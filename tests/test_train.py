@@ -1,0 +1,258 @@
+"""The training loop: resume equality, watchdogs, bad input, the run folder, and learning on synth data."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexrepro import checkpoint as ck
+from alexrepro import prepared
+from alexrepro.cli.app import main
+from alexrepro.errors import UserError, WorkFailed
+from alexrepro.recipe import load_recipe, recipe_from_dict
+from alexrepro.train import TrainOptions, run_training
+from alexrepro.watchdog import StallWatch, is_stalled, stall_message
+
+# A net small enough for a busy 2-core CPU: the tiny recipe at 64-pixel crops of 72-pixel images.
+SMALL = ["model.num_classes=4", "data.image_size=72", "data.crop_size=64", "data.workers=0",
+         "optim.batch_size=8", "run.log_every=2", "schedule.epochs=2"]
+COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float64)
+
+
+def make_set(out: Path, classes: int = 4, train_per_class: int = 8, val_per_class: int = 3, seed: int = 0) -> Path:
+    """A raw-encoded prepared set of class-coloured noisy images, written with prepared.py directly."""
+    rng = np.random.default_rng(seed)
+
+    def images(n_per):
+        labels = np.repeat(np.arange(classes), n_per)
+        base = COLOURS[labels % len(COLOURS)][:, None, None, :]
+        noise = rng.normal(0, 30, size=(len(labels), 256, 256, 3))
+        return np.clip(base + noise, 0, 255).astype(np.uint8), labels
+
+    splits = {}
+    for split, n_per in (("train", train_per_class), ("val", val_per_class)):
+        ims, labels = images(n_per)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        keys = [f"{split}/{i}.png" for i in range(len(labels))]
+        prepared.write_shard(out / split / "00000.h5", "raw", ims, labels, keys)
+        splits[split] = {"count": len(labels), "shards": [{"file": f"{split}/00000.h5", "count": len(labels)}]}
+        if split == "train":
+            mean = ims.astype(np.float64).mean(axis=0)
+    prepared.write_manifest(out, {"splits": splits, "encoding": "raw", "source": "test", "skipped": 0,
+                                  "classes": [{"index": i, "wnid": f"n{i:08d}", "name": f"c{i}"} for i in range(classes)]})
+    prepared.write_stats(out, prepared.Stats(mean=mean.astype(np.float32), channel_mean=mean.mean(axis=(0, 1)),
+                                             pixel_count=256 * 256 * classes * train_per_class,
+                                             eigval=np.array([3000.0, 300.0, 30.0]), eigvec=np.eye(3)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_set(tmp_path_factory.mktemp("set") / "out")
+
+
+def _train(data, run, *extra, recipe="tiny", resume=None, force=False, parallel=None):
+    opts = TrainOptions(out=data, run_dir=run, recipe=recipe, overrides=SMALL + list(extra), device="cpu",
+                        parallel=parallel, resume=resume, force=force, show_progress=False)
+    return run_training(opts)
+
+
+def _weights(run, name="last.pt"):
+    return ck.load_checkpoint(ck.checkpoint_dir(run) / name)["model"]
+
+
+def _assert_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_folder_records_itself(data, tmp_path):
+    run = tmp_path / "run"
+    summary = _train(data, run)
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * (32 // 8)
+    assert 0 <= summary["best_val_top1_error"] <= 1 and Path(summary["checkpoints"]["best"]).is_file()
+    names = sorted(p.name for p in ck.checkpoint_dir(run).iterdir())
+    assert names == ["best.pt", "epoch-001.pt", "epoch-002.pt", "last.pt"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["val_images"] == 12 for r in epochs)
+    for key in ("train_loss", "train_top1_error", "train_top5_error", "val_top1_error", "val_top5_error", "lr", "seconds"):
+        assert all(isinstance(r[key], float) and math.isfinite(r[key]) for r in epochs), key
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8] and all(r["images_per_s"] > 0 for r in steps)
+    log = (run / "log.txt").read_text()
+    assert "Epoch: [0][2/4]" in log and "acc@1" in log and "acc@5" in log
+    saved = load_recipe(run / "recipe.toml")
+    assert saved.model.num_classes == 4 and saved.schedule.epochs == 2 and saved.data.crop_size == 64
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["devices"] == ["cpu"]
+    c = ck.load_checkpoint(ck.checkpoint_dir(run) / "last.pt")
+    assert c["classes"][3]["wnid"] == "n00000003" and c["epoch"] == 2 and c["batch"] == 0
+    assert c["stats"]["mean"].dtype == torch.float16 and tuple(c["stats"]["mean"].shape) == (256, 256, 3)
+    model, recipe, classes = ck.model_from_checkpoint(c)
+    assert recipe.model.num_classes == 4 and len(classes) == 4
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_resume_after_an_epoch_gives_bitwise_equal_weights(data, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _train(data, straight)
+    _train(data, split, "schedule.epochs=1")
+    summary = _train(data, split, resume="")  # schedule.epochs may change on resume without --force
+    assert summary["resumed_from"].endswith("last.pt") and summary["epochs"] == 2
+    _assert_equal(_weights(straight), _weights(split))
+
+
+def test_resume_mid_epoch_gives_bitwise_equal_weights(data, tmp_path, monkeypatch):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    _train(data, straight)
+    real = ck.write_run_checkpoint
+
+    def crash_after_mid_epoch_save(run_dir, payload, **kw):
+        out = real(run_dir, payload, **kw)
+        if payload["epoch"] == 1 and payload["batch"] == 2:
+            raise KeyboardInterrupt  # killed right after the save
+        return out
+
+    monkeypatch.setattr(ck, "write_run_checkpoint", crash_after_mid_epoch_save)
+    with pytest.raises(KeyboardInterrupt):
+        _train(data, crashed, "run.checkpoint_every=2")
+    monkeypatch.undo()
+    assert ck.load_checkpoint(ck.checkpoint_dir(crashed) / "last.pt")["step"] == 6
+    _train(data, crashed, "run.checkpoint_every=2", resume="")
+    _assert_equal(_weights(straight), _weights(crashed))
+    steps = [json.loads(x)["step"] for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # nothing logged twice
+
+
+def test_resume_refuses_a_different_recipe_unless_forced_and_then_uses_the_new_lr(data, tmp_path):
+    run = tmp_path / "run"
+    _train(data, run, "schedule.epochs=1")
+    with pytest.raises(UserError, match="optim.lr"):
+        _train(data, run, "optim.lr=0.5", resume="")
+    _train(data, run, "optim.lr=0.002", "schedule.epochs=2", resume="", force=True)
+    c = ck.load_checkpoint(ck.checkpoint_dir(run) / "last.pt")
+    assert c["recipe"]["optim"]["lr"] == 0.002
+    assert all(g["lr"] == pytest.approx(0.002) for g in c["optimizer"]["param_groups"])  # not the saved 0.01
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        _train(data, run)
+
+
+def test_nan_watchdog_stops_with_exit_1_and_keeps_a_good_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", str(data), "--recipe", "tiny", "--run", str(run), "--device", "cpu", "--no-progress",
+            "--set", "optim.lr=1e6"] + [x for s in SMALL for x in ("--set", s)]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "Lower the learning rate" in err
+    c = ck.load_checkpoint(ck.checkpoint_dir(run) / "last.pt")
+    assert all(torch.isfinite(t).all() for t in c["model"].values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.num_classes=5"], "num_classes = 5"),
+    (["--device", "cpu", "--gpus", "2"], "--procs"),
+    (["--device", "cuda"], "no CUDA device"),
+    (["--device", "cpu", "--procs", "2", "--parallel", "model"], "drop --procs"),
+    (["--resume"], "no checkpoint to resume"),
+])
+def test_bad_input_exits_2_with_one_line(data, tmp_path, capsys, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    small = [x for s in SMALL if not s.startswith("model.num_classes") or "model.num_classes=5" not in args
+             for x in ("--set", s)]
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(data), "--recipe", "tiny", "--run", str(tmp_path / "r"), "--no-progress", *small, *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_prepared_set_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(tmp_path), "--recipe", "tiny", "--run", str(tmp_path / "r")])
+    assert e.value.code == 2 and "not a prepared set" in capsys.readouterr().err
+
+
+def test_model_parallel_on_cpu_matches_one_device(data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(data, one, "model.dropout=0.0", "schedule.epochs=1")
+    s = _train(data, two, "model.dropout=0.0", "schedule.epochs=1", parallel="model")
+    assert s["parallel"] == "model" and s["devices"] == ["cpu", "cpu"]
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_stall_watch_fires_once_near_ln_c():
+    # ln(1000) = 6.9078; 5% of it is 0.345
+    assert is_stalled(6.9, 1000) and is_stalled(6.9078 - 0.34, 1000) and not is_stalled(6.5, 1000)
+    w = StallWatch(num_classes=10, stall_steps=100)
+    assert not w.check(50, math.log(10))  # too early
+    assert w.check(100, math.log(10) + 0.01) and not w.check(200, math.log(10))
+    assert "caffe-init" in stall_message(100, 2.3, 10, "paper")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_completes(data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _train(data, straight, "schedule.epochs=3")
+    base = [sys.executable, "-m", "alexrepro", "train", str(data), "--recipe", "tiny", "--run", str(killed),
+            "--device", "cpu", "--no-progress", "--checkpoint-every", "1", "--epochs", "3"]
+    base += [x for s in SMALL for x in ("--set", s)]
+    proc = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = ck.checkpoint_dir(killed) / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and ck.load_checkpoint(last)["step"] >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for p in ck.checkpoint_dir(killed).glob("*.pt"):
+        ck.load_checkpoint(p)  # none corrupt
+    done = subprocess.run(base + ["--resume", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["epochs"] == 3 and summary["resumed_from"]
+    _assert_equal(_weights(straight), _weights(killed))
+    assert not list(ck.checkpoint_dir(killed).glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_tiny_recipe_learns_synth_data_well_below_chance(tmp_path):
+    from alexrepro.prep import PrepOptions, prep
+    from alexrepro.stats import compute_pca
+    from alexrepro.synth import make_synthetic
+
+    make_synthetic(tmp_path / "src", classes=10, train_per_class=100, val_per_class=20, seed=0, progress=False)
+    prep(tmp_path / "src", tmp_path / "out", PrepOptions(workers=2), progress=False)
+    compute_pca(tmp_path / "out", progress=False)
+    s = run_training(TrainOptions(out=tmp_path / "out", run_dir=tmp_path / "run", recipe="tiny",
+                                  overrides=["data.workers=0"], device="cpu", show_progress=False))
+    assert s["epochs"] == 12 and s["steps"] == 12 * (1000 // 64)  # the tiny recipe as shipped
+    assert s["best_val_top1_error"] < 0.8  # chance is 0.9 with 10 classes (about 0.67 seen)
+
+
+def test_recipe_from_checkpoint_round_trips(data, tmp_path):
+    run = tmp_path / "run"
+    _train(data, run, "schedule.epochs=1", "optim.lr=0.02")
+    c = ck.load_checkpoint(ck.checkpoint_dir(run) / "best.pt")
+    r = recipe_from_dict(c["recipe"], name=c["recipe_name"])
+    assert r.optim.lr == 0.02 and c["recipe_name"] == "tiny"
+
+
+def test_work_failed_is_the_divergence_type():
+    assert issubclass(WorkFailed, Exception) and not issubclass(WorkFailed, UserError)
