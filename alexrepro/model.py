@@ -36,7 +36,12 @@ CONV_GEOMETRY = {
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 GROUPED = ("conv2", "conv4", "conv5")  # §3.2: these see only the kernel maps on their own GPU
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # §5: biases 1 here (to give ReLUs positive inputs)
-INIT_SCHEMES = ("paper", "caffe")
+INIT_SCHEMES = ("paper", "caffe", "paper-scaled")
+# §3.5: each layer's fan-in in the paper's two-GPU net (kernel size × input maps on the same GPU).
+PAPER_FAN_IN = {
+    "conv1": 11 * 11 * 3, "conv2": 5 * 5 * 48, "conv3": 3 * 3 * 256, "conv4": 3 * 3 * 192,
+    "conv5": 3 * 3 * 192, "fc6": 6 * 6 * 256, "fc7": 4096, "fc8": 4096,
+}
 
 
 def conv_channels(cfg: ModelConfig) -> tuple[int, ...]:
@@ -125,12 +130,22 @@ def _norm(cfg: ModelConfig, groups: int) -> nn.Module:
 
 
 def init_weights(model: AlexNet, scheme: str) -> None:
-    """Initialise every learned layer in place: "paper" (§5) or "caffe" (Caffe's bvlc_alexnet)."""
+    """Initialise every learned layer in place: "paper" (§5), "caffe" (bvlc_alexnet) or "paper-scaled"."""
     if scheme not in INIT_SCHEMES:
         raise UserError(f"unknown init scheme {scheme!r}; use one of {', '.join(INIT_SCHEMES)}")
     with torch.no_grad():
         for name in LAYERS:
             layer = getattr(model, name)
+            if scheme == "paper-scaled":
+                # Not the paper's: §5's init with each std multiplied by sqrt(paper fan-in / this fan-in), so
+                # a reduced-width net (the tiny recipe) keeps the full net's activation scale layer by layer.
+                # A fixed 0.01 shrinks the signal through narrow layers and training stalls at ln(classes).
+                # For the paper's own net every factor is 1 and this is exactly "paper".
+                fan_in = layer.weight[0].numel()
+                std = 0.01 * (PAPER_FAN_IN[name] / fan_in) ** 0.5
+                layer.weight.normal_(0.0, std)
+                layer.bias.fill_(1.0 if name in BIAS_ONE else 0.0)
+                continue
             if scheme == "paper":
                 # §5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 in the rest.
                 std, bias = 0.01, (1.0 if name in BIAS_ONE else 0.0)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from alexrepro.errors import UserError
 
@@ -41,8 +42,9 @@ class ModelConfig:
     pool_stride: int = 2  # §3.4: s = 2
     dropout: float = 0.5  # §4.2: fc6 and fc7
     # §5: N(0, 0.01) weights, biases 1 in conv2/4/5 and fc6/7. "caffe": the Caffe reference model's
-    # fix for the stall at ln(1000) (std 0.005 for fc6/fc7, biases 0.1).
-    init: Literal["paper", "caffe"] = "paper"
+    # fix for the stall at ln(1000) (std 0.005 for fc6/fc7, biases 0.1). "paper-scaled": §5's init with
+    # each std scaled by sqrt(paper fan-in / fan-in), identical for the paper net, for reduced widths (tiny).
+    init: Literal["paper", "caffe", "paper-scaled"] = "paper"
 
 
 @dataclass

@@ -271,14 +271,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
             task = None if progress is None else progress.add_task(
                 f"epoch {epoch + 1}/{s_cfg.epochs}", total=n_batches, completed=start_batch, unit="batch")
             for i, (images, labels) in enumerate(ck.rng_isolated(train_loader), start=start_batch):
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = net(images)
-                losses = F.cross_entropy(logits.float(), labels, reduction="none")
-                ranks = true_class_rank(logits.detach().float(), labels)
-                count = torch.full((), float(len(labels)), dtype=torch.float64, device=losses.device)
-                tally = torch.stack([losses.detach().sum().double(), (ranks < topk[0]).sum().double(),
-                                     (ranks < topk[1]).sum().double(), count])
-                tally = D.all_reduce_sum(tally.to(device)).cpu()
+                losses, tally = forward_and_tally(net, images, labels, amp_dtype, topk, device)
                 loss_value = float(tally[0] / tally[3])
                 if not is_finite(loss_value):  # watchdog: keep the last good state, then stop
                     where = None
@@ -287,12 +280,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
                                                         is_best=False, keep_last=r_cfg.keep_last)["last"]
                     D.barrier()
                     raise WorkFailed(nonfinite_message(step + 1, loss_value, lr, str(where) if where else None))
-                # Sum over this rank's images ÷ the global batch × world: DDP's average is the global mean.
-                loss = losses.sum() * info.world_size / tally[3].item() if info.world_size > 1 else losses.mean()
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                backward_and_update(losses, float(tally[3]), info.world_size, optimizer, scaler)
                 step += 1
                 epoch_tally += tally
                 window += tally
@@ -373,6 +361,31 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
         "checkpoints": {k: str(folder / n) for k, n in (("last", ck.LAST), ("best", ck.BEST)) if (folder / n).exists()},
         "warnings": warnings,
     }
+
+
+def forward_and_tally(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      amp_dtype: torch.dtype | None, topk: tuple[int, int], device: torch.device,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward pass: per-image losses, and (loss sum, top-1 hits, top-5 hits, images) summed over ranks."""
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = net(images)
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    ranks = true_class_rank(logits.detach().float(), labels)
+    count = torch.full((), float(len(labels)), dtype=torch.float64, device=losses.device)
+    tally = torch.stack([losses.detach().sum().double(), (ranks < topk[0]).sum().double(),
+                         (ranks < topk[1]).sum().double(), count])
+    return losses, D.all_reduce_sum(tally.to(device)).cpu()
+
+
+def backward_and_update(losses: torch.Tensor, global_images: float, world_size: int,
+                        optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward pass and §5's update on the mean loss over the global batch."""
+    # Sum over this rank's images ÷ the global batch × world: DDP's average is then the global mean.
+    loss = losses.sum() * world_size / global_images if world_size > 1 else losses.mean()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.no_grad()

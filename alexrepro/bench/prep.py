@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alexrepro.errors import UserError
 from alexrepro.imaging import JPEG_QUALITY, BadImage, prepare_image
 from alexrepro.prepared import IMAGE_SIZE
 from alexrepro.progress import emit_json
@@ -91,7 +92,7 @@ def bench_prep(src: Path, limit: int = 200, workers: int = 2, repeat: int = 5) -
 
     sample = _usable(load_sample(src, limit))
     if not sample:
-        raise SystemExit(f"no readable image in {src}")
+        raise UserError(f"no readable image in {src}; point bench prep at an ImageNet-layout source (alexrepro synth makes one)")
     sides = sorted(min(Image.open(io.BytesIO(d)).size) for d in sample)
     rates = _rates({"baseline": baseline_one, "ours": ours_one}, sample, repeat)
     base, ours = rates["baseline"], rates["ours"]

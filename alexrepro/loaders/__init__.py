@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from alexrepro.recipe import DataConfig
 
 KINDS = ("auto", "torch", "dali")
+_SAID: set[tuple[str, str]] = set()
 
 
 def dali_available() -> bool:
@@ -79,7 +80,8 @@ def make_loader(
                       device=dev, seed=seed, rank=rank, world_size=world_size, crops=crops,
                       channels_last=channels_last)
     backend, why = choose_kind(kind, data_cfg.loader, dev)
-    if why != "as asked":
+    if why != "as asked" and rank == 0 and (backend, why) not in _SAID:
+        _SAID.add((backend, why))  # once per process, not once per split or per rank
         console.print(f"loader: {backend} ({why})")
     if backend == "dali":
         from alexrepro.loaders.dali_loader import DaliLoader

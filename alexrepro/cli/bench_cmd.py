@@ -1,0 +1,179 @@
+"""`alexrepro bench prep|pca|loader|train|all`: our throughput beside a plain baseline, same run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from alexrepro.cli.app import app
+from alexrepro.progress import console, emit_json
+
+bench_app = typer.Typer(help="Throughput of prep, pca, loaders and training steps beside plain baselines.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+JSON_HELP = "Print one JSON object on stdout."
+
+
+def _show(title: str, rows: list[tuple[str, Any, Any]]) -> None:
+    table = Table("measure", "ours", "baseline", title=title)
+    for name, ours, base in rows:
+        table.add_row(name, str(ours), str(base))
+    console.print(table)
+
+
+def _report(kind: str, result: dict[str, Any], json_out: bool) -> None:
+    from alexrepro.bench.machine import machine_info
+
+    result.setdefault("machine", machine_info())
+    if json_out:
+        emit_json({"bench": kind, **result})
+        return
+    render(kind, result)
+
+
+def render(kind: str, r: dict[str, Any]) -> None:
+    """A table per benchmark, ratios included."""
+    if kind == "prep":
+        _show("prep: images/s per core (PIL + torchvision Resize/CenterCrop + save as baseline)", [
+            ("images/s per core", r["ours_images_per_s_per_core"], r["baseline_images_per_s_per_core"]),
+            ("ratio (target ≥ 1.3)", r["speedup_per_core"], 1.0),
+            (f"pool images/s at 1 / {r['workers']} workers", " / ".join(str(v) for v in r["pool_images_per_s"].values()),
+             ""),
+            ("scaling efficiency", r["scaling_efficiency"], ""),
+        ])
+    elif kind == "pca":
+        _show("pca: images/s (a plain numpy pass as baseline)", [
+            ("images/s", r["ours_images_per_s"], r["numpy_images_per_s"]),
+            ("ratio (target ≥ 1)", r["speedup"], 1.0),
+            ("max relative eigenvalue difference", f"{r['eigval_max_rel_diff']:.2e}", ""),
+        ])
+    elif kind == "loader":
+        base = r.get("baseline", {}).get("images_per_s")
+        rows = []
+        for name, v in r["loaders"].items():
+            ips = v.get("images_per_s")
+            rows.append((f"{name} images/s", v.get("error", ips), base if base else "(no --src)"))
+            if ips and base:
+                rows.append((f"{name} ÷ ImageFolder baseline", round(ips / base, 3), 1.0))
+        _show("loader: images/s (pytorch/examples ImageFolder pipeline as baseline)", rows)
+    elif kind == "train":
+        loops = r["loops"]
+        rows = [(f"{name} images/s", v["images_per_s"], "") for name, v in loops.items()]
+        rows += [(f"{name} fraction of ceiling", v["fraction_of_ceiling"], "") for name, v in loops.items()]
+        rows += [("overhead of our step vs plain loop (target ≤ 5% on CPU)", f"{100 * r['overhead_vs_plain']:+.1f}%", "")]
+        if "ours_vs_torchvision" in r:
+            rows += [("ours ÷ torchvision AlexNet speed", r["ours_vs_torchvision"], 1.0)]
+        _show(f"train step: {r['recipe']}, batch {r['batch_size']}, {r['device']} {r['precision']}, ceiling "
+              f"{r['ceiling_images_per_s']} images/s at {r['matmul_tflops']} TFLOP/s", rows)
+
+
+@bench_app.command("prep")
+def bench_prep_cmd(
+    src: Path = typer.Argument(..., help="An ImageNet-layout source (alexrepro synth makes one)."),
+    limit: int = typer.Option(200, "--limit", help="Images to time."),
+    workers: int = typer.Option(2, "--workers", help="Processes for the scaling run."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Prep's per-image path vs PIL open → torchvision Resize(256) → CenterCrop(256) → save JPEG."""
+    from alexrepro.bench.prep import bench_prep
+
+    _report("prep", bench_prep(src, limit=limit, workers=workers), json_out)
+
+
+@bench_app.command("pca")
+def bench_pca_cmd(
+    out: Path = typer.Argument(..., help="A prepared set."),
+    workers: int = typer.Option(1, "--workers", help="Processes for our pass."),
+    max_images: int = typer.Option(256, "--max-images", help="Images both passes use."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Our streamed float64 PCA vs stacking the pixels and calling numpy."""
+    from alexrepro.bench.pca import bench_pca
+
+    _report("pca", bench_pca(out, workers=workers, max_images=max_images), json_out)
+
+
+@bench_app.command("loader")
+def bench_loader_cmd(
+    out: Path = typer.Argument(..., help="A prepared set."),
+    src: Path | None = typer.Option(None, "--src", help="The original JPEG tree, for the ImageFolder baseline."),
+    batches: int = typer.Option(20, "--batches", help="Timed batches per loader."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Loader worker processes."),
+    kinds: str = typer.Option("torch,dali", "--kinds", help="Our loaders to time, comma-separated."),
+    device: str = typer.Option("cpu", "--device", help="Where batches go: cpu or cuda."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Skip the loaders: time the baseline only."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Our PyTorch and DALI loaders vs pytorch/examples' ImageFolder + RandomResizedCrop pipeline."""
+    from alexrepro.bench.loader import bench_loader
+
+    chosen = () if synthetic else tuple(k for k in kinds.split(",") if k)
+    _report("loader", bench_loader(out, src, batches, batch_size, workers, chosen, device), json_out)
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    recipe: str = typer.Option("paper", "--recipe", help="The recipe whose net and optimiser to time."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe overrides, section.key=value."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Default: the recipe's."),
+    steps: int = typer.Option(10, "--steps", help="Timed steps per loop."),
+    device: str = typer.Option("cpu", "--device"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16."),
+    channels_last: bool = typer.Option(False, "--channels-last"),
+    compile_: bool = typer.Option(False, "--compile"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Training steps on synthetic input: ours, the plain loop, torchvision's AlexNet, the ceiling."""
+    from alexrepro.bench.train import bench_train
+
+    _report("train", bench_train(recipe, tuple(set_), batch_size, steps, 3, device, precision, channels_last,
+                                 compile_), json_out)
+
+
+@bench_app.command("all")
+def bench_all_cmd(
+    folder: Path | None = typer.Option(None, "--dir", help="Where to generate the data (default: a temp folder)."),
+    device: str = typer.Option("cpu", "--device"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Generate a small ImageNet-like set and run every benchmark on it (train on the tiny recipe on a CPU)."""
+    from alexrepro.bench.loader import bench_loader
+    from alexrepro.bench.machine import machine_info
+    from alexrepro.bench.pca import bench_pca
+    from alexrepro.bench.prep import bench_prep
+    from alexrepro.bench.train import bench_train
+    from alexrepro.prep import PrepOptions, prep
+    from alexrepro.stats import compute_pca
+    from alexrepro.synth import make_synthetic
+
+    with tempfile.TemporaryDirectory(prefix="alexrepro-bench-") as tmp:
+        base = Path(folder) if folder else Path(tmp)
+        src, out = base / "src", base / "data"
+        if not (out / "manifest.json").exists():
+            make_synthetic(src, classes=10, train_per_class=40, val_per_class=4, seed=0)
+            prep(src, out, PrepOptions(workers=os.cpu_count() or 1))
+            compute_pca(out)
+        cpu = torch_device_is_cpu(device)
+        results = {
+            "prep": bench_prep(src, limit=200, workers=min(2, os.cpu_count() or 1)),
+            "pca": bench_pca(out, workers=1),
+            "loader": bench_loader(out, src, 10, 64 if cpu else 256, os.cpu_count() or 1, ("torch", "dali"), device),
+            "train": bench_train("tiny" if cpu else "paper", (), None, 5 if cpu else 20, 2, device,
+                                 "fp32" if cpu else "bf16", not cpu, False),
+        }
+    if json_out:
+        emit_json({"bench": "all", **results, "machine": machine_info()})
+        return
+    for kind, r in results.items():
+        render(kind, r)
+
+
+def torch_device_is_cpu(device: str) -> bool:
+    return device.startswith("cpu")

@@ -1,0 +1,171 @@
+"""`alexrepro demo`: the whole pipeline on generated data, in minutes on a CPU.
+
+synth → prep → pca → train (the tiny recipe) → eval with the centre crop and with ten crops →
+the paper's figures. Each stage is the same Python function its own command calls; the demo only
+chooses small sizes and prints where everything went and how to do the same on ImageNet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexrepro.atomic import atomic_write_json
+from alexrepro.errors import UserError
+from alexrepro.progress import console
+
+MARKER = "demo.json"  # a folder holding this was made by the demo and may be replaced by it
+
+
+@dataclass
+class DemoOptions:
+    """Sizes of the demo: small enough for about five minutes on two CPU cores."""
+
+    folder: Path
+    classes: int = 10
+    train_per_class: int = 200
+    val_per_class: int = 50
+    epochs: int | None = None  # None: the recipe's (tiny: 20)
+    recipe: str = "tiny"
+    seed: int = 0
+    figures: bool = True
+
+
+def _prepare_folder(folder: Path) -> None:
+    """Refuse a folder that holds anything but an earlier demo; clear an earlier demo."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file; give --dir a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / MARKER).is_file():
+            raise UserError(f"{folder} is not empty and was not made by alexrepro demo; give --dir a new folder")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / MARKER, {"complete": False})
+
+
+def _stage(number: int, total: int, text: str) -> float:
+    console.rule(f"[bold]demo {number}/{total}[/bold] {text}", align="left")
+    return time.perf_counter()
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    """Run every stage in `opts.folder` and return the closing summary."""
+    from alexrepro.evaluate import EvalOptions, evaluate
+    from alexrepro.prep import PrepOptions, prep
+    from alexrepro.stats import compute_pca
+    from alexrepro.synth import make_synthetic
+    from alexrepro.train import TrainOptions, run_training
+
+    folder = opts.folder.resolve()
+    _prepare_folder(folder)
+    src, data, run = folder / "src", folder / "data", folder / "run"
+    total = 6 if opts.figures else 5
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t = _stage(1, total, f"synth: {opts.classes} classes of generated images in ImageNet's layout")
+    make_synthetic(src, classes=opts.classes, train_per_class=opts.train_per_class,
+                   val_per_class=opts.val_per_class, seed=opts.seed, quirks=True, min_size=100,
+                   max_size=800)
+    seconds["synth"] = time.perf_counter() - t
+
+    t = _stage(2, total, "prep: shorter side 256, central 256×256, JPEG shards, mean image (§2)")
+    prepared = prep(src, data, PrepOptions(workers=os.cpu_count() or 1))
+    seconds["prep"] = time.perf_counter() - t
+
+    t = _stage(3, total, "pca: RGB covariance for the lighting augmentation (§4.1)")
+    compute_pca(data, workers=min(2, os.cpu_count() or 1))
+    seconds["pca"] = time.perf_counter() - t
+
+    t = _stage(4, total, f"train: recipe {opts.recipe!r} (§5's SGD, §4.1's augmentation)")
+    overrides = [f"run.seed={opts.seed}", f"model.num_classes={opts.classes}", "data.loader=torch"]
+    if opts.epochs is not None:  # keep the recipe's step schedule in proportion
+        e = opts.epochs
+        overrides += [f"schedule.epochs={e}", f"schedule.milestones={max(1, round(0.65 * e))},{max(1, round(0.9 * e))}"]
+    trained = run_training(TrainOptions(out=data, run_dir=run, recipe=opts.recipe, overrides=overrides,
+                                        device="cpu"))
+    assert trained is not None  # a single local process always returns its summary
+    seconds["train"] = time.perf_counter() - t
+
+    t = _stage(5, total, "eval: centre crop, then the paper's ten crops (§4.1)")
+    best = Path(trained["checkpoints"].get("best") or trained["checkpoints"]["last"])
+    evals = {}
+    for crops in (1, 10):
+        evals[crops] = evaluate(EvalOptions(out=data, checkpoints=[best], crops=crops, device="cpu", loader="torch",
+                                            batch_size=64))
+    seconds["eval"] = time.perf_counter() - t
+
+    figures: dict[str, str] = {}
+    if opts.figures:
+        from alexrepro.viz import draw_curves, draw_filters, draw_neighbors, draw_predictions
+
+        t = _stage(6, total, "figures: conv1 kernels (Fig. 3), curves, predictions and fc7 neighbours (Fig. 4)")
+        figures["filters"] = str(draw_filters(run)["path"])
+        figures["curves"] = str(draw_curves([run])["path"])
+        figures["predictions"] = str(draw_predictions(run, data, n=8, device="cpu")["path"])
+        figures["neighbors"] = str(draw_neighbors(run, data, queries=4, k=5, device="cpu")["path"])
+        seconds["figures"] = time.perf_counter() - t
+
+    chance = 100.0 * (1 - 1 / opts.classes)
+    one, ten = evals[1], evals[10]
+    summary = {
+        "command": "demo",
+        "folder": str(folder),
+        "artefacts": {"source": str(src), "prepared": str(data), "run": str(run), "checkpoint": str(best),
+                      "metrics": str(run / "metrics.jsonl"), "figures": figures},
+        "images": {s: v["written"] for s, v in prepared["splits"].items()},
+        "classes": opts.classes,
+        "chance_top1_error_pct": round(chance, 2),
+        "center_crop": {"top1_error_pct": one["top1_error_pct"], "top5_error_pct": one["top5_error_pct"]},
+        "ten_crops": {"top1_error_pct": ten["top1_error_pct"], "top5_error_pct": ten["top5_error_pct"]},
+        "ten_crop_gain_top1_pct": round(one["top1_error_pct"] - ten["top1_error_pct"], 2),
+        "below_chance": one["top1_error_pct"] < chance,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()} | {"total": round(time.perf_counter() - t_all, 1)},
+        "imagenet_commands": imagenet_commands(),
+    }
+    atomic_write_json(folder / MARKER, {"complete": True, **summary})
+    return summary
+
+
+def imagenet_commands() -> list[str]:
+    """The same journey on real ImageNet (see README)."""
+    return [
+        "alexrepro prep /data/ilsvrc2012 /fast/alexnet-256",
+        "alexrepro pca /fast/alexnet-256",
+        "alexrepro train /fast/alexnet-256 --recipe paper --run runs/paper --device cuda",
+        "alexrepro eval /fast/alexnet-256 --checkpoint runs/paper/checkpoints/best.pt --crops 10",
+        "alexrepro viz filters runs/paper",
+    ]
+
+
+def render_summary(summary: dict[str, Any]) -> None:
+    """The closing summary for people, on stderr."""
+    from rich.table import Table
+
+    table = Table("", "top-1 error", "top-5 error", title="validation (generated data)")
+    chance = summary["chance_top1_error_pct"]
+    for name, key in (("centre crop", "center_crop"), ("ten crops (§4.1)", "ten_crops")):
+        r = summary[key]
+        top5 = "—" if r["top5_error_pct"] is None else f"{r['top5_error_pct']:.1f}%"
+        table.add_row(name, f"{r['top1_error_pct']:.1f}%", top5)
+    table.add_row("chance", f"{chance:.1f}%", f"{max(0.0, 100 * (1 - 5 / summary['classes'])):.1f}%")
+    console.print(table)
+    gain = summary["ten_crop_gain_top1_pct"]
+    console.print(f"ten crops: top-1 error {summary['center_crop']['top1_error_pct']:.1f}% → "
+                  f"{summary['ten_crops']['top1_error_pct']:.1f}% ({gain:.1f} points better; the paper: 39.0% → 37.5% "
+                  "on ILSVRC-2010)")
+    if not summary["below_chance"]:
+        console.print("[yellow]warning:[/yellow] the net did not get below chance; try more --epochs")
+    a = summary["artefacts"]
+    console.print(f"source tree  {a['source']}\nprepared set {a['prepared']}\nrun          {a['run']}\n"
+                  f"checkpoint   {a['checkpoint']}")
+    for name, path in a["figures"].items():
+        console.print(f"figure       {name}: {path}")
+    console.print(f"took {summary['seconds']['total']:.0f} s: " + json.dumps(
+        {k: v for k, v in summary["seconds"].items() if k != "total"}))
+    console.print("the same on ImageNet:\n  " + "\n  ".join(summary["imagenet_commands"]))
