@@ -174,7 +174,8 @@ def test_ten_crops_shape(jpeg_set):
     assert torch.equal(batches[0][0][:, 4], load(jpeg_set, 4, split="val", train=False)[0][0])  # view 4: centre
 
 
-def test_auto_picks_torch_on_a_cpu_and_says_why(jpeg_set, capsys):
+def test_auto_picks_torch_on_a_cpu_and_says_why(jpeg_set, capsys, monkeypatch):
+    monkeypatch.setattr("alexrepro.loaders._SAID", set())  # the line is said once per process
     loader = make_loader(jpeg_set, "val", DataConfig(workers=0), 4, train=False, device="cpu")
     assert loader.kind == "torch"
     loader.close()
