@@ -17,3 +17,10 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "alexrepro", "tests", "tools", "noxfile.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's first line: the whole pipeline on generated data, on the CPU."""
+    session.install("-e", ".[dali]")
+    session.run("alexrepro", "demo", "--dir", str(session.create_tmp() + "/demo"), *session.posargs)

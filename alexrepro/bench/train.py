@@ -14,8 +14,9 @@ of about twice its cost; the report says what fraction of it each loop reaches.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -56,16 +57,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step after `warmup` untimed steps."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
+def time_interleaved(loops: dict[str, Callable[[], Any]], steps: int, warmup: int, rounds: int,
+                     device: torch.device) -> dict[str, float]:
+    """Seconds per step of each loop: best of `rounds` rounds of `steps` steps, the loops taking turns.
+
+    Taking turns within each round, and the best round of each, keeps a busy machine's noise from
+    landing on one loop only, so the ratios between loops stay meaningful.
+    """
+    for step in loops.values():
+        for _ in range(warmup):
+            step()
+    best = {name: float("inf") for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+    return best
+
+
+def _cycle(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Full batches from the loader forever, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def bench_train(
@@ -74,11 +94,15 @@ def bench_train(
     batch_size: int | None = None,
     steps: int = 10,
     warmup: int = 3,
+    rounds: int = 3,
     device: str = "cpu",
     precision: str = "fp32",
     channels_last: bool = False,
     compile_: bool = False,
     torchvision_baseline: bool = True,
+    data: str | None = None,
+    loader: str = "auto",
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """images/s of our step, the plain loop and torchvision's AlexNet; fractions of the compute ceiling."""
     import torchvision
@@ -115,7 +139,6 @@ def bench_train(
 
         return step
 
-    results: dict[str, Any] = {}
     torch.manual_seed(0)
     ours_model = build_model(r.model, crop)
     ours_net = prepared(ours_model)
@@ -123,34 +146,44 @@ def bench_train(
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     topk = (1, min(5, classes))
 
-    def ours_step() -> None:  # the body of alexrepro.train's loop, watchdog check included
-        losses, tally = forward_and_tally(ours_net, images, labels, amp, topk, dev)
+    def ours_step(x: torch.Tensor, y: torch.Tensor) -> None:  # alexrepro.train's step, watchdog check included
+        losses, tally = forward_and_tally(ours_net, x, y, amp, topk, dev)
         if not is_finite(float(tally[0] / tally[3])):
             raise UserError("the benchmark's loss is not finite; check the recipe's learning rate")
         backward_and_update(losses, float(tally[3]), 1, ours_opt, scaler)
 
-    results["ours"] = _time_steps(ours_step, steps, warmup, dev)
-
+    loops: dict[str, Callable[[], Any]] = {"ours": lambda: ours_step(images, labels)}
     torch.manual_seed(0)
     plain_model = build_model(r.model, crop)
-    plain_net = prepared(plain_model)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=r.optim.lr, momentum=r.optim.momentum,
                                 weight_decay=r.optim.weight_decay)
-    results["plain"] = _time_steps(plain_step(plain_net, plain_opt), steps, warmup, dev)
-
+    loops["plain"] = plain_step(prepared(plain_model), plain_opt)
     if torchvision_baseline and crop >= 63:
         tv_model = torchvision.models.alexnet(num_classes=classes)
-        tv_net = prepared(tv_model)
         tv_opt = torch.optim.SGD(tv_model.parameters(), lr=r.optim.lr, momentum=0.9, weight_decay=5e-4)
-        results["torchvision"] = _time_steps(plain_step(tv_net, tv_opt), steps, warmup, dev)
+        loops["torchvision"] = plain_step(prepared(tv_model), tv_opt)
+    feed = None
+    if data is not None:  # end to end: the same step fed by our loader from a prepared set
+        from alexrepro.loaders import make_loader
+
+        d_cfg = dataclasses.replace(r.data, workers=workers if workers is not None else r.data.workers)
+        feed = make_loader(data, "train", d_cfg, n, train=True, device=dev, seed=0, kind=loader,
+                           channels_last=channels_last)
+        batches = _cycle(feed)
+        loops["end_to_end"] = lambda: ours_step(*next(batches))
+    try:
+        results = time_interleaved(loops, steps, warmup, rounds, dev)
+    finally:
+        if feed is not None:
+            feed.close()
 
     macs = forward_macs(r.model, crop)
     rate = matmul_rate(dev, precision)
     ceiling = rate / (3 * 2 * macs)
     report: dict[str, Any] = {
         "recipe": r.name, "batch_size": n, "crop_size": crop, "device": str(dev), "precision": precision,
-        "channels_last": channels_last, "compile": compile_, "steps": steps,
-        "forward_macs_per_image": macs, "matmul_tflops": round(rate / 1e12, 3),
+        "channels_last": channels_last, "compile": compile_, "steps": steps, "rounds": rounds,
+        "forward_macs_per_image": macs, "matmul_gflops": round(rate / 1e9, 2),
         "ceiling_images_per_s": round(ceiling, 1), "loops": {},
     }
     for name, secs in results.items():
@@ -158,6 +191,9 @@ def bench_train(
         report["loops"][name] = {"seconds_per_step": round(secs, 5), "images_per_s": round(ips, 1),
                                  "fraction_of_ceiling": round(ips / ceiling, 4)}
     report["overhead_vs_plain"] = round(results["ours"] / results["plain"] - 1, 4)
+    if "end_to_end" in results:
+        # Training drops the last partial batch (data.drop_last), so every timed batch has n images.
+        report["end_to_end_vs_synthetic"] = round(results["ours"] / results["end_to_end"], 4)
     if "torchvision" in results:
         report["ours_vs_torchvision"] = round(results["torchvision"] / results["ours"], 3)
     report["machine"] = machine_info()
@@ -174,9 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--data", default=None, help="a prepared set: also time the step fed by our loader")
     a = parser.parse_args(argv)
-    emit_json(bench_train(a.recipe, tuple(a.overrides), a.batch_size, a.steps, 3, a.device, a.precision,
-                          a.channels_last, a.compile))
+    emit_json(bench_train(a.recipe, tuple(a.overrides), batch_size=a.batch_size, steps=a.steps, device=a.device,
+                          precision=a.precision, channels_last=a.channels_last, compile_=a.compile, data=a.data))
 
 
 if __name__ == "__main__":
