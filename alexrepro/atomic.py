@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alexrepro.errors import UserError
+
 
 def temp_name(path: Path) -> Path:
     """The temporary sibling a write goes to before its rename (unique per process)."""
@@ -58,3 +60,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Create `path` (and its parents) if needed and check it can be written; a UserError if not.
+
+    `what` names the folder in the message, e.g. "OUT" or "--run".
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path} ({e.strerror or e}); choose a folder you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {what} {path} (read-only or no permission); choose a folder you can write to")
+    return path

@@ -56,7 +56,9 @@ def draw_train_params(data: DataConfig, seed: int, epoch: int, batch: int, n: in
     Every stream is always drawn, so switching mirror or lighting off does not move the crops.
     """
     rng = np.random.default_rng([seed, epoch, batch])
-    span = data.image_size - data.crop_size + 1  # §4.1: any of the (S - c + 1)² positions
+    # §4.1 counts "a factor of 2048" = 32·32·2, i.e. 32 offsets per axis; a 256 image has 256 − 224 + 1 = 33
+    # positions per axis, and we draw from all 33 (issue 4: "any of the 33×33 positions"): 2178 views.
+    span = data.image_size - data.crop_size + 1
     y = rng.integers(0, span, size=n, dtype=np.int64)
     x = rng.integers(0, span, size=n, dtype=np.int64)
     flip = rng.random(n) < 0.5  # §4.1: horizontal reflection with probability ½

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 
 from alexrepro import sources
-from alexrepro.atomic import atomic_write_json, atomic_write_text
+from alexrepro.atomic import atomic_write_json, atomic_write_text, writable_folder
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.imaging import JPEG_QUALITY, BadImage, prepare_image
 from alexrepro.prepared import ENCODINGS, IMAGE_SIZE, MANIFEST, SKIPPED, STATS, write_manifest, write_shard
@@ -277,7 +277,7 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
     ident = identity(src, options, source)
     digests = {name: split_digest(s) for name, s in source.splits.items()}
     previous = check_out(out, ident, digests)
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, "OUT")
     state_digests = {**(previous or {}).get("prep", {}).get("splits", {}), **digests}
     atomic_write_json(out / PREP_STATE, {"prep": {"identity": ident, "splits": state_digests}})
 

@@ -101,7 +101,14 @@ class Shard:
     @property
     def file(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as e:
+                out = self.path.parent.parent
+                raise UserError(
+                    f"cannot read shard {self.path} ({' '.join(str(e).split())}); check the set with "
+                    f"alexrepro info {out} --verify and run alexrepro prep again to rebuild it"
+                ) from None
             self._pid = os.getpid()
             self._offsets = None
         return self._file
@@ -157,6 +164,8 @@ def manifest_path(out: str | os.PathLike[str]) -> Path:
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a prepared set; a UserError if OUT is not one."""
     path = manifest_path(out)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"{out} is a file, not a prepared set; give the OUT folder of alexrepro prep SRC OUT")
     if not Path(out).is_dir():
         raise UserError(f"{out} does not exist; prepare a set first with: alexrepro prep SRC {out}")
     if not path.is_file():
@@ -165,7 +174,7 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is corrupt ({e}); run alexrepro prep again to rebuild it") from None
-    if manifest.get("format") != FORMAT_NAME:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not an alexrepro manifest; prepare the set with alexrepro prep")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(
@@ -211,15 +220,21 @@ def read_stats(out: str | os.PathLike[str], need_pca: bool = False) -> Stats:
     path = Path(out) / STATS
     if not path.is_file():
         raise UserError(f"{out} has no {STATS}; run alexrepro prep {out} to completion first")
-    with h5py.File(path, "r") as f:
-        stats = Stats(
-            mean=f["mean"][:],
-            channel_mean=f["channel_mean"][:],
-            pixel_count=int(f.attrs["pixel_count"]),
-            eigval=f["eigval"][:] if "eigval" in f else None,
-            eigvec=f["eigvec"][:] if "eigvec" in f else None,
-            scale=str(f.attrs.get("scale", "0-255")),
-        )
+    try:
+        with h5py.File(path, "r") as f:
+            stats = Stats(
+                mean=f["mean"][:],
+                channel_mean=f["channel_mean"][:],
+                pixel_count=int(f.attrs["pixel_count"]),
+                eigval=f["eigval"][:] if "eigval" in f else None,
+                eigvec=f["eigvec"][:] if "eigvec" in f else None,
+                scale=str(f.attrs.get("scale", "0-255")),
+            )
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(
+            f"{path} is corrupt ({' '.join(str(e).split())}); delete it and run alexrepro prep SRC {out} again "
+            f"(it recomputes the mean), then alexrepro pca {out}"
+        ) from None
     if need_pca and stats.eigval is None:
         raise UserError(f"{out} has no PCA colour statistics; run: alexrepro pca {out}")
     return stats

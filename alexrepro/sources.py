@@ -190,10 +190,17 @@ def read_kaggle_solution(path: Path) -> dict[str, str]:
 def read_synset_mapping(path: Path) -> dict[str, str]:
     """Kaggle's LOC_synset_mapping.txt: {wnid: names}, one '<wnid> <names>' per line."""
     names = {}
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} as a synset mapping ({e}); check --synset-mapping") from None
+    for line in text.splitlines():
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             names[wnid] = name.strip()
+    if not any(re.fullmatch(r"n\d{8}", w) for w in names):
+        raise UserError(f"{path} is not a synset mapping (lines of '<wnid> <names>', e.g. 'n01440764 tench, "
+                        "Tinca tinca'); check --synset-mapping")
     return names
 
 
@@ -289,9 +296,11 @@ def _train_classes(location: Path) -> list[str]:
     return sorted(names)
 
 
-def _check_file(path: Path | None, what: str) -> Path | None:
+def _check_file(path: Path | None, what: str, folder: bool = False) -> Path | None:
     if path is not None and not Path(path).exists():
         raise UserError(f"{what} {path} does not exist; check the path")
+    if path is not None and not folder and Path(path).is_dir():
+        raise UserError(f"{what} {path} is a folder; give the file itself")
     return None if path is None else Path(path)
 
 
@@ -310,7 +319,7 @@ def find_sources(
     for s in splits or []:
         if s not in SPLITS:
             raise UserError(f"unknown split {s!r}; choose from {', '.join(SPLITS)}")
-    devkit = _check_file(devkit, "--devkit")
+    devkit = _check_file(devkit, "--devkit", folder=True)
     val_labels = _check_file(val_labels, "--val-labels")
     test_labels = _check_file(test_labels, "--test-labels")
     synset_mapping = _check_file(synset_mapping, "--synset-mapping")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexrepro.atomic import writable_folder
 from alexrepro.errors import UserError
 from alexrepro.prepared import IMAGE_SIZE, Shard, Stats, open_split, read_stats, write_stats
 from alexrepro.progress import make_progress
@@ -248,6 +249,7 @@ def compute_pca(
         open_split(out, "train")  # a clearer error first if OUT is not a prepared set at all
         raise UserError(f"{out} has no stats.h5 (the mean image); run alexrepro prep on it to completion first")
     stats = read_stats(out)
+    writable_folder(out, "OUT")  # before the pass, not after it
     _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=seed, progress=progress)
     stats.eigval, stats.eigvec = eigen_rgb(covariance_from_sums(pixels, s, ss))
     stats.scale = "0-255"

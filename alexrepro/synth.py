@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from alexrepro.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, temp_name
+from alexrepro.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    temp_name,
+    writable_folder,
+)
 from alexrepro.errors import UserError
 from alexrepro.progress import make_progress
 from alexrepro.synth_images import (
@@ -233,9 +239,7 @@ def prepare_folder(src: Path) -> None:
     """Make SRC ready: create it, or clear a previous synth output; refuse anything else."""
     if src.exists() and not src.is_dir():
         raise UserError(f"{src} is a file; give synth a new or empty folder")
-    if not src.exists():
-        src.mkdir(parents=True)
-        return
+    writable_folder(src, "SRC")
     if not any(src.iterdir()):
         return
     marker = src / SUMMARY_FILE

@@ -326,3 +326,97 @@ def test_model_parallel_across_a_gpu_and_the_cpu():
     torch.testing.assert_close(out.cpu(), grouped(x), rtol=1e-4, atol=1e-4)
     torch.nn.functional.cross_entropy(out, y.cuda()).backward()
     assert all(p.grad is not None for p in mp.parameters())
+
+
+# ------------------------------------------------------------------------------------------ layer order (§3.1-§3.5, §4.2)
+def _capture(model, names):
+    """Inputs and outputs of the named submodules during one forward pass."""
+    seen, handles = {}, []
+    for name in names:
+        def hook(mod, inp, out, name=name):
+            seen[name] = (inp[0].detach().clone(), out.detach().clone())
+        handles.append(getattr(model, name).register_forward_hook(hook))
+    return seen, handles
+
+
+LAYERS_IN_ORDER = ["conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5", "pool5",
+                   "fc6", "drop6", "fc7", "drop7", "fc8"]
+
+
+def test_relu_after_every_layer_then_lrn_then_pool():
+    # §3.1: ReLU after every conv and FC layer; §3.3/§3.4: conv → ReLU → LRN → max-pool after conv1 and conv2;
+    # conv5 → ReLU → max-pool; §4.2: dropout on fc6's and fc7's outputs.
+    torch.manual_seed(0)
+    model = build_model(small_cfg(), 112).eval()
+    seen, handles = _capture(model, LAYERS_IN_ORDER)
+    model(torch.randn(2, 3, 112, 112) * 50)
+    for h in handles:
+        h.remove()
+    relu = torch.relu
+    out = {n: seen[n][1] for n in seen}
+    inp = {n: seen[n][0] for n in seen}
+    torch.testing.assert_close(inp["norm1"], relu(out["conv1"]))
+    torch.testing.assert_close(inp["pool1"], out["norm1"])
+    torch.testing.assert_close(inp["conv2"], out["pool1"])
+    torch.testing.assert_close(inp["norm2"], relu(out["conv2"]))
+    torch.testing.assert_close(inp["pool2"], out["norm2"])
+    torch.testing.assert_close(inp["conv3"], out["pool2"])
+    torch.testing.assert_close(inp["conv4"], relu(out["conv3"]))
+    torch.testing.assert_close(inp["conv5"], relu(out["conv4"]))
+    torch.testing.assert_close(inp["pool5"], relu(out["conv5"]))
+    torch.testing.assert_close(inp["fc6"], torch.flatten(out["pool5"], 1))
+    torch.testing.assert_close(inp["drop6"], relu(out["fc6"]))
+    torch.testing.assert_close(inp["fc7"], out["drop6"])  # eval: dropout is the identity
+    torch.testing.assert_close(inp["drop7"], relu(out["fc7"]))
+    torch.testing.assert_close(inp["fc8"], out["drop7"])
+
+
+def test_dropout_halves_fc6_and_fc7_outputs_in_training_only():
+    # §4.2: each hidden neuron of fc6/fc7 is zeroed with probability 0.5 in training; at test time all are used
+    # (inverted dropout: survivors are scaled by 1/(1-p) = 2 in training, the same function in expectation).
+    torch.manual_seed(0)
+    model = build_model(small_cfg(fc_width=2048), 112)
+    x = torch.randn(8, 3, 112, 112) * 50
+    seen_eval, handles = _capture(model.eval(), ["fc7", "fc8"])
+    model(x)
+    for h in handles:
+        h.remove()
+    seen_train, handles = _capture(model.train(), ["fc6", "fc7", "fc8"])
+    model(x)
+    for h in handles:
+        h.remove()
+    # fc6's output is the same in both modes (no dropout before it), so fc7's input shows the mask exactly.
+    train_in, eval_in = seen_train["fc7"][0], seen_eval["fc7"][0]
+    alive = eval_in > 0
+    kept = train_in[alive] != 0
+    assert abs(kept.double().mean().item() - 0.5) < 0.03
+    torch.testing.assert_close(train_in[alive][kept], 2 * eval_in[alive][kept])
+    torch.testing.assert_close(train_in[~alive], eval_in[~alive])  # ReLU's zeros stay zero
+    # fc8's input: fc7's ReLU output after its own dropout, so again about half of it is zero.
+    fc8_in = seen_train["fc8"][0]
+    assert (fc8_in == 0).double().mean().item() > 0.45  # about half dropped (plus ReLU's zeros)
+
+
+# ------------------------------------------------------------------------------------------ paper-scaled init
+def test_paper_scaled_is_the_paper_init_on_the_paper_net(paper_net):
+    torch.manual_seed(3)
+    init_weights(paper_net, "paper")
+    paper = {k: v.clone() for k, v in paper_net.state_dict().items()}
+    torch.manual_seed(3)
+    init_weights(paper_net, "paper-scaled")
+    for k, v in paper_net.state_dict().items():
+        assert torch.equal(v, paper[k]), k
+
+
+def test_paper_scaled_keeps_the_full_nets_std_per_fan_in():
+    # §3.5's fan-ins of the two-GPU net, written out: kernel size × input maps on the same GPU.
+    paper_fan_in = {"conv1": 11 * 11 * 3, "conv2": 5 * 5 * 48, "conv3": 3 * 3 * 256, "conv4": 3 * 3 * 192,
+                    "conv5": 3 * 3 * 192, "fc6": 256 * 6 * 6, "fc7": 4096, "fc8": 4096}
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(load_recipe("tiny").model, init="paper-scaled"), 112)
+    for name, fan in paper_fan_in.items():
+        w = getattr(model, name).weight.detach().double()
+        fan_in = w[0].numel()
+        std = 0.01 * math.sqrt(fan / fan_in)
+        assert abs(w.std().item() / std - 1) < 5 / math.sqrt(2 * w.numel()) + 1e-3, name
+        assert torch.all(getattr(model, name).bias == (1.0 if name in BIAS_ONE else 0.0)), name

@@ -265,3 +265,15 @@ def test_bench_pca_agrees_with_numpy(tmp_path):
     result = bench_pca(make_set(tmp_path, "raw"), workers=1, max_images=5)
     assert result["images"] == 5 and result["eigval_max_rel_diff"] < 1e-9
     assert result["ours_images_per_s"] > 0 and result["numpy_images_per_s"] > 0
+
+
+def test_paper_md_magnitudes_for_imagenet():
+    # PAPER.md: with the [0, 1] eigenvalues 0.2175, 0.0188, 0.0045 a one-σ draw (α = 0.1) shifts pixels by
+    # about 0.02 on [0, 1], i.e. ≈ 5.5 on 0–255; √λ on 0–255 (cuda-convnet) gives a shift about twice as large.
+    lam_255 = np.array([0.2175, 0.0188, 0.0045]) * 255**2
+    stats = Stats(mean=np.zeros((1, 1, 3)), channel_mean=np.zeros(3), pixel_count=1, eigval=lam_255,
+                  eigvec=np.eye(3))
+    unit = 0.1 * st.lighting_magnitudes(stats, "unit")
+    assert unit[0] == pytest.approx(0.1 * 0.2175 * 255, rel=1e-12) and unit[0] == pytest.approx(5.5, abs=0.1)
+    ratio = 0.1 * st.lighting_magnitudes(stats, "cuda-convnet")[0] / unit[0]
+    assert 1.8 < ratio < 2.4
