@@ -62,18 +62,31 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+def writable_folder(path: str | os.PathLike[str], what: str, hint: str | None = None) -> Path:
     """Create `path` (and its parents) if needed and check it can be written; a UserError if not.
 
-    `what` names the folder in the message, e.g. "OUT" or "--run".
+    `what` names the folder in the message, e.g. "OUT" or "--run"; `hint` says what to do instead.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file; give a folder")
+        raise UserError(f"{what} {path} is a file; {hint or 'give a folder'}")
+    hint = hint or "choose a folder you can write to"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {what} {path} ({e.strerror or e}); choose a folder you can write to") from None
+        raise UserError(f"cannot create {what} {path} ({e.strerror or e}); {hint}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {what} {path} (read-only or no permission); choose a folder you can write to")
+        raise UserError(f"cannot write to {what} {path} (read-only or no permission); {hint}")
+    return path
+
+
+def writable_file(path: str | os.PathLike[str], what: str, hint: str | None = None) -> Path:
+    """Check that a file can be written at `path` (creating its folder); a UserError if not.
+
+    Call it before the work whose result goes there, so that a typo does not throw the result away.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    writable_folder(path.parent, f"{what} {path}: the folder", hint)
     return path

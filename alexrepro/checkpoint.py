@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -68,12 +69,20 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint; a UserError if it is missing, corrupt or not an alexrepro checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give a .pt file, e.g. RUN/checkpoints/best.pt")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .pt file from RUN/checkpoints/")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as e:  # what torch.load raises on garbage (KeyError: a bad pickle memo)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, (KeyError, IndexError)):
+            first = "not a PyTorch checkpoint"
+        if first.startswith("Weights only load failed"):  # torch's advice (weights_only=False) is not ours
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(e), re.S)
+            first = "not a file of tensors and plain data" + (f": {' '.join(detail[1].split())}" if detail else "")
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({first}); use another one") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an alexrepro checkpoint; give one written by alexrepro train")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexrepro.atomic import atomic_write_json
+from alexrepro.atomic import atomic_write_json, writable_folder
 from alexrepro.errors import UserError
 from alexrepro.progress import console
 
@@ -44,8 +44,19 @@ def _prepare_folder(folder: Path) -> None:
         if not (folder / MARKER).is_file():
             raise UserError(f"{folder} is not empty and was not made by alexrepro demo; give --dir a new folder")
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    writable_folder(folder, "--dir")
     atomic_write_json(folder / MARKER, {"complete": False})
+
+
+def check_options(opts: DemoOptions) -> None:
+    """UserError for sizes the demo cannot run with, before anything is written."""
+    from alexrepro.recipe import load_recipe
+    from alexrepro.synth import check_args
+
+    check_args(opts.classes, opts.train_per_class, opts.val_per_class, opts.seed, 100, 800)
+    if opts.epochs is not None and opts.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {opts.epochs}")
+    load_recipe(opts.recipe)
 
 
 def _stage(number: int, total: int, text: str) -> float:
@@ -61,6 +72,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from alexrepro.synth import make_synthetic
     from alexrepro.train import TrainOptions, run_training
 
+    check_options(opts)
     folder = opts.folder.resolve()
     _prepare_folder(folder)
     src, data, run = folder / "src", folder / "data", folder / "run"
@@ -84,6 +96,13 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
     t = _stage(4, total, f"train: recipe {opts.recipe!r} (§5's SGD, §4.1's augmentation)")
     overrides = [f"run.seed={opts.seed}", f"model.num_classes={opts.classes}", "data.loader=torch"]
+    from alexrepro.recipe import load_recipe
+
+    batch, n_train = load_recipe(opts.recipe).optim.batch_size, prepared["splits"]["train"]["written"]
+    if n_train < batch:  # partial batches are dropped: without this a small demo would train nothing
+        overrides.append(f"optim.batch_size={max(1, n_train // 2)}")
+        console.print(f"note: {n_train} training images are fewer than one batch of {batch}; "
+                      f"training with batches of {max(1, n_train // 2)}")
     if opts.epochs is not None:  # keep the recipe's step schedule in proportion
         e = opts.epochs
         overrides += [f"schedule.epochs={e}", f"schedule.milestones={max(1, round(0.65 * e))},{max(1, round(0.9 * e))}"]
@@ -107,8 +126,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         t = _stage(6, total, "figures: conv1 kernels (Fig. 3), curves, predictions and fc7 neighbours (Fig. 4)")
         figures["filters"] = str(draw_filters(run)["path"])
         figures["curves"] = str(draw_curves([run])["path"])
-        figures["predictions"] = str(draw_predictions(run, data, n=8, device="cpu")["path"])
-        figures["neighbors"] = str(draw_neighbors(run, data, queries=4, k=5, device="cpu")["path"])
+        n_val, n_train = prepared["splits"]["val"]["written"], prepared["splits"]["train"]["written"]
+        figures["predictions"] = str(draw_predictions(run, data, n=min(8, n_val), device="cpu")["path"])
+        figures["neighbors"] = str(draw_neighbors(run, data, queries=min(4, n_val), k=min(5, n_train),
+                                                  device="cpu")["path"])
         seconds["figures"] = time.perf_counter() - t
 
     chance = 100.0 * (1 - 1 / opts.classes)

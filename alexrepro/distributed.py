@@ -70,7 +70,9 @@ def resolve_launch(device: str, gpus: int, procs: int, parallel: str | None) -> 
     if gpus < 1 or procs < 1:
         raise UserError("--gpus and --procs must be at least 1")
     if device == "cpu" and gpus > 1:
-        raise UserError("--gpus counts GPUs; for several processes on the CPU use --procs N")
+        why = "no CUDA device is available" if not torch.cuda.is_available() else "--device cpu was asked for"
+        raise UserError(f"--gpus {gpus} counts GPUs but this run is on the CPU ({why}); "
+                        "for several processes on the CPU use --procs N")
     if device == "cuda" and procs > 1:
         raise UserError("--procs is for --device cpu; on GPUs use --gpus N (one process per GPU)")
     if device == "cuda" and gpus > torch.cuda.device_count():

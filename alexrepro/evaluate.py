@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexrepro.atomic import writable_file
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.metrics import TOP_KS, ErrorCounts, average_crops, average_ensemble, softmax, topk_classes
 
@@ -223,15 +224,26 @@ def resolve_device(name: str, rank: int = 0) -> torch.device:
     return device
 
 
+def check_options(opts: EvalOptions) -> str:
+    """UserError for options that cannot work, before any process starts; returns the crop variant."""
+    variant = variant_for(opts.crops)
+    if opts.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    resolve_device(opts.device)
+    if opts.per_class is not None:
+        writable_file(opts.per_class, "--per-class")
+    if opts.predictions is not None:
+        writable_file(opts.predictions, "--predictions")
+    return variant
+
+
 def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Score a split with one checkpoint or an ensemble and return the report (all ranks get it)."""
     from alexrepro.loaders import make_loader
     from alexrepro.prepared import open_split
     from alexrepro.progress import make_progress
 
-    variant = variant_for(opts.crops)
-    if opts.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    variant = check_options(opts)
     dataset = open_split(opts.out, opts.split)  # UserError if OUT or the split does not exist
     rank, world = dist_info()
     device = resolve_device(opts.device, rank)

@@ -21,6 +21,9 @@ from alexrepro.errors import UserError
 
 def mean_from_checkpoint(ckpt: dict[str, Any], data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(mean image 256×256×3, channel mean (3,), where from): the checkpoint's stats, else OUT's stats.h5."""
+    if data is not None and not Path(data).is_dir():  # checked even where the checkpoint's mean wins
+        what = "does not exist" if not Path(data).exists() else "is a file"
+        raise UserError(f"--data {data} {what}; give the prepared set's folder (the OUT of alexrepro prep SRC OUT)")
     stats = ckpt.get("stats") or {}
     mean = stats.get("mean") if isinstance(stats, dict) else None
     if mean is not None:

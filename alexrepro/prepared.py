@@ -75,12 +75,25 @@ def write_shard(
             f.attrs["format_version"] = FORMAT_VERSION
 
 
-def decode_jpeg(data: bytes | np.ndarray) -> np.ndarray:
-    """Decode stored JPEG bytes to an RGB uint8 H×W×3 array (PIL, or pillow-simd where installed)."""
-    from PIL import Image
+def decode_jpeg(data: bytes | np.ndarray, where: str | None = None) -> np.ndarray:
+    """Decode stored JPEG bytes to an RGB uint8 H×W×3 array (PIL, or pillow-simd where installed).
 
-    with Image.open(io.BytesIO(bytes(data))) as im:
-        return np.asarray(im.convert("RGB"))
+    With `where` (e.g. "OUT/train/00000.h5 image 3"), damaged bytes are a UserError naming it;
+    without, PIL's own exception propagates (info --verify collects those).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        if where is None:
+            raise
+        reason = "not an image" if isinstance(e, UnidentifiedImageError) else " ".join(str(e).split())
+        raise UserError(
+            f"stored image {where} does not decode ({reason}); find every damaged file with alexrepro info OUT "
+            "--verify and rebuild the set with alexrepro prep"
+        ) from None
 
 
 class Shard:
@@ -105,8 +118,9 @@ class Shard:
                 self._file = h5py.File(self.path, "r")
             except OSError as e:
                 out = self.path.parent.parent
+                reason = "missing" if not self.path.is_file() else " ".join(str(e).split())
                 raise UserError(
-                    f"cannot read shard {self.path} ({' '.join(str(e).split())}); check the set with "
+                    f"cannot read shard {self.path} ({reason}); check the set with "
                     f"alexrepro info {out} --verify and run alexrepro prep again to rebuild it"
                 ) from None
             self._pid = os.getpid()
@@ -153,7 +167,7 @@ class Shard:
         """Image i as uint8 256×256×3 RGB."""
         if self.encoding == "raw":
             return self.file["images"][i]
-        return decode_jpeg(self.encoded(i))
+        return decode_jpeg(self.encoded(i), f"{self.path} #{i}")
 
 
 # --------------------------------------------------------------------------------------------- manifest

@@ -194,7 +194,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> R
 
 def validate(recipe: Recipe) -> None:
     """Range checks that types alone do not express."""
-    m, d, o, s = recipe.model, recipe.data, recipe.optim, recipe.schedule
+    m, d, o, s, r = recipe.model, recipe.data, recipe.optim, recipe.schedule, recipe.run
     checks = [
         (m.num_classes >= 2, "model.num_classes must be at least 2"),
         (m.width > 0, "model.width must be positive"),
@@ -211,6 +211,14 @@ def validate(recipe: Recipe) -> None:
         (s.epochs >= 1, "schedule.epochs must be at least 1"),
         (0.0 < s.factor < 1.0, "schedule.factor must be in (0, 1)"),
         (list(s.milestones) == sorted(s.milestones), "schedule.milestones must be increasing"),
+        (d.lighting_std >= 0, "data.lighting_std must be 0 or more"),
+        (o.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
+        (s.patience >= 0 and s.max_reductions >= 0, "schedule.patience and max_reductions must be 0 or more"),
+        (0 <= r.seed < 2**32, "run.seed must be between 0 and 2**32 - 1"),
+        (r.log_every >= 1, "run.log_every must be at least 1"),
+        (r.checkpoint_every >= 0, "run.checkpoint_every must be 0 (epoch ends only) or more"),
+        (r.keep_last >= 0, "run.keep_last must be 0 or more"),
+        (r.stall_steps >= 0, "run.stall_steps must be 0 or more"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -236,6 +244,8 @@ def recipe_to_toml(recipe: Recipe) -> str:
 def _resolve(ref: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
     path = Path(ref)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise UserError(f"recipe {ref} is a folder; give a shipped name ({_names()}) or a .toml file")
         if not path.is_file():
             raise UserError(f"recipe file {ref} does not exist; give a shipped name ({_names()}) or a .toml path")
         name = path.stem

@@ -111,7 +111,8 @@ def _images(path: Path, idx: np.ndarray) -> Iterator[np.ndarray]:
         elif shard.encoding == "jpeg" and contiguous:
             from alexrepro.prepared import decode_jpeg
 
-            items = (decode_jpeg(b) for b in shard.encoded_range(int(idx[0]), int(idx[-1]) + 1))
+            encoded = shard.encoded_range(int(idx[0]), int(idx[-1]) + 1)
+            items = (decode_jpeg(b, f"{path} #{int(i)}") for i, b in zip(idx, encoded, strict=True))
         else:
             items = (shard.image(int(i)) for i in idx)
         for i, img in zip(idx, items, strict=True):

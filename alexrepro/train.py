@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from alexrepro import checkpoint as ck
 from alexrepro import distributed as D
+from alexrepro.atomic import writable_folder
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.metrics import true_class_rank
 from alexrepro.optim import apply_hyperparameters, make_optimizer, set_lr
@@ -76,7 +78,7 @@ class TrainPlan:
 
 def plan_training(opts: TrainOptions) -> TrainPlan:
     """Check the request and resolve the recipe and devices; every bad input is a UserError here."""
-    read_manifest(opts.out)  # a UserError unless OUT is a prepared set
+    manifest = read_manifest(opts.out)  # a UserError unless OUT is a prepared set
     device, world, parallel = D.resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
 
     notes: list[str] = []
@@ -110,6 +112,25 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
         recipe = load_recipe(opts.recipe, opts.overrides)
         if ck.find_resumable(opts.run_dir) is not None:
             raise UserError(f"{opts.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run")
+    have = len(manifest.get("classes", []))
+    if recipe.model.num_classes != have:
+        if resume_path is not None:
+            raise UserError(
+                f"{resume_path} is a net for {recipe.model.num_classes} classes but {opts.out} has {have}; "
+                "resume on the set it was trained on, or start a new --run"
+            )
+        raise UserError(
+            f"the recipe has model.num_classes = {recipe.model.num_classes} but {opts.out} has {have} classes; "
+            f"add --set model.num_classes={have}"
+        )
+    num_train = len(open_split(opts.out, "train"))
+    batch = recipe.optim.batch_size
+    if num_train < batch and recipe.data.drop_last or num_train == 0:
+        raise UserError(
+            f"{opts.out} has {num_train} training images, fewer than one batch of {batch} (partial batches are "
+            f"dropped), so nothing would train; use a smaller batch, e.g. --set optim.batch_size={max(1, num_train)}"
+        )
+    writable_folder(opts.run_dir, "--run")  # before any work, so a bad RUN fails at once
     return TrainPlan(
         out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
         parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
@@ -204,7 +225,13 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     epoch_tally = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, images
     if plan.resume_path is not None:
         saved = ck.load_checkpoint(plan.resume_path)
-        model.load_state_dict(saved["model"])
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as e:  # a --force'd change of the net's shape
+            names = re.findall(r"(?:size mismatch for|Missing key\(s\) in state_dict:) \"?([\w.]+)", str(e))
+            detail = ", ".join(names[:4]) or " ".join(str(e).split())[:200]
+            raise UserError(f"the checkpoint's weights do not fit the recipe's net ({detail}); resume without "
+                            "changing model.* or data.crop_size, or start a new --run") from None
         try:
             optimizer.load_state_dict(saved["optimizer"])
         except ValueError as e:

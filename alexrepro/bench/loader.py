@@ -78,7 +78,16 @@ def bench_loader(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""
-    dev = torch.device(device)
+    from alexrepro.evaluate import resolve_device
+    from alexrepro.prepared import read_manifest
+
+    for flag, value, least in (("--batches", batches, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+    dev = resolve_device(device)
+    read_manifest(out)  # a clear error first if OUT is not a prepared set
+    if src is not None and not (Path(src) / "train").is_dir():
+        raise UserError(f"{src} has no train/ folder of class folders; give the source tree with --src")
     data = dataclasses.replace(load_recipe("paper").data, workers=workers)
     if read_stats(out).eigval is None:
         console.print("bench: no PCA statistics in the set, so lighting is off (run alexrepro pca OUT)")

@@ -31,6 +31,8 @@ def _baseline(out: Path, indices: np.ndarray) -> np.ndarray:
 def bench_pca(out: Path, workers: int, max_images: int = BASELINE_MAX_IMAGES) -> dict[str, Any]:
     """Our PCA pass (exact streamed sums, `workers` processes) vs a plain numpy pass, same images."""
     out = Path(out)
+    if max_images < 1:
+        raise UserError(f"--max-images must be at least 1, got {max_images}")
     total = len(open_split(out, "train"))
     indices = sample_indices(total, max_images, seed=0)
     sample = None if len(indices) == total else max_images

@@ -90,6 +90,10 @@ def bench_prep(src: Path, limit: int = 200, workers: int = 2, repeat: int = 5) -
     """Images/s per core of our per-image path vs the plain baseline; and 1 vs `workers` processes."""
     from PIL import Image
 
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     sample = _usable(load_sample(src, limit))
     if not sample:
         raise UserError(f"no readable image in {src}; point bench prep at an ImageNet-layout source (alexrepro synth makes one)")

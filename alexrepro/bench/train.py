@@ -113,9 +113,19 @@ def bench_train(
 
     if precision not in AMP:
         raise UserError(f"--precision must be one of {', '.join(AMP)}, got {precision!r}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but CUDA is not available; use --device cpu")
+    from alexrepro.evaluate import resolve_device
+
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
+    dev = resolve_device(device)
+    if data is not None:
+        from alexrepro.prepared import read_manifest
+
+        read_manifest(data)  # before the synthetic timings, not after them
     r = load_recipe(recipe, list(overrides))
     n = batch_size or r.optim.batch_size
     crop, classes = r.data.crop_size, r.model.num_classes
@@ -188,8 +198,8 @@ def bench_train(
     }
     for name, secs in results.items():
         ips = n / secs
-        report["loops"][name] = {"seconds_per_step": round(secs, 5), "images_per_s": round(ips, 1),
-                                 "fraction_of_ceiling": round(ips / ceiling, 4)}
+        report["loops"][name] = {"seconds_per_step": float(f"{secs:.4g}"), "images_per_s": float(f"{ips:.4g}"),
+                                 "fraction_of_ceiling": float(f"{ips / ceiling:.4g}")}
     report["overhead_vs_plain"] = round(results["ours"] / results["plain"] - 1, 4)
     if "end_to_end" in results:
         # Training drops the last partial batch (data.drop_last), so every timed batch has n images.

@@ -34,9 +34,8 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Top-1 and top-5 error of one checkpoint or an ensemble, beside the paper's results."""
-    from alexrepro.evaluate import EvalOptions, evaluate_in_group, variant_for
+    from alexrepro.evaluate import EvalOptions, check_options, evaluate_in_group
 
-    variant_for(crops)
     if loader not in ("auto", "torch", "dali"):
         raise UserError(f"--loader must be auto, torch or dali, got {loader!r}")
     if procs < 1:
@@ -45,6 +44,7 @@ def eval_command(
         out=out, checkpoints=list(checkpoint), crops=crops, split=split, batch_size=batch_size,
         device=device, loader=loader, paper_table=paper_table, per_class=per_class, predictions=predictions,
     )
+    check_options(opts)  # before spawning --procs processes
     if procs > 1:
         from alexrepro.distributed import launch
 
@@ -118,4 +118,6 @@ def predict_command(
         for f in report["failed"]:
             console.print(Text.assemble(("could not read ", "red"), f"{f['path']}: {f['reason']}"), soft_wrap=True)
     if report["failed"]:
-        raise WorkFailed(f"{len(report['failed'])} of {len(images)} images could not be read (see above)")
+        first = report["failed"][0]
+        raise WorkFailed(f"{len(report['failed'])} of {len(images)} images could not be read (first: {first['path']}: "
+                         f"{first['reason']}); give image files PIL can read")

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
-from alexrepro.atomic import atomic_path  # noqa: E402
+from alexrepro.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.errors import UserError  # noqa: E402
 from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
 
@@ -53,8 +53,10 @@ def resolve_run(target: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def figure_path(run_dir: Path, name: str, out: str | os.PathLike[str] | None) -> Path:
-    """The PNG to write: `out` when given, else RUN/figures/<name>."""
-    return Path(out) if out is not None else Path(run_dir) / FIGURES / name
+    """The PNG to write: `out` when given, else RUN/figures/<name>; a UserError if it cannot be written."""
+    if out is not None:
+        return writable_file(out, "--out")
+    return writable_file(Path(run_dir) / FIGURES / name, "the figure", "give --out FILE.png to write it elsewhere")
 
 
 @dataclass

@@ -68,6 +68,7 @@ def draw_curves(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     for p, recs in zip(paths, records, strict=True):
         if not recs:
             raise UserError(f"{p}/{METRICS} has no epoch records yet; let the run finish an epoch first")
+    fig_path = figure_path(paths[0], "curves.png", out)
     labels = run_labels(paths)
     fig = new_figure(WIDTH_IN, HEIGHT_IN)
     (ax_loss, ax_top1), (ax_top5, ax_lr) = fig.subplots(2, 2)
@@ -90,8 +91,7 @@ def draw_curves(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
         ax.legend(fontsize="small")
     fig.suptitle("training curves: " + ", ".join(labels))
     fig.tight_layout()  # arranges the axes only; the canvas stays WIDTH_IN × HEIGHT_IN
-    first = paths[0]
-    path = save_figure(fig, figure_path(first, "curves.png", out))
+    path = save_figure(fig, fig_path)
     return {
         "path": str(path),
         "runs": [{"run": str(p), "label": lab, "epochs": len(r)} for p, lab, r in zip(paths, labels, records, strict=True)],

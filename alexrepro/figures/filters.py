@@ -103,11 +103,12 @@ def draw_filters(target: str | os.PathLike[str], out: str | os.PathLike[str] | N
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")
     run, ckpt_path = resolve_run(target)
+    fig_path = figure_path(run, "filters.png", out)
     ckpt = load_checkpoint(ckpt_path)
     weights = conv1_weights(ckpt)
     towers = towers_of(ckpt)
     mosaic = filter_mosaic(weights, towers, cols, scale=scale)
-    path = save_rgb(mosaic, figure_path(run, "filters.png", out))
+    path = save_rgb(mosaic, fig_path)
     rows, used_cols = grid_shape(weights.shape[0] // towers, cols)
     return {
         "path": str(path),

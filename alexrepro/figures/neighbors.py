@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import torch
 
-from alexrepro.atomic import atomic_path
+from alexrepro.atomic import atomic_path, writable_file
 from alexrepro.errors import UserError
 from alexrepro.figures.common import (
     Loaded,
@@ -175,6 +175,7 @@ def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size:
         except OSError:
             pass  # an unreadable cache is rebuilt below
         console.print(f"rebuilding {path.name}: the checkpoint, the set or the options changed")
+    writable_file(path, "the fc7 index cache", "it is kept in the run folder: make that writable, or copy the run")
     build_index(path, key, loaded, dataset, indices, mean, device, batch_size)
     return path, False
 
@@ -195,6 +196,7 @@ def draw_neighbors(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run, ckpt_path = resolve_run(target)
+    fig_path = figure_path(run, f"neighbors-{split}.png", out)
     dev = resolve_device(device)
     out_set = Path(out_set)
     query_set = open_split(out_set, split)
@@ -236,7 +238,7 @@ def draw_neighbors(
         report.append({"index": int(q_idx[r]), "label": int(q_labels[r]), "neighbors": hits})
     fig.suptitle(f"fc7 nearest neighbours: {split} queries, {index_split} images "
                  "(green: same class as the query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
-    path = save_figure(fig, figure_path(run, f"neighbors-{split}.png", out))
+    path = save_figure(fig, fig_path)
     return {
         "path": str(path), "checkpoint": str(ckpt_path), "index": str(path_idx), "index_reused": reused,
         "index_images": int(len(set_indices)), "split": split, "index_split": index_split, "k": k,

@@ -60,6 +60,7 @@ def draw_predictions(
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
     run, ckpt_path = resolve_run(target)
+    fig_path = figure_path(run, f"predictions-{split}.png", out)
     dev = resolve_device(device)
     dataset = open_split(out_set, split)
     loaded = load_net(ckpt_path, dev)
@@ -105,7 +106,7 @@ def draw_predictions(
             "prob": [round(float(p), 6) for p in top_p[j]], "top1_correct": bool(top[j][0] == y),
             "top5_correct": bool(y in top[j]),
         })
-    path = save_figure(fig, figure_path(run, f"predictions-{split}.png", out))
+    path = save_figure(fig, fig_path)
     return {
         "path": str(path), "checkpoint": str(ckpt_path), "split": split, "seed": seed, "images": report,
         "width": round(w_in * fig.dpi), "height": round(h_in * fig.dpi),

@@ -55,7 +55,8 @@ class CropDataset(Dataset):
         crops = np.empty(shape, dtype=np.uint8)
         views = ten_crop_views(self.image_size, c)
         for k, stored in enumerate(read_batch(self.split, idx)):
-            image = stored if self.split.encoding == "raw" else decode_jpeg(stored)
+            image = stored if self.split.encoding == "raw" else decode_jpeg(
+                stored, f"{self.split.out}/{self.split.split} #{int(idx[k])}")
             image = resize_image(image, self.image_size)
             if self.ten:
                 for v, (y, x, flip) in enumerate(views):
