@@ -77,7 +77,7 @@ def render(kind: str, r: dict[str, Any]) -> None:
 
 @bench_app.command("prep")
 def bench_prep_cmd(
-    src: Path = typer.Argument(..., help="An ImageNet-layout source (alexrepro synth makes one)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="An ImageNet-layout source (alexrepro synth makes one)."),
     limit: int = typer.Option(200, "--limit", help="Images to time."),
     workers: int = typer.Option(2, "--workers", help="Processes for the scaling run."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -90,7 +90,7 @@ def bench_prep_cmd(
 
 @bench_app.command("pca")
 def bench_pca_cmd(
-    out: Path = typer.Argument(..., help="A prepared set."),
+    out: Path = typer.Argument(..., metavar="OUT", help="A prepared set."),
     workers: int = typer.Option(1, "--workers", help="Processes for our pass."),
     max_images: int = typer.Option(256, "--max-images", help="Images both passes use."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -103,7 +103,7 @@ def bench_pca_cmd(
 
 @bench_app.command("loader")
 def bench_loader_cmd(
-    out: Path = typer.Argument(..., help="A prepared set."),
+    out: Path = typer.Argument(..., metavar="OUT", help="A prepared set."),
     src: Path | None = typer.Option(None, "--src", help="The original JPEG tree, for the ImageFolder baseline."),
     batches: int = typer.Option(20, "--batches", help="Timed batches per loader."),
     batch_size: int = typer.Option(128, "--batch-size"),

@@ -18,8 +18,8 @@ JSON_HELP = "Print one JSON object on stdout."
 
 @app.command("prep")
 def prep_cmd(
-    src: Path = typer.Argument(..., help="The ImageNet source: train/, val/, test/ folders, .tar files, devkit."),
-    out: Path = typer.Argument(..., help="Folder for the prepared set (new, empty, or an unfinished prep to resume)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="The ImageNet source: train/, val/, test/ folders, .tar files, devkit."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the prepared set (new, empty, or an unfinished prep to resume)."),
     split: list[str] = typer.Option([], "--split", help="Prepare only this split: train, val or test (repeatable)."),
     devkit: Path = typer.Option(None, "--devkit", help="The ILSVRC devkit folder (meta.mat, *_ground_truth.txt)."),
     val_labels: Path = typer.Option(
@@ -63,7 +63,7 @@ def prep_cmd(
 
 @app.command("info")
 def info_cmd(
-    out: Path = typer.Argument(..., help="A prepared set (the OUT of alexrepro prep)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="A prepared set (the OUT of alexrepro prep)."),
     verify_: bool = typer.Option(False, "--verify", help="Read every shard and check counts, labels and images."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

@@ -18,7 +18,7 @@ JSON_HELP = "Print one JSON object on stdout."
 
 @app.command("eval")
 def eval_command(
-    out: Path = typer.Argument(..., help="The prepared set (alexrepro prep SRC OUT)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The prepared set (alexrepro prep SRC OUT)."),
     checkpoint: list[Path] = typer.Option(
         ..., "--checkpoint", "-c", help="A checkpoint .pt; give several to average them as an ensemble (§6)."
     ),
@@ -94,7 +94,7 @@ def eval_table(report: dict[str, Any]) -> Table:
 
 @app.command("predict")
 def predict_command(
-    images: list[Path] = typer.Argument(..., help="Image files (any format PIL reads)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files (any format PIL reads)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint .pt from alexrepro train."),
     crops: int = typer.Option(10, "--crops", help="10: §4.1's ten patches averaged; 1: the centre patch."),
     data: Path | None = typer.Option(None, "--data", help="The prepared set, for its mean image if the checkpoint lacks one."),

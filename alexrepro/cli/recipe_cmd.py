@@ -30,7 +30,7 @@ def recipe_list(json_out: bool = typer.Option(False, "--json", help="Print one J
 
 @recipe_app.command("show")
 def recipe_show(
-    name: str = typer.Argument(..., help="A shipped recipe name or a path to a .toml file."),
+    name: str = typer.Argument(..., metavar="NAME", help="A shipped recipe name or a path to a .toml file."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:

@@ -28,7 +28,7 @@ SIGN_CONVENTION = "each eigenvector's largest-magnitude component is positive"
 
 @app.command("pca")
 def pca(
-    out: Path = typer.Argument(..., help="A prepared set (from alexrepro prep)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="A prepared set (from alexrepro prep)."),
     sample: int | None = typer.Option(
         None, "--sample", help="Use this many randomly chosen training images instead of all."
     ),

@@ -15,7 +15,7 @@ from alexrepro.synth_images import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
 
 @app.command("synth")
 def synth(
-    src: Path = typer.Argument(..., help="Folder to write (new, empty, or an earlier synth output)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Folder to write (new, empty, or an earlier synth output)."),
     classes: int = typer.Option(10, "--classes", help="Number of classes (at least 2)."),
     train_per_class: int = typer.Option(100, "--train-per-class", help="Training images per class."),
     val_per_class: int = typer.Option(20, "--val-per-class", help="Validation images per class."),

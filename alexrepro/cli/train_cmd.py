@@ -33,7 +33,7 @@ def option_overrides(
 
 @app.command("train")
 def train_command(
-    out: Path = typer.Argument(..., help="The prepared set (alexrepro prep SRC OUT)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The prepared set (alexrepro prep SRC OUT)."),
     recipe: str | None = typer.Option(
         None, "--recipe", "-r", help="A shipped recipe (alexrepro recipe list) or a .toml path; "
         "on --resume the checkpoint's recipe by default."),

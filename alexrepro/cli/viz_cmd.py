@@ -33,7 +33,7 @@ def _done(result: dict[str, Any], json_out: bool) -> None:
 
 @viz_app.command("filters")
 def viz_filters(
-    run: Path = typer.Argument(..., help=RUN_ARG),
+    run: Path = typer.Argument(..., metavar="RUN", help=RUN_ARG),
     out: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
     cols: int | None = typer.Option(None, "--cols", help="Kernels per row (default: 12 for 48 per tower)."),
     scale: int = typer.Option(4, "--scale", help="Screen pixels per kernel pixel (nearest-neighbour)."),
@@ -47,7 +47,7 @@ def viz_filters(
 
 @viz_app.command("curves")
 def viz_curves(
-    runs: list[Path] = typer.Argument(..., help="One or more run folders, overlaid (e.g. an ablation and paper)."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN", help="One or more run folders, overlaid (e.g. an ablation and paper)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="The PNG to write (default: FIRST_RUN/figures/curves.png)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -59,7 +59,7 @@ def viz_curves(
 
 @viz_app.command("predictions")
 def viz_predictions(
-    run: Path = typer.Argument(..., help=RUN_ARG),
+    run: Path = typer.Argument(..., metavar="RUN", help=RUN_ARG),
     data: Path = typer.Argument(..., metavar="OUT", help=OUT_ARG),
     n: int = typer.Option(8, "--n", help="How many images."),
     split: str = typer.Option("val", "--split", help="The split to draw the images from."),
@@ -76,7 +76,7 @@ def viz_predictions(
 
 @viz_app.command("neighbors")
 def viz_neighbors(
-    run: Path = typer.Argument(..., help=RUN_ARG),
+    run: Path = typer.Argument(..., metavar="RUN", help=RUN_ARG),
     data: Path = typer.Argument(..., metavar="OUT", help=OUT_ARG),
     queries: int = typer.Option(5, "--queries", help="How many query images."),
     k: int = typer.Option(6, "--k", help="Neighbours shown per query."),
