@@ -47,6 +47,9 @@ class CropParams:
         return CropParams(*(np.repeat(a, views, axis=0) for a in (self.y, self.x, self.flip, self.alpha)))
 
 
+DRAW_TAG = 2  # see draw_train_params; loaders.order uses ORDER_TAG = 1
+
+
 def draw_train_params(data: DataConfig, seed: int, epoch: int, batch: int, n: int) -> CropParams:
     """THE sampler (STYLE habit 6): §4.1's draws for the n images of one GLOBAL batch.
 
@@ -55,7 +58,9 @@ def draw_train_params(data: DataConfig, seed: int, epoch: int, batch: int, n: in
     same. Crops are uniform over all (S - c + 1)² corners, flips have probability ½, α ~ N(0, σ).
     Every stream is always drawn, so switching mirror or lighting off does not move the crops.
     """
-    rng = np.random.default_rng([seed, epoch, batch])
+    # The trailing tag keeps this stream apart from the epoch order's ([seed, epoch, ORDER_TAG]): numpy
+    # ignores trailing zeros in a seed list, so [seed, epoch, 0] alone would equal [seed, epoch].
+    rng = np.random.default_rng([seed, epoch, batch, DRAW_TAG])
     # §4.1 counts "a factor of 2048" = 32·32·2, i.e. 32 offsets per axis; a 256 image has 256 − 224 + 1 = 33
     # positions per axis, and we draw from all 33 (issue 4: "any of the 33×33 positions"): 2178 views.
     span = data.image_size - data.crop_size + 1

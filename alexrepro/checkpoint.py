@@ -3,7 +3,7 @@
 Keys: format, version, model (state_dict unwrapped from DDP and torch.compile), recipe (sections),
 recipe_name, classes (the manifest's list), epoch, step, batch (position within the epoch),
 optimizer, scaler, schedule, rng (python, numpy, torch, cuda), loader, metrics (history and the
-running epoch), best_top1, stats (mean image float16 256×256×3, channel_mean, eigval, eigvec on
+running epoch), best_top1, stats (mean image float32 256×256×3, channel_mean, eigval, eigvec on
 the 0–255 scale). Every value is a tensor or plain Python, so `torch.load(weights_only=True)` reads it.
 
 A run folder keeps RUN/checkpoints/last.pt (every save), epoch-NNN.pt (each epoch end; the newest
@@ -125,7 +125,8 @@ def write_run_checkpoint(
 ) -> dict[str, Path]:
     """Save last.pt (and at an epoch end epoch-NNN.pt, best.pt when best); prune old epoch files.
 
-    last.pt is written last so that it is the newest file when a run is killed between writes.
+    last.pt is written last so that it is the newest file when a run is killed between writes. Each name
+    is its own file (not a hard link to one), so damage to one copy leaves the others readable.
     """
     folder = checkpoint_dir(run_dir)
     written: dict[str, Path] = {}
@@ -191,8 +192,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def stats_payload(stats: Stats) -> dict[str, Any]:
-    """The colour statistics a checkpoint carries so that predict needs nothing else (mean as float16)."""
-    return {"mean": torch.from_numpy(np.asarray(stats.mean, dtype=np.float16)),
+    """The colour statistics a checkpoint carries so that predict needs nothing else (mean as stored, float32)."""
+    return {"mean": torch.from_numpy(np.asarray(stats.mean, dtype=np.float32)),
             "channel_mean": torch.from_numpy(np.asarray(stats.channel_mean, dtype=np.float64)),
             "eigval": None if stats.eigval is None else torch.from_numpy(np.asarray(stats.eigval, dtype=np.float64)),
             "eigvec": None if stats.eigvec is None else torch.from_numpy(np.asarray(stats.eigvec, dtype=np.float64)),

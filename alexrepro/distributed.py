@@ -119,6 +119,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, indexed by rank, on every rank ([obj] when running alone)."""
+    if dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def barrier() -> None:
     """Wait for every rank (a no-op when running alone)."""
     if dist.is_available() and dist.is_initialized():

@@ -176,6 +176,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     m_cfg, d_cfg, o_cfg, s_cfg, r_cfg = recipe.model, recipe.data, recipe.optim, recipe.schedule, recipe.run
     if plan.device_type == "cuda":
         device = torch.device("cuda", info.local_rank)
+        torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): let cuDNN pick the fastest kernels
     else:
         device = torch.device("cpu")
     devices = [str(device)] if plan.parallel != "model" else (
@@ -245,7 +246,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
         history = list(saved["metrics"]["history"])
         epoch_tally = saved["metrics"]["running"].to(torch.float64).clone()
         seconds_before = float(saved["metrics"].get("seconds", 0.0))
-        ck.restore_rng(saved["rng"])
+        _restore_rank_rng(saved["rng"], info, r_cfg.seed, step)
     apply_hyperparameters(optimizer, o_cfg, schedule.lr)  # the recipe's values, never the saved ones
 
     net = model
@@ -266,18 +267,20 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
                  f"{start_epoch} step {step}: recipe {recipe.name}, devices {devices}, world {info.world_size}")
     writer = _tensorboard_writer(run_dir) if plan.tensorboard and info.is_main else None
     stall = StallWatch(m_cfg.num_classes, r_cfg.stall_steps)
+    if plan.resume_path is not None and step > r_cfg.stall_steps:
+        stall.checked = True  # the run before the resume already passed the stall check
     warnings: list[str] = []
     topk = (1, min(5, m_cfg.num_classes))
     progress = make_progress() if plan.show_progress and info.is_main else None
     if progress is not None:
         progress.start()
 
-    def payload(epoch: int, batch: int) -> dict[str, Any]:
+    def payload(epoch: int, batch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "model": ck.unwrap(model).state_dict(), "recipe": recipe.to_dict(), "recipe_name": recipe.name,
             "classes": classes, "epoch": epoch, "batch": batch, "step": step, "parallel": plan.parallel,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "schedule": schedule.state_dict(), "rng": ck.capture_rng(), "loader": train_loader.state_dict(),
+            "schedule": schedule.state_dict(), "rng": rng, "loader": train_loader.state_dict(),
             "metrics": {"history": history, "running": epoch_tally.clone(),
                         "seconds": seconds_before + time.time() - t0},
             "best_top1": best_top1, "stats": ck.stats_payload(stats),
@@ -301,9 +304,9 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
                 losses, tally = forward_and_tally(net, images, labels, amp_dtype, topk, device)
                 loss_value = float(tally[0] / tally[3])
                 if not is_finite(loss_value):  # watchdog: keep the last good state, then stop
-                    where = None
+                    where, rng = None, D.gather_objects(ck.capture_rng())  # every rank's state, by rank
                     if info.is_main:
-                        where = ck.write_run_checkpoint(run_dir, payload(epoch, i), epoch_end=False,
+                        where = ck.write_run_checkpoint(run_dir, payload(epoch, i, rng), epoch_end=False,
                                                         is_best=False, keep_last=r_cfg.keep_last)["last"]
                     D.barrier()
                     raise WorkFailed(nonfinite_message(step + 1, loss_value, lr, str(where) if where else None))
@@ -330,8 +333,9 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
                         log.line(f"warning: {warnings[-1]}")
                     window, t_window = torch.zeros(4, dtype=torch.float64), time.time()
                 if r_cfg.checkpoint_every and step % r_cfg.checkpoint_every == 0 and i + 1 < n_batches:
+                    rng = D.gather_objects(ck.capture_rng())
                     if info.is_main:
-                        last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch, i + 1), epoch_end=False,
+                        last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch, i + 1, rng), epoch_end=False,
                                                                   is_best=False, keep_last=r_cfg.keep_last))
                     D.barrier()
             start_batch = 0
@@ -362,8 +366,9 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
             if writer is not None:
                 writer.add_scalar("val/top1_error", val["top1_error"], epoch + 1)
                 writer.add_scalar("val/top5_error", val["top5_error"], epoch + 1)
+            rng = D.gather_objects(ck.capture_rng())
             if info.is_main:
-                last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch + 1, 0), epoch_end=True,
+                last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch + 1, 0, rng), epoch_end=True,
                                                           is_best=is_best, keep_last=r_cfg.keep_last))
             D.barrier()
     finally:
@@ -388,6 +393,24 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
         "checkpoints": {k: str(folder / n) for k, n in (("last", ck.LAST), ("best", ck.BEST)) if (folder / n).exists()},
         "warnings": warnings,
     }
+
+
+def _restore_rank_rng(saved: Any, info: D.DistInfo, seed: int, step: int) -> None:
+    """Give each rank back its own random state (dropout masks differ between ranks, as between images).
+
+    Checkpoints hold every rank's state, indexed by rank. Resumed on another number of processes,
+    ranks that have no saved state of their own start a fresh stream from (seed, rank, step).
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    if info.rank < len(states) and len(states) == info.world_size:
+        ck.restore_rng(states[info.rank])
+        return
+    if info.rank == 0:
+        console.print(f"note: the checkpoint holds random states for {len(states)} process(es), this run has "
+                      f"{info.world_size}; dropout streams restart from the seed, so the run is not bitwise "
+                      "the one it continues")
+    ck.restore_rng(states[0])
+    torch.manual_seed(seed + 1_000_003 * info.rank + step)
 
 
 def forward_and_tally(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

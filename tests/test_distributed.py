@@ -89,3 +89,27 @@ def test_model_parallel_on_two_gpus(tmp_path):
     s = run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", device="cuda", gpus=2,
                                   parallel="model", overrides=SMALL + ["schedule.epochs=1"], show_progress=False))
     assert s["parallel"] == "model" and s["devices"] == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.slow
+def test_two_process_resume_restores_each_ranks_dropout_stream(tmp_path):
+    # Every rank's random state is in the checkpoint, so 1 epoch + resume = 2 epochs straight, bitwise,
+    # with dropout on (each rank draws its own masks).
+    data = make_set(tmp_path / "out")
+    common = SMALL + ["model.dropout=0.5"]
+
+    def run(name, *extra, resume=None):
+        return run_training(TrainOptions(out=data, run_dir=tmp_path / name, recipe="tiny",
+                                         overrides=common + list(extra), device="cpu", procs=2, resume=resume,
+                                         show_progress=False))
+
+    run("straight", "schedule.epochs=2")
+    run("resumed", "schedule.epochs=1")
+    run("resumed", "schedule.epochs=2", resume="")
+    saved = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "resumed") / "last.pt")
+    assert isinstance(saved["rng"], list) and len(saved["rng"]) == 2
+    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # two ranks, two streams
+    a = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "straight") / "last.pt")["model"]
+    b = saved["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

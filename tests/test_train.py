@@ -97,7 +97,7 @@ def test_run_folder_records_itself(data, tmp_path):
     assert env["torch"] == torch.__version__ and env["devices"] == ["cpu"]
     c = ck.load_checkpoint(ck.checkpoint_dir(run) / "last.pt")
     assert c["classes"][3]["wnid"] == "n00000003" and c["epoch"] == 2 and c["batch"] == 0
-    assert c["stats"]["mean"].dtype == torch.float16 and tuple(c["stats"]["mean"].shape) == (256, 256, 3)
+    assert c["stats"]["mean"].dtype == torch.float32 and tuple(c["stats"]["mean"].shape) == (256, 256, 3)
     model, recipe, classes = ck.model_from_checkpoint(c)
     assert recipe.model.num_classes == 4 and len(classes) == 4
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)

@@ -44,7 +44,10 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
         if encoding == "raw":
             img = stored.gpu() if gpu else stored
         else:
-            img = fn.decoders.image(stored, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            # jpeg_fancy_upsampling: nvJPEG upsamples 4:2:0 chroma the way libjpeg-turbo does (PIL, the mean
+            # image, eval and predict), so a net trained on DALI-GPU batches sees the same pixels.
+            img = fn.decoders.image(stored, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                    jpeg_fancy_upsampling=True)
         if d.image_size != IMAGE_SIZE:  # antialiased linear (triangle) filter, as PIL's bilinear
             img = fn.resize(img, size=[d.image_size, d.image_size], antialias=True,
                             interp_type=types.INTERP_LINEAR, dtype=types.UINT8)

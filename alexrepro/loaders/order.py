@@ -20,11 +20,15 @@ from alexrepro.augment import CropParams, draw_train_params, eval_params, ten_cr
 from alexrepro.errors import UserError
 from alexrepro.recipe import DataConfig
 
+# A non-zero tag ends the seed list so that this stream never equals augment.draw_train_params's
+# [seed, epoch, batch, DRAW_TAG] (numpy ignores trailing zeros: [seed, epoch, 0] == [seed, epoch]).
+ORDER_TAG = 1
+
 
 @functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """The global index of every image in this epoch's order (a permutation of range(n) if shuffle)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order = np.random.default_rng([seed, epoch, ORDER_TAG]).permutation(n) if shuffle else np.arange(n)
     order = order.astype(np.int64)
     order.flags.writeable = False  # cached: shared by every caller
     return order
