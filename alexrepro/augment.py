@@ -161,15 +161,33 @@ class Colour:
     magnitudes: np.ndarray | None  # (3,) m from alexrepro.stats.lighting_magnitudes
 
 
+def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
+    """Small per-batch arrays onto the device without stalling it.
+
+    A copy from pageable host memory makes the host wait for the GPU to finish queued work; from
+    pinned memory, non_blocking, it is queued behind that work instead, so the next step's launches
+    overlap the current step's kernels.
+    """
+    import torch
+
+    out = []
+    for a in arrays:
+        t = torch.as_tensor(a)
+        if device.type == "cuda":
+            t = t.pin_memory().to(device, non_blocking=True)
+        else:
+            t = t.to(device)
+        out.append(t)
+    return out
+
+
 def mean_crops(mean: torch.Tensor, params: CropParams, crop_size: int) -> torch.Tensor:
     """The mean image cut and mirrored at each sample's view: N×c×c×3, one gather on mean's device."""
     import torch
 
     dev = mean.device
     ar = torch.arange(crop_size, device=dev)
-    y = torch.as_tensor(params.y, device=dev)[:, None]
-    x = torch.as_tensor(params.x, device=dev)[:, None]
-    flip = torch.as_tensor(params.flip, device=dev)[:, None]
+    y, x, flip = (t[:, None] for t in to_device(dev, params.y, params.x, params.flip))
     rows = y + ar
     cols = torch.where(flip, x + (crop_size - 1) - ar, x + ar)
     return mean[rows[:, :, None], cols[:, None, :]]
@@ -198,7 +216,8 @@ def finish_batch(
     x = x - mean_crops(colour.mean, params, c)
     if colour.eigvec is not None and colour.magnitudes is not None and np.any(params.alpha):
         shift = lighting_shift(params.alpha, colour.eigvec, colour.magnitudes)
-        x = x + torch.as_tensor(shift, dtype=torch.float32, device=device)[:, None, None, :]
+        (shift_t,) = to_device(device, shift.astype(np.float32))
+        x = x + shift_t[:, None, None, :]
     x = x.permute(0, 3, 1, 2)  # NHWC memory permuted to NCHW is already channels_last
     x = x if channels_last else x.contiguous()
     if ten:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexrepro.augment import CropParams, finish_batch, ten_crop_params, ten_crop_views
+from alexrepro.augment import CropParams, finish_batch, ten_crop_params, ten_crop_views, to_device
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.dali_source import ShardSource, nonempty_batches
 from alexrepro.prepared import IMAGE_SIZE
@@ -122,7 +122,7 @@ class DaliLoader(Loader):
                 yx = anchor.as_array().astype(np.int64)
                 params = CropParams(yx[:, 0], yx[:, 1], flip.as_array().astype(bool), alpha.as_array())
             images = finish_batch(images, params, self.colour, spec.device, spec.channels_last)
-            yield images, torch.from_numpy(labels.as_array()).to(spec.device, non_blocking=True)
+            yield images, to_device(spec.device, labels.as_array())[0]
         try:
             pipe.run()
         except StopIteration:
