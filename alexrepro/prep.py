@@ -324,7 +324,8 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
     if "train" in source.splits and (new_train or not (out / STATS).is_file()):
         from alexrepro.stats import compute_mean
 
-        stats = compute_mean(out, workers=max(1, workers), progress=progress)
+        # the requested count, not `workers` (capped by the shards left, 1 when resuming with none)
+        stats = compute_mean(out, workers=options.workers or available_cores(), progress=progress)
         summary["channel_mean"] = [float(v) for v in stats.channel_mean]
     (out / PREP_STATE).unlink(missing_ok=True)
     converted = sum(len(t.items) for t in pending)

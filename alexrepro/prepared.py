@@ -13,14 +13,19 @@ A shard holds `labels` (int64, n), `keys` (source path of each image, UTF-8 stri
 with attributes `encoding`, `image_size`, `count`, `format_version`. The flat byte array with
 offsets avoids HDF5 variable-length types, which h5py reads slowly.
 
-h5py handles do not survive fork or pickling: readers open files lazily in each process.
+h5py handles do not survive fork or pickling: readers open files lazily in each process, and
+each process keeps at most MAX_OPEN_SHARDS of them open (least recently used closed first), so a
+set with more shards than `ulimit -n` still reads. Labels and keys are read with short-lived
+handles; a SplitDataset reads its labels once and carries them when pickled to workers.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,10 @@ MANIFEST = "manifest.json"
 STATS = "stats.h5"
 SKIPPED = "skipped.tsv"
 ENCODINGS = ("jpeg", "raw")
+# Shard handles one process keeps open at once (each ~0.5 MB RSS and a descriptor): 256 stays well under
+# the common `ulimit -n` of 1024 per worker; ImageNet has ~1,250 shards, so shuffled batches still reopen
+# some (about 0.2 ms each). See docs/PERFORMANCE.md for the pread-based reader that would remove this.
+MAX_OPEN_SHARDS = 256
 
 
 # --------------------------------------------------------------------------------------------- shards
@@ -96,8 +105,65 @@ def decode_jpeg(data: bytes | np.ndarray, where: str | None = None) -> np.ndarra
         ) from None
 
 
+def _too_many_open_files(e: OSError) -> bool:
+    """Whether `e` is EMFILE (h5py often leaves errno unset and only names it in the message)."""
+    text = str(e)
+    return e.errno == errno.EMFILE or "errno = 24" in text or "Too many open files" in text
+
+
+def _open_limit() -> str:
+    try:
+        import resource
+
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return "unknown"
+
+
+def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
+    """Open a shard read-only; a UserError that tells a missing or damaged shard from too many open files."""
+    path = Path(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        if _too_many_open_files(e):
+            raise UserError(
+                f"cannot open shard {path}: too many open files in this process (limit {_open_limit()}); "
+                "raise `ulimit -n` (or use fewer loader workers) and run again; the shard itself is not at fault"
+            ) from None
+        out = path.parent.parent
+        reason = "missing" if not path.is_file() else " ".join(str(e).split())
+        raise UserError(
+            f"cannot read shard {path} ({reason}); check the set with "
+            f"alexrepro info {out} --verify and run alexrepro prep again to rebuild it"
+        ) from None
+
+
+# Shards with an open handle in this process, least recently used first (reset after a fork: the
+# parent's handles are not this process's to track or close).
+_open_shards: OrderedDict[int, Shard] = OrderedDict()
+_open_pid = os.getpid()
+
+
+def _open_registry() -> OrderedDict[int, Shard]:
+    global _open_pid
+    if _open_pid != os.getpid():
+        _open_shards.clear()
+        _open_pid = os.getpid()
+    return _open_shards
+
+
+def open_shard_count() -> int:
+    """How many shard handles this process holds open (at most MAX_OPEN_SHARDS)."""
+    return len(_open_registry())
+
+
 class Shard:
-    """Random access to one shard; the HDF5 handle is opened lazily in each process."""
+    """Random access to one shard; the HDF5 handle is opened lazily in each process.
+
+    At most MAX_OPEN_SHARDS shards hold a handle in one process: opening another closes the least
+    recently used one, which reopens on its next access.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -113,24 +179,30 @@ class Shard:
 
     @property
     def file(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            try:
-                self._file = h5py.File(self.path, "r")
-            except OSError as e:
-                out = self.path.parent.parent
-                reason = "missing" if not self.path.is_file() else " ".join(str(e).split())
-                raise UserError(
-                    f"cannot read shard {self.path} ({reason}); check the set with "
-                    f"alexrepro info {out} --verify and run alexrepro prep again to rebuild it"
-                ) from None
-            self._pid = os.getpid()
-            self._offsets = None
+        registry = _open_registry()
+        pid = os.getpid()
+        if self._file is not None and self._pid == pid and id(self) in registry:
+            registry.move_to_end(id(self))
+            return self._file
+        self._file = None  # another process's handle (after a fork): not ours to close
+        while registry and len(registry) >= max(1, MAX_OPEN_SHARDS):
+            _, oldest = registry.popitem(last=False)
+            oldest._release()
+        self._file = open_shard_file(self.path)
+        self._pid = pid
+        registry[id(self)] = self
         return self._file
 
-    def close(self) -> None:
+    def _release(self) -> None:
+        """Close this process's handle (the offsets stay cached: they do not change)."""
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            _open_registry().pop(id(self), None)
+        self._release()
 
     @property
     def encoding(self) -> str:
@@ -141,15 +213,20 @@ class Shard:
 
     @property
     def offsets(self) -> np.ndarray:
-        if self._offsets is None:
+        if self._offsets is None:  # kept when the handle is closed: a shard never changes
             self._offsets = self.file["offsets"][:]
         return self._offsets
 
     def labels(self) -> np.ndarray:
-        return self.file["labels"][:]
+        """Every label of the shard, read with a handle closed right after (not the cached one)."""
+        with open_shard_file(self.path) as f:
+            return f["labels"][:]
 
     def keys(self) -> list[str]:
-        return [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in self.file["keys"][:]]
+        """The source path of every image, read with a handle closed right after."""
+        with open_shard_file(self.path) as f:
+            raw = f["keys"][:]
+        return [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in raw]
 
     def encoded(self, i: int) -> np.ndarray:
         """The stored JPEG bytes of image i (jpeg shards only), as a uint8 array."""
@@ -311,8 +388,9 @@ class SplitDataset:
         return len(self.classes)
 
     def __getstate__(self) -> dict[str, Any]:
+        # Workers get the labels read here, once, instead of each opening every shard for them.
         state = dict(self.__dict__)
-        state["_labels"] = None
+        state["_labels"] = self.labels
         return state
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ IMAGENET_PCA_SOURCE = "fb.resnet.torch datasets/imagenet.lua (pixels on [0, 1])"
 LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
 PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
 CHUNK = 64  # images per pool task: fine-grained progress and load balance, few round trips
+IN_FLIGHT = 2  # pool tasks submitted per worker at a time: the parent holds O(workers) partial sums
 
 
 # --------------------------------------------------------------------------------------------- pure math
@@ -172,34 +173,52 @@ def _run(
     workers: int,
     progress: bool,
     label: str,
-) -> list[tuple]:
-    """Run `fn` over every task (in a spawn pool when workers > 1), with a bar over images."""
+    reduce: Callable[[tuple], None],
+) -> None:
+    """Run `fn` over every task (in a spawn pool when workers > 1), with a bar over images.
+
+    Each result goes to `reduce` as it arrives and is dropped: the pool gets at most
+    IN_FLIGHT × workers tasks at a time, so the parent never holds more partial results than that
+    (a mean image's partial sum is 1.5 MiB, and ImageNet has ~20,000 chunks).
+    """
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     bar = make_progress() if progress else None
-    results: list[tuple] = []
     if bar is not None:
         bar.start()
         task_id = bar.add_task(label, total=total, unit="images")
     try:
         if workers == 1:
             for path, idx in tasks:
-                results.append(fn(path, idx))
+                reduce(fn(path, idx))
                 if bar is not None:
                     bar.advance(task_id, len(idx))
         else:
             # spawn: h5py handles and the progress bar's thread must not be forked.
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(fn, path, idx): len(idx) for path, idx in tasks}
-                for fut in as_completed(futures):
-                    results.append(fut.result())
-                    if bar is not None:
-                        bar.advance(task_id, futures[fut])
+                todo = iter(tasks)
+                futures: dict[Future, int] = {}
+
+                def submit_next() -> None:
+                    task = next(todo, None)
+                    if task is not None:
+                        futures[pool.submit(fn, *task)] = len(task[1])
+
+                for _ in range(IN_FLIGHT * workers):
+                    submit_next()
+                while futures:
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        images = futures.pop(fut)
+                        reduce(fut.result())
+                        if bar is not None:
+                            bar.advance(task_id, images)
+                        submit_next()
+                    del done, fut  # the finished futures hold their results
     finally:
         if bar is not None:
             bar.stop()
-    return results
 
 
 # --------------------------------------------------------------------------------------------- passes
@@ -207,11 +226,15 @@ def compute_mean(out: Path, workers: int = 1, progress: bool = True) -> Stats:
     """§2's per-pixel mean image of every stored training image; writes stats.h5 (keeping any PCA)."""
     out = Path(out)
     tasks, total = _chunks(out, None)
-    parts = _run(_mean_task, tasks, total, workers, progress, "mean image")
-    n = sum(p[0] for p in parts)
     pixel_sum = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int64)
-    for _, part in parts:
-        pixel_sum += part
+    count = [0]
+
+    def add(part: tuple[int, np.ndarray]) -> None:  # exact int64 sums: any order gives the same bits
+        count[0] += part[0]
+        np.add(pixel_sum, part[1], out=pixel_sum)
+
+    _run(_mean_task, tasks, total, workers, progress, "mean image", add)
+    n = count[0]
     mean = (pixel_sum / n).astype(np.float32)
     pixel_count = n * IMAGE_SIZE * IMAGE_SIZE
     channel_mean = pixel_sum.reshape(-1, 3).sum(axis=0) / pixel_count
@@ -232,12 +255,14 @@ def pca_sums(
     total = len(open_split(out, "train"))
     indices = None if sample is None else sample_indices(total, sample, seed)
     tasks, n_images = _chunks(out, indices)
-    parts = _run(_pca_task, tasks, n_images, workers, progress, "colour PCA")
     s = np.zeros(3, dtype=np.int64)
     ss = np.zeros((3, 3), dtype=np.int64)
-    for _, ps, pss in parts:
-        s += ps
-        ss += pss
+
+    def add(part: tuple[int, np.ndarray, np.ndarray]) -> None:
+        np.add(s, part[1], out=s)
+        np.add(ss, part[2], out=ss)
+
+    _run(_pca_task, tasks, n_images, workers, progress, "colour PCA", add)
     return n_images, n_images * IMAGE_SIZE * IMAGE_SIZE, s, ss
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from loader_data import EIGVAL, EIGVEC, make_set
+from loader_data import EIGVAL, EIGVEC, make_set, structured_image
 
 from alexrepro.augment import draw_train_params, resize_image, resize_mean
 from alexrepro.errors import UserError
@@ -203,3 +203,51 @@ def test_batch_plan_counts():
     assert [plan.rank_bounds(plan.batch_length(b)) for b in range(4)] == [(4, 6)] * 3 + [(2, 3)]
     assert BatchPlan(n=21, batch_size=6, train=True, drop_last=True).total_images == 18
     np.testing.assert_array_equal(epoch_order(10, 0, 0, False), np.arange(10))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path, monkeypatch, workers):
+    """8 shards, at most 3 open per process: every image right, labels read once (in the main process)."""
+    import multiprocessing
+    import os
+
+    from test_prepared import open_files_under
+
+    from alexrepro import prepared
+    from alexrepro.prepared import Shard
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts descriptors in /proc")
+    if workers and multiprocessing.get_start_method() != "fork":
+        pytest.skip("the monkeypatched cap reaches the workers only through fork")
+    out = make_set(tmp_path / "raw", n_train=16, n_val=3, per_shard=2, encoding="raw")
+    monkeypatch.setattr(prepared, "MAX_OPEN_SHARDS", 3)
+    log = tmp_path / "label_reads"
+    real_labels = Shard.labels
+
+    def logged(self):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real_labels(self)
+
+    monkeypatch.setattr(Shard, "labels", logged)
+    cfg = DataConfig(workers=workers, drop_last=False, crop_size=256, mirror=False, lighting=False, mean="channel")
+    loader = make_loader(out, "train", cfg, 4, train=True, device=CPU, kind="torch", seed=3)
+    channel_mean = read_stats(out).channel_mean
+    seen = []
+    try:
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            for images, labels in loader:
+                for k, i in enumerate(labels.tolist()):
+                    want = (structured_image(i) - channel_mean).transpose(2, 0, 1)
+                    np.testing.assert_allclose(images[k].numpy(), want, atol=1e-3)
+                    seen.append(i)
+                procs = [w.pid for w in loader.dataloader._iterator._workers] if workers else ["self"]
+                for pid in procs:
+                    assert open_files_under(out, pid) <= 3
+        assert sorted(seen) == sorted(list(range(16)) * 2) and seen[:16] != list(range(16))
+    finally:
+        loader.close()
+    reads = log.read_text().split()
+    assert reads == [str(os.getpid())] * 8  # once per shard, none in the workers

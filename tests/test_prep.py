@@ -117,6 +117,31 @@ def test_resume_after_a_kill_gives_the_same_shards(prepared, synth_src, tmp_path
     assert again["splits"]["val"]["resumed_shards"] == again["splits"]["val"]["shards"]
 
 
+@pytest.mark.parametrize(("workers", "want"), [(3, 3), (0, 5)])  # 0: all cores (5 here)
+@pytest.mark.parametrize("left", [0, 1])
+def test_resume_computes_the_mean_with_the_requested_workers(prepared, synth_src, tmp_path, monkeypatch,
+                                                           workers, want, left):
+    import alexrepro.stats as stats_mod
+
+    out = tmp_path / "out"
+    shutil.copytree(prepared[0], out)
+    if left:
+        (out / "train" / "00001.h5").unlink()  # one shard left to convert: prep itself uses 1 worker
+    else:
+        (out / "stats.h5").unlink()  # nothing left to convert, but the mean is missing
+    real, seen = stats_mod.compute_mean, []
+
+    def spy(out, workers=1, progress=True):
+        seen.append(workers)
+        return real(out, workers=1, progress=progress)
+
+    monkeypatch.setattr(stats_mod, "compute_mean", spy)
+    monkeypatch.setattr(prep_mod, "available_cores", lambda: 5)
+    summary = prep(synth_src, out, PrepOptions(workers=workers, shard_size=8), progress=False)
+    assert summary["workers"] == 1 and seen == [want]
+    assert np.array_equal(read_stats(out).mean, read_stats(prepared[0]).mean)
+
+
 def test_raw_encoding_and_one_split(synth_src, tmp_path):
     out = tmp_path / "raw"
     summary = prep(synth_src, out, PrepOptions(workers=1, encoding="raw", splits=["val"]), progress=False)

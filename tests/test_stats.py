@@ -2,6 +2,7 @@
 
 import io
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -186,6 +187,60 @@ def test_two_workers_give_the_same_result(tmp_path, monkeypatch):
     m2 = st.compute_mean(root, workers=2, progress=False)
     np.testing.assert_array_equal(m1.mean, m2.mean)
     np.testing.assert_array_equal(m1.channel_mean, m2.channel_mean)
+
+
+def _many_chunk_set(root, shards=4, per_shard=10):
+    """A raw set of shards × per_shard training images (so CHUNK = 1 makes many pool tasks)."""
+    rng = np.random.default_rng(3)
+    entries = []
+    for k in range(shards):
+        rel = f"train/{k:05d}.h5"
+        write_shard(root / rel, "raw", np.stack(_images(rng, per_shard)), [0] * per_shard,
+                    [f"src/{k}_{i}.JPEG" for i in range(per_shard)])
+        entries.append({"file": rel, "count": per_shard})
+    write_manifest(root, {"splits": {"train": {"count": shards * per_shard, "shards": entries}},
+                          "classes": [{"index": 0, "wnid": "n00000000", "name": "c"}], "encoding": "raw",
+                          "source": "test", "skipped": 0})
+    return root
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_partial_sums_are_reduced_as_they_arrive(tmp_path, monkeypatch, workers):
+    root = _many_chunk_set(tmp_path)
+    imgs = stored_images(root)
+    before = st.compute_mean(root, workers=1, progress=False)  # CHUNK = 64: one task per shard
+    before_pca = st.pca_sums(root, workers=1, progress=False)
+    pixel_sum = imgs.astype(np.int64).sum(axis=0)  # the exact sum, as the old list-then-add code had it
+    np.testing.assert_array_equal(before.mean, (pixel_sum / len(imgs)).astype(np.float32))
+
+    monkeypatch.setattr(st, "CHUNK", 1)  # 40 tasks, each returning a 1.5 MiB partial sum
+    live, peak, real_run = [], [0], st._run
+
+    def spy(fn, tasks, total, workers, progress, label, reduce):
+        assert len(tasks) == len(imgs)
+
+        def counting(part):  # how many partial results the parent still holds when one arrives
+            live.append(weakref.ref(part[1]))  # numpy arrays hold no cycles: refcounts free them
+            peak[0] = max(peak[0], sum(r() is not None for r in live))
+            reduce(part)
+
+        return real_run(fn, tasks, total, workers, progress, label, counting)
+
+    monkeypatch.setattr(st, "_run", spy)
+    after = st.compute_mean(root, workers=workers, progress=False)
+    bound = 2 if workers == 1 else st.IN_FLIGHT * workers + 1
+    assert len(live) == len(imgs) and 1 <= peak[0] <= bound < len(imgs)
+    for field in ("mean", "channel_mean"):
+        assert getattr(after, field).tobytes() == getattr(before, field).tobytes()  # bitwise
+    assert after.pixel_count == before.pixel_count == len(imgs) * PIX
+
+    live.clear()
+    peak[0] = 0
+    after_pca = st.pca_sums(root, workers=workers, progress=False)
+    assert len(live) == len(imgs) and peak[0] <= bound
+    assert after_pca[:2] == before_pca[:2]
+    np.testing.assert_array_equal(after_pca[2], before_pca[2])
+    np.testing.assert_array_equal(after_pca[3], before_pca[3])
 
 
 def test_unit_scale_and_lighting_magnitudes(tmp_path):

@@ -73,6 +73,7 @@ class Loader(ABC):
         self.dataset = SplitDataset(spec.out, spec.split)
         if len(self.dataset) == 0:
             raise UserError(f"split {spec.split!r} of {spec.out} holds no images; prepare it again")
+        _ = self.dataset.labels  # read once here: workers inherit (fork) or unpickle them, not re-read
         self.plan = BatchPlan(
             n=len(self.dataset), batch_size=spec.batch_size, train=spec.train,
             drop_last=spec.data.drop_last, seed=spec.seed, rank=spec.rank, world_size=spec.world_size,

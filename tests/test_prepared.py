@@ -1,0 +1,124 @@
+"""The prepared-set reader: a bounded number of open shard handles, labels read once, clear errors."""
+
+import errno
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from loader_data import jpeg_bytes, make_set, structured_image
+
+from alexrepro import prepared
+from alexrepro.errors import UserError
+from alexrepro.prepared import Shard, decode_jpeg, open_shard_count, open_split
+
+N_TRAIN, PER_SHARD, CAP = 16, 2, 3  # 8 training shards, more than the monkeypatched cap
+
+
+def open_files_under(folder, pid="self"):
+    """How many file descriptors of process `pid` point into `folder` (HDF5 keeps one per open file)."""
+    folder = str(Path(folder).resolve())
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        n += target.startswith(folder + os.sep)
+    return n
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+
+
+@pytest.fixture(params=["raw", "jpeg"])
+def many_shards(request, tmp_path):
+    return make_set(tmp_path / request.param, n_train=N_TRAIN, n_val=3, per_shard=PER_SHARD, encoding=request.param)
+
+
+def expected_image(out, i):
+    img = structured_image(i)
+    return img if "raw" in Path(out).name else decode_jpeg(jpeg_bytes(img))
+
+
+@pytest.fixture
+def small_cap(monkeypatch):
+    monkeypatch.setattr(prepared, "MAX_OPEN_SHARDS", CAP)
+    yield CAP
+
+
+@needs_proc
+def test_random_reads_never_hold_more_than_the_cap_open(many_shards, small_cap):
+    ds = open_split(many_shards, "train")
+    assert len(ds.shards) == N_TRAIN // PER_SHARD > small_cap
+    order = np.random.default_rng(0).permutation(np.tile(np.arange(N_TRAIN), 3))
+    try:
+        for i in order:
+            image, label = ds[int(i)]
+            assert label == i and np.array_equal(image, expected_image(many_shards, int(i)))
+            assert open_shard_count() <= small_cap
+            assert open_files_under(many_shards) <= small_cap
+        assert open_files_under(many_shards) == small_cap  # the most recently used stay open
+    finally:
+        for shard in ds.shards:
+            shard.close()
+    assert open_shard_count() == 0 and open_files_under(many_shards) == 0
+
+
+@needs_proc
+def test_labels_and_keys_use_short_lived_handles(many_shards):
+    ds = open_split(many_shards, "train")
+    assert ds.labels.tolist() == list(range(N_TRAIN))
+    assert ds.keys() == [f"train/img{i}.JPEG" for i in range(N_TRAIN)]
+    assert open_shard_count() == 0 and open_files_under(many_shards) == 0
+
+
+def test_labels_are_read_once_and_travel_with_the_pickle(many_shards, monkeypatch):
+    calls = []
+    real = Shard.labels
+    monkeypatch.setattr(Shard, "labels", lambda self: calls.append(self.path) or real(self))
+    ds = open_split(many_shards, "train")
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets
+    assert len(calls) == len(ds.shards)  # pickling read them, once, here
+    assert copy.labels.tolist() == list(range(N_TRAIN)) and ds.labels.tolist() == list(range(N_TRAIN))
+    assert len(calls) == len(ds.shards)  # neither the copy nor the original read them again
+    assert copy[5][1] == 5 and np.array_equal(copy[5][0], expected_image(many_shards, 5))
+    for shard in copy.shards:
+        shard.close()
+
+
+def test_an_evicted_shard_reopens_and_close_forgets_it(tmp_path, small_cap):
+    out = make_set(tmp_path / "raw", n_train=N_TRAIN, n_val=3, per_shard=PER_SHARD, encoding="raw")
+    shards = open_split(out, "train").shards
+    first = shards[0].file
+    for s in shards[1:small_cap]:
+        assert len(s) == PER_SHARD
+    assert len(shards[small_cap]) == PER_SHARD  # evicts shards[0], the least recently used
+    assert not first and open_shard_count() == small_cap  # a closed h5py File is falsy
+    assert np.array_equal(shards[0].image(1), structured_image(1))  # reopens transparently
+    shards[0].close()
+    assert open_shard_count() == small_cap - 1
+    for s in shards:
+        s.close()
+    assert open_shard_count() == 0
+
+
+def test_too_many_open_files_says_ulimit_not_corrupt(many_shards, monkeypatch):
+    def emfile(*a, **k):
+        raise OSError(errno.EMFILE, "Unable to synchronously open file (unable to open file: errno = 24, "
+                      "error message = 'Too many open files')")
+
+    monkeypatch.setattr(prepared.h5py, "File", emfile)
+    shard = open_split(many_shards, "train").shards[0]
+    for read in (lambda: shard.file, shard.labels):
+        with pytest.raises(UserError, match="too many open files") as e:
+            read()
+        assert "ulimit -n" in str(e.value) and "prep again" not in str(e.value)
+
+
+def test_a_missing_shard_is_still_named_missing(many_shards):
+    ds = open_split(many_shards, "train")
+    ds.shards[1].path.unlink()
+    with pytest.raises(UserError, match=r"00001\.h5 \(missing\).*prep again"):
+        ds[PER_SHARD]
