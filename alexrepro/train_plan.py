@@ -1,0 +1,119 @@
+"""Planning a training run: what `alexrepro train` asked for (TrainOptions) resolved into a TrainPlan.
+
+The resolved recipe (a resumed run's recipe compared with the checkpoint's, --force to accept
+differences), the device type, the number of data-parallel processes and the checkpoint to resume
+from. Every bad request is a UserError here, before any process starts or any file is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alexrepro import checkpoint as ck
+from alexrepro import distributed as D
+from alexrepro.atomic import writable_folder
+from alexrepro.errors import UserError
+from alexrepro.prepared import open_split, read_manifest
+from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe, recipe_from_dict
+
+# Recipe fields that change how a run executes but not what it computes: a resume may change them
+# without --force (schedule.epochs extends or shortens the run).
+RESUME_MAY_CHANGE = {
+    "schedule.epochs", "data.workers", "data.loader", "run.log_every", "run.checkpoint_every",
+    "run.keep_last", "run.stall_steps", "run.compile", "run.channels_last",
+}
+
+
+@dataclass
+class TrainOptions:
+    """What `alexrepro train` was asked for (recipe overrides already include the mapped options)."""
+
+    out: Path
+    run_dir: Path
+    recipe: str | None = None  # a shipped name or a .toml path; None on resume = the checkpoint's
+    overrides: list[str] = field(default_factory=list)  # section.key=value
+    device: str = "auto"  # cpu | cuda | auto
+    gpus: int = 1
+    procs: int = 1  # data-parallel gloo processes on the CPU
+    parallel: str | None = None  # data | model; None = data when more than one GPU
+    resume: str | None = None  # None = fresh run; "" = newest loadable checkpoint of the run; else a path
+    force: bool = False
+    tensorboard: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class TrainPlan:
+    """A resolved run: what every training process needs (picklable)."""
+
+    out: Path
+    run_dir: Path
+    recipe: Recipe
+    device_type: str  # cpu | cuda
+    world_size: int  # data-parallel processes this launch starts (1 = none)
+    parallel: str  # none | data | model
+    resume_path: Path | None
+    tensorboard: bool
+    show_progress: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_training(opts: TrainOptions) -> TrainPlan:
+    """Check the request and resolve the recipe and devices; every bad input is a UserError here."""
+    manifest = read_manifest(opts.out)  # a UserError unless OUT is a prepared set
+    device, world, parallel = D.resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
+
+    notes: list[str] = []
+    resume_path = None
+    if opts.resume is not None:
+        resume_path = Path(opts.resume) if opts.resume else ck.find_resumable(opts.run_dir)
+        if resume_path is None:
+            raise UserError(f"no checkpoint to resume in {ck.checkpoint_dir(opts.run_dir)}; start without --resume")
+        saved = ck.load_checkpoint(resume_path)
+        saved_recipe = recipe_from_dict(saved["recipe"], name=str(saved.get("recipe_name", "checkpoint")))
+        base = load_recipe(opts.recipe) if opts.recipe else saved_recipe
+        recipe = apply_overrides(base, opts.overrides)
+        changed = diff_recipes(saved_recipe, recipe)
+        blocking = [k for k in changed if k not in RESUME_MAY_CHANGE]
+        if blocking and not opts.force:
+            raise UserError(
+                f"the recipe differs from the checkpoint's in {', '.join(blocking)}; resume with the same "
+                "recipe, or add --force to continue with the new values"
+            )
+        if changed:
+            notes.append(f"resuming with changed recipe values: {', '.join(changed)}")
+        if saved.get("parallel", "none") == "model" and parallel != "model" or (
+            parallel == "model" and saved.get("parallel", "none") != "model"
+        ):
+            raise UserError("resume with the same --parallel mode as the checkpoint (the optimiser state differs)")
+    else:
+        if opts.recipe is None:
+            raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
+        recipe = load_recipe(opts.recipe, opts.overrides)
+        if ck.find_resumable(opts.run_dir) is not None:
+            raise UserError(f"{opts.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run")
+    have = len(manifest.get("classes", []))
+    if recipe.model.num_classes != have:
+        if resume_path is not None:
+            raise UserError(
+                f"{resume_path} is a net for {recipe.model.num_classes} classes but {opts.out} has {have}; "
+                "resume on the set it was trained on, or start a new --run"
+            )
+        raise UserError(
+            f"the recipe has model.num_classes = {recipe.model.num_classes} but {opts.out} has {have} classes; "
+            f"add --set model.num_classes={have}"
+        )
+    num_train = len(open_split(opts.out, "train"))
+    batch = recipe.optim.batch_size
+    if num_train < batch and recipe.data.drop_last or num_train == 0:
+        raise UserError(
+            f"{opts.out} has {num_train} training images, fewer than one batch of {batch} (partial batches are "
+            f"dropped), so nothing would train; use a smaller batch, e.g. --set optim.batch_size={max(1, num_train)}"
+        )
+    writable_folder(opts.run_dir, "--run")  # before any work, so a bad RUN fails at once
+    return TrainPlan(
+        out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
+        parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
+        show_progress=opts.show_progress, notes=notes,
+    )
