@@ -257,3 +257,27 @@ def test_recipe_from_checkpoint_round_trips(data, tmp_path):
 
 def test_work_failed_is_the_divergence_type():
     assert issubclass(WorkFailed, Exception) and not issubclass(WorkFailed, UserError)
+
+
+def test_step_uses_the_gradient_averaged_over_the_global_batch():
+    # §5: ⟨∂L/∂w⟩ is the average over the batch. Alone: the mean of the per-image gradients. In a group of
+    # W ranks each rank scales its sum by W/G, so DDP's average over ranks is again the mean over all G images.
+    from alexrepro.train import backward_and_update
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    net = torch.nn.Linear(5, 3)
+    per_image = []
+    for i in range(6):
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        per_image.append(net.weight.grad.clone())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the step leaves the weights, we read the gradient
+    losses = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
+    backward_and_update(losses, 6.0, 1, opt, scaler)
+    torch.testing.assert_close(net.weight.grad, sum(per_image) / 6)
+    # rank 0 of 2 holding images 0-2 of a global batch of 6: its gradient is (2/6) Σ of its own images
+    losses = torch.nn.functional.cross_entropy(net(x[:3]), y[:3], reduction="none")
+    backward_and_update(losses, 6.0, 2, opt, scaler)
+    torch.testing.assert_close(net.weight.grad, 2 * sum(per_image[:3]) / 6)
