@@ -42,10 +42,6 @@ class CropParams:
         """The parameters of samples lo..hi-1 (a rank's slice of a global batch)."""
         return CropParams(self.y[lo:hi], self.x[lo:hi], self.flip[lo:hi], self.alpha[lo:hi])
 
-    def repeat_views(self, views: int) -> CropParams:
-        """Each sample's parameters repeated `views` times (ten-crop batches flatten to N·10)."""
-        return CropParams(*(np.repeat(a, views, axis=0) for a in (self.y, self.x, self.flip, self.alpha)))
-
 
 DRAW_TAG = 2  # see draw_train_params; loaders.order uses ORDER_TAG = 1
 

@@ -335,7 +335,6 @@ def make_report(
         "seconds": round(seconds, 4),
         "images_per_s": round(counts.total / seconds, 2) if seconds > 0 else None,
         "device": str(device),
-        "loader": opts.loader,
         "world_size": world,
         "paper": {
             "table": table,

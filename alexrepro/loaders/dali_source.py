@@ -46,7 +46,7 @@ class ShardSource:
         if batch >= nonempty_batches(self.plan):
             raise StopIteration
         # ten crops: the views are constants of the pipeline; the centre params only fill the slots
-        idx, p = rank_batch(self.plan, self.data, False, epoch, batch)
+        idx, p = rank_batch(self.plan, self.data, epoch, batch)
         stored = read_batch(self.split, idx)  # one HDF5 read per shard
         labels = self.split.labels[idx]
         return (

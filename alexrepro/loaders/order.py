@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexrepro.augment import CropParams, draw_train_params, eval_params, ten_crop_params
+from alexrepro.augment import CropParams, draw_train_params, eval_params
 from alexrepro.errors import UserError
 from alexrepro.recipe import DataConfig
 
@@ -104,18 +104,16 @@ class BatchPlan:
             )
 
 
-def rank_batch(plan: BatchPlan, data: DataConfig, ten: bool, epoch: int, batch: int) -> tuple[np.ndarray, CropParams]:
+def rank_batch(plan: BatchPlan, data: DataConfig, epoch: int, batch: int) -> tuple[np.ndarray, CropParams]:
     """This rank's global indices and augmentation parameters for global batch `batch` of `epoch`.
 
     Training draws for the whole GLOBAL batch (the one sampler) and keeps this rank's slice;
-    evaluation takes the centre view (or, with `ten`, the ten views of each image, N·10 entries).
+    evaluation takes the centre view (ten-crop views are fixed, and applied where the crops are cut).
     """
     idx = plan.global_batch(epoch, batch)
     lo, hi = plan.rank_bounds(len(idx))
     if plan.train:
         params = draw_train_params(data, plan.seed, epoch, batch, len(idx)).take(lo, hi)
-    elif ten:
-        params = ten_crop_params(hi - lo, data.image_size, data.crop_size)
     else:
         params = eval_params(hi - lo, data.image_size, data.crop_size)
     return idx[lo:hi], params

@@ -84,7 +84,7 @@ class BatchItems:
     def __iter__(self) -> Iterator[list[Item]]:
         lo = self.loader
         for b in range(lo.start_batch, lo.plan.num_batches):
-            idx, p = rank_batch(lo.plan, lo.spec.data, False, lo.epoch, b)  # ten: views fixed in workers
+            idx, p = rank_batch(lo.plan, lo.spec.data, lo.epoch, b)  # ten: views fixed in workers
             yield [(int(i), int(y), int(x), bool(f), *map(float, a))
                    for i, y, x, f, a in zip(idx, p.y, p.x, p.flip, p.alpha, strict=True)]
 
