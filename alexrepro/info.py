@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,32 @@ import h5py
 import numpy as np
 
 from alexrepro.errors import WorkFailed
-from alexrepro.prepared import IMAGE_SIZE, STATS, decode_jpeg, read_manifest, read_stats
-from alexrepro.progress import make_progress
+from alexrepro.prepared import (
+    CHECKSUMS,
+    IMAGE_SIZE,
+    READABLE_VERSIONS,
+    STATS,
+    decode_jpeg,
+    image_checksums,
+    read_manifest,
+    read_stats,
+    stored_checksums,
+)
+from alexrepro.progress import console, make_progress
 
 FIRST = 5  # classes and skipped files listed by name
 WNID_IN_KEY = re.compile(r"(?:^|/)(n\d{8})(?:\.tar)?/")  # the class folder (or class tar) in a source key
+# Raw images per read in the checksum pass: one h5py call for 64 × 192 KiB = 12 MiB, not one per image.
+RAW_BLOCK = 64
+
+
+@dataclass
+class ShardCheck:
+    """What checking one shard found."""
+
+    problems: list[str] = field(default_factory=list)
+    checksummed: int = 0  # images whose stored bytes were compared with their crc32
+    without_checksums: bool = False  # a readable format version 1 shard: it has no crc32 to compare
 
 
 def describe(out: Path) -> dict[str, Any]:
@@ -36,6 +58,7 @@ def describe(out: Path) -> dict[str, Any]:
     info: dict[str, Any] = {
         "out": str(out),
         "source": manifest.get("source"),
+        "format_version": manifest.get("format_version"),  # of the prep that wrote the manifest
         "encoding": manifest.get("encoding"),
         "quality": manifest.get("quality"),
         "image_size": manifest.get("image_size", IMAGE_SIZE),
@@ -55,18 +78,25 @@ def describe(out: Path) -> dict[str, Any]:
     return info
 
 
-def check_shard(path: Path, expect_count: int, num_classes: int, wnid_index: dict[str, int]) -> list[str]:
-    """Problems of one shard: counts, offsets, labels (range, and class folder in the key), images."""
-    problems: list[str] = []
+def check_shard(path: Path, expect_count: int, num_classes: int, wnid_index: dict[str, int]) -> ShardCheck:
+    """Check one shard: counts, offsets, labels (range, and class folder in the key), checksums, images."""
+    result = ShardCheck()
+    problems = result.problems
     name = path.as_posix()
     if not path.is_file():
-        return [f"{name}: missing"]
+        problems.append(f"{name}: missing")
+        return result
     try:
         with h5py.File(path, "r") as f:
             labels = f["labels"][:]
             keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in f["keys"][:]]
             count = int(f.attrs["count"])
             encoding = str(f.attrs["encoding"])
+            version = int(f.attrs.get("format_version", 1))
+            if version not in READABLE_VERSIONS:
+                problems.append(f"{name}: format version {version}, this alexrepro reads "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}")
+                return result
             if not count == len(labels) == len(keys) == expect_count:
                 problems.append(f"{name}: count {count}, {len(labels)} labels, {len(keys)} keys, "
                                 f"manifest says {expect_count}")
@@ -78,33 +108,67 @@ def check_shard(path: Path, expect_count: int, num_classes: int, wnid_index: dic
                 if m and m[1] in wnid_index and labels[i] != wnid_index[m[1]]:
                     problems.append(f"{name}: image {i} ({key}) labelled {int(labels[i])}, its class folder "
                                     f"{m[1]} is {wnid_index[m[1]]}")
-            problems += _check_images(f, name, encoding, count)
+            checksums = stored_checksums(f)
+            if checksums is None and version >= 2:
+                problems.append(f"{name}: no {CHECKSUMS} dataset, which every format version {version} shard holds")
+            elif checksums is not None and checksums.shape != (count,):
+                problems.append(f"{name}: {CHECKSUMS} has shape {checksums.shape}, expected ({count},)")
+                checksums = None
+            result.without_checksums = checksums is None and version == 1
+            image_problems, result.checksummed = _check_images(f, name, encoding, count, keys, checksums)
+            problems += image_problems
     except (OSError, KeyError, ValueError) as e:
         problems.append(f"{name}: unreadable ({' '.join(str(e).split())})")
-    return problems
+    return result
 
 
-def _check_images(f: h5py.File, name: str, encoding: str, count: int) -> list[str]:
+def _check_images(
+    f: h5py.File, name: str, encoding: str, count: int, keys: list[str], checksums: np.ndarray | None
+) -> tuple[list[str], int]:
+    """The shard's image problems, and how many images had their bytes compared with their checksum."""
+    from PIL import UnidentifiedImageError  # PIL loads when images are checked, not for every CLI start
+
     shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
+    problems: list[str] = []
+
+    def image_problem(i: int, reason: str) -> str:
+        return f"{name}: image {i} ({keys[i] if i < len(keys) else 'no key'}) {reason}"
+
+    def compare(start: int, got: np.ndarray) -> None:
+        for j in np.flatnonzero(got != checksums[start : start + len(got)]):
+            i = start + int(j)
+            problems.append(image_problem(i, f"checksum mismatch (stored crc32 {int(checksums[i]):08x}, "
+                                             f"its bytes give {int(got[j]):08x})"))
+
     if encoding == "raw":
         images = f["images"]
         if images.shape[1:] != shape or images.shape[0] != count or images.dtype != np.uint8:
-            return [f"{name}: images dataset is {images.shape} {images.dtype}, expected ({count}, 256, 256, 3) uint8"]
-        return []
+            problems.append(f"{name}: images dataset is {images.shape} {images.dtype}, expected ({count}, 256, 256, 3) "
+                            "uint8")
+            return problems, 0
+        if checksums is None:
+            return problems, 0
+        for start in range(0, count, RAW_BLOCK):
+            compare(start, image_checksums(images[start : start + RAW_BLOCK]))
+        return problems, count
     offsets = f["offsets"][:]
     data = f["data"]
     if len(offsets) != count + 1 or offsets[0] != 0 or offsets[-1] != data.shape[0] or np.any(np.diff(offsets) <= 0):
-        return [f"{name}: offsets are not 0 ≤ increasing ≤ {data.shape[0]} with {count + 1} entries"]
-    problems = []
-    block = data[:]
-    for i in range(count):
+        problems.append(f"{name}: offsets are not 0 ≤ increasing ≤ {data.shape[0]} with {count + 1} entries")
+        return problems, 0
+    block = data[:]  # the whole shard's bytes in one read, for the checksums and the decode alike
+    encoded = [block[offsets[i] : offsets[i + 1]] for i in range(count)]
+    if checksums is not None:
+        compare(0, image_checksums(encoded))
+    for i, stored in enumerate(encoded):
         try:
-            img = decode_jpeg(block[offsets[i] : offsets[i + 1]])
+            img = decode_jpeg(stored)
             if img.shape != shape:
-                problems.append(f"{name}: image {i} decodes to {img.shape}, expected {shape}")
+                problems.append(image_problem(i, f"decodes to {img.shape}, expected {shape}"))
         except (OSError, ValueError, SyntaxError) as e:
-            problems.append(f"{name}: image {i} does not decode ({' '.join(str(e).split())})")
-    return problems
+            reason = "not an image" if isinstance(e, UnidentifiedImageError) else " ".join(str(e).split())
+            problems.append(image_problem(i, f"does not decode ({reason})"))
+    return problems, 0 if checksums is None else count
 
 
 def verify(out: Path, progress: bool = True) -> dict[str, Any]:
@@ -115,7 +179,9 @@ def verify(out: Path, progress: bool = True) -> dict[str, Any]:
     wnid_index = {c["wnid"]: int(c["index"]) for c in classes}
     splits = manifest.get("splits", {})
     problems: list[str] = []
-    checked = {}
+    checked: dict[str, int] = {}
+    checksummed: dict[str, int] = {}
+    shards = without = 0  # shards read, and those of them (format version 1) without checksums
     bar = make_progress() if progress else None
     if bar is not None:
         bar.start()
@@ -127,17 +193,33 @@ def verify(out: Path, progress: bool = True) -> dict[str, Any]:
                 problems.append(f"{name}: shard counts add up to {total}, manifest says {s['count']}")
             if "found" in s and s["count"] + s.get("skipped", 0) != s["found"]:
                 problems.append(f"{name}: {s['count']} written + {s['skipped']} skipped != {s['found']} found")
+            checksummed[name] = 0
             for e in s["shards"]:
-                problems += check_shard(out / e["file"], int(e["count"]), len(classes), wnid_index)
+                result = check_shard(out / e["file"], int(e["count"]), len(classes), wnid_index)
+                problems += result.problems
+                checksummed[name] += result.checksummed
+                shards += 1
+                without += result.without_checksums
                 if bar is not None:
                     bar.advance(task, int(e["count"]))
             checked[name] = s["count"]
     finally:
         if bar is not None:
             bar.stop()
+    notes = [_no_checksums_note(without, shards, str(manifest.get("encoding")))] if without else []
+    for note in notes:
+        console.print(f"note: {note}")
     if (out / STATS).is_file() and read_stats(out).mean.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
         problems.append(f"{STATS}: mean image is not 256×256×3")
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise WorkFailed(f"{out} failed verification ({len(problems)} problems): {shown}")
-    return {"verified": True, "images": checked}
+    return {"verified": True, "images": checked, "checksummed": checksummed, "notes": notes}
+
+
+def _no_checksums_note(without: int, shards: int, encoding: str) -> str:
+    """The one line a set with format version 1 shards gets: what was not checked, and how to get it checked."""
+    checked = "only checked by decoding them" if encoding == "jpeg" else "not checked"
+    return (f"{without} of {shards} shards were written by format version 1 and hold no per-image checksums, so "
+            f"their image bytes were {checked}; for byte-level checks prepare the set again into a new OUT "
+            "(a prep into this OUT resumes and keeps those shards)")

@@ -27,34 +27,88 @@ def paper_update(
 
 
 class PaperSGD(torch.optim.Optimizer):
-    """SGD with §5's update rule; state holds each parameter's velocity v."""
+    """SGD with §5's update rule, run as one fused kernel per device that a device-side flag can skip.
+
+    §5's velocity v is kept in gradient units, u = −v/ε, because then the rule is exactly torch's
+    fused SGD kernel (one pass over weights, gradients and u, instead of four per tensor):
+
+        u ← μ·u + g + λ·w        w ← w − ε·u
+
+    Substituting v = −ε·u gives v ← μ·v − λ·ε·w − ε·g and w ← w + v, §5's rule. ε sits inside v: when ε
+    changes, u is first multiplied by ε_old/ε_new (`group["buffer_lr"]` is the ε it is expressed in), which
+    leaves v as it was, so the old gradients keep their old ε (torch.optim.SGD's velocity does not).
+    `velocity(p)` returns v; the checkpoint holds u and `buffer_lr`.
+
+    `step(ok=t)` takes a boolean tensor on the device: where it is False the kernel leaves weights and
+    velocities untouched, so a non-finite loss can be refused without the host waiting for the device.
+    GradScaler's `found_inf` (fp16) is honoured the same way (`_step_supports_amp_scaling`), and the
+    gradients are unscaled inside the same kernel.
+    """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         if lr <= 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self._step_supports_amp_scaling = True  # GradScaler hands over grad_scale/found_inf, no host sync
+
+    def velocity(self, p: torch.Tensor) -> torch.Tensor:
+        """§5's v for parameter p (zeros before its first step)."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                state = self.state.get(p, {})
+                if "buffer" not in state:
+                    return torch.zeros_like(p)
+                return -group["buffer_lr"] * state["buffer"]
+        raise KeyError("not a parameter of this optimiser")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a saved state; a checkpoint that kept §5's v itself ("velocity") is converted to u = −v/ε."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "velocity" in state:
+                    state["buffer"] = -state.pop("velocity") / group["lr"]
+            group.setdefault("buffer_lr", group["lr"])
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's Optimizer.step signature
-        """Apply §5's rule to every parameter that has a gradient (in place, same maths as paper_update)."""
+    def step(self, closure=None, ok: torch.Tensor | None = None):  # noqa: ANN001, ANN201 - torch's signature
+        """Apply §5's rule to every parameter that has a gradient, unless `ok` (a bool tensor) is False."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)  # set by GradScaler.step (fp16)
+        skip = getattr(self, "found_inf", None)
+        if ok is not None:
+            refused = (~ok).float()
+            skip = refused if skip is None else torch.maximum(skip.float(), refused.to(skip.device))
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            by_device: dict[torch.device, tuple[list, list, list]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                v = state["velocity"]
-                v.mul_(mu)
-                if wd != 0:
-                    v.add_(p, alpha=-wd * lr)
-                v.add_(p.grad, alpha=-lr)
-                p.add_(v)
+                if "buffer" not in state:
+                    state["buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ps, gs, us = by_device.setdefault(p.device, ([], [], []))
+                ps.append(p)
+                gs.append(p.grad)
+                us.append(state["buffer"])
+            if not by_device:
+                continue
+            buffer_lr = group.get("buffer_lr", lr)
+            for device, (ps, gs, us) in by_device.items():
+                if buffer_lr != lr:  # ε changed: express u in the new ε's units (v itself is unchanged)
+                    torch._foreach_mul_(us, buffer_lr / lr)
+                torch._fused_sgd_(
+                    ps, gs, us, weight_decay=wd, momentum=mu, lr=lr, dampening=0.0, nesterov=False,
+                    maximize=False, is_first_step=False,
+                    grad_scale=None if grad_scale is None else grad_scale.to(device),
+                    found_inf=None if skip is None else skip.to(device),
+                )
+            group["buffer_lr"] = lr
         return loss
 
 

@@ -7,16 +7,28 @@ Layout of a prepared set OUT:
                            and after `alexrepro pca`: eigval (3,), eigvec (3×3, columns), same scale
     skipped.tsv            path <TAB> reason for every source file not written
 
-A shard holds `labels` (int64, n), `keys` (source path of each image, UTF-8 strings) and either
+A shard holds `labels` (int64, n), `keys` (source path of each image, UTF-8 strings), `crc32`
+(uint32, n: zlib.crc32 of each image's stored bytes, the JPEG bytes or the raw array's C-order bytes)
+and either
     jpeg: `data` (uint8, all encoded images back to back) + `offsets` (int64, n + 1)
     raw:  `images` (uint8, n×256×256×3, chunked one image per chunk)
 with attributes `encoding`, `image_size`, `count`, `format_version`. The flat byte array with
 offsets avoids HDF5 variable-length types, which h5py reads slowly.
 
+Versions: 2 added `crc32`. Version 1 shards (no checksums) still read and verify, also beside version 2
+shards in one set (a version 1 prep resumed by this one); every version in READABLE_VERSIONS is read.
+The manifest's `format_version` is that of the prep that wrote it; each shard's is its own.
+
 h5py handles do not survive fork or pickling: readers open files lazily in each process, and
 each process keeps at most MAX_OPEN_SHARDS of them open (least recently used closed first), so a
 set with more shards than `ulimit -n` still reads. Labels and keys are read with short-lived
 handles; a SplitDataset reads its labels once and carries them when pickled to workers.
+
+Batches of JPEG bytes (the loaders' hot path) skip HDF5 altogether: a jpeg shard's `data` is one
+contiguous dataset, so its byte offset in the file plus `offsets` locate every image, and
+`Shard.read_data` reads them with os.pread on a plain descriptor. A descriptor costs no HDF5 state,
+so a process keeps far more of them (MAX_OPEN_FDS, from RLIMIT_NOFILE) than h5py handles and
+ImageNet's ~1,250 shards stay open instead of reopening in every shuffled batch.
 """
 
 from __future__ import annotations
@@ -25,7 +37,9 @@ import errno
 import io
 import json
 import os
+import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +51,9 @@ from alexrepro.atomic import atomic_path, atomic_write_json
 from alexrepro.errors import UserError
 
 FORMAT_NAME = "alexrepro-prepared"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-image `crc32` in every shard
+READABLE_VERSIONS = (1, 2)  # sets and shards this alexrepro reads (1: no checksums)
+CHECKSUMS = "crc32"  # the shard dataset of per-image checksums (format version 2 on)
 IMAGE_SIZE = 256  # §2: every image is stored as its central 256×256 patch
 MANIFEST = "manifest.json"
 STATS = "stats.h5"
@@ -45,8 +61,13 @@ SKIPPED = "skipped.tsv"
 ENCODINGS = ("jpeg", "raw")
 # Shard handles one process keeps open at once (each ~0.5 MB RSS and a descriptor): 256 stays well under
 # the common `ulimit -n` of 1024 per worker; ImageNet has ~1,250 shards, so shuffled batches still reopen
-# some (about 0.2 ms each). See docs/PERFORMANCE.md for the pread-based reader that would remove this.
+# some (about 0.2 ms each). Batch reads of jpeg shards use plain descriptors instead (below).
 MAX_OPEN_SHARDS = 256
+# Plain descriptors (the pread path) one process keeps open at once. None: a quarter of the soft
+# RLIMIT_NOFILE once raised to the hard limit, at most 65,536. A quarter, because a forked loader
+# worker inherits its parent's descriptors beside its own, and h5py handles, pipes and sockets need
+# the rest; with Linux's usual hard limit (≥ 524,288) that is 65,536, far above ImageNet's shard count.
+MAX_OPEN_FDS: int | None = None
 
 
 # --------------------------------------------------------------------------------------------- shards
@@ -72,16 +93,34 @@ def write_shard(
                 data = np.frombuffer(b"".join(images), dtype=np.uint8)
                 f.create_dataset("data", data=data)
                 f.create_dataset("offsets", data=offsets)
+                checksums = image_checksums(images)
             else:
                 arr = np.asarray(images, dtype=np.uint8).reshape(n, IMAGE_SIZE, IMAGE_SIZE, 3)
                 chunks = (1, IMAGE_SIZE, IMAGE_SIZE, 3) if n else None
                 f.create_dataset("images", data=arr, chunks=chunks)
+                checksums = image_checksums(arr)
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
             f.create_dataset("keys", data=np.array(list(keys), dtype=h5py.string_dtype("utf-8")))
+            f.create_dataset(CHECKSUMS, data=checksums)
             f.attrs["encoding"] = encoding
             f.attrs["image_size"] = IMAGE_SIZE
             f.attrs["count"] = n
             f.attrs["format_version"] = FORMAT_VERSION
+
+
+def image_checksums(images: list[bytes] | np.ndarray) -> np.ndarray:
+    """zlib.crc32 of each image's stored bytes (JPEG bytes, or one raw 256×256×3 array each), uint32 (n,)."""
+    return np.fromiter((zlib.crc32(_contiguous(im)) for im in images), dtype=np.uint32, count=len(images))
+
+
+def _contiguous(image: bytes | np.ndarray) -> bytes | np.ndarray:
+    # zlib hashes any C-contiguous buffer without a copy; a strided view is copied in C order first.
+    return np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image
+
+
+def stored_checksums(f: h5py.File) -> np.ndarray | None:
+    """The `crc32` dataset of an open shard, or None for a version 1 shard written without one."""
+    return f[CHECKSUMS][:] if CHECKSUMS in f else None
 
 
 def decode_jpeg(data: bytes | np.ndarray, where: str | None = None) -> np.ndarray:
@@ -126,31 +165,118 @@ def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        if _too_many_open_files(e):
-            raise UserError(
-                f"cannot open shard {path}: too many open files in this process (limit {_open_limit()}); "
-                "raise `ulimit -n` (or use fewer loader workers) and run again; the shard itself is not at fault"
-            ) from None
-        out = path.parent.parent
-        reason = "missing" if not path.is_file() else " ".join(str(e).split())
-        raise UserError(
-            f"cannot read shard {path} ({reason}); check the set with "
-            f"alexrepro info {out} --verify and run alexrepro prep again to rebuild it"
-        ) from None
+        raise _unreadable(path, e) from None
 
 
-# Shards with an open handle in this process, least recently used first (reset after a fork: the
-# parent's handles are not this process's to track or close).
+def open_shard_descriptor(path: str | os.PathLike[str]) -> int:
+    """Open a shard as a plain read-only descriptor (for os.pread); the same UserErrors as open_shard_file."""
+    path = Path(path)
+    try:
+        return os.open(path, os.O_RDONLY)  # not inherited by exec'd programs (PEP 446); forks do inherit it
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: OSError) -> UserError:
+    if _too_many_open_files(e):
+        return UserError(
+            f"cannot open shard {path}: too many open files in this process (limit {_open_limit()}); "
+            "raise `ulimit -n` (or use fewer loader workers) and run again; the shard itself is not at fault"
+        )
+    out = path.parent.parent
+    reason = "missing" if not path.is_file() else " ".join(str(e).split())
+    return UserError(
+        f"cannot read shard {path} ({reason}); check the set with "
+        f"alexrepro info {out} --verify and run alexrepro prep again to rebuild it"
+    )
+
+
+def contiguous_start(dset: h5py.Dataset) -> int | None:
+    """Where a uint8 dataset's bytes lie as they are in its file, or None if pread cannot read them.
+
+    Only a contiguous dataset (no chunks, hence no compression or other filters) stored inside the
+    file is its own bytes at one offset; an empty dataset has no storage and no offset.
+    """
+    if not hasattr(os, "pread") or dset.dtype != np.uint8 or dset.external:
+        return None
+    if dset.chunks is not None or dset.compression is not None:
+        return None
+    return dset.id.get_offset()
+
+
+def descriptor_cap() -> int:
+    """How many plain shard descriptors one process keeps open: MAX_OPEN_FDS, or derived from the limit."""
+    global _fd_cap
+    if MAX_OPEN_FDS is not None:
+        return max(1, MAX_OPEN_FDS)
+    if _fd_cap is None:  # once: forked workers inherit the raised limit and this value
+        _fd_cap = max(1, min(_raise_open_limit() // 4, _FD_CAP_MAX))
+    return _fd_cap
+
+
+_FD_CAP_MAX = 65_536
+_fd_cap: int | None = None
+
+
+def _raise_open_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit where allowed; return the soft limit then in force."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no pread either, so no plain descriptors are opened
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4 * _FD_CAP_MAX
+    target = 4 * _FD_CAP_MAX if hard == resource.RLIM_INFINITY else hard  # some kernels refuse an unlimited soft
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # not allowed here: keep the limit we have
+    return soft
+
+
+def _pread_into(fd: int, view: memoryview, pos: int) -> int:
+    """Read up to len(view) bytes at file position `pos` into `view`; how many were read (0 at the end)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], pos)  # straight into the caller's buffer
+    data = os.pread(fd, len(view), pos)
+    view[: len(data)] = data
+    return len(data)
+
+
+# Shards with an open h5py handle, and shards with an open plain descriptor, in this process, least
+# recently used first. Both are forgotten after a fork: the parent's handles and descriptors are not
+# this process's to use or close, so a child reopens its own.
 _open_shards: OrderedDict[int, Shard] = OrderedDict()
+_open_fds: OrderedDict[int, Shard] = OrderedDict()
 _open_pid = os.getpid()
 
 
-def _open_registry() -> OrderedDict[int, Shard]:
+def _forget_after_fork() -> None:
     global _open_pid
     if _open_pid != os.getpid():
         _open_shards.clear()
+        _open_fds.clear()
         _open_pid = os.getpid()
+
+
+def _open_registry() -> OrderedDict[int, Shard]:
+    _forget_after_fork()
     return _open_shards
+
+
+def _fd_registry() -> OrderedDict[int, Shard]:
+    _forget_after_fork()
+    return _open_fds
+
+
+def _make_room(registry: OrderedDict[int, Shard], cap: int, close: Callable[[Shard], None]) -> None:
+    """Close the least recently used entries of `registry` until one more fits under `cap`."""
+    while registry and len(registry) >= max(1, cap):
+        _, oldest = registry.popitem(last=False)
+        close(oldest)
 
 
 def open_shard_count() -> int:
@@ -158,11 +284,17 @@ def open_shard_count() -> int:
     return len(_open_registry())
 
 
+def open_descriptor_count() -> int:
+    """How many plain shard descriptors this process holds open (at most descriptor_cap())."""
+    return len(_fd_registry())
+
+
 class Shard:
     """Random access to one shard; the HDF5 handle is opened lazily in each process.
 
     At most MAX_OPEN_SHARDS shards hold a handle in one process: opening another closes the least
-    recently used one, which reopens on its next access.
+    recently used one, which reopens on its next access. `read_data` reads a jpeg shard's bytes through
+    a plain descriptor instead (at most descriptor_cap() per process, the same LRU rule).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -170,6 +302,10 @@ class Shard:
         self._file: h5py.File | None = None
         self._pid = -1
         self._offsets: np.ndarray | None = None
+        self._data_start: int | None = None
+        self._layout_read = False
+        self._fd: int | None = None
+        self._fd_pid = -1
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -185,9 +321,7 @@ class Shard:
             registry.move_to_end(id(self))
             return self._file
         self._file = None  # another process's handle (after a fork): not ours to close
-        while registry and len(registry) >= max(1, MAX_OPEN_SHARDS):
-            _, oldest = registry.popitem(last=False)
-            oldest._release()
+        _make_room(registry, MAX_OPEN_SHARDS, Shard._release)
         self._file = open_shard_file(self.path)
         self._pid = pid
         registry[id(self)] = self
@@ -199,10 +333,33 @@ class Shard:
             self._file.close()
         self._file = None
 
+    def _descriptor(self) -> int:
+        """This process's plain descriptor of the shard, opened on first use (the LRU rule of `file`)."""
+        registry = _fd_registry()
+        pid = os.getpid()
+        if self._fd is not None and self._fd_pid == pid and id(self) in registry:
+            registry.move_to_end(id(self))
+            return self._fd
+        self._fd = None  # the parent's descriptor (after a fork): not ours to use or close
+        _make_room(registry, descriptor_cap(), Shard._close_descriptor)
+        self._fd = open_shard_descriptor(self.path)
+        self._fd_pid = pid
+        registry[id(self)] = self
+        return self._fd
+
+    def _close_descriptor(self) -> None:
+        if self._fd is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
     def close(self) -> None:
+        """Close this process's handle and descriptor of the shard (both reopen on the next read)."""
         if self._pid == os.getpid():
             _open_registry().pop(id(self), None)
+        if self._fd_pid == os.getpid():
+            _fd_registry().pop(id(self), None)
         self._release()
+        self._close_descriptor()
 
     @property
     def encoding(self) -> str:
@@ -213,9 +370,47 @@ class Shard:
 
     @property
     def offsets(self) -> np.ndarray:
-        if self._offsets is None:  # kept when the handle is closed: a shard never changes
-            self._offsets = self.file["offsets"][:]
-        return self._offsets
+        """Where each image's bytes start in `data` (n + 1 entries; jpeg shards only)."""
+        if self._offsets is None:
+            self._read_layout()
+        return self._offsets  # type: ignore[return-value]
+
+    @property
+    def data_start(self) -> int | None:
+        """Byte offset of `data` in the file, or None where pread cannot read it (then read via `file`)."""
+        if not self._layout_read:
+            self._read_layout()
+        return self._data_start
+
+    def _read_layout(self) -> None:
+        # Once per process and shard, with a short-lived handle so that the pread path holds no HDF5
+        # state; kept when handles close and across a fork (a shard never changes once written).
+        with open_shard_file(self.path) as f:
+            self._offsets = f["offsets"][:]
+            self._data_start = contiguous_start(f["data"])
+        self._layout_read = True
+
+    def read_data(self, start: int, out: np.ndarray) -> None:
+        """Fill `out` (contiguous uint8) with the bytes of `data` from byte `start` on, by os.pread.
+
+        For jpeg shards whose data_start is not None. Bytes missing at the end of the file (it shrank
+        after it was opened) are a UserError, never a silently short image.
+        """
+        base = self.data_start
+        if base is None:
+            raise ValueError(f"{self.path}: `data` is not one contiguous block in the file; read it with h5py")
+        fd = self._descriptor()
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            n = _pread_into(fd, view[done:], base + start + done)
+            if n == 0:
+                raise UserError(
+                    f"shard {self.path} ends early: {done} of {len(view)} bytes at byte {base + start} could be "
+                    f"read (the file was truncated after it was opened); check the set with alexrepro info "
+                    f"{self.path.parent.parent} --verify and run alexrepro prep again to rebuild it"
+                )
+            done += n
 
     def labels(self) -> np.ndarray:
         """Every label of the shard, read with a handle closed right after (not the cached one)."""
@@ -267,10 +462,11 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
         raise UserError(f"{path} is corrupt ({e}); run alexrepro prep again to rebuild it") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not an alexrepro manifest; prepare the set with alexrepro prep")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise UserError(
             f"{out} has format version {manifest.get('format_version')}, this alexrepro reads "
-            f"{FORMAT_VERSION}; prepare it again with this version"
+            f"{readable}; read it with the alexrepro that wrote it, or prepare it again with this one"
         )
     return manifest
 

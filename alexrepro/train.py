@@ -24,13 +24,13 @@ from alexrepro import checkpoint as ck
 from alexrepro import distributed as D
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.metrics import true_class_rank
-from alexrepro.optim import apply_hyperparameters, make_optimizer, set_lr
+from alexrepro.optim import PaperSGD, apply_hyperparameters, make_optimizer, set_lr
 from alexrepro.prepared import open_split, read_manifest, read_stats
 from alexrepro.progress import console, make_progress
 from alexrepro.runlog import RunLog, epoch_line
 from alexrepro.schedule import LRSchedule
 from alexrepro.train_plan import TrainOptions, TrainPlan, plan_training
-from alexrepro.watchdog import StallWatch, is_finite, nonfinite_message, stall_message
+from alexrepro.watchdog import StallWatch, nonfinite_message, stall_message
 
 __all__ = ["TrainOptions", "TrainPlan", "plan_training", "run_training", "train"]
 
@@ -120,7 +120,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     # ---- resume: weights, optimiser, schedule, RNG, loader position, history
     start_epoch, start_batch, step, seconds_before = 0, 0, 0, 0.0
     best_top1, history = math.inf, []
-    epoch_tally = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, images
+    epoch_tally = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, images
     if plan.resume_path is not None:
         saved = ck.load_checkpoint(plan.resume_path)
         try:
@@ -141,7 +141,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
         start_epoch, start_batch, step = int(saved["epoch"]), int(saved["batch"]), int(saved["step"])
         best_top1 = float(saved["best_top1"])
         history = list(saved["metrics"]["history"])
-        epoch_tally = saved["metrics"]["running"].to(torch.float64).clone()
+        epoch_tally = saved["metrics"]["running"].to(device=device, dtype=torch.float64).clone()
         seconds_before = float(saved["metrics"].get("seconds", 0.0))
         _restore_rank_rng(saved["rng"], info, r_cfg.seed, step)
     apply_hyperparameters(optimizer, o_cfg, schedule.lr)  # the recipe's values, never the saved ones
@@ -164,6 +164,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
                  f"{start_epoch} step {step}: recipe {recipe.name}, devices {devices}, world {info.world_size}")
     writer = _tensorboard_writer(run_dir) if plan.tensorboard and info.is_main else None
     stall = StallWatch(m_cfg.num_classes, r_cfg.stall_steps)
+    guard = StepGuard(device)
     if plan.resume_path is not None and step > r_cfg.stall_steps:
         stall.checked = True  # the run before the resume already passed the stall check
     warnings: list[str] = []
@@ -178,7 +179,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
             "classes": classes, "epoch": epoch, "batch": batch, "step": step, "parallel": plan.parallel,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "schedule": schedule.state_dict(), "rng": rng, "loader": train_loader.state_dict(),
-            "metrics": {"history": history, "running": epoch_tally.clone(),
+            "metrics": {"history": history, "running": epoch_tally.cpu().clone(),
                         "seconds": seconds_before + time.time() - t0},
             "best_top1": best_top1, "stats": ck.stats_payload(stats),
         }
@@ -194,33 +195,42 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
             n_batches = start_batch + len(train_loader)  # len() counts from start_batch
             if start_batch == 0:
                 epoch_tally.zero_()
-            window, t_window = torch.zeros(4, dtype=torch.float64), time.time()
+            window, t_window = torch.zeros(4, dtype=torch.float64, device=device), time.time()
             task = None if progress is None else progress.add_task(
                 f"epoch {epoch + 1}/{s_cfg.epochs}", total=n_batches, completed=start_batch, unit="batch")
             for i, (images, labels) in enumerate(ck.rng_isolated(train_loader), start=start_batch):
-                losses, tally = forward_and_tally(net, images, labels, amp_dtype, topk, device)
-                loss_value = float(tally[0] / tally[3])
-                if not is_finite(loss_value):  # watchdog: keep the last good state, then stop
-                    where, rng = None, D.gather_objects(ck.capture_rng())  # every rank's state, by rank
-                    if info.is_main:
-                        where = ck.write_run_checkpoint(run_dir, payload(epoch, i, rng), epoch_end=False,
-                                                        is_best=False, keep_last=r_cfg.keep_last)["last"]
-                    D.barrier()
-                    raise WorkFailed(nonfinite_message(step + 1, loss_value, lr, str(where) if where else None))
-                backward_and_update(losses, float(tally[3]), info.world_size, optimizer, scaler)
                 step += 1
+                tally = train_step(net, images, labels, optimizer, scaler, amp_dtype, topk, device,
+                                   info.world_size, guard, step)  # queued: no wait for the device here
                 epoch_tally += tally
                 window += tally
                 if progress is not None:
-                    ips = float(window[3]) / max(time.time() - t_window, 1e-9)
-                    progress.update(task, advance=1, status=f"step {step} loss {loss_value:.3f} lr {lr:.3g} "
-                                    f"top-1 err {float(1 - epoch_tally[1] / epoch_tally[3]):.1%} {ips:,.0f} img/s")
-                if step % r_cfg.log_every == 0 or i == n_batches - 1:
+                    progress.update(task, advance=1)
+                log_now = step % r_cfg.log_every == 0 or i == n_batches - 1
+                save_now = bool(r_cfg.checkpoint_every) and step % r_cfg.checkpoint_every == 0 and i + 1 < n_batches
+                if not (log_now or save_now):
+                    continue
+                bad = guard.bad_step()  # the host reads the device here, and only at these points
+                if bad is not None:  # watchdog: every update since the bad step was refused; keep that state
+                    bad_step, bad_loss = bad
+                    step, batch = bad_step - 1, i - (step - bad_step)  # the updates applied; the batch that failed
+                    where, rng = None, D.gather_objects(ck.capture_rng())  # every rank's state, by rank
+                    if info.is_main:
+                        where = ck.write_run_checkpoint(run_dir, payload(epoch, batch, rng), epoch_end=False,
+                                                        is_best=False, keep_last=r_cfg.keep_last)["last"]
+                    D.barrier()
+                    raise WorkFailed(nonfinite_message(bad_step, bad_loss, lr, str(where) if where else None))
+                if log_now:
+                    w = window.cpu()
                     secs = time.time() - t_window
-                    rec = _train_record(window, epoch, i + 1, step, lr, secs, seconds_before + time.time() - t0)
+                    rec = _train_record(w, epoch, i + 1, step, lr, secs, seconds_before + time.time() - t0)
                     log.metrics(rec)
                     log.line(epoch_line(epoch, i + 1, n_batches, rec["train_loss"], 100 * (1 - rec["train_top1_error"]),
                                         100 * (1 - rec["train_top5_error"]), lr, rec["images_per_s"]))
+                    if progress is not None:
+                        ep = epoch_tally.cpu()
+                        progress.update(task, status=f"step {step} loss {rec['train_loss']:.3f} lr {lr:.3g} top-1 err "
+                                        f"{float(1 - ep[1] / max(float(ep[3]), 1.0)):.1%} {rec['images_per_s']:,.0f} img/s")
                     if writer is not None:
                         writer.add_scalar("train/loss", rec["train_loss"], step)
                         writer.add_scalar("train/lr", lr, step)
@@ -228,8 +238,8 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
                         warnings.append(stall_message(step, rec["train_loss"], m_cfg.num_classes, m_cfg.init))
                         console.print(f"[yellow]warning:[/yellow] {warnings[-1]}")
                         log.line(f"warning: {warnings[-1]}")
-                    window, t_window = torch.zeros(4, dtype=torch.float64), time.time()
-                if r_cfg.checkpoint_every and step % r_cfg.checkpoint_every == 0 and i + 1 < n_batches:
+                    window, t_window = torch.zeros(4, dtype=torch.float64, device=device), time.time()
+                if save_now:
                     rng = D.gather_objects(ck.capture_rng())
                     if info.is_main:
                         last_paths.update(ck.write_run_checkpoint(run_dir, payload(epoch, i + 1, rng), epoch_end=False,
@@ -244,7 +254,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
             reduced = schedule.epoch_end(epoch, val["top1_error"])
             is_best = val["top1_error"] < best_top1
             best_top1 = min(best_top1, val["top1_error"])
-            t_ep = epoch_tally
+            t_ep = epoch_tally.cpu()
             record = {
                 "kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
                 "train_loss": float(t_ep[0] / t_ep[3]), "train_top1_error": float(1 - t_ep[1] / t_ep[3]),
@@ -310,10 +320,52 @@ def _restore_rank_rng(saved: Any, info: D.DistInfo, seed: int, step: int) -> Non
     torch.manual_seed(seed + 1_000_003 * info.rank + step)
 
 
+class StepGuard:
+    """The NaN watchdog without a host–device synchronisation per step.
+
+    Each step's loss sum, all-reduced so that every rank sees the same value, is checked on the device:
+    the first step whose loss is not finite is recorded, and from then on every update is refused on the
+    device (PaperSGD's `ok`), so the weights stay those from before that step, the last good state. The host
+    reads the record only where it reads the metrics anyway: every run.log_every steps, before a
+    checkpoint and at the end of an epoch.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet, else that step (1-based)
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)  # that step's mean loss
+
+    def check(self, tally: torch.Tensor, step: int) -> torch.Tensor:
+        """A device bool: True when step `step` (1-based) may update, i.e. its loss and every earlier one is finite."""
+        clean = self.first_bad == 0
+        ok = torch.isfinite(tally[0]) & clean
+        first = clean & ~ok
+        self.first_bad = torch.where(first, step, self.first_bad)
+        self.bad_loss = torch.where(first, tally[0] / tally[3], self.bad_loss)
+        return ok
+
+    def bad_step(self) -> tuple[int, float] | None:
+        """(first step with a non-finite loss, its mean loss), or None; reads the device (a synchronisation)."""
+        step = int(self.first_bad)
+        return (step, float(self.bad_loss)) if step else None
+
+
+def train_step(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None, topk: tuple[int, int],
+               device: torch.device, world_size: int = 1, guard: StepGuard | None = None, step: int = 1,
+               ) -> torch.Tensor:
+    """One step of §5, queued without waiting for the device: the step's (loss sum, top-1 hits, top-5 hits,
+    images) over every rank, on the device; all zeros for a step the guard refused."""
+    losses, tally = forward_and_tally(net, images, labels, amp_dtype, topk, device)
+    ok = guard.check(tally, step) if guard is not None else None
+    backward_and_update(losses, tally[3], world_size, optimizer, scaler, ok)
+    return tally if ok is None else torch.where(ok, tally, torch.zeros_like(tally))
+
+
 def forward_and_tally(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       amp_dtype: torch.dtype | None, topk: tuple[int, int], device: torch.device,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward pass: per-image losses, and (loss sum, top-1 hits, top-5 hits, images) summed over ranks."""
+    """Forward pass: per-image losses, and (loss sum, top-1 hits, top-5 hits, images) summed over ranks,
+    left on `device` (float64)."""
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = net(images)
     losses = F.cross_entropy(logits.float(), labels, reduction="none")
@@ -321,17 +373,30 @@ def forward_and_tally(net: torch.nn.Module, images: torch.Tensor, labels: torch.
     count = torch.full((), float(len(labels)), dtype=torch.float64, device=losses.device)
     tally = torch.stack([losses.detach().sum().double(), (ranks < topk[0]).sum().double(),
                          (ranks < topk[1]).sum().double(), count])
-    return losses, D.all_reduce_sum(tally.to(device)).cpu()
+    return losses, D.all_reduce_sum(tally.to(device))
 
 
-def backward_and_update(losses: torch.Tensor, global_images: float, world_size: int,
-                        optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    """Backward pass and §5's update on the mean loss over the global batch."""
+def backward_and_update(losses: torch.Tensor, global_images: float | torch.Tensor, world_size: int,
+                        optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                        ok: torch.Tensor | None = None) -> None:
+    """Backward pass and §5's update on the mean loss over the global batch; `ok` False refuses the update.
+
+    PaperSGD takes `ok` on the device; torch.optim.SGD (the comparison optimiser) is skipped from the
+    host, which waits for the device there.
+    """
     # Sum over this rank's images ÷ the global batch × world: DDP's average is then the global mean.
-    loss = losses.sum() * world_size / global_images if world_size > 1 else losses.mean()
+    if world_size > 1:
+        loss = losses.sum() * (world_size / global_images)
+    else:
+        loss = losses.mean()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    scaler.step(optimizer)
+    if ok is None:
+        scaler.step(optimizer)
+    elif isinstance(optimizer, PaperSGD):
+        scaler.step(optimizer, ok=ok)
+    elif bool(ok):
+        scaler.step(optimizer)
     scaler.update()
 
 

@@ -1,17 +1,22 @@
 """Info: what a prepared set holds; --verify passes an intact set and fails (exit 1) a corrupted one."""
 
 import json
+import re
 import shutil
+import zlib
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from format_v1 import downgrade_set, downgrade_shard
 
+import alexrepro.prep as prep_mod
 from alexrepro.cli import main
 from alexrepro.errors import WorkFailed
 from alexrepro.info import describe, verify
 from alexrepro.prep import PrepOptions, prep
-from alexrepro.prepared import read_manifest
+from alexrepro.prepared import decode_jpeg, open_split, read_manifest
 
 
 def run_cli(args, capsys):
@@ -62,7 +67,7 @@ def test_flipped_image_bytes_fail(copy, capsys):
         off = f["offsets"][:]
         f["data"][off[1] : off[1] + 4] = ~f["data"][off[1] : off[1] + 4]  # image 1's JPEG header
     assert run_cli(["info", str(copy), "--verify"], capsys)[0] == 1
-    with pytest.raises(WorkFailed, match="image 1 does not decode"):
+    with pytest.raises(WorkFailed, match=r"image 1 \(train/\S+\.JPEG\) does not decode \(not an image\)"):
         verify(copy, progress=False)
 
 
@@ -109,3 +114,98 @@ def test_raw_set_verifies(synth_src, tmp_path):
     with pytest.raises(WorkFailed):
         verify(out, progress=False)
     assert np.isfinite(describe(out)["bytes"])
+
+
+def entropy_coded_byte(jpeg: bytes) -> int:
+    """Index of a byte in the middle of a baseline JPEG's entropy-coded data (after SOS, before EOI)."""
+    sos = jpeg.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big")  # the scan header's length
+    i = (start + jpeg.rindex(b"\xff\xd9")) // 2
+    while 0xFF in (jpeg[i - 1], jpeg[i], jpeg[i] ^ FLIP):  # stay clear of markers and stuffed bytes
+        i += 1
+    return i
+
+
+FLIP = 0x10  # one bit of the byte
+
+
+def test_a_flipped_byte_inside_a_jpegs_scan_is_a_checksum_mismatch(copy, capsys):
+    path = first_shard(copy)
+    with h5py.File(path, "r+") as f:
+        off = f["offsets"][:]
+        before = f["data"][off[2] : off[3]].tobytes()
+        at = int(off[2]) + entropy_coded_byte(before)
+        f["data"][at] ^= FLIP
+        after = f["data"][off[2] : off[3]].tobytes()
+        key = f["keys"][2].decode()
+    # PIL still decodes it, to a different picture: only the checksum can tell
+    damaged = decode_jpeg(np.frombuffer(after, np.uint8))
+    assert damaged.shape == (256, 256, 3) and not np.array_equal(damaged, decode_jpeg(np.frombuffer(before, np.uint8)))
+    with pytest.raises(WorkFailed) as e:
+        verify(copy, progress=False)
+    want = (f"{path.as_posix()}: image 2 ({key}) checksum mismatch (stored crc32 {zlib.crc32(before):08x}, "
+            f"its bytes give {zlib.crc32(after):08x})")
+    assert f"(1 problems): {want}" in str(e.value) and str(e.value).endswith(want)
+    assert run_cli(["info", str(copy), "--verify", "--json"], capsys)[0] == 1
+
+
+def test_a_flipped_byte_in_a_raw_image_is_a_checksum_mismatch(synth_src, tmp_path):
+    out = tmp_path / "raw"
+    prep(synth_src, out, PrepOptions(workers=1, encoding="raw", splits=["val"], shard_size=8), progress=False)
+    intact = verify(out, progress=False)
+    assert intact["checksummed"] == intact["images"] and intact["notes"] == []
+    path = out / read_manifest(out)["splits"]["val"]["shards"][1]["file"]
+    with h5py.File(path, "r+") as f:
+        f["images"][2, 128, 128, 1] ^= 1
+        key = f["keys"][2].decode()
+    with pytest.raises(WorkFailed, match=rf"\(1 problems\): {re.escape(path.as_posix())}: image 2 \({re.escape(key)}\) "
+                                         "checksum mismatch"):
+        verify(out, progress=False)
+
+
+def test_a_version_1_set_verifies_with_one_note(copy, capsys):
+    shards = downgrade_set(copy)
+    code, text = run_cli(["info", str(copy), "--verify", "--json"], capsys)
+    report = json.loads(text)["verify"]
+    assert json.loads(text)["format_version"] == 1
+    assert code == 0 and report["verified"] and report["checksummed"] == {"train": 0, "val": 0}
+    assert len(report["notes"]) == 1
+    assert report["notes"][0].startswith(f"{len(shards)} of {len(shards)} shards were written by format version 1")
+    assert "new OUT" in report["notes"][0]
+    verify(copy, progress=False)
+    assert " ".join(capsys.readouterr().err.split()).count("no per-image checksums") == 1  # once a run
+
+
+def test_cli_verify_json_counts_the_checksummed_images(prepared, capsys):
+    code, text = run_cli(["info", str(prepared), "--verify", "--json"], capsys)
+    data = json.loads(text)
+    assert code == 0 and data["verify"]["notes"] == [] and data["format_version"] == 2
+    assert data["verify"]["checksummed"] == {name: s["count"] for name, s in data["splits"].items()}
+
+
+def test_prep_resumes_a_version_1_partial_set(prepared, synth_src, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real, written = prep_mod.write_shard, []
+
+    def dies_after_two(path, *a, **k):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # killed while building the third shard
+        written.append(Path(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(prep_mod, "write_shard", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        prep(synth_src, out, PrepOptions(workers=1, shard_size=8), progress=False)
+    monkeypatch.setattr(prep_mod, "write_shard", real)
+    for path in written:
+        downgrade_shard(path)  # as if a version 1 prep had written them before it was killed
+    summary = prep(synth_src, out, PrepOptions(workers=1, shard_size=8), progress=False)
+    assert summary["splits"]["train"]["resumed_shards"] == 2 and read_manifest(out)["format_version"] == 2
+    report = verify(out, progress=False)
+    train_shards = read_manifest(out)["splits"]["train"]["shards"]
+    v1_images = sum(e["count"] for e in train_shards if out / e["file"] in written)
+    assert report["checksummed"]["train"] == report["images"]["train"] - v1_images > 0
+    assert report["notes"][0].startswith(f"2 of {len(train_shards) + len(read_manifest(out)['splits']['val']['shards'])}")
+    for split in ("train", "val"):  # the mixed set reads the same as one prepared in one go
+        ds, ref = open_split(out, split), open_split(prepared, split)
+        assert len(ds) == len(ref) and all(np.array_equal(ds[i][0], ref[i][0]) for i in range(len(ds)))

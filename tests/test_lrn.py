@@ -109,3 +109,40 @@ def test_bad_arguments_are_user_errors():
         LocalResponseNorm(N, ALPHA, BETA, K, "torch")
     with pytest.raises(UserError, match="N×C×H×W"):
         local_response_norm(x[0], N, ALPHA, BETA, K)
+
+
+@pytest.mark.parametrize("size, groups", [(2, 1), (4, 2), (5, 2), (7, 2), (9, 1)])
+def test_written_out_backward_agrees_with_the_forward(size, groups):
+    # The backward is written by hand (∂b_i/∂a_j summed over the windows that hold i, the window
+    # transposed for even sizes); gradcheck compares it with finite differences of the forward, also
+    # for windows wider than a tower's 3 channels.
+    x = activations(channels=6, scale=20.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, size, 1e-3, BETA, K, "printed", groups), (x,))
+
+
+def test_bf16_and_channels_last_activations_keep_their_dtype_and_layout():
+    x = activations(channels=8).float()
+    ref = x.clone().requires_grad_(True)
+    local_response_norm(ref, N, ALPHA, BETA, K, "printed", 2).sum().backward()
+    half = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = local_response_norm(half, N, ALPHA, BETA, K, "printed", 2)
+    y.sum().backward()
+    assert y.dtype == torch.bfloat16 and half.grad.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), local_response_norm(x, N, ALPHA, BETA, K, "printed", 2), rtol=2e-2, atol=1e-1)
+    torch.testing.assert_close(half.grad.float(), ref.grad, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("size, groups", [(4, 2), (5, 1), (5, 2)])
+def test_the_benchmarks_autograd_baseline_is_the_same_lrn(size, groups):
+    from alexrepro.lrn import local_response_norm_autograd
+
+    x1 = activations(channels=6).requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    w = torch.randn_like(x1)
+    y1 = local_response_norm(x1, size, ALPHA, BETA, K, "divided-by-n", groups)
+    y2 = local_response_norm_autograd(x2, size, ALPHA, BETA, K, "divided-by-n", groups)
+    torch.testing.assert_close(y1, y2)
+    (y1 * w).sum().backward()
+    (y2 * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)

@@ -79,3 +79,75 @@ def test_torch_sgd_is_selectable_and_resume_uses_new_hyperparameters():
     apply_hyperparameters(fresh, OptimConfig(lr=0.02, momentum=0.8), lr=0.02)
     assert [g["lr"] for g in fresh.param_groups] == [0.02, 0.02]
     assert fresh.param_groups[0]["momentum"] == 0.8 and fresh.param_groups[1]["weight_decay"] == 0.0
+
+
+def _param(values):
+    return nn.Parameter(torch.tensor(values, dtype=torch.float64))
+
+
+def test_a_refused_step_changes_nothing_even_with_nan_gradients():
+    p = _param([1.0, -0.5])
+    opt = PaperSGD([{"params": [p], "weight_decay": WD}], lr=0.01, momentum=MU)
+    p.grad = torch.tensor([0.3, -1.0], dtype=torch.float64)
+    opt.step(ok=torch.tensor(True))
+    w, v = p.detach().clone(), opt.velocity(p).clone()
+    p.grad = torch.tensor([float("nan"), float("inf")], dtype=torch.float64)
+    opt.step(ok=torch.tensor(False))
+    assert torch.equal(p.detach(), w) and torch.equal(opt.velocity(p), v)
+    p.grad = torch.tensor([0.2, 0.4], dtype=torch.float64)
+    opt.step(ok=torch.tensor(True))  # and the next accepted step follows §5 from that state
+    ew = [rule(w[i].item(), v[i].item(), [0.2, 0.4][i], 0.01) for i in range(2)]
+    assert p.tolist() == pytest.approx([e[0] for e in ew], rel=1e-12)
+    assert opt.velocity(p).tolist() == pytest.approx([e[1] for e in ew], rel=1e-12)
+
+
+def test_velocity_and_a_resume_across_an_lr_change_follow_the_rule():
+    grads = [[0.3, -1.0], [0.2, 0.4], [-0.5, 0.1], [0.7, 0.7]]
+    lrs = [0.01, 0.01, 0.001, 0.001]
+    p = _param([1.0, -0.5])
+    opt = PaperSGD([{"params": [p], "weight_decay": WD}], lr=lrs[0], momentum=MU)
+    w, v = [1.0, -0.5], [0.0, 0.0]
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True)):
+        if t == 2:  # save, and go on in a fresh optimiser from the saved state at the new ε (a resume)
+            saved = opt.state_dict()
+            opt = PaperSGD([{"params": [p], "weight_decay": WD}], lr=0.5, momentum=MU)
+            opt.load_state_dict(saved)
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        for i in range(2):
+            w[i], v[i] = rule(w[i], v[i], g[i], lr)
+        assert p.tolist() == pytest.approx(w, rel=1e-12)
+        assert opt.velocity(p).tolist() == pytest.approx(v, rel=1e-12)
+
+
+def test_a_checkpoint_holding_v_itself_loads_as_the_same_velocity():
+    # Checkpoints written before the fused kernel kept §5's v as state["velocity"].
+    p = _param([1.0, -0.5])
+    opt = PaperSGD([{"params": [p], "weight_decay": WD}], lr=0.01, momentum=MU)
+    old = {"state": {0: {"velocity": torch.tensor([0.02, -0.01], dtype=torch.float64)}},
+           "param_groups": [{"lr": 0.01, "momentum": MU, "weight_decay": WD, "params": [0]}]}
+    opt.load_state_dict(old)
+    assert opt.velocity(p).tolist() == pytest.approx([0.02, -0.01], rel=1e-15)
+    p.grad = torch.tensor([0.3, -1.0], dtype=torch.float64)
+    opt.step()
+    expect = [rule(w, v, g, 0.01)[0] for w, v, g in zip([1.0, -0.5], [0.02, -0.01], [0.3, -1.0], strict=True)]
+    assert p.tolist() == pytest.approx(expect, rel=1e-12)
+
+
+def test_fp16_grad_scaler_unscales_in_the_step_and_skips_overflow():
+    p = nn.Parameter(torch.tensor([1.0, -0.5]))
+    opt = PaperSGD([{"params": [p], "weight_decay": WD}], lr=0.01, momentum=MU)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    g = torch.tensor([0.3, -1.0])
+    scaler.scale((p * g).sum()).backward()  # the gradient arrives ×1024
+    scaler.step(opt)
+    scaler.update()
+    expect = [rule(w, 0.0, gi, 0.01)[0] for w, gi in zip([1.0, -0.5], g.tolist(), strict=True)]
+    assert p.tolist() == pytest.approx(expect, rel=1e-6)
+    before = p.detach().clone()
+    opt.zero_grad()
+    scaler.scale((p * float("inf")).sum()).backward()  # overflow: the scaler's found_inf refuses the step
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(p.detach(), before) and scaler.get_scale() == 512.0

@@ -1,17 +1,23 @@
 """The prepared-set reader: a bounded number of open shard handles, labels read once, clear errors."""
 
 import errno
+import json
 import os
 import pickle
+import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from format_v1 import downgrade_set
 from loader_data import jpeg_bytes, make_set, structured_image
 
 from alexrepro import prepared
 from alexrepro.errors import UserError
+from alexrepro.loaders import make_loader
 from alexrepro.prepared import Shard, decode_jpeg, open_shard_count, open_split
+from alexrepro.recipe import DataConfig
 
 N_TRAIN, PER_SHARD, CAP = 16, 2, 3  # 8 training shards, more than the monkeypatched cap
 
@@ -122,3 +128,42 @@ def test_a_missing_shard_is_still_named_missing(many_shards):
     ds.shards[1].path.unlink()
     with pytest.raises(UserError, match=r"00001\.h5 \(missing\).*prep again"):
         ds[PER_SHARD]
+
+
+def test_each_shard_stores_the_crc32_of_each_images_bytes(tmp_path):
+    images = [structured_image(i) for i in range(3)]
+    jpegs = [jpeg_bytes(im) for im in images]
+    prepared.write_shard(tmp_path / "j.h5", "jpeg", jpegs, [0, 1, 2], ["a", "b", "c"])
+    prepared.write_shard(tmp_path / "r.h5", "raw", np.stack(images), [0, 1, 2], ["a", "b", "c"])
+    for name, stored in (("j.h5", jpegs), ("r.h5", [im.tobytes() for im in images])):
+        with h5py.File(tmp_path / name, "r") as f:
+            assert f["crc32"].dtype == np.uint32 and f.attrs["format_version"] == 2
+            assert f["crc32"][:].tolist() == [zlib.crc32(b) for b in stored]
+    # zlib's CRC-32 of the standard check string, so the dataset holds the usual crc32 and no other
+    assert prepared.image_checksums([b"123456789"]).tolist() == [0xCBF43926]
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+def test_a_version_1_set_still_opens_and_the_loader_reads_it(tmp_path, encoding):
+    out = make_set(tmp_path / encoding, n_train=8, n_val=3, per_shard=3, encoding=encoding)
+    downgrade_set(out)
+    assert prepared.read_manifest(out)["format_version"] == 1
+    ds = open_split(out, "train")
+    assert len(ds) == 8 and ds[5][1] == 5 and np.array_equal(ds[5][0], expected_image(out, 5))
+    for shard in ds.shards:
+        shard.close()
+    loader = make_loader(out, "train", DataConfig(workers=0), 4, train=True, device="cpu", kind="torch")
+    loader.set_epoch(0)
+    batches = list(loader)
+    loader.close()
+    assert sorted(int(y) for _, labels in batches for y in labels) == list(range(8))  # each image once
+    assert all(x.shape[1:] == (3, 224, 224) for x, _ in batches)
+
+
+def test_a_newer_format_version_is_refused(tmp_path):
+    out = make_set(tmp_path / "set", n_train=2, n_val=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 3
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="format version 3, this alexrepro reads 1, 2"):
+        open_split(out, "train")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from alexrepro import checkpoint as ck
 from alexrepro import prepared
@@ -281,3 +282,101 @@ def test_step_uses_the_gradient_averaged_over_the_global_batch():
     losses = torch.nn.functional.cross_entropy(net(x[:3]), y[:3], reduction="none")
     backward_and_update(losses, 6.0, 2, opt, scaler)
     torch.testing.assert_close(net.weight.grad, 2 * sum(per_image[:3]) / 6)
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host (aten._local_scalar_dense: .item(), float(), bool())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_never_waits_for_the_device():
+    # On a GPU every host read of a device value (.item(), float(), bool()) stalls the queue until the
+    # device catches up. A step, NaN watchdog included, must queue its work and return without one.
+    from alexrepro.optim import PaperSGD
+    from alexrepro.train import StepGuard, train_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    opt = PaperSGD([{"params": list(net.parameters()), "weight_decay": 5e-4}], lr=0.1)
+    scaler, guard, cpu = torch.amp.GradScaler("cpu", enabled=False), StepGuard(torch.device("cpu")), torch.device("cpu")
+    x, y = torch.randn(6, 3, 2, 2), torch.randint(0, 5, (6,))
+    with _ScalarReads() as reads:
+        float(x.sum())  # the probe sees a host read
+    assert reads.count == 1
+    with _ScalarReads() as reads:
+        for step in range(1, 5):
+            tally = train_step(net, x, y, opt, scaler, None, (1, 5), cpu, 1, guard, step)
+    assert reads.count == 0
+    assert tally.tolist()[3] == 6.0 and guard.bad_step() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_training_step_never_synchronises():
+    # CUDA's own check: in "error" mode any synchronising call (item, .cpu(), a blocking copy) raises.
+    from alexrepro.model import build_model
+    from alexrepro.optim import make_optimizer
+    from alexrepro.train import StepGuard, train_step
+
+    r = load_recipe("tiny", ["model.num_classes=10"])
+    dev = torch.device("cuda")
+    net = build_model(r.model, r.data.crop_size).to(dev).to(memory_format=torch.channels_last)
+    opt = make_optimizer(net, r.optim)
+    scaler, guard = torch.amp.GradScaler("cuda", enabled=False), StepGuard(dev)
+    x = torch.randn(16, 3, r.data.crop_size, r.data.crop_size, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), device=dev)
+    train_step(net, x, y, opt, scaler, torch.bfloat16, (1, 5), dev, 1, guard, 1)  # first step: cuDNN setup
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2, 6):
+            train_step(net, x, y, opt, scaler, torch.bfloat16, (1, 5), dev, 1, guard, step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert guard.bad_step() is None
+
+
+def test_nan_watchdog_between_checks_keeps_the_state_before_the_bad_step(data, tmp_path, monkeypatch):
+    # The host looks at the watchdog only every run.log_every steps; the device refuses every update from the
+    # first non-finite loss on, so the checkpoint holds the weights from before it: those a clean run has after
+    # step 2 when step 3's loss is made NaN and the host only looks at step 4.
+    import alexrepro.train as T
+
+    real_step, real_forward = T.train_step, T.forward_and_tally
+    after: dict[int, dict] = {}
+
+    def recording_step(net, *args, **kwargs):
+        tally = real_step(net, *args, **kwargs)
+        after[args[-1]] = {k: v.clone() for k, v in ck.unwrap(net).state_dict().items()}
+        return tally
+
+    monkeypatch.setattr(T, "train_step", recording_step)
+    _train(data, tmp_path / "clean", "run.log_every=4", "schedule.epochs=1")
+    assert sorted(after) == [1, 2, 3, 4]
+    calls = []
+
+    def poisoned_forward(*a, **k):
+        losses, tally = real_forward(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:  # step 3's loss: NaN
+            losses, tally = losses * float("nan"), tally * float("nan")
+        return losses, tally
+
+    monkeypatch.setattr(T, "train_step", real_step)
+    monkeypatch.setattr(T, "forward_and_tally", poisoned_forward)
+    with pytest.raises(WorkFailed, match="at step 3") as e:
+        _train(data, tmp_path / "nan", "run.log_every=4", "schedule.epochs=1")
+    assert len(calls) == 4 and "diverged" in str(e.value)  # step 4 ran (refused) before the host looked
+    c = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "nan") / "last.pt")
+    assert (c["epoch"], c["batch"], c["step"]) == (0, 2, 2)
+    for k, v in c["model"].items():
+        assert torch.equal(v, after[2][k]), k
+    assert not torch.equal(after[2]["conv1.weight"], after[3]["conv1.weight"])  # step 3 would have moved them

@@ -3,8 +3,9 @@
 Ours: `make_loader` on the prepared set OUT (training: §4.1's crops, mirrors and lighting, mean
 subtraction). Baseline: pytorch/examples/imagenet's training loader, torchvision ImageFolder over
 the original JPEG tree SRC/train with RandomResizedCrop(224), RandomHorizontalFlip, ToTensor and
-Normalize, in a DataLoader with the same workers and batch size. All in one run on this machine;
-the first batch of each (worker start-up) is not timed.
+Normalize, in a DataLoader with the same workers and batch size, over the same images: files prep
+skipped (OUT/skipped.tsv: empty, truncated, not images) would crash ImageFolder and are left out.
+All in one run on this machine; the first batch of each (worker start-up) is not timed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.prepared import read_stats
+from alexrepro.prepared import SKIPPED, read_stats
 from alexrepro.progress import console, emit_json, make_progress
 from alexrepro.recipe import DataConfig, load_recipe
 
@@ -55,15 +56,29 @@ def _ours(out: Path, kind: str, data: DataConfig, batches: int, batch_size: int,
         loader.close()
 
 
-def _baseline(src: Path, batches: int, batch_size: int, workers: int) -> dict:
+def skipped_sources(out: Path) -> set[str]:
+    """The source paths (relative to SRC) that prep skipped, from OUT/skipped.tsv."""
+    path = Path(out) / SKIPPED
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return {line.split("\t", 1)[0] for line in lines}
+
+
+def _baseline(src: Path, batches: int, batch_size: int, workers: int, skipped: set[str]) -> dict:
     from torchvision import datasets, transforms
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
     train = Path(src) / "train"
     if not train.is_dir():
         raise UserError(f"{src} has no train/ folder of class folders; give the source tree with --src")
+
+    def readable(path: str) -> bool:  # ImageFolder's own rule, less what prep could not read
+        return has_file_allowed_extension(path, IMG_EXTENSIONS) and \
+            Path(path).relative_to(src).as_posix() not in skipped
+
     normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     dataset = datasets.ImageFolder(str(train), transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
+        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]),
+        is_valid_file=readable)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
     return _time(loader, min(batches, len(loader) - 1), "pytorch/examples baseline")
 
@@ -102,7 +117,7 @@ def bench_loader(
                 raise
             result["loaders"][kind] = {"error": str(e)}
     if src is not None:
-        result["baseline"] = _baseline(Path(src), batches, batch_size, workers)
+        result["baseline"] = _baseline(Path(src), batches, batch_size, workers, skipped_sources(Path(out)))
     return result
 
 

@@ -1,8 +1,9 @@
 """Benchmark a training step: ours beside plain loops, and against the device's compute ceiling.
 
 Three timings on the same synthetic batches, in one process:
-  ours       the recipe's net and optimiser through alexrepro.train's own step functions (autocast, loss,
-             top-k tally, the NaN watchdog's check, the paper's update rule): what `alexrepro train` runs
+  ours       the recipe's net and optimiser through alexrepro.train.train_step (autocast, loss, top-k tally,
+             the NaN watchdog's device-side check, the paper's update rule as one fused kernel): what
+             `alexrepro train` runs between two metric reads
   plain      the same net with torch.optim.SGD in the plainest loop (forward, loss, backward, step):
              ours ÷ plain is the overhead of our step
   torchvision torchvision's AlexNet (64-192-384-256-256, no LRN, no groups) with torch.optim.SGD in the
@@ -27,7 +28,6 @@ from alexrepro.errors import UserError
 from alexrepro.progress import emit_json
 from alexrepro.recipe import load_recipe
 from alexrepro.summary import forward_macs
-from alexrepro.watchdog import is_finite
 
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,6 +79,92 @@ def time_interleaved(loops: dict[str, Callable[[], Any]], steps: int, warmup: in
     return best
 
 
+def check_step_options(precision: str, batch_size: int | None, steps: int) -> None:
+    """The option checks `bench train` and `bench profile` share (a UserError for each bad one)."""
+    if precision not in AMP:
+        raise UserError(f"--precision must be one of {', '.join(AMP)}, got {precision!r}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+
+
+def synthetic_batch(n: int, crop: int, classes: int, device: torch.device,
+                    channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch of n random crop×crop images (about the spread of mean-subtracted pixels) and labels."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.randn(n, 3, crop, crop, generator=gen) * 50).to(device).contiguous(memory_format=fmt)
+    return images, torch.randint(0, classes, (n,), generator=gen).to(device)
+
+
+def optimizer_timings(model: torch.nn.Module, cfg: Any, device: torch.device, steps: int = 5,
+                      rounds: int = 3) -> dict[str, Any]:
+    """Seconds per update over the net's parameters: our fused §5 step, §5 written per tensor, torch's SGD.
+
+    The per-tensor loop is how §5's rule was applied before the fused kernel (four passes over every
+    weight tensor and its velocity); torch.optim.SGD runs with its defaults (foreach on CUDA).
+    """
+    from alexrepro.optim import make_optimizer
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(1)
+    for p in params:
+        p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(p.device, p.dtype)
+    ours = make_optimizer(model, dataclasses.replace(cfg, name="paper"))
+    sgd = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    velocity = [torch.zeros_like(p) for p in params]
+    lr, mu, wd = cfg.lr, cfg.momentum, cfg.weight_decay
+
+    @torch.no_grad()
+    def per_tensor() -> None:  # v ← μ·v − λ·ε·w − ε·g, w ← w + v, tensor by tensor
+        for p, v in zip(params, velocity, strict=True):
+            v.mul_(mu).add_(p, alpha=-wd * lr).add_(p.grad, alpha=-lr)
+            p.add_(v)
+
+    secs = time_interleaved({"fused": ours.step, "per_tensor": per_tensor, "torch_sgd": sgd.step},
+                            steps, 1, rounds, device)
+    return {"parameters": sum(p.numel() for p in params),
+            "seconds_per_update": {k: float(f"{v:.4g}") for k, v in secs.items()},
+            "fused_speedup_vs_per_tensor": float(f"{secs['per_tensor'] / secs['fused']:.4g}"),
+            "fused_speedup_vs_torch_sgd": float(f"{secs['torch_sgd'] / secs['fused']:.4g}")}
+
+
+def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype | None, steps: int = 3,
+                rounds: int = 3) -> dict[str, Any]:
+    """Seconds per forward + backward of the net's LRN layers on their real input shapes: ours (the
+    written-out backward, lrn._LRN) against the same formula through autograd."""
+    from alexrepro.lrn import LocalResponseNorm, local_response_norm, local_response_norm_autograd
+
+    inputs: list[tuple[LocalResponseNorm, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach().clone())))
+             for m in model.modules() if isinstance(m, LocalResponseNorm)]
+    try:
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            model.eval()(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train()
+    if not inputs:
+        return {"layers": 0}
+
+    def run(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            for m, x in inputs:
+                x.requires_grad_(True)
+                fn(x, m.size, m.alpha, m.beta, m.k, m.convention, m.groups).backward(torch.ones_like(x))
+                x.grad = None
+
+        return step
+
+    secs = time_interleaved({"ours": run(local_response_norm), "autograd": run(local_response_norm_autograd)},
+                            steps, 1, rounds, images.device)
+    return {"layers": len(inputs), "shapes": [list(x.shape) for _, x in inputs],
+            "seconds_forward_backward": {k: float(f"{v:.4g}") for k, v in secs.items()},
+            "speedup_vs_autograd": float(f"{secs['autograd'] / secs['ours']:.4g}")}
+
+
 def _cycle(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Full batches from the loader forever, epoch after epoch."""
     epoch = 0
@@ -107,21 +193,17 @@ def bench_train(
     """images/s of our step, the plain loop and torchvision's AlexNet; fractions of the compute ceiling."""
     import torchvision
 
+    from alexrepro.evaluate import resolve_device
     from alexrepro.model import build_model
     from alexrepro.optim import make_optimizer
-    from alexrepro.train import backward_and_update, forward_and_tally
+    from alexrepro.train import StepGuard, train_step
 
-    if precision not in AMP:
-        raise UserError(f"--precision must be one of {', '.join(AMP)}, got {precision!r}")
-    from alexrepro.evaluate import resolve_device
-
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    if steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
+    check_step_options(precision, batch_size, steps)
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as `alexrepro train` runs: fixed shapes, cuDNN picks its kernels
     if data is not None:
         from alexrepro.prepared import read_manifest
 
@@ -131,9 +213,7 @@ def bench_train(
     crop, classes = r.data.crop_size, r.model.num_classes
     amp = AMP[precision]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    gen = torch.Generator().manual_seed(0)
-    images = (torch.randn(n, 3, crop, crop, generator=gen) * 50).to(dev).contiguous(memory_format=fmt)
-    labels = torch.randint(0, classes, (n,), generator=gen).to(dev)
+    images, labels = synthetic_batch(n, crop, classes, dev, channels_last)
 
     def prepared(model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(dev).to(memory_format=fmt)
@@ -156,11 +236,10 @@ def bench_train(
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     topk = (1, min(5, classes))
 
-    def ours_step(x: torch.Tensor, y: torch.Tensor) -> None:  # alexrepro.train's step, watchdog check included
-        losses, tally = forward_and_tally(ours_net, x, y, amp, topk, dev)
-        if not is_finite(float(tally[0] / tally[3])):
-            raise UserError("the benchmark's loss is not finite; check the recipe's learning rate")
-        backward_and_update(losses, float(tally[3]), 1, ours_opt, scaler)
+    guard = StepGuard(dev)
+
+    def ours_step(x: torch.Tensor, y: torch.Tensor) -> None:  # alexrepro.train's step, NaN watchdog included
+        train_step(ours_net, x, y, ours_opt, scaler, amp, topk, dev, 1, guard)
 
     loops: dict[str, Callable[[], Any]] = {"ours": lambda: ours_step(images, labels)}
     torch.manual_seed(0)
@@ -186,6 +265,8 @@ def bench_train(
     finally:
         if feed is not None:
             feed.close()
+    if guard.bad_step() is not None:  # read once, after the timings, as the training loop reads it
+        raise UserError("the benchmark's loss is not finite; check the recipe's learning rate")
 
     macs = forward_macs(r.model, crop)
     rate = matmul_rate(dev, precision)
@@ -206,6 +287,8 @@ def bench_train(
         report["end_to_end_vs_synthetic"] = round(results["ours"] / results["end_to_end"], 4)
     if "torchvision" in results:
         report["ours_vs_torchvision"] = round(results["torchvision"] / results["ours"], 3)
+    report["optimizer"] = optimizer_timings(plain_model, r.optim, dev, rounds=rounds)
+    report["lrn"] = lrn_timings(plain_model, images, amp, rounds=rounds)
     report["machine"] = machine_info()
     return report
 

@@ -71,6 +71,16 @@ def render(kind: str, r: dict[str, Any]) -> None:
             rows += [("end to end ÷ synthetic input (target ≥ 0.9)", r["end_to_end_vs_synthetic"], 1.0)]
         if "ours_vs_torchvision" in r:
             rows += [("ours ÷ torchvision AlexNet speed", r["ours_vs_torchvision"], 1.0)]
+        if "optimizer" in r:
+            o = r["optimizer"]
+            rows += [(f"update of {o['parameters']:,} weights, s: fused §5 / per tensor / torch SGD",
+                      " / ".join(str(v) for v in o["seconds_per_update"].values()), ""),
+                     ("fused ÷ per-tensor speed-up", o["fused_speedup_vs_per_tensor"], 1.0)]
+        if r.get("lrn", {}).get("layers"):
+            n = r["lrn"]
+            rows += [(f"{n['layers']} LRN layers forward + backward, s: ours / autograd",
+                      " / ".join(str(v) for v in n["seconds_forward_backward"].values()), ""),
+                     ("LRN speed-up vs autograd", n["speedup_vs_autograd"], 1.0)]
         _show(f"train step: {r['recipe']}, batch {r['batch_size']}, {r['device']} {r['precision']}, ceiling "
               f"{r['ceiling_images_per_s']} images/s at {r['matmul_gflops']:,.0f} GFLOP/s", rows)
 
@@ -119,6 +129,35 @@ def bench_loader_cmd(
     _report("loader", bench_loader(out, src, batches, batch_size, workers, chosen, device), json_out)
 
 
+@bench_app.command("read")
+def bench_read_cmd(
+    out: Path = typer.Argument(..., metavar="OUT", help="A prepared set with JPEG shards."),
+    split: str = typer.Option("train", "--split", help="The split to read."),
+    batches: int = typer.Option(50, "--batches", help="Shuffled batches per round."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    max_open: int = typer.Option(
+        256, "--max-open", help="h5py handles the baseline keeps open (prepared.MAX_OPEN_SHARDS). Below the "
+        "set's shard count it emulates ImageNet's ~1,250 shards against 256 handles, e.g. 30 for 150 shards."),
+    rounds: int = typer.Option(3, "--rounds", help="Rounds the readers take turns for; the best of each counts."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Stored JPEG bytes of shuffled batches, no decoding: h5py handles (LRU) vs pread on plain descriptors."""
+    from alexrepro.bench.read import bench_read
+
+    r = bench_read(out, split, batches, batch_size, max_open, rounds)
+    if json_out:
+        _report("read", r, json_out)
+        return
+    h5, pr = r["readers"]["h5py"], r["readers"]["pread"]
+    _show(f"read: {r['shards']} shards, {r['shards_per_batch']} per batch of {r['batch_size']}, "
+          f"{r['max_open']} h5py handles (baseline)", [
+              ("images/s", pr["images_per_s"], h5["images_per_s"]),
+              ("MB/s", pr["mb_per_s"], h5["mb_per_s"]),
+              ("pread ÷ h5py", r["pread_vs_h5py"], 1.0),
+              ("same bytes", r["identical"], ""),
+          ])
+
+
 @bench_app.command("train")
 def bench_train_cmd(
     recipe: str = typer.Option("paper", "--recipe", help="The recipe whose net and optimiser to time."),
@@ -143,6 +182,58 @@ def bench_train_cmd(
                          channels_last=channels_last, compile_=compile_, data=str(data) if data else None,
                          loader=loader, workers=workers)
     _report("train", result, json_out)
+
+
+@bench_app.command("profile")
+def bench_profile_cmd(
+    recipe: str = typer.Option("paper", "--recipe", help="The recipe whose net and optimiser to profile."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe overrides, section.key=value."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Default: the recipe's."),
+    device: str = typer.Option("cpu", "--device"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16."),
+    channels_last: bool = typer.Option(False, "--channels-last"),
+    compile_: bool = typer.Option(False, "--compile"),
+    steps: int = typer.Option(5, "--steps", help="Steps timed, then as many profiled (after the warm-up)."),
+    warmup: int = typer.Option(3, "--warmup", help="Steps first, not counted (compile, autotuning)."),
+    trace: Path | None = typer.Option(None, "--trace", help="Chrome/Perfetto trace file (.json, .json.gz)."),
+    top: int = typer.Option(15, "--top", help="Kernels (GPU) or ops (CPU) to list."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """torch.profiler of training steps: top kernels, time per layer kind and phase, step time, images/s."""
+    from alexrepro.bench.profile import profile_train
+
+    result = profile_train(recipe, tuple(set_), batch_size=batch_size, steps=steps, warmup=warmup,
+                           device=device, precision=precision, channels_last=channels_last, compile_=compile_,
+                           top=top, trace=str(trace) if trace else None)
+    if json_out:
+        emit_json({"bench": "profile", **result})
+        return
+    _render_profile(result)
+
+
+def _render_profile(r: dict[str, Any]) -> None:
+    """The top kernels, then the layer kinds and phases, each with ms per step and share."""
+    what = "kernels by GPU time" if r["device"].startswith("cuda") else "ops by self CPU time"
+    setup = (", channels_last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
+    title = (f"profile: {r['recipe']}, batch {r['batch_size']}, {r['device']} {r['precision']}{setup}: "
+             f"top {len(r['top'])} {what}, {r['steps']} steps")
+    table = Table("kernel / op", "kind", "calls", "total ms", "ms/step", "share", title=title)
+    for row in r["top"]:
+        name = row["name"] if len(row["name"]) <= 72 else row["name"][:69] + "..."
+        table.add_row(name, row["category"], str(row["calls"]), f"{row['total_ms']:.3f}",
+                      f"{row['ms_per_step']:.3f}", f"{100 * row['share']:.1f}%")
+    console.print(table)
+    kinds = Table("layer kind", "ms/step", "share", title="where the time goes")
+    for name, v in r["categories"].items():
+        kinds.add_row(name, f"{v['ms_per_step']:.3f}", f"{100 * v['share']:.1f}%")
+    for name, v in r["phases"].items():
+        kinds.add_row(f"phase: {name}", f"{v['ms_per_step']:.3f}", f"{100 * v['share']:.1f}%")
+    console.print(kinds)
+    busy = f", GPU busy {100 * r['device_busy_fraction']:.0f}% of it" if "device_busy_fraction" in r else ""
+    trace = f"; trace {r['trace']}" if "trace" in r else ""
+    console.print(f"step {1e3 * r['seconds_per_step']:.2f} ms unprofiled ({r['images_per_s']:,.0f} img/s), "
+                  f"{1e3 * r['profiled_seconds_per_step']:.2f} ms profiled; {r['time_counted']} "
+                  f"{r['measured_ms_per_step']:.2f} ms/step{busy}{trace}", highlight=False)
 
 
 @bench_app.command("all")

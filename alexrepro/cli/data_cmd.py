@@ -64,7 +64,8 @@ def prep_cmd(
 @app.command("info")
 def info_cmd(
     out: Path = typer.Argument(..., metavar="OUT", help="A prepared set (the OUT of alexrepro prep)."),
-    verify_: bool = typer.Option(False, "--verify", help="Read every shard and check counts, labels and images."),
+    verify_: bool = typer.Option(False, "--verify", help="Read every shard: counts, labels, every image decoded and "
+                                 "its bytes checked against the stored CRC32."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """What a prepared set holds: splits, counts, classes, format, statistics, skipped files."""
@@ -97,4 +98,7 @@ def info_cmd(
     for f in info["skipped"]["first"]:
         console.print(f"  {f['path']}: {f['reason']}")
     if verify_:
-        console.print(f"verified: {sum(info['verify']['images'].values()):,} images, every shard intact")
+        v = info["verify"]
+        images, summed = sum(v["images"].values()), sum(v["checksummed"].values())
+        console.print(f"verified: {images:,} images, every shard intact; {summed:,} of them checked against "
+                      "their stored CRC32")

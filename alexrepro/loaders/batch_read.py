@@ -1,8 +1,11 @@
-"""Read the stored images of a whole batch with one HDF5 read per shard (no h5py call per image).
+"""Read the stored images of a whole batch with a few reads per shard (no h5py call per image).
 
-JPEG shards: the byte ranges of the batch's images in a shard are OR-ed into one hyperslab
-selection and read with a single H5Dread; raw shards: one sorted fancy-index read. Used by the
-DALI source and by the PyTorch workers alike.
+JPEG shards: the batch's images in a shard, sorted, are read with one os.pread per run of images
+that lie back to back in the file, through the shard's plain descriptor (Shard.read_data): no HDF5
+handle, so a shuffled batch over many shards reopens nothing. Where `data` is not one contiguous
+block (chunked or compressed by another writer), or with pread=False, the byte ranges are OR-ed
+into one hyperslab selection and read with a single H5Dread. Raw shards: one sorted fancy-index
+read. Used by the DALI source and by the PyTorch workers alike.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import numpy as np
 from alexrepro.prepared import Shard, SplitDataset
 
 
-def read_batch(split: SplitDataset, indices: np.ndarray) -> list[np.ndarray]:
-    """The stored form of each image in `indices` (JPEG bytes as uint8, or uint8 256×256×3), in order."""
+def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True) -> list[np.ndarray]:
+    """The stored form of each image in `indices` (JPEG bytes as uint8, or uint8 256×256×3), in order.
+
+    pread=False reads JPEG bytes through h5py handles even where pread could (the benchmark's baseline).
+    """
     indices = np.asarray(indices, dtype=np.int64)
     out: list[np.ndarray | None] = [None] * len(indices)
     if len(indices) == 0:
@@ -30,7 +36,7 @@ def read_batch(split: SplitDataset, indices: np.ndarray) -> list[np.ndarray]:
         if split.encoding == "raw":
             items = _read_raw(shard, local[order])
         else:
-            items = _read_encoded(shard, local[order])
+            items = _read_encoded(shard, local[order], pread)
         for k, item in zip(where[order], items, strict=True):
             out[int(k)] = item
     return out  # type: ignore[return-value]
@@ -42,21 +48,39 @@ def _read_raw(shard: Shard, local_sorted: np.ndarray) -> list[np.ndarray]:
     return [block[j] for j in inverse]
 
 
-def _read_encoded(shard: Shard, local_sorted: np.ndarray) -> list[np.ndarray]:
+def _read_encoded(shard: Shard, local_sorted: np.ndarray, pread: bool) -> list[np.ndarray]:
     off = shard.offsets
     uniq, inverse = np.unique(local_sorted, return_inverse=True)
     lo, hi = off[uniq], off[uniq + 1]
     lengths = hi - lo
     total = int(lengths.sum())
-    buf = np.empty(total, dtype=np.uint8)
-    if total:
-        dset = shard.file["data"]
-        space = dset.id.get_space()
-        space.select_none()
-        for a, n in zip(lo.tolist(), lengths.tolist(), strict=True):  # selection building, no IO
-            if n:
-                space.select_hyperslab((a,), (n,), op=h5py.h5s.SELECT_OR)
-        dset.id.read(h5py.h5s.create_simple((total,)), space, buf)  # file order = sorted order
+    buf = np.empty(total, dtype=np.uint8)  # the images back to back, in file order
+    if total and pread and shard.data_start is not None:
+        _pread_runs(shard, lo, hi, buf)
+    elif total:
+        _read_hyperslabs(shard, lo, lengths, buf)
     starts = np.concatenate([[0], np.cumsum(lengths)])
     pieces = [buf[starts[j] : starts[j + 1]] for j in range(len(uniq))]
     return [pieces[j] for j in inverse]
+
+
+def _pread_runs(shard: Shard, lo: np.ndarray, hi: np.ndarray, buf: np.ndarray) -> None:
+    """One pread per run of images stored back to back (a run lands back to back in `buf` too)."""
+    first = np.flatnonzero(np.concatenate([[True], lo[1:] != hi[:-1]]))  # where a run starts
+    last = np.concatenate([first[1:], [len(lo)]]) - 1
+    at = 0
+    for a, b in zip(first.tolist(), last.tolist(), strict=True):
+        n = int(hi[b] - lo[a])
+        shard.read_data(int(lo[a]), buf[at : at + n])
+        at += n
+
+
+def _read_hyperslabs(shard: Shard, lo: np.ndarray, lengths: np.ndarray, buf: np.ndarray) -> None:
+    """All the byte ranges OR-ed into one HDF5 selection, read with a single H5Dread."""
+    dset = shard.file["data"]
+    space = dset.id.get_space()
+    space.select_none()
+    for a, n in zip(lo.tolist(), lengths.tolist(), strict=True):  # selection building, no IO
+        if n:
+            space.select_hyperslab((a,), (n,), op=h5py.h5s.SELECT_OR)
+    dset.id.read(h5py.h5s.create_simple((len(buf),)), space, buf)  # file order = sorted order

@@ -47,7 +47,7 @@ class ShardSource:
             raise StopIteration
         # ten crops: the views are constants of the pipeline; the centre params only fill the slots
         idx, p = rank_batch(self.plan, self.data, epoch, batch)
-        stored = read_batch(self.split, idx)  # one HDF5 read per shard
+        stored = read_batch(self.split, idx)  # one pread per run of adjacent images in a shard
         labels = self.split.labels[idx]
         return (
             stored,
