@@ -171,8 +171,9 @@ def _check_images(
     return problems, 0 if checksums is None else count
 
 
-def verify(out: Path, progress: bool = True) -> dict[str, Any]:
-    """Read every shard of every split; raise WorkFailed listing the problems, else return the counts."""
+def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> dict[str, Any]:
+    """Read every shard of every split; raise WorkFailed listing the problems (or, with
+    raise_on_problems=False, return them under "problems" with "verified" False), else return the counts."""
     out = Path(out)
     manifest = read_manifest(out)
     classes = manifest.get("classes", [])
@@ -211,10 +212,17 @@ def verify(out: Path, progress: bool = True) -> dict[str, Any]:
         console.print(f"note: {note}")
     if (out / STATS).is_file() and read_stats(out).mean.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
         problems.append(f"{STATS}: mean image is not 256×256×3")
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise WorkFailed(f"{out} failed verification ({len(problems)} problems): {shown}")
-    return {"verified": True, "images": checked, "checksummed": checksummed, "notes": notes}
+    report = {"verified": not problems, "images": checked, "checksummed": checksummed, "notes": notes,
+              "problems": problems}
+    if problems and raise_on_problems:
+        raise verification_failed(out, problems)
+    return report
+
+
+def verification_failed(out: Path, problems: list[str]) -> WorkFailed:
+    """The one-line failure: how many problems, the first ten of them."""
+    shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    return WorkFailed(f"{out} failed verification ({len(problems)} problems): {shown}")
 
 
 def _no_checksums_note(without: int, shards: int, encoding: str) -> str:

@@ -112,27 +112,32 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def decay_groups(model: nn.Module, weight_decay: float, decay_on: str) -> list[dict]:
+def decay_groups(model: nn.Module, weight_decay: float, decay_on: str, bias_lr_mult: float = 1.0) -> list[dict]:
     """Parameter groups: "weights" decays only conv/linear weights (tensors of ≥2 dims), "all" everything.
 
     Biases are 1-D; cuda-convnet and Caffe did not decay them, and §5 writes the rule for "weight w".
+    Each group carries `lr_mult`, its ε as a multiple of the schedule's: 1 for weights, `bias_lr_mult`
+    for biases (1 in §5; Caffe's reference models use 2).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if decay_on == "all":
-        return [{"params": params, "weight_decay": weight_decay}]
-    if decay_on != "weights":
+    if decay_on not in ("weights", "all"):
         raise ValueError(f"weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
+    if decay_on == "all" and bias_lr_mult == 1.0:
+        return [{"params": params, "weight_decay": weight_decay, "lr_mult": 1.0}]
     decayed = [p for p in params if p.dim() >= 2]
     plain = [p for p in params if p.dim() < 2]
-    groups = [{"params": decayed, "weight_decay": weight_decay}]
+    groups = [{"params": decayed, "weight_decay": weight_decay, "lr_mult": 1.0}]
     if plain:
-        groups.append({"params": plain, "weight_decay": 0.0})
+        groups.append({"params": plain, "weight_decay": weight_decay if decay_on == "all" else 0.0,
+                       "lr_mult": bias_lr_mult})
     return groups
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimiser the recipe names: §5's rule ("paper") or torch.optim.SGD ("torch-sgd")."""
-    groups = decay_groups(model, cfg.weight_decay, cfg.weight_decay_on)
+    groups = decay_groups(model, cfg.weight_decay, cfg.weight_decay_on, cfg.bias_lr_mult)
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_mult"]
     if cfg.name == "paper":
         return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "torch-sgd":
@@ -141,20 +146,25 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig, lr: float) -> None:
-    """Set lr, momentum and weight decay on every group from the recipe (after a state load).
+    """Set lr, momentum, weight decay and lr multiples on every group from the recipe (after a state load).
 
     torch's Optimizer.load_state_dict restores the saved hyper-parameters; a resumed run must use
-    the ones it was given (pytorch/examples#816), so they are written back here.
+    the ones it was given (pytorch/examples#816), so they are written back here. The groups are those
+    of `decay_groups`: one (everything) or two (weights, then biases).
     """
     groups = optimizer.param_groups
-    decays = [cfg.weight_decay] * len(groups) if cfg.weight_decay_on == "all" else [cfg.weight_decay, 0.0]
-    for group, wd in zip(groups, decays, strict=False):
-        group["lr"] = lr
+    # one group: everything ("all") or the weights of a net without biases; decayed either way
+    settings = [(cfg.weight_decay, 1.0)]
+    if len(groups) == 2:
+        settings.append((cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0, cfg.bias_lr_mult))
+    for group, (wd, mult) in zip(groups, settings, strict=False):
+        group["lr_mult"] = mult
+        group["lr"] = lr * mult
         group["momentum"] = cfg.momentum
         group["weight_decay"] = wd
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate ε of every parameter group."""
+    """Set the schedule's learning rate ε: each group gets ε × its `lr_mult`."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

@@ -75,6 +75,8 @@ class OptimConfig:
     weight_decay: float = 0.0005  # §5
     # §5 writes the rule for "weight w"; cuda-convnet and Caffe did not decay biases.
     weight_decay_on: Literal["weights", "all"] = "weights"
+    # §5: one ε for every parameter; Caffe's reference models give biases 2ε (lr_mult: 2)
+    bias_lr_mult: float = 1.0
     batch_size: int = 128  # §5: global batch
 
 
@@ -213,6 +215,7 @@ def validate(recipe: Recipe) -> None:
         (list(s.milestones) == sorted(s.milestones), "schedule.milestones must be increasing"),
         (d.lighting_std >= 0, "data.lighting_std must be 0 or more"),
         (o.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
+        (o.bias_lr_mult > 0, "optim.bias_lr_mult must be positive"),
         (s.patience >= 0 and s.max_reductions >= 0, "schedule.patience and max_reductions must be 0 or more"),
         (0 <= r.seed < 2**32, "run.seed must be between 0 and 2**32 - 1"),
         (r.log_every >= 1, "run.log_every must be at least 1"),

@@ -113,3 +113,18 @@ def test_two_process_resume_restores_each_ranks_dropout_stream(tmp_path):
     b = saved["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stop_together_on_a_nan_and_keep_a_finite_state(tmp_path):
+    # The watchdog's record is made from the all-reduced loss, so both ranks refuse the same updates and
+    # stop at the same check; rank 0 writes the state from before the first bad step.
+    from alexrepro.errors import WorkFailed
+
+    data = make_set(tmp_path / "out")
+    with pytest.raises(WorkFailed, match="diverged"):
+        run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", overrides=SMALL + ["optim.lr=1e6"],
+                                  device="cpu", procs=2, show_progress=False))
+    c = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "r") / "last.pt")
+    assert all(torch.isfinite(t).all() for t in c["model"].values())
+    assert len(c["rng"]) == 2 and c["step"] < 8

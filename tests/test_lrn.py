@@ -146,3 +146,20 @@ def test_the_benchmarks_autograd_baseline_is_the_same_lrn(size, groups):
     (y1 * w).sum().backward()
     (y2 * w).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lrn_on_cuda_in_bf16_channels_last_matches_the_cpu():
+    x = activations(channels=16, scale=20.0).float()
+    ref = x.clone().requires_grad_(True)
+    local_response_norm(ref, N, ALPHA, BETA, K, "printed", 2).sum().backward()
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        xg = x.cuda().to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = local_response_norm(xg, N, ALPHA, BETA, K, "printed", 2)
+        y.float().sum().backward()
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.float().cpu(), local_response_norm(x, N, ALPHA, BETA, K, "printed", 2),
+                                   rtol=tol, atol=tol * 10)
+        torch.testing.assert_close(xg.grad.float().cpu(), ref.grad, rtol=tol, atol=tol)

@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from alexrepro.optim import PaperSGD, apply_hyperparameters, decay_groups, make_optimizer, paper_update
+from alexrepro.optim import (
+    PaperSGD,
+    apply_hyperparameters,
+    decay_groups,
+    make_optimizer,
+    paper_update,
+    set_lr,
+)
 from alexrepro.recipe import OptimConfig
 
 MU, WD = 0.9, 0.0005  # §5: momentum 0.9, weight decay 0.0005
@@ -151,3 +158,51 @@ def test_fp16_grad_scaler_unscales_in_the_step_and_skips_overflow():
     scaler.step(opt)
     scaler.update()
     assert torch.equal(p.detach(), before) and scaler.get_scale() == 512.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_fused_update_on_cuda_matches_the_cpu_and_refuses_on_the_device():
+    torch.manual_seed(0)
+    cpu = nn.Linear(64, 32)
+    gpu = nn.Linear(64, 32).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    opts = [make_optimizer(m, OptimConfig(lr=0.01)) for m in (cpu, gpu)]
+    grads = [(torch.randn(32, 64), torch.randn(32)) for _ in range(4)]
+    for step, (gw, gb) in enumerate(grads):
+        for m, opt in zip((cpu, gpu), opts, strict=True):
+            dev = m.weight.device
+            m.weight.grad, m.bias.grad = gw.to(dev), gb.to(dev)
+            if step == 2:
+                for g in opt.param_groups:
+                    g["lr"] = 0.001  # an ε change on the way
+            ok = torch.tensor(step != 1, device=dev)  # step 1 refused on the device
+            opt.step(ok=ok)
+    torch.testing.assert_close(gpu.weight.detach().cpu(), cpu.weight.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(opts[1].velocity(gpu.bias).cpu(), opts[0].velocity(cpu.bias), rtol=1e-5, atol=1e-7)
+
+
+def test_bias_lr_mult_gives_biases_a_multiple_of_epsilon_through_schedule_changes_and_resumes():
+    # Caffe's bvlc_alexnet: lr_mult 2 on every bias. With zero weight decay and one gradient step from
+    # v = 0, §5 gives Δw = −ε·g for weights and −2ε·g for biases.
+    lin = nn.Linear(3, 2)
+    cfg = OptimConfig(lr=0.1, weight_decay=0.0, bias_lr_mult=2.0)
+    opt = make_optimizer(lin, cfg)
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    gw, gb = torch.full((2, 3), 0.5), torch.tensor([1.0, -1.0])
+    lin.weight.grad, lin.bias.grad = gw.clone(), gb.clone()
+    opt.step()
+    torch.testing.assert_close(lin.weight.detach(), w0 - 0.1 * gw)
+    torch.testing.assert_close(lin.bias.detach(), b0 - 0.2 * gb)
+    set_lr(opt, 0.01)  # the schedule's ÷10: biases at 0.02
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.02])
+    saved = opt.state_dict()
+    for g in saved["param_groups"]:
+        del g["lr_mult"]  # a checkpoint written before lr_mult existed
+    fresh = make_optimizer(lin, cfg)
+    fresh.load_state_dict(saved)
+    apply_hyperparameters(fresh, cfg, lr=0.001)
+    assert [g["lr"] for g in fresh.param_groups] == pytest.approx([0.001, 0.002])
+    assert [g["weight_decay"] for g in fresh.param_groups] == [0.0, 0.0]
+    # §5 by default: one ε for every parameter
+    assert [g["lr"] for g in make_optimizer(lin, OptimConfig(lr=0.1)).param_groups] == [0.1, 0.1]

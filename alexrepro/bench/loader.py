@@ -29,7 +29,7 @@ from alexrepro.recipe import DataConfig, load_recipe
 def _time(batches: Iterable[Any], count: int, label: str) -> dict[str, Any]:
     """images/s over `count` batches after the first one, with a progress bar on stderr."""
     it = iter(batches)
-    next(it)  # start-up: workers, pipeline build
+    last = next(it)[0]  # start-up: workers, pipeline build
     images, t0 = 0, time.perf_counter()
     with make_progress(transient=True) as progress:
         task = progress.add_task(label, total=count, unit="batches")
@@ -40,6 +40,9 @@ def _time(batches: Iterable[Any], count: int, label: str) -> dict[str, Any]:
                 break
             images += x.shape[0]
             progress.advance(task)
+            last = x
+    if images and last.is_cuda:  # the last batch's copies and augmentation may still be queued on the GPU
+        torch.cuda.synchronize(last.device)
     seconds = time.perf_counter() - t0
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
 

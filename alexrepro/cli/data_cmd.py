@@ -9,7 +9,7 @@ from rich.table import Table
 
 from alexrepro.cli.app import app
 from alexrepro.imaging import JPEG_QUALITY
-from alexrepro.info import describe, verify
+from alexrepro.info import describe, verification_failed, verify
 from alexrepro.prep import SHARD_SIZE, PrepOptions, prep
 from alexrepro.progress import console, emit_json
 
@@ -71,9 +71,12 @@ def info_cmd(
     """What a prepared set holds: splits, counts, classes, format, statistics, skipped files."""
     info = describe(out)
     if verify_:
-        info["verify"] = verify(out, progress=True)
+        info["verify"] = verify(out, progress=True, raise_on_problems=False)
     if json_out:
-        emit_json(info)
+        emit_json(info)  # with --verify: every problem listed, then exit 1 below if there are any
+    if verify_ and info["verify"]["problems"]:
+        raise verification_failed(out, info["verify"]["problems"])
+    if json_out:
         return
     quality = f" (quality {info['quality']})" if info["encoding"] == "jpeg" else ""
     console.print(f"[bold]{out}[/bold] from {info['source']}: {info['encoding']}{quality}, "
