@@ -304,6 +304,8 @@ class Shard:
         self._offsets: np.ndarray | None = None
         self._data_start: int | None = None
         self._layout_read = False
+        self._checksums: np.ndarray | None = None
+        self._checksums_read = False
         self._fd: int | None = None
         self._fd_pid = -1
 
@@ -388,7 +390,29 @@ class Shard:
         with open_shard_file(self.path) as f:
             self._offsets = f["offsets"][:]
             self._data_start = contiguous_start(f["data"])
+            self._checksums = stored_checksums(f)
+            self._checksums_read = True
         self._layout_read = True
+
+    @property
+    def checksums(self) -> np.ndarray | None:
+        """Each image's stored crc32 (format version 2), or None for a version 1 shard; read once."""
+        if not self._checksums_read:
+            with open_shard_file(self.path) as f:
+                self._checksums = stored_checksums(f)
+            self._checksums_read = True
+        return self._checksums
+
+    def check(self, i: int, stored: np.ndarray) -> None:
+        """A UserError naming image i if `stored` (its bytes as read) does not match its crc32."""
+        sums = self.checksums
+        if sums is not None and zlib.crc32(stored) != int(sums[i]):
+            key = self.keys()[i]
+            raise UserError(
+                f"stored image {self.path} #{i} ({key}) is damaged: its bytes do not match the crc32 prep "
+                f"wrote; find every damaged image with alexrepro info {self.path.parent.parent} --verify and "
+                "rebuild the set with alexrepro prep"
+            )
 
     def read_data(self, start: int, out: np.ndarray) -> None:
         """Fill `out` (contiguous uint8) with the bytes of `data` from byte `start` on, by os.pread.

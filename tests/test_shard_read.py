@@ -217,3 +217,41 @@ def test_pread_false_reads_the_same_bytes_through_h5py(many_shards, splits):
     idx = np.random.default_rng(4).choice(N, size=50)
     assert [g.tobytes() for g in read_batch(ds, idx, pread=False)] == [h5py_bytes(ds, i) for i in idx]
     assert open_descriptor_count() == fds and open_shard_count() == handles + len(np.unique(idx // PER_SHARD))
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+def test_damaged_bytes_stop_the_loaders_with_the_images_name(tmp_path, splits, encoding, capsys):
+    # A JPEG whose entropy-coded data lost a bit still decodes (to another picture): only the crc32 that
+    # prep stored can tell. Every batch read checks it, in both loaders' shared read path.
+    from test_info import FLIP, entropy_coded_byte
+
+    from alexrepro.cli import main
+    from alexrepro.loaders import make_loader
+    from alexrepro.recipe import DataConfig
+
+    out = make_set(tmp_path / "set", n_train=12, n_val=3, per_shard=4, encoding=encoding)
+    ds = splits(out)
+    path, i = ds.shards[1].path, 2  # global image 6
+    with h5py.File(path, "r+") as f:
+        key = f["keys"][i].decode()
+        if encoding == "jpeg":
+            off = f["offsets"][:]
+            at = int(off[i]) + entropy_coded_byte(f["data"][off[i] : off[i + 1]].tobytes())
+            f["data"][at] ^= FLIP
+        else:
+            f["images"][i, 100, 100, 0] ^= FLIP
+    ds = splits(out)
+    assert len(read_batch(ds, np.array([0, 5, 7]))) == 3  # the images around it read
+    with pytest.raises(UserError, match=rf"#{i} \({key}\) is damaged.*info {out} --verify"):
+        read_batch(ds, np.array([0, 6, 7]))
+    assert len(read_batch(ds, np.array([6]), check=False)[0]) > 0  # the check is what refuses it
+    loader = make_loader(out, "train", DataConfig(workers=1), 12, train=True, device="cpu", kind="torch")
+    try:
+        with pytest.raises(UserError, match="is damaged") as e:
+            next(iter(loader))
+        assert "\n" not in str(e.value)  # one line, not the worker's traceback
+    finally:
+        loader.close()
+    with pytest.raises(SystemExit) as code:  # and the check the message points to finds it too
+        main(["info", str(out), "--verify"])
+    assert code.value.code == 1 and key in capsys.readouterr().err

@@ -5,7 +5,8 @@ that lie back to back in the file, through the shard's plain descriptor (Shard.r
 handle, so a shuffled batch over many shards reopens nothing. Where `data` is not one contiguous
 block (chunked or compressed by another writer), or with pread=False, the byte ranges are OR-ed
 into one hyperslab selection and read with a single H5Dread. Raw shards: one sorted fancy-index
-read. Used by the DALI source and by the PyTorch workers alike.
+read. Every image's bytes are checked against the crc32 stored beside them. Used by the DALI
+source and by the PyTorch workers alike.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import numpy as np
 from alexrepro.prepared import Shard, SplitDataset
 
 
-def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True) -> list[np.ndarray]:
+def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True, check: bool = True) -> list[np.ndarray]:
     """The stored form of each image in `indices` (JPEG bytes as uint8, or uint8 256×256×3), in order.
 
     pread=False reads JPEG bytes through h5py handles even where pread could (the benchmark's baseline).
+    check=True compares each image's bytes with the crc32 prep stored (format version 2; about 8 µs
+    for a 40 kB JPEG, 5 GB/s on the development CPU), so a damaged image stops training with its
+    name instead of being learnt from: a JPEG can decode without error from damaged bytes.
     """
     indices = np.asarray(indices, dtype=np.int64)
     out: list[np.ndarray | None] = [None] * len(indices)
@@ -37,7 +41,9 @@ def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True) -> 
             items = _read_raw(shard, local[order])
         else:
             items = _read_encoded(shard, local[order], pread)
-        for k, item in zip(where[order], items, strict=True):
+        for k, i, item in zip(where[order], local[order], items, strict=True):
+            if check:
+                shard.check(int(i), item)
             out[int(k)] = item
     return out  # type: ignore[return-value]
 
