@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import re
 import tempfile
 import time
@@ -262,6 +263,8 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
         seconds = (time.perf_counter() - t0) / steps
         undo = _label_layers(label) if label is not None else (lambda: None)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        # Kineto logs at ERROR level that it found no GPU on a CPU machine; quiet, unless the user asks.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
         try:
             with profile(activities=activities) as prof:
                 t1 = time.perf_counter()
