@@ -237,11 +237,13 @@ def test_bench_read_times_both_readers_on_the_same_bytes(tmp_path, capsys):
     r = json.loads(cap.out)
     assert r["bench"] == "read" and r["identical"] is True and r["shards"] == 8 and r["max_open"] == 2
     assert 1 <= r["shards_per_batch"] <= 8
-    for reader in ("h5py", "pread"):
+    for reader in ("h5py", "pread", "pread_checked"):
         assert r["readers"][reader]["images_per_s"] == pytest.approx(4 * 10 / r["readers"][reader]["seconds"],
                                                                      rel=1e-2)
     assert r["pread_vs_h5py"] == pytest.approx(r["readers"]["h5py"]["seconds"] / r["readers"]["pread"]["seconds"],
                                                rel=1e-2)
+    assert r["checked_vs_pread"] == pytest.approx(
+        r["readers"]["pread"]["seconds"] / r["readers"]["pread_checked"]["seconds"], rel=1e-2)
     assert prepared_mod.MAX_OPEN_SHARDS == 256  # the run's cap did not outlive it
     raw = make_set(tmp_path / "raw", n_train=6, n_val=3, per_shard=3, encoding="raw")
     code, cap = run_cli(["bench", "read", str(raw)], capsys)
