@@ -251,3 +251,34 @@ def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path
         loader.close()
     reads = log.read_text().split()
     assert reads == [str(os.getpid())] * 8  # once per shard, none in the workers
+
+
+def test_worker_processes_prepare_the_next_batches_while_the_consumer_is_busy(jpeg_set, tmp_path, monkeypatch):
+    # §3.4's "done on the CPU while the GPU is training on the previous batch": after the training loop
+    # takes batch 0 and goes off to train on it (here: asks for nothing), the workers go on reading,
+    # decoding and cutting the batches after it. Each batch read leaves a marker naming its process.
+    import os
+    import time
+
+    import alexrepro.loaders.torch_loader as tl
+
+    real = tl.read_batch
+
+    def marking(split, idx, *args, **kwargs):
+        (tmp_path / f"batch-{int(idx[0])}-{os.getpid()}").touch()
+        return real(split, idx, *args, **kwargs)
+
+    monkeypatch.setattr(tl, "read_batch", marking)
+    loader = make_loader(jpeg_set, "train", DataConfig(workers=2), 4, train=True, device=CPU, kind="torch")
+    try:
+        batches = iter(loader)
+        next(batches)  # batch 0 goes to "training"; nothing more is asked for
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("batch-*"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        marks = [p.name for p in tmp_path.glob("batch-*")]
+        assert len(marks) >= 3, marks  # batches beyond the one taken were prepared meanwhile
+        assert all(int(m.rsplit("-", 1)[1]) != os.getpid() for m in marks)  # in worker processes
+        assert len(list(batches)) == len(loader) - 1  # and they are the ones the loop then gets
+    finally:
+        loader.close()
