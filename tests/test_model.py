@@ -201,6 +201,27 @@ def test_model_parallel_gives_the_grouped_output(changes):
     torch.testing.assert_close(mp.forward_features(x), grouped.forward_features(x))
 
 
+def test_model_parallel_dropout_draws_each_towers_half_on_its_own():
+    # C8: each device drops half of fc6's and fc7's neurons for its own half, with §4.2's rule: an output is
+    # 0 with probability 0.5, else the input doubled (inverted dropout: ×2 in training = ×0.5 at test time).
+    torch.manual_seed(0)
+    mp = model_parallel(build_model(small_cfg(dropout=0.5, fc_width=128), 112), CPU2).train()
+    calls = []
+    mp.drop.register_forward_hook(lambda m, a, out: calls.append((a[0].detach(), out.detach())))
+    mp(torch.randn(64, 3, 112, 112) * 30)
+    assert len(calls) == 4  # fc6 then fc7, a call per tower each
+    masks = []
+    for x, out in calls:
+        assert x.shape == (64, 64)  # the tower's half of the 128 units
+        kept = out != 0
+        torch.testing.assert_close(out[kept], 2 * x[kept])
+        live = x != 0  # a ReLU zero stays zero either way: count the drops among live units only
+        rate = 1 - (kept & live).sum().item() / live.sum().item()
+        assert abs(rate - 0.5) < 0.05, rate  # thousands of live units: binomial sd about 0.01
+        masks.append(kept | ~live)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[2], masks[3])  # towers draw apart
+
+
 def test_model_parallel_training_step_matches_grouped():
     torch.manual_seed(0)
     grouped = build_model(small_cfg(dropout=0.0), 112).train()
