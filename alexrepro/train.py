@@ -386,7 +386,8 @@ def backward_and_update(losses: torch.Tensor, global_images: float | torch.Tenso
     """
     # Sum over this rank's images ÷ the global batch × world: DDP's average is then the global mean.
     if world_size > 1:
-        loss = losses.sum() * (world_size / global_images)
+        scale = world_size / global_images  # a device tensor in the loop: no host read
+        loss = losses.sum() * (scale.to(losses.dtype) if isinstance(scale, torch.Tensor) else scale)
     else:
         loss = losses.mean()
     optimizer.zero_grad(set_to_none=True)
