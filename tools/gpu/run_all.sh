@@ -243,5 +243,7 @@ for name in ("train.json", "train_compile.json"):
         loops = {k: v["images_per_s"] for k, v in r["loops"].items()}
         print(f"{name}: images/s {loops}, ceiling {r['ceiling_images_per_s']}, overhead {r['overhead_vs_plain']}, "
               f"e2e/synthetic {r.get('end_to_end_vs_synthetic')}, vs torchvision {r.get('ours_vs_torchvision')}")
+        print(f"   update fused/per-tensor/torch-sgd s {r.get('optimizer', {}).get('seconds_per_update')}, "
+              f"LRN ours/autograd s {r.get('lrn', {}).get('seconds_forward_backward')}")
 EOF
 ls -la "$OUT"
