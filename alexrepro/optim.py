@@ -112,24 +112,31 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def decay_groups(model: nn.Module, weight_decay: float, decay_on: str, bias_lr_mult: float = 1.0) -> list[dict]:
-    """Parameter groups: "weights" decays only conv/linear weights (tensors of ≥2 dims), "all" everything.
+def group_settings(weight_decay: float, decay_on: str, bias_lr_mult: float = 1.0) -> tuple[dict, dict]:
+    """(weights', biases') weight decay and `lr_mult`, the one rule `decay_groups` and
+    `apply_hyperparameters` both follow.
 
     Biases are 1-D; cuda-convnet and Caffe did not decay them, and §5 writes the rule for "weight w".
-    Each group carries `lr_mult`, its ε as a multiple of the schedule's: 1 for weights, `bias_lr_mult`
-    for biases (1 in §5; Caffe's reference models use 2).
+    `lr_mult` is a group's ε as a multiple of the schedule's: 1 for weights, `bias_lr_mult` for biases
+    (1 in §5; Caffe's reference models use 2).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
     if decay_on not in ("weights", "all"):
         raise ValueError(f"weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
-    if decay_on == "all" and bias_lr_mult == 1.0:
-        return [{"params": params, "weight_decay": weight_decay, "lr_mult": 1.0}]
-    decayed = [p for p in params if p.dim() >= 2]
+    return ({"weight_decay": weight_decay, "lr_mult": 1.0},
+            {"weight_decay": weight_decay if decay_on == "all" else 0.0, "lr_mult": bias_lr_mult})
+
+
+def decay_groups(model: nn.Module, weight_decay: float, decay_on: str, bias_lr_mult: float = 1.0) -> list[dict]:
+    """Parameter groups: "weights" decays only conv/linear weights (tensors of ≥2 dims), "all" everything;
+    one group when weights and biases follow the same rule, else weights then biases (`group_settings`)."""
+    weights, biases = group_settings(weight_decay, decay_on, bias_lr_mult)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if weights == biases:
+        return [{"params": params, **weights}]
+    groups = [{"params": [p for p in params if p.dim() >= 2], **weights}]
     plain = [p for p in params if p.dim() < 2]
-    groups = [{"params": decayed, "weight_decay": weight_decay, "lr_mult": 1.0}]
     if plain:
-        groups.append({"params": plain, "weight_decay": weight_decay if decay_on == "all" else 0.0,
-                       "lr_mult": bias_lr_mult})
+        groups.append({"params": plain, **biases})
     return groups
 
 
@@ -152,16 +159,10 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig, lr
     the ones it was given (pytorch/examples#816), so they are written back here. The groups are those
     of `decay_groups`: one (everything) or two (weights, then biases).
     """
-    groups = optimizer.param_groups
-    # one group: everything ("all") or the weights of a net without biases; decayed either way
-    settings = [(cfg.weight_decay, 1.0)]
-    if len(groups) == 2:
-        settings.append((cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0, cfg.bias_lr_mult))
-    for group, (wd, mult) in zip(groups, settings, strict=False):
-        group["lr_mult"] = mult
-        group["lr"] = lr * mult
-        group["momentum"] = cfg.momentum
-        group["weight_decay"] = wd
+    # one group: everything (both rules alike) or the weights of a net without biases; else weights, biases
+    settings = group_settings(cfg.weight_decay, cfg.weight_decay_on, cfg.bias_lr_mult)
+    for group, s in zip(optimizer.param_groups, settings, strict=False):
+        group.update(s, lr=lr * s["lr_mult"], momentum=cfg.momentum)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
