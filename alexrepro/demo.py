@@ -51,7 +51,7 @@ def _prepare_folder(folder: Path) -> None:
 def check_options(opts: DemoOptions) -> None:
     """UserError for sizes the demo cannot run with, before anything is written."""
     from alexrepro.recipe import load_recipe
-    from alexrepro.synth import check_args
+    from alexrepro.data.synth import check_args
 
     check_args(opts.classes, opts.train_per_class, opts.val_per_class, opts.seed, 100, 800)
     if opts.epochs is not None and opts.epochs < 1:
@@ -66,11 +66,11 @@ def _stage(number: int, total: int, text: str) -> float:
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run every stage in `opts.folder` and return the closing summary."""
-    from alexrepro.evaluate import EvalOptions, evaluate
-    from alexrepro.prep import PrepOptions, prep
-    from alexrepro.stats import compute_pca
-    from alexrepro.synth import make_synthetic
-    from alexrepro.train import TrainOptions, run_training
+    from alexrepro.evaluation.evaluate import EvalOptions, evaluate
+    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.stats import compute_pca
+    from alexrepro.data.synth import make_synthetic
+    from alexrepro.training.loop import TrainOptions, run_training
 
     check_options(opts)
     folder = opts.folder.resolve()

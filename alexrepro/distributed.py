@@ -112,6 +112,22 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1) when running alone."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest `value` over the ranks (the value itself when running alone)."""
+    if rank_and_world()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor across ranks, in place (a no-op when running alone)."""
     if dist.is_available() and dist.is_initialized():

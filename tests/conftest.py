@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from alexrepro.synth import make_synthetic
+from alexrepro.data.synth import make_synthetic
 
 # A small synth tree: 4 classes × 6 train (plus the quirk files), 3 val per class, sides 48–96 px.
 SYNTH_SMALL = {"classes": 4, "train_per_class": 6, "val_per_class": 3, "seed": 0, "quirks": True,

@@ -1,4 +1,4 @@
-"""Tiny prepared sets for the loader tests, written directly with alexrepro.prepared (no prep run)."""
+"""Tiny prepared sets for the loader tests, written directly with alexrepro.data.prepared (no prep run)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexrepro.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
+from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
 
 # A fixed PCA basis (an orthonormal rotation) and eigenvalues on the 0–255 scale, ImageNet-like.
 EIGVAL = np.array([14145.0, 1223.0, 293.0])

@@ -7,7 +7,7 @@ from loader_data import EIGVAL, EIGVEC, structured_image
 from PIL import Image
 from torchvision.transforms import CenterCrop, TenCrop
 
-from alexrepro.augment import (
+from alexrepro.loaders.augment import (
     Colour,
     CropParams,
     center_offset,

@@ -10,8 +10,8 @@ import pytest
 
 from alexrepro.bench.train import bench_train, time_interleaved
 from alexrepro.cli import main
-from alexrepro.prep import PrepOptions, prep
-from alexrepro.stats import compute_pca
+from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.stats import compute_pca
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_bench_train_reports_every_loop_and_the_ceiling(prepared):
     ours, plain = r["loops"]["ours"]["seconds_per_step"], r["loops"]["plain"]["seconds_per_step"]
     assert r["overhead_vs_plain"] == pytest.approx(ours / plain - 1, abs=1e-3)
     assert r["machine"]["cpu_cores"] >= 1 and r["machine"]["torch"]
-    from alexrepro.model import build_model
+    from alexrepro.nets.alexnet import build_model
     from alexrepro.recipe import load_recipe
 
     o = r["optimizer"]  # the update alone, three ways over the same parameters
@@ -99,7 +99,7 @@ PROFILE_KERNELS = [  # real names, as CUDA traces of convnets show them
     ("aten::avg_pool3d", "LRN"),
     ("void at::native::(anonymous namespace)::avg_pool3d_cuda_update_output<c10::BFloat16, float>(...)", "LRN"),
     ("triton_poi_fused_avg_pool3d_constant_pad_nd_div_mul_pow_1", "LRN"),
-    ("triton_poi_fused_add_mul_pow_relu_slice_2", "LRN"),  # inductor's fusion of alexrepro.lrn's window sums
+    ("triton_poi_fused_add_mul_pow_relu_slice_2", "LRN"),  # inductor's fusion of alexrepro.nets.lrn's window sums
     ("_LRNBackward", "LRN"),
     ("void at::native::(anonymous namespace)::max_pool_forward_nhwc<c10::BFloat16, float>(...)", "pool"),
     ("aten::max_pool2d_with_indices_backward", "pool"),
@@ -228,7 +228,7 @@ def test_bench_profile_bad_options_exit_2(tmp_path, capsys):
 def test_bench_read_times_both_readers_on_the_same_bytes(tmp_path, capsys):
     from loader_data import make_set
 
-    from alexrepro import prepared as prepared_mod
+    from alexrepro.data import prepared as prepared_mod
 
     out = make_set(tmp_path / "jpeg", n_train=24, n_val=3, per_shard=3)  # 8 shards, 2 h5py handles
     code, cap = run_cli(["bench", "read", str(out), "--batches", "4", "--batch-size", "10", "--max-open", "2",

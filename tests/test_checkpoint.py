@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexrepro import checkpoint as ck
+from alexrepro.training import checkpoint as ck
 from alexrepro.errors import UserError
 
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 from loader_data import jpeg_bytes, make_set, structured_image
 
-from alexrepro.checkpoint import save_checkpoint
+from alexrepro.training.checkpoint import save_checkpoint
 from alexrepro.cli import main
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.model import build_model
-from alexrepro.prepared import write_shard
+from alexrepro.nets.alexnet import build_model
+from alexrepro.data.prepared import write_shard
 from alexrepro.recipe import load_recipe
 
 NUM_CLASSES = 3  # make_set(labels_are_indices=False) labels i % 3

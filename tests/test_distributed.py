@@ -4,10 +4,10 @@ import pytest
 import torch
 from test_train import SMALL, make_set  # tests/ is on sys.path under pytest
 
-from alexrepro import checkpoint as ck
+from alexrepro.training import checkpoint as ck
 from alexrepro import distributed as D
 from alexrepro.errors import UserError
-from alexrepro.train import TrainOptions, run_training
+from alexrepro.training.loop import TrainOptions, run_training
 
 
 def test_resolve_launch_counts_processes_and_refuses_impossible_requests():

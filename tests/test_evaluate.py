@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from alexrepro.checkpoint import save_checkpoint
+from alexrepro.training.checkpoint import save_checkpoint
 from alexrepro.cli import main
 from alexrepro.errors import UserError
-from alexrepro.evaluate import (
+from alexrepro.evaluation.evaluate import (
     TEST_TIME,
     predict_center,
     predict_ensemble,
@@ -22,8 +22,8 @@ from alexrepro.evaluate import (
 )
 from alexrepro.loaders import dali_available
 from alexrepro.loaders.order import BatchPlan
-from alexrepro.model import build_model
-from alexrepro.prepared import Stats, write_manifest, write_shard, write_stats
+from alexrepro.nets.alexnet import build_model
+from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.recipe import load_recipe
 
 
@@ -227,7 +227,7 @@ def test_bad_inputs_exit_2(tiny, capsys):
 
 
 def test_ten_crop_matches_an_explicit_loop_through_the_loader(tiny):
-    from alexrepro.checkpoint import model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint
     from alexrepro.loaders import make_loader
 
     model, recipe, _ = model_from_checkpoint(tiny / "a.pt")

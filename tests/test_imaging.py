@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexrepro.imaging import BadImage, center_crop_box, open_image, prepare_image, scaled_size
+from alexrepro.data.imaging import BadImage, center_crop_box, open_image, prepare_image, scaled_size
 
 SIZE = 256  # §2
 

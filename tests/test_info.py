@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from format_v1 import downgrade_set, downgrade_shard
 
-import alexrepro.prep as prep_mod
+import alexrepro.data.prep as prep_mod
 from alexrepro.cli import main
 from alexrepro.errors import WorkFailed
-from alexrepro.info import describe, verify
-from alexrepro.prep import PrepOptions, prep
-from alexrepro.prepared import decode_jpeg, open_split, read_manifest
+from alexrepro.data.info import describe, verify
+from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.prepared import decode_jpeg, open_split, read_manifest
 
 
 def run_cli(args, capsys):

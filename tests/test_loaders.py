@@ -5,11 +5,11 @@ import pytest
 import torch
 from loader_data import EIGVAL, EIGVEC, make_set, structured_image
 
-from alexrepro.augment import draw_train_params, resize_image, resize_mean
+from alexrepro.loaders.augment import draw_train_params, resize_image, resize_mean
 from alexrepro.errors import UserError
 from alexrepro.loaders import choose_kind, dali_available, make_loader
 from alexrepro.loaders.order import BatchPlan, epoch_order
-from alexrepro.prepared import open_split, read_stats
+from alexrepro.data.prepared import open_split, read_stats
 from alexrepro.recipe import DataConfig
 
 CPU = torch.device("cpu")
@@ -213,8 +213,8 @@ def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path
 
     from test_prepared import open_files_under
 
-    from alexrepro import prepared
-    from alexrepro.prepared import Shard
+    from alexrepro.data import prepared
+    from alexrepro.data.prepared import Shard
 
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("counts descriptors in /proc")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.lrn import LocalResponseNorm, local_response_norm
+from alexrepro.nets.lrn import LocalResponseNorm, local_response_norm
 
 K, N, ALPHA, BETA = 2.0, 5, 1e-4, 0.75  # §3.3 as printed
 
@@ -135,7 +135,7 @@ def test_bf16_and_channels_last_activations_keep_their_dtype_and_layout():
 
 @pytest.mark.parametrize("size, groups", [(4, 2), (5, 1), (5, 2)])
 def test_the_benchmarks_autograd_baseline_is_the_same_lrn(size, groups):
-    from alexrepro.lrn import local_response_norm_autograd
+    from alexrepro.nets.lrn import local_response_norm_autograd
 
     x1 = activations(channels=6).requires_grad_(True)
     x2 = x1.detach().clone().requires_grad_(True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.metrics import (
+from alexrepro.evaluation.metrics import (
     ErrorCounts,
     average_crops,
     average_ensemble,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexrepro.optim import (
+from alexrepro.training.optim import (
     PaperSGD,
     apply_hyperparameters,
     decay_groups,

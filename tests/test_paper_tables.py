@@ -3,7 +3,7 @@
 import pytest
 
 from alexrepro.errors import UserError
-from alexrepro.paper_tables import (
+from alexrepro.evaluation.paper_tables import (
     ABLATIONS,
     TABLE_2010,
     TABLE_2012,

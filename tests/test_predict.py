@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from alexrepro.checkpoint import load_checkpoint, save_checkpoint
+from alexrepro.training.checkpoint import load_checkpoint, save_checkpoint
 from alexrepro.cli import main
 from alexrepro.errors import UserError
-from alexrepro.imaging import prepare_image
-from alexrepro.model import build_model
-from alexrepro.predict import image_views, load_image, mean_from_checkpoint
-from alexrepro.prepared import Stats, write_manifest, write_shard, write_stats
+from alexrepro.data.imaging import prepare_image
+from alexrepro.nets.alexnet import build_model
+from alexrepro.evaluation.predict import image_views, load_image, mean_from_checkpoint
+from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.recipe import load_recipe
 
 K = 7
@@ -120,7 +120,7 @@ def test_predict_sees_exactly_what_the_eval_loader_sees(photos, tmp_path):
     write_stats(out, Stats(mean=MEAN, channel_mean=MEAN.reshape(-1, 3).mean(0), pixel_count=1))
     data = tiny_recipe().data
     cpu = torch.device("cpu")
-    from alexrepro.augment import mean_image_for
+    from alexrepro.loaders.augment import mean_image_for
 
     mean_t = torch.as_tensor(mean_image_for(MEAN, MEAN.reshape(-1, 3).mean(0), data))
     for crops, kind in ((10, "ten"), (1, "center")):

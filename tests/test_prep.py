@@ -8,12 +8,12 @@ import h5py
 import numpy as np
 import pytest
 
-import alexrepro.prep as prep_mod
+import alexrepro.data.prep as prep_mod
 from alexrepro import open_split
 from alexrepro.cli import main
 from alexrepro.errors import UserError
-from alexrepro.prep import PrepOptions, prep
-from alexrepro.prepared import read_manifest, read_stats
+from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.prepared import read_manifest, read_stats
 
 
 def run_cli(args, capsys):
@@ -121,7 +121,7 @@ def test_resume_after_a_kill_gives_the_same_shards(prepared, synth_src, tmp_path
 @pytest.mark.parametrize("left", [0, 1])
 def test_resume_computes_the_mean_with_the_requested_workers(prepared, synth_src, tmp_path, monkeypatch,
                                                            workers, want, left):
-    import alexrepro.stats as stats_mod
+    import alexrepro.data.stats as stats_mod
 
     out = tmp_path / "out"
     shutil.copytree(prepared[0], out)

@@ -13,10 +13,10 @@ import pytest
 from format_v1 import downgrade_set
 from loader_data import jpeg_bytes, make_set, structured_image
 
-from alexrepro import prepared
+from alexrepro.data import prepared
 from alexrepro.errors import UserError
 from alexrepro.loaders import make_loader
-from alexrepro.prepared import Shard, decode_jpeg, open_shard_count, open_split
+from alexrepro.data.prepared import Shard, decode_jpeg, open_shard_count, open_split
 from alexrepro.recipe import DataConfig
 
 N_TRAIN, PER_SHARD, CAP = 16, 2, 3  # 8 training shards, more than the monkeypatched cap

@@ -3,7 +3,7 @@
 import pytest
 
 from alexrepro.recipe import ScheduleConfig
-from alexrepro.schedule import LRSchedule, PlateauState, plateau_step, step_reductions
+from alexrepro.training.schedule import LRSchedule, PlateauState, plateau_step, step_reductions
 
 
 def test_plateau_divides_after_patience_epochs_without_improvement():

@@ -10,11 +10,11 @@ import pytest
 from loader_data import jpeg_bytes, make_set, structured_image
 from test_prepared import needs_proc, open_files_under
 
-from alexrepro import prepared
+from alexrepro.data import prepared
 from alexrepro.errors import UserError
 from alexrepro.loaders.batch_read import read_batch
-from alexrepro.prep import PrepOptions, prep
-from alexrepro.prepared import contiguous_start, open_descriptor_count, open_shard_count, open_split
+from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.prepared import contiguous_start, open_descriptor_count, open_shard_count, open_split
 
 N, PER_SHARD = 60, 4  # 15 training shards
 

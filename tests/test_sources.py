@@ -10,7 +10,7 @@ import scipy.io
 from PIL import Image
 
 from alexrepro.errors import UserError
-from alexrepro.sources import find_sources, read_item, read_meta
+from alexrepro.data.sources import find_sources, read_item, read_meta
 
 WNIDS = ["n01440764", "n01443537", "n02085620"]  # sorted: class indices 0, 1, 2
 NAMES = {"n01440764": "tench", "n01443537": "goldfish", "n02085620": "Chihuahua"}

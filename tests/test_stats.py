@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexrepro import stats as st
+from alexrepro.data import stats as st
 from alexrepro.cli import main
 from alexrepro.errors import UserError
-from alexrepro.prepared import Stats, open_split, read_stats, write_manifest, write_shard, write_stats
+from alexrepro.data.prepared import Stats, open_split, read_stats, write_manifest, write_shard, write_stats
 
 SHARDS = (3, 2, 4)  # images per shard: 9 training images in 3 shards
 N = sum(SHARDS)

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alexrepro import checkpoint as ck
-from alexrepro import prepared
+from alexrepro.training import checkpoint as ck
+from alexrepro.data import prepared
 from alexrepro.cli.app import main
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.recipe import load_recipe, recipe_from_dict
-from alexrepro.train import TrainOptions, run_training
-from alexrepro.watchdog import StallWatch, is_stalled, stall_message
+from alexrepro.training.loop import TrainOptions, run_training
+from alexrepro.training.watchdog import StallWatch, is_stalled, stall_message
 
 # A net small enough for a busy 2-core CPU: the tiny recipe at 64-pixel crops of 72-pixel images.
 SMALL = ["model.num_classes=4", "data.image_size=72", "data.crop_size=64", "data.workers=0",
@@ -234,9 +234,9 @@ def test_kill_9_mid_run_then_resume_completes(data, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_recipe_learns_synth_data_well_below_chance(tmp_path):
-    from alexrepro.prep import PrepOptions, prep
-    from alexrepro.stats import compute_pca
-    from alexrepro.synth import make_synthetic
+    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.stats import compute_pca
+    from alexrepro.data.synth import make_synthetic
 
     make_synthetic(tmp_path / "src", classes=10, train_per_class=100, val_per_class=20, seed=0, progress=False)
     prep(tmp_path / "src", tmp_path / "out", PrepOptions(workers=2), progress=False)
@@ -263,7 +263,7 @@ def test_work_failed_is_the_divergence_type():
 def test_step_uses_the_gradient_averaged_over_the_global_batch():
     # §5: ⟨∂L/∂w⟩ is the average over the batch. Alone: the mean of the per-image gradients. In a group of
     # W ranks each rank scales its sum by W/G, so DDP's average over ranks is again the mean over all G images.
-    from alexrepro.train import backward_and_update
+    from alexrepro.training.loop import backward_and_update
 
     torch.manual_seed(0)
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
@@ -300,8 +300,8 @@ class _ScalarReads(TorchDispatchMode):
 def test_a_training_step_never_waits_for_the_device():
     # On a GPU every host read of a device value (.item(), float(), bool()) stalls the queue until the
     # device catches up. A step, NaN watchdog included, must queue its work and return without one.
-    from alexrepro.optim import PaperSGD
-    from alexrepro.train import StepGuard, train_step
+    from alexrepro.training.optim import PaperSGD
+    from alexrepro.training.loop import StepGuard, train_step
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
@@ -322,9 +322,9 @@ def test_a_training_step_never_waits_for_the_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_cuda_training_step_never_synchronises():
     # CUDA's own check: in "error" mode any synchronising call (item, .cpu(), a blocking copy) raises.
-    from alexrepro.model import build_model
-    from alexrepro.optim import make_optimizer
-    from alexrepro.train import StepGuard, train_step
+    from alexrepro.nets.alexnet import build_model
+    from alexrepro.training.optim import make_optimizer
+    from alexrepro.training.loop import StepGuard, train_step
 
     r = load_recipe("tiny", ["model.num_classes=10"])
     dev = torch.device("cuda")
@@ -348,7 +348,7 @@ def test_nan_watchdog_between_checks_keeps_the_state_before_the_bad_step(data, t
     # The host looks at the watchdog only every run.log_every steps; the device refuses every update from the
     # first non-finite loss on, so the checkpoint holds the weights from before it: those a clean run has after
     # step 2 when step 3's loss is made NaN and the host only looks at step 4.
-    import alexrepro.train as T
+    import alexrepro.training.loop as T
 
     real_step, real_forward = T.train_step, T.forward_and_tally
     after: dict[int, dict] = {}

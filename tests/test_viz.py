@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from alexrepro.checkpoint import model_from_checkpoint, save_checkpoint
+from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
 from alexrepro.cli import main
-from alexrepro.model import build_model
-from alexrepro.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
+from alexrepro.nets.alexnet import build_model
+from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
 from alexrepro.recipe import load_recipe
 from alexrepro.viz import filter_mosaic, grid_shape, nearest_neighbors, normalise_kernel, read_epoch_records
 
@@ -50,7 +50,7 @@ def make_set(out: Path) -> Path:
 
 def make_run(run: Path, out: Path, seed: int = 0, conv1: torch.Tensor | None = None) -> Path:
     """RUN/checkpoints/best.pt in the checkpoint format, for the tiny recipe (He-initialised so fc7 varies)."""
-    from alexrepro.prepared import read_manifest, read_stats
+    from alexrepro.data.prepared import read_manifest, read_stats
 
     recipe = load_recipe("tiny", [f"model.num_classes={N_CLASSES}"])
     torch.manual_seed(seed)
@@ -230,8 +230,8 @@ def centre_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
 
 
 def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
-    from alexrepro.checkpoint import load_checkpoint
-    from alexrepro.prepared import open_split
+    from alexrepro.training.checkpoint import load_checkpoint
+    from alexrepro.data.prepared import open_split
 
     run = make_run(tmp_path / "run", data)
     code, out, _ = run_cli(["viz", "predictions", str(run), str(data), "--n", "6", "--device", "cpu", "--json"], capsys)

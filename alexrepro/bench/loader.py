@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.prepared import SKIPPED, read_stats
+from alexrepro.data.prepared import SKIPPED, read_stats
 from alexrepro.progress import console, emit_json, make_progress
 from alexrepro.recipe import DataConfig, load_recipe
 
@@ -96,8 +96,8 @@ def bench_loader(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""
-    from alexrepro.evaluate import resolve_device
-    from alexrepro.prepared import read_manifest
+    from alexrepro.runtime import resolve_device
+    from alexrepro.data.prepared import read_manifest
 
     for flag, value, least in (("--batches", batches, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from alexrepro.errors import UserError
-from alexrepro.prepared import open_split
+from alexrepro.data.prepared import open_split
 from alexrepro.progress import console, emit_json
-from alexrepro.stats import covariance_from_sums, eigen_rgb, pca_sums, sample_indices
+from alexrepro.data.stats import covariance_from_sums, eigen_rgb, pca_sums, sample_indices
 
 # The baseline holds every pixel in memory (np.cov makes float64 copies: ~3 MB per image for
 # each copy), so both sides use at most this many images, the same ones, chosen with seed 0.

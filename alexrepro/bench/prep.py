@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from alexrepro.errors import UserError
-from alexrepro.imaging import JPEG_QUALITY, BadImage, prepare_image
-from alexrepro.prepared import IMAGE_SIZE
+from alexrepro.data.imaging import JPEG_QUALITY, BadImage, prepare_image
+from alexrepro.data.prepared import IMAGE_SIZE
 from alexrepro.progress import emit_json
-from alexrepro.sources import find_sources, read_item
+from alexrepro.data.sources import find_sources, read_item
 
 
 def load_sample(src: Path, limit: int) -> list[bytes]:

@@ -2,7 +2,7 @@
 
 `profile_train` builds the recipe's net and optimiser as `alexrepro bench train` does (same seed, memory
 format, compile and precision), runs warm-up steps, times `steps` steps without the profiler (the step
-time and images/s), then profiles `steps` more. Every step is `alexrepro.train.train_step`, the step
+time and images/s), then profiles `steps` more. Every step is `alexrepro.training.loop.train_step`, the step
 `alexrepro train` runs: forward, loss, top-k tally, the NaN watchdog's device-side check, backward and
 §5's update.
 
@@ -44,7 +44,7 @@ from alexrepro.recipe import load_recipe
 # the order matters (a conv kernel named ..._implicit_gemm_... must meet "conv" before "matmul").
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("optimiser", r"fused_?sgd|sgd\b|sgd_|optimizer\.(step|zero_grad)|_foreach_|multi_tensor_apply"),
-    # alexrepro.lrn's autograd function (_LRN, _LRNBackward) or an avg_pool3d window sum; AlexNet's own
+    # alexrepro.nets.lrn's autograd function (_LRN, _LRNBackward) or an avg_pool3d window sum; AlexNet's own
     # pooling is max pooling. Of this net's layers only LRN raises to a power (D^-β), so a fused kernel
     # with a pow in it (inductor: triton_poi_fused_add_mul_pow_slice_2) is counted as LRN.
     ("LRN", r"localresponse|local_response|avg_?pool3d|(\b|_)lrn|fused_(\w+_)?pow_"),
@@ -294,10 +294,10 @@ def profile_train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Step time, images/s, and a torch.profiler breakdown of `steps` profiled training steps."""
-    from alexrepro.evaluate import resolve_device
-    from alexrepro.model import build_model
-    from alexrepro.optim import make_optimizer
-    from alexrepro.train import StepGuard, train_step
+    from alexrepro.runtime import resolve_device
+    from alexrepro.nets.alexnet import build_model
+    from alexrepro.training.optim import make_optimizer
+    from alexrepro.training.loop import StepGuard, train_step
 
     check_step_options(precision, batch_size, steps)
     if warmup < 0:
@@ -329,7 +329,7 @@ def profile_train(
         train_step(net, images, labels, optimizer, scaler, amp, topk, dev, 1, guard, count)
 
     benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.train sets it on GPUs
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.loop sets it on GPUs
     try:
         with contextlib.ExitStack() as stack:
             if compile_ and dev.type == "cpu":  # inductor's C++ kernels reach the profiler only with this

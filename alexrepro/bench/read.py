@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro import prepared
+from alexrepro.data import prepared
 from alexrepro.errors import UserError
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.progress import make_progress

@@ -1,7 +1,7 @@
 """Benchmark a training step: ours beside plain loops, and against the device's compute ceiling.
 
 Three timings on the same synthetic batches, in one process:
-  ours       the recipe's net and optimiser through alexrepro.train.train_step (autocast, loss, top-k tally,
+  ours       the recipe's net and optimiser through alexrepro.training.loop.train_step (autocast, loss, top-k tally,
              the NaN watchdog's device-side check, the paper's update rule as one fused kernel): what
              `alexrepro train` runs between two metric reads
   plain      the same net with torch.optim.SGD in the plainest loop (forward, loss, backward, step):
@@ -27,7 +27,7 @@ from alexrepro.bench.machine import machine_info
 from alexrepro.errors import UserError
 from alexrepro.progress import emit_json
 from alexrepro.recipe import load_recipe
-from alexrepro.summary import forward_macs
+from alexrepro.nets.summary import forward_macs
 
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -105,7 +105,7 @@ def optimizer_timings(model: torch.nn.Module, cfg: Any, device: torch.device, st
     The per-tensor loop is how §5's rule was applied before the fused kernel (four passes over every
     weight tensor and its velocity); torch.optim.SGD runs with its defaults (foreach on CUDA).
     """
-    from alexrepro.optim import make_optimizer
+    from alexrepro.training.optim import make_optimizer
 
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(1)
@@ -134,7 +134,7 @@ def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype |
                 rounds: int = 3) -> dict[str, Any]:
     """Seconds per forward + backward of the net's LRN layers on their real input shapes: ours (the
     written-out backward, lrn._LRN) against the same formula through autograd."""
-    from alexrepro.lrn import LocalResponseNorm, local_response_norm, local_response_norm_autograd
+    from alexrepro.nets.lrn import LocalResponseNorm, local_response_norm, local_response_norm_autograd
 
     inputs: list[tuple[LocalResponseNorm, torch.Tensor]] = []
     hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach().clone())))
@@ -193,10 +193,10 @@ def bench_train(
     """images/s of our step, the plain loop and torchvision's AlexNet; fractions of the compute ceiling."""
     import torchvision
 
-    from alexrepro.evaluate import resolve_device
-    from alexrepro.model import build_model
-    from alexrepro.optim import make_optimizer
-    from alexrepro.train import StepGuard, train_step
+    from alexrepro.runtime import resolve_device
+    from alexrepro.nets.alexnet import build_model
+    from alexrepro.training.optim import make_optimizer
+    from alexrepro.training.loop import StepGuard, train_step
 
     check_step_options(precision, batch_size, steps)
     if workers is not None and workers < 0:
@@ -205,7 +205,7 @@ def bench_train(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as `alexrepro train` runs: fixed shapes, cuDNN picks its kernels
     if data is not None:
-        from alexrepro.prepared import read_manifest
+        from alexrepro.data.prepared import read_manifest
 
         read_manifest(data)  # before the synthetic timings, not after them
     r = load_recipe(recipe, list(overrides))
@@ -238,7 +238,7 @@ def bench_train(
 
     guard = StepGuard(dev)
 
-    def ours_step(x: torch.Tensor, y: torch.Tensor) -> None:  # alexrepro.train's step, NaN watchdog included
+    def ours_step(x: torch.Tensor, y: torch.Tensor) -> None:  # alexrepro.training.loop's step, NaN watchdog included
         train_step(ours_net, x, y, ours_opt, scaler, amp, topk, dev, 1, guard)
 
     loops: dict[str, Callable[[], Any]] = {"ours": lambda: ours_step(images, labels)}

@@ -251,10 +251,10 @@ def bench_all_cmd(
     from alexrepro.bench.pca import bench_pca
     from alexrepro.bench.prep import bench_prep
     from alexrepro.bench.train import bench_train
-    from alexrepro.evaluate import resolve_device
-    from alexrepro.prep import PrepOptions, prep
-    from alexrepro.stats import compute_pca
-    from alexrepro.synth import make_synthetic
+    from alexrepro.runtime import resolve_device
+    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.stats import compute_pca
+    from alexrepro.data.synth import make_synthetic
 
     resolve_device(device)  # a bad --device fails before the data is generated
     with tempfile.TemporaryDirectory(prefix="alexrepro-bench-") as tmp:

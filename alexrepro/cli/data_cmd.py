@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from alexrepro.cli.app import app
-from alexrepro.imaging import JPEG_QUALITY
-from alexrepro.info import describe, verification_failed, verify
-from alexrepro.prep import SHARD_SIZE, PrepOptions, prep
+from alexrepro.data.imaging import JPEG_QUALITY
+from alexrepro.data.info import describe, verification_failed, verify
+from alexrepro.data.prep import SHARD_SIZE, PrepOptions, prep
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."

@@ -34,7 +34,7 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Top-1 and top-5 error of one checkpoint or an ensemble, beside the paper's results."""
-    from alexrepro.evaluate import EvalOptions, check_options, evaluate_in_group
+    from alexrepro.evaluation.evaluate import EvalOptions, check_options, evaluate_in_group
 
     if loader not in ("auto", "torch", "dali"):
         raise UserError(f"--loader must be auto, torch or dali, got {loader!r}")
@@ -103,7 +103,7 @@ def predict_command(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """The top-5 classes, with names and probabilities, for image files."""
-    from alexrepro.predict import predict_files
+    from alexrepro.evaluation.predict import predict_files
 
     report = predict_files(checkpoint, images, crops=crops, data=data, device=device, top=top)
     if json_out:

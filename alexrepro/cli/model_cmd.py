@@ -10,7 +10,7 @@ from rich.table import Table
 from alexrepro.cli.app import app
 from alexrepro.progress import console, emit_json
 from alexrepro.recipe import load_recipe
-from alexrepro.summary import (
+from alexrepro.nets.summary import (
     PAPER_NEURONS_PER_LAYER,
     PAPER_NEURONS_STATED,
     PAPER_PARAMS,

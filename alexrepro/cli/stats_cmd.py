@@ -12,7 +12,7 @@ from rich.table import Table
 
 from alexrepro.cli.app import app
 from alexrepro.progress import console, emit_json
-from alexrepro.stats import (
+from alexrepro.data.stats import (
     IMAGENET_EIGVAL_UNIT,
     IMAGENET_EIGVEC,
     IMAGENET_PCA_SOURCE,
@@ -37,7 +37,7 @@ def pca(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """RGB covariance of the training pixels (§4.1 lighting); eigenvalues and eigenvectors into stats.h5."""
-    from alexrepro.prepared import open_split
+    from alexrepro.data.prepared import open_split
 
     total = len(open_split(out, "train"))
     images = len(sample_indices(total, sample, seed))

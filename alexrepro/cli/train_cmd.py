@@ -62,7 +62,7 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
 ) -> None:
     """Train AlexNet with §5's SGD on a prepared set; checkpoints, metrics and logs go to RUN."""
-    from alexrepro.train import TrainOptions, run_training
+    from alexrepro.training.loop import TrainOptions, run_training
 
     if loader is not None and loader not in ("auto", "torch", "dali"):
         raise UserError(f"--loader must be auto, torch or dali, got {loader!r}")

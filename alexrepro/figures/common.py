@@ -34,7 +34,7 @@ RUN_HELP = "a run folder (alexrepro train --run RUN) or a checkpoint .pt"
 # --------------------------------------------------------------------------------------------- runs
 def resolve_run(target: str | os.PathLike[str]) -> tuple[Path, Path]:
     """(run folder, checkpoint file) for a RUN folder or a .pt path: best.pt, else last.pt, else the newest."""
-    from alexrepro.checkpoint import BEST, LAST, checkpoint_dir, find_resumable
+    from alexrepro.training.checkpoint import BEST, LAST, checkpoint_dir, find_resumable
 
     path = Path(target)
     if path.is_file():
@@ -72,7 +72,7 @@ class Loaded:
 
 def load_net(path: Path, device: torch.device) -> Loaded:
     """Load a checkpoint and its net; UserError if it is missing, corrupt or not an alexrepro net."""
-    from alexrepro.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexrepro.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("recipe"), dict):
@@ -96,7 +96,7 @@ def class_names(classes: list[dict[str, Any]], num_classes: int) -> list[str]:
 
 def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: Path) -> None:
     """UserError unless the net was trained on the prepared set's classes (labels would mean other things)."""
-    from alexrepro.evaluate import class_ids
+    from alexrepro.evaluation.evaluate import class_ids
 
     if loaded.recipe.model.num_classes != len(set_classes) or class_ids(loaded.classes) != class_ids(set_classes):
         raise UserError(
@@ -108,8 +108,8 @@ def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: P
 # --------------------------------------------------------------------------------------------- inputs
 def mean_image(loaded: Loaded, out: Path) -> np.ndarray:
     """§2's mean image to subtract, at the recipe's image size: from the checkpoint, else OUT/stats.h5."""
-    from alexrepro.augment import mean_image_for
-    from alexrepro.prepared import read_stats
+    from alexrepro.loaders.augment import mean_image_for
+    from alexrepro.data.prepared import read_stats
 
     stats = loaded.ckpt.get("stats") or {}
     if stats.get("mean") is not None and stats.get("channel_mean") is not None:
@@ -123,7 +123,7 @@ def mean_image(loaded: Loaded, out: Path) -> np.ndarray:
 
 def centre_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray:
     """The uint8 centre patches N×c×c×3 of stored images, resized to the recipe's image size first."""
-    from alexrepro.augment import center_offset, crop_flip, resize_image
+    from alexrepro.loaders.augment import center_offset, crop_flip, resize_image
 
     o = center_offset(data.image_size, data.crop_size)
     return np.stack([crop_flip(resize_image(im, data.image_size), o, o, data.crop_size, False) for im in images])
@@ -133,7 +133,7 @@ def centre_batch(
     images: Sequence[np.ndarray], data: DataConfig, mean: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
     """(net input N×3×c×c, the uint8 centre patches N×c×c×3) for stored 256² images, as `eval --crops 1` sees them."""
-    from alexrepro.augment import Colour, eval_params, finish_batch
+    from alexrepro.loaders.augment import Colour, eval_params, finish_batch
 
     params = eval_params(len(images), data.image_size, data.crop_size)
     patches = centre_patches(images, data)

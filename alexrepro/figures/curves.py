@@ -1,6 +1,6 @@
 """Training curves of one or several runs overlaid: loss, top-1 and top-5 error (train and val), learning rate.
 
-Reads the per-epoch records of RUN/metrics.jsonl (`"kind": "epoch"`, written by alexrepro.train):
+Reads the per-epoch records of RUN/metrics.jsonl (`"kind": "epoch"`, written by alexrepro.training.loop):
 `epoch` (0-based), `train_loss`, `train_top1_error`, `train_top5_error`, `val_top1_error`,
 `val_top5_error` (fractions) and `lr`. The x axis is epochs completed (epoch + 1); errors are
 plotted in percent, as the paper prints them.

@@ -98,7 +98,7 @@ def towers_of(ckpt: dict[str, Any]) -> int:
 def draw_filters(target: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
                  cols: int | None = None, scale: int = SCALE) -> dict[str, Any]:
     """Write Figure 3 for a run or checkpoint; returns {"path", "checkpoint", "kernels", "towers", "grid", ...}."""
-    from alexrepro.checkpoint import load_checkpoint
+    from alexrepro.training.checkpoint import load_checkpoint
 
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")

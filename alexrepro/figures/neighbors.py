@@ -103,7 +103,7 @@ def file_sha256(path: Path) -> str:
 
 def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) -> str:
     """The cache key: what the index's vectors depend on, as canonical JSON."""
-    from alexrepro.prepared import manifest_path
+    from alexrepro.data.prepared import manifest_path
 
     d = loaded.recipe.data
     key = {
@@ -156,7 +156,7 @@ def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.
 def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size: int, mean: np.ndarray,
                  device: torch.device, batch_size: int) -> tuple[Path, bool]:
     """(the index file, whether it was reused): reuse RUN/fc7-index-<split>.h5 when its key matches, else build it."""
-    from alexrepro.prepared import open_split
+    from alexrepro.data.prepared import open_split
 
     dataset = open_split(out_set, split)
     indices = index_indices(len(dataset), size)
@@ -186,8 +186,8 @@ def draw_neighbors(
     out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
 ) -> dict[str, Any]:
     """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}."""
-    from alexrepro.evaluate import resolve_device
-    from alexrepro.prepared import open_split
+    from alexrepro.runtime import resolve_device
+    from alexrepro.data.prepared import open_split
 
     if not 1 <= queries <= 32:
         raise UserError(f"--queries must be between 1 and 32, got {queries}")

@@ -1,8 +1,8 @@
 """Loaders: the paper's augmentation (§2, §4.1) on NVIDIA DALI or a PyTorch DataLoader, identical.
 
 `make_loader` is the one entry point. Both backends take their crop/flip/lighting draws from
-`alexrepro.augment.draw_train_params` (the one sampler) and their float maths from
-`alexrepro.augment.finish_batch`; `order.py` fixes which images each rank sees.
+`alexrepro.loaders.augment.draw_train_params` (the one sampler) and their float maths from
+`alexrepro.loaders.augment.finish_batch`; `order.py` fixes which images each rank sees.
 
 This module imports torch only inside `make_loader`, because DALI's worker processes import this
 package to reach `dali_source` and should stay light.

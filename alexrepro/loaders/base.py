@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexrepro.augment import Colour, mean_image_for
+from alexrepro.loaders.augment import Colour, mean_image_for
 from alexrepro.errors import UserError
 from alexrepro.loaders.order import BatchPlan
-from alexrepro.prepared import SplitDataset, read_stats
+from alexrepro.data.prepared import SplitDataset, read_stats
 from alexrepro.recipe import DataConfig
 
 CROPS = ("center", "ten")
@@ -52,7 +52,7 @@ class LoaderSpec:
 
 def load_colour(spec: LoaderSpec) -> Colour:
     """The mean image to subtract (resized to image_size) and, for training with lighting, its basis."""
-    from alexrepro.stats import lighting_magnitudes  # the lighting scale conventions live there
+    from alexrepro.data.stats import lighting_magnitudes  # the lighting scale conventions live there
 
     lighting = spec.train and spec.data.lighting
     stats = read_stats(spec.out, need_pca=lighting)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from alexrepro.prepared import Shard, SplitDataset
+from alexrepro.data.prepared import Shard, SplitDataset
 
 
 def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True, check: bool = True) -> list[np.ndarray]:

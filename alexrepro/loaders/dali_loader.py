@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexrepro.augment import CropParams, finish_batch, ten_crop_params, ten_crop_views, to_device
+from alexrepro.loaders.augment import CropParams, finish_batch, ten_crop_params, ten_crop_views, to_device
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.dali_source import ShardSource, nonempty_batches
-from alexrepro.prepared import IMAGE_SIZE
+from alexrepro.data.prepared import IMAGE_SIZE
 
 PREFETCH = 2  # batches DALI prepares ahead, in the pipeline and in the Python workers
 

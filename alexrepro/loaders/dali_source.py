@@ -16,7 +16,7 @@ import numpy as np
 
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import BatchPlan, rank_batch
-from alexrepro.prepared import SplitDataset
+from alexrepro.data.prepared import SplitDataset
 from alexrepro.recipe import DataConfig
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexrepro.augment import CropParams, draw_train_params, eval_params
+from alexrepro.loaders.augment import CropParams, draw_train_params, eval_params
 from alexrepro.errors import UserError
 from alexrepro.recipe import DataConfig
 

@@ -1,7 +1,7 @@
 """The PyTorch backend: a DataLoader whose workers decode, crop and mirror in uint8; the float maths after.
 
 The batch sampler (main process) yields, per sample, (global index, crop y, x, flip, α1, α2, α3)
-drawn by `alexrepro.augment`'s one sampler; worker processes open the shards lazily, read the
+drawn by `alexrepro.loaders.augment`'s one sampler; worker processes open the shards lazily, read the
 batch with one HDF5 read per shard, decode (PIL), resize if image_size < 256, cut and mirror, and
 collate uint8 N×c×c×3; `finish_batch` then does mean subtraction, lighting and NCHW on the device.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alexrepro.augment import (
+from alexrepro.loaders.augment import (
     CropParams,
     crop_flip,
     finish_batch,
@@ -26,7 +26,7 @@ from alexrepro.augment import (
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import rank_batch
-from alexrepro.prepared import SplitDataset, decode_jpeg
+from alexrepro.data.prepared import SplitDataset, decode_jpeg
 
 Item = tuple[int, int, int, bool, float, float, float]  # (index, y, x, flip, α1, α2, α3)
 

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from alexrepro.errors import WorkFailed
-from alexrepro.prepared import (
+from alexrepro.data.prepared import (
     CHECKSUMS,
     IMAGE_SIZE,
     READABLE_VERSIONS,

@@ -22,11 +22,11 @@ from typing import Any
 
 import h5py
 
-from alexrepro import sources
+from alexrepro.data import sources
 from alexrepro.atomic import atomic_write_json, atomic_write_text, writable_folder
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.imaging import JPEG_QUALITY, BadImage, prepare_image
-from alexrepro.prepared import ENCODINGS, IMAGE_SIZE, MANIFEST, SKIPPED, STATS, write_manifest, write_shard
+from alexrepro.data.imaging import JPEG_QUALITY, BadImage, prepare_image
+from alexrepro.data.prepared import ENCODINGS, IMAGE_SIZE, MANIFEST, SKIPPED, STATS, write_manifest, write_shard
 from alexrepro.progress import console, make_progress
 
 SHARD_SIZE = 1024  # images per shard (default of --shard-size)
@@ -322,7 +322,7 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
     summary = _finish(src, out, source, options, ident, state_digests, previous, tasks, results)
     new_train = any(t.split == "train" for t in pending)
     if "train" in source.splits and (new_train or not (out / STATS).is_file()):
-        from alexrepro.stats import compute_mean
+        from alexrepro.data.stats import compute_mean
 
         # the requested count, not `workers` (capped by the shards left, 1 when resuming with none)
         stats = compute_mean(out, workers=options.workers or available_cores(), progress=progress)

@@ -38,7 +38,7 @@ def mean_from_checkpoint(ckpt: dict[str, Any], data: Path | None) -> tuple[np.nd
         raise UserError(
             "the checkpoint carries no mean image; give the prepared set it was trained on with --data OUT"
         )
-    from alexrepro.prepared import read_stats
+    from alexrepro.data.prepared import read_stats
 
     s = read_stats(data)
     return np.asarray(s.mean, np.float32), np.asarray(s.channel_mean, np.float64), str(Path(data) / "stats.h5")
@@ -46,7 +46,7 @@ def mean_from_checkpoint(ckpt: dict[str, Any], data: Path | None) -> tuple[np.nd
 
 def load_image(path: Path) -> np.ndarray:
     """A file as prep stores it: uint8 256×256×3 RGB; raises BadImage or OSError with the reason."""
-    from alexrepro.imaging import prepare_image
+    from alexrepro.data.imaging import prepare_image
 
     data = Path(path).read_bytes()
     return np.asarray(prepare_image(data, encoding="raw"), dtype=np.uint8)
@@ -54,7 +54,7 @@ def load_image(path: Path) -> np.ndarray:
 
 def image_views(image: np.ndarray, mean: torch.Tensor, data_cfg: Any, crops: int, device: torch.device) -> torch.Tensor:
     """One stored image → (1, 3, c, c) centre patch or (1, 10, 3, c, c) ten patches, mean subtracted."""
-    from alexrepro.augment import Colour, crop_flip, eval_params, finish_batch, resize_image, ten_crop_params
+    from alexrepro.loaders.augment import Colour, crop_flip, eval_params, finish_batch, resize_image, ten_crop_params
 
     s, c = data_cfg.image_size, data_cfg.crop_size
     image = resize_image(image, s)
@@ -74,11 +74,12 @@ def predict_files(
     top: int = 5,
 ) -> dict[str, Any]:
     """Top classes with names and probabilities per file; unreadable files listed with their reason."""
-    from alexrepro.augment import mean_image_for
-    from alexrepro.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexrepro.evaluate import TEST_TIME, resolve_device, variant_for
-    from alexrepro.imaging import BadImage
-    from alexrepro.metrics import topk_classes
+    from alexrepro.loaders.augment import mean_image_for
+    from alexrepro.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexrepro.evaluation.evaluate import TEST_TIME, variant_for
+    from alexrepro.runtime import resolve_device
+    from alexrepro.data.imaging import BadImage
+    from alexrepro.evaluation.metrics import topk_classes
 
     variant = variant_for(crops)
     if top < 1:

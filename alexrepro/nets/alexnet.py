@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexrepro.errors import UserError
-from alexrepro.lrn import LocalResponseNorm
+from alexrepro.nets.lrn import LocalResponseNorm
 from alexrepro.recipe import ModelConfig
 
 # §3.5 / PAPER.md: kernels of the two-GPU net (both towers together), and the one-GPU net of the ablation:

@@ -19,7 +19,9 @@ from torch import nn
 
 from alexrepro.atomic import writable_file
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.metrics import TOP_KS, ErrorCounts, average_crops, average_ensemble, softmax, topk_classes
+from alexrepro.distributed import all_reduce_sum, gather_objects, max_over_ranks, rank_and_world
+from alexrepro.runtime import resolve_device
+from alexrepro.evaluation.metrics import TOP_KS, ErrorCounts, average_crops, average_ensemble, softmax, topk_classes
 
 TEN_CROPS = 10  # §4.1: four corner patches, the centre patch, and their horizontal reflections
 PREDICTIONS_K = 5  # §6: the top-5 labels kept per image
@@ -71,7 +73,7 @@ class Member:
 
 def load_members(paths: list[Path], device: torch.device) -> list[Member]:
     """Load every checkpoint; UserError if the members disagree on classes or input size."""
-    from alexrepro.checkpoint import model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint
 
     if not paths:
         raise UserError("give at least one --checkpoint")
@@ -124,29 +126,13 @@ def rank_indices(plan: Any) -> Iterator[int]:
         yield from (int(i) for i in idx[lo:hi])
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, or (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_results(counts: ErrorCounts, predictions: list[dict[str, Any]], device: torch.device) -> list[Any]:
     """Sum the tallies over ranks (in place) and collect every rank's predictions, in rank order."""
-    import torch.distributed as dist
-
-    rank, world = dist_info()
-    if world == 1:
+    if rank_and_world()[1] == 1:
         return predictions
-    tally = torch.from_numpy(counts.as_array()).to(device)
-    dist.all_reduce(tally, op=dist.ReduceOp.SUM)
-    merged = tally.cpu().numpy()
-    counts.add_array(merged - counts.as_array())
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, predictions)
-    return [p for part in parts for p in part]
+    tally = all_reduce_sum(torch.from_numpy(counts.as_array()).to(device))
+    counts.add_array(tally.cpu().numpy() - counts.as_array())
+    return [p for part in gather_objects(predictions) for p in part]
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -209,21 +195,6 @@ class EvalOptions:
     predictions: Path | None = None
 
 
-def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """"auto" → this rank's GPU if there is one, else the CPU; otherwise the named device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for a GPU but CUDA is not available here; use --device cpu")
-    return device
-
-
 def check_options(opts: EvalOptions) -> str:
     """UserError for options that cannot work, before any process starts; returns the crop variant."""
     variant = variant_for(opts.crops)
@@ -240,12 +211,12 @@ def check_options(opts: EvalOptions) -> str:
 def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Score a split with one checkpoint or an ensemble and return the report (all ranks get it)."""
     from alexrepro.loaders import make_loader
-    from alexrepro.prepared import open_split
+    from alexrepro.data.prepared import open_split
     from alexrepro.progress import make_progress
 
     variant = check_options(opts)
     dataset = open_split(opts.out, opts.split)  # UserError if OUT or the split does not exist
-    rank, world = dist_info()
+    rank, world = rank_and_world()
     device = resolve_device(opts.device, rank)
     members = load_members(opts.checkpoints, device)
     for m in members:
@@ -270,7 +241,7 @@ def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     if scored.counts.total != loader.num_images:
         raise RuntimeError(f"rank {rank} scored {scored.counts.total} images, its share is {loader.num_images}")
     predictions = gather_results(scored.counts, scored.predictions, device)
-    seconds = _max_over_ranks(scored.seconds, device)
+    seconds = max_over_ranks(scored.seconds, device)
     total = scored.counts.total
     if total != n:  # torchvision's evaluate() only warns when padding changes the count; we refuse
         raise WorkFailed(f"scored {total} images across {world} ranks but the split holds {n}; not reporting")
@@ -284,16 +255,6 @@ def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def _max_over_ranks(seconds: float, device: torch.device) -> float:
-    import torch.distributed as dist
-
-    if dist_info()[1] == 1:
-        return seconds
-    t = torch.tensor([seconds], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 # --------------------------------------------------------------------------------------------- report
 def _pct(x: float) -> float:
     return round(100.0 * x, 4)
@@ -304,7 +265,7 @@ def make_report(
     seconds: float, world: int, device: torch.device,
 ) -> dict[str, Any]:
     """The eval JSON object: error rates in percent (as the paper prints them) beside the paper's row."""
-    from alexrepro.paper_tables import SPLIT_OF_TABLE, choose_table, comparable_row, difference, table_rows
+    from alexrepro.evaluation.paper_tables import SPLIT_OF_TABLE, choose_table, comparable_row, difference, table_rows
 
     table = choose_table(opts.paper_table, dataset.manifest.get("source"), opts.split)
     comp = comparable_row(table, opts.crops, len(members))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from alexrepro.prepared import IMAGE_SIZE
+from alexrepro.data.prepared import IMAGE_SIZE
 
 if TYPE_CHECKING:  # torch is imported lazily so that DALI's worker processes stay light
     import torch
@@ -154,7 +154,7 @@ class Colour:
 
     mean: torch.Tensor  # float32 S×S×3 on the target device
     eigvec: np.ndarray | None  # 3×3, columns p_i; None when lighting is off
-    magnitudes: np.ndarray | None  # (3,) m from alexrepro.stats.lighting_magnitudes
+    magnitudes: np.ndarray | None  # (3,) m from alexrepro.data.stats.lighting_magnitudes
 
 
 def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alexrepro.model import AlexNet, build_model, feature_sizes
+from alexrepro.nets.alexnet import AlexNet, build_model, feature_sizes
 from alexrepro.recipe import ModelConfig
 
 # PAPER.md: the exact count of the two-GPU net with grouped conv2/4/5 and 1000 classes; the abstract says

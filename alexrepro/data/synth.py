@@ -38,7 +38,7 @@ from alexrepro.atomic import (
 )
 from alexrepro.errors import UserError
 from alexrepro.progress import make_progress
-from alexrepro.synth_images import (
+from alexrepro.data.synth_images import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
     class_look,

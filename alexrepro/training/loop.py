@@ -1,6 +1,6 @@
 """The training loop of §5, top to bottom in `train()`; `run_training()` starts it where the plan says.
 
-`alexrepro.train_plan.plan_training(TrainOptions)` resolves the request into a `TrainPlan`;
+`alexrepro.training.plan.plan_training(TrainOptions)` resolves the request into a `TrainPlan`;
 `run_training` then runs `train` in this process, in N spawned processes (`--gpus N`, or `--procs N`
 on the CPU) or in a process torchrun started.
 """
@@ -20,17 +20,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alexrepro import checkpoint as ck
+from alexrepro.training import checkpoint as ck
 from alexrepro import distributed as D
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.metrics import true_class_rank
-from alexrepro.optim import PaperSGD, apply_hyperparameters, make_optimizer, set_lr
-from alexrepro.prepared import open_split, read_manifest, read_stats
+from alexrepro.evaluation.metrics import true_class_rank
+from alexrepro.training.optim import PaperSGD, apply_hyperparameters, make_optimizer, set_lr
+from alexrepro.data.prepared import open_split, read_manifest, read_stats
 from alexrepro.progress import console, make_progress
-from alexrepro.runlog import RunLog, epoch_line
-from alexrepro.schedule import LRSchedule
-from alexrepro.train_plan import TrainOptions, TrainPlan, plan_training
-from alexrepro.watchdog import StallWatch, nonfinite_message, stall_message
+from alexrepro.training.runlog import RunLog, epoch_line
+from alexrepro.training.schedule import LRSchedule
+from alexrepro.training.plan import TrainOptions, TrainPlan, plan_training
+from alexrepro.training.watchdog import StallWatch, nonfinite_message, stall_message
 
 __all__ = ["TrainOptions", "TrainPlan", "plan_training", "run_training", "train"]
 
@@ -66,7 +66,7 @@ def _process(plan: TrainPlan) -> dict[str, Any]:
 def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary."""
     from alexrepro.loaders import make_loader
-    from alexrepro.model import build_model, model_parallel
+    from alexrepro.nets.alexnet import build_model, model_parallel
 
     t0 = time.time()
     recipe, out, run_dir = plan.recipe, plan.out, plan.run_dir

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexrepro import checkpoint as ck
+from alexrepro.training import checkpoint as ck
 from alexrepro import distributed as D
 from alexrepro.atomic import writable_folder
 from alexrepro.errors import UserError
-from alexrepro.prepared import open_split, read_manifest
+from alexrepro.data.prepared import open_split, read_manifest
 from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe, recipe_from_dict
 
 # Recipe fields that change how a run executes but not what it computes: a resume may change them

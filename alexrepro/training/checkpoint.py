@@ -27,7 +27,7 @@ from torch import nn
 
 from alexrepro.atomic import atomic_path
 from alexrepro.errors import UserError
-from alexrepro.prepared import Stats
+from alexrepro.data.prepared import Stats
 from alexrepro.progress import console
 from alexrepro.recipe import Recipe, recipe_from_dict
 
@@ -159,7 +159,7 @@ def model_from_checkpoint(
     ckpt: dict[str, Any] | str | os.PathLike[str],
 ) -> tuple[nn.Module, Recipe, list[dict[str, Any]]]:
     """(model in eval mode on the CPU, Recipe, classes) from a checkpoint dict or path."""
-    from alexrepro.model import build_model
+    from alexrepro.nets.alexnet import build_model
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
