@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,8 @@ def _prepare_folder(folder: Path) -> None:
 
 def check_options(opts: DemoOptions) -> None:
     """UserError for sizes the demo cannot run with, before anything is written."""
-    from alexrepro.recipe import load_recipe
     from alexrepro.data.synth import check_args
+    from alexrepro.recipe import load_recipe
 
     check_args(opts.classes, opts.train_per_class, opts.val_per_class, opts.seed, 100, 800)
     if opts.epochs is not None and opts.epochs < 1:
@@ -59,46 +61,32 @@ def check_options(opts: DemoOptions) -> None:
     load_recipe(opts.recipe)
 
 
-def _stage(number: int, total: int, text: str) -> float:
-    console.rule(f"[bold]demo {number}/{total}[/bold] {text}", align="left")
-    return time.perf_counter()
+class Stages:
+    """Numbered stage headings on stderr and each stage's wall time in seconds."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str, text: str) -> Iterator[None]:
+        self.done += 1
+        console.rule(f"[bold]demo {self.done}/{self.total}[/bold] {text}", align="left")
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.seconds.items()} | {"total": round(time.perf_counter() - self.started, 1)}
 
 
-def run_demo(opts: DemoOptions) -> dict[str, Any]:
-    """Run every stage in `opts.folder` and return the closing summary."""
-    from alexrepro.evaluation.evaluate import EvalOptions, evaluate
-    from alexrepro.data.prep import PrepOptions, prep
-    from alexrepro.data.stats import compute_pca
-    from alexrepro.data.synth import make_synthetic
-    from alexrepro.training.loop import TrainOptions, run_training
-
-    check_options(opts)
-    folder = opts.folder.resolve()
-    _prepare_folder(folder)
-    src, data, run = folder / "src", folder / "data", folder / "run"
-    total = 6 if opts.figures else 5
-    seconds: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    t = _stage(1, total, f"synth: {opts.classes} classes of generated images in ImageNet's layout")
-    make_synthetic(src, classes=opts.classes, train_per_class=opts.train_per_class,
-                   val_per_class=opts.val_per_class, seed=opts.seed, quirks=True, min_size=100,
-                   max_size=800)
-    seconds["synth"] = time.perf_counter() - t
-
-    t = _stage(2, total, "prep: shorter side 256, central 256×256, JPEG shards, mean image (§2)")
-    prepared = prep(src, data, PrepOptions(workers=os.cpu_count() or 1))
-    seconds["prep"] = time.perf_counter() - t
-
-    t = _stage(3, total, "pca: RGB covariance for the lighting augmentation (§4.1)")
-    compute_pca(data, workers=min(2, os.cpu_count() or 1))
-    seconds["pca"] = time.perf_counter() - t
-
-    t = _stage(4, total, f"train: recipe {opts.recipe!r} (§5's SGD, §4.1's augmentation)")
-    overrides = [f"run.seed={opts.seed}", f"model.num_classes={opts.classes}", "data.loader=torch"]
+def train_overrides(opts: DemoOptions, n_train: int) -> list[str]:
+    """The recipe overrides the demo trains with: its seed and classes, and sizes that fit its small set."""
     from alexrepro.recipe import load_recipe
 
-    batch, n_train = load_recipe(opts.recipe).optim.batch_size, prepared["splits"]["train"]["written"]
+    overrides = [f"run.seed={opts.seed}", f"model.num_classes={opts.classes}", "data.loader=torch"]
+    batch = load_recipe(opts.recipe).optim.batch_size
     if n_train < batch:  # partial batches are dropped: without this a small demo would train nothing
         overrides.append(f"optim.batch_size={max(1, n_train // 2)}")
         console.print(f"note: {n_train} training images are fewer than one batch of {batch}; "
@@ -106,39 +94,76 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     if opts.epochs is not None:  # keep the recipe's step schedule in proportion
         e = opts.epochs
         overrides += [f"schedule.epochs={e}", f"schedule.milestones={max(1, round(0.65 * e))},{max(1, round(0.9 * e))}"]
-    trained = run_training(TrainOptions(out=data, run_dir=run, recipe=opts.recipe, overrides=overrides,
-                                        device="cpu"))
-    assert trained is not None  # a single local process always returns its summary
-    seconds["train"] = time.perf_counter() - t
+    return overrides
 
-    t = _stage(5, total, "eval: centre crop, then the paper's ten crops (§4.1)")
+
+def draw_figures(run: Path, data: Path, prepared: dict[str, Any]) -> dict[str, str]:
+    """The paper's figures from the demo's run: conv1 kernels, curves, predictions and fc7 neighbours."""
+    from alexrepro.figures.curves import draw_curves
+    from alexrepro.figures.filters import draw_filters
+    from alexrepro.figures.neighbors import draw_neighbors
+    from alexrepro.figures.predictions import draw_predictions
+
+    n_val, n_train = prepared["splits"]["val"]["written"], prepared["splits"]["train"]["written"]
+    return {
+        "filters": str(draw_filters(run)["path"]),
+        "curves": str(draw_curves([run])["path"]),
+        "predictions": str(draw_predictions(run, data, n=min(8, n_val), device="cpu")["path"]),
+        "neighbors": str(draw_neighbors(run, data, queries=min(4, n_val), k=min(5, n_train), device="cpu")["path"]),
+    }
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    """Run every stage in `opts.folder` and return the closing summary."""
+    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.stats import compute_pca
+    from alexrepro.data.synth import make_synthetic
+    from alexrepro.evaluation.evaluate import EvalOptions, evaluate
+    from alexrepro.training.loop import TrainOptions, run_training
+
+    check_options(opts)
+    folder = opts.folder.resolve()
+    _prepare_folder(folder)
+    src, data, run = folder / "src", folder / "data", folder / "run"
+    stages = Stages(total=6 if opts.figures else 5)
+    with stages.stage("synth", f"synth: {opts.classes} classes of generated images in ImageNet's layout"):
+        make_synthetic(src, classes=opts.classes, train_per_class=opts.train_per_class,
+                       val_per_class=opts.val_per_class, seed=opts.seed, quirks=True, min_size=100,
+                       max_size=800)
+    with stages.stage("prep", "prep: shorter side 256, central 256×256, JPEG shards, mean image (§2)"):
+        prepared = prep(src, data, PrepOptions(workers=os.cpu_count() or 1))
+    with stages.stage("pca", "pca: RGB covariance for the lighting augmentation (§4.1)"):
+        compute_pca(data, workers=min(2, os.cpu_count() or 1))
+    with stages.stage("train", f"train: recipe {opts.recipe!r} (§5's SGD, §4.1's augmentation)"):
+        overrides = train_overrides(opts, prepared["splits"]["train"]["written"])
+        trained = run_training(TrainOptions(out=data, run_dir=run, recipe=opts.recipe, overrides=overrides,
+                                            device="cpu"))
+        assert trained is not None  # a single local process always returns its summary
     best = Path(trained["checkpoints"].get("best") or trained["checkpoints"]["last"])
-    evals = {}
-    for crops in (1, 10):
-        evals[crops] = evaluate(EvalOptions(out=data, checkpoints=[best], crops=crops, device="cpu", loader="torch",
-                                            batch_size=64))
-    seconds["eval"] = time.perf_counter() - t
-
+    with stages.stage("eval", "eval: centre crop, then the paper's ten crops (§4.1)"):
+        evals = {crops: evaluate(EvalOptions(out=data, checkpoints=[best], crops=crops, device="cpu",
+                                             loader="torch", batch_size=64)) for crops in (1, 10)}
     figures: dict[str, str] = {}
     if opts.figures:
-        from alexrepro.viz import draw_curves, draw_filters, draw_neighbors, draw_predictions
+        with stages.stage("figures", "figures: conv1 kernels (Fig. 3), curves, predictions and fc7 neighbours "
+                          "(Fig. 4)"):
+            figures = draw_figures(run, data, prepared)
+    artefacts = {"source": str(src), "prepared": str(data), "run": str(run), "checkpoint": str(best),
+                 "metrics": str(run / "metrics.jsonl"), "figures": figures}
+    summary = demo_summary(opts, folder, artefacts, prepared, evals, stages.rounded())
+    atomic_write_json(folder / MARKER, {"complete": True, **summary})
+    return summary
 
-        t = _stage(6, total, "figures: conv1 kernels (Fig. 3), curves, predictions and fc7 neighbours (Fig. 4)")
-        figures["filters"] = str(draw_filters(run)["path"])
-        figures["curves"] = str(draw_curves([run])["path"])
-        n_val, n_train = prepared["splits"]["val"]["written"], prepared["splits"]["train"]["written"]
-        figures["predictions"] = str(draw_predictions(run, data, n=min(8, n_val), device="cpu")["path"])
-        figures["neighbors"] = str(draw_neighbors(run, data, queries=min(4, n_val), k=min(5, n_train),
-                                                  device="cpu")["path"])
-        seconds["figures"] = time.perf_counter() - t
 
+def demo_summary(opts: DemoOptions, folder: Path, artefacts: dict[str, Any], prepared: dict[str, Any],
+                 evals: dict[int, dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
+    """The closing summary (`alexrepro demo --json`): where everything went, both evaluations beside chance."""
     chance = 100.0 * (1 - 1 / opts.classes)
     one, ten = evals[1], evals[10]
-    summary = {
+    return {
         "command": "demo",
         "folder": str(folder),
-        "artefacts": {"source": str(src), "prepared": str(data), "run": str(run), "checkpoint": str(best),
-                      "metrics": str(run / "metrics.jsonl"), "figures": figures},
+        "artefacts": artefacts,
         "images": {s: v["written"] for s, v in prepared["splits"].items()},
         "classes": opts.classes,
         "chance_top1_error_pct": round(chance, 2),
@@ -146,11 +171,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "ten_crops": {"top1_error_pct": ten["top1_error_pct"], "top5_error_pct": ten["top5_error_pct"]},
         "ten_crop_gain_top1_pct": round(one["top1_error_pct"] - ten["top1_error_pct"], 2),
         "below_chance": one["top1_error_pct"] < chance,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()} | {"total": round(time.perf_counter() - t_all, 1)},
+        "seconds": seconds,
         "imagenet_commands": imagenet_commands(),
     }
-    atomic_write_json(folder / MARKER, {"complete": True, **summary})
-    return summary
 
 
 def imagenet_commands() -> list[str]:

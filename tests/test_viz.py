@@ -15,7 +15,9 @@ from alexrepro.cli import main
 from alexrepro.nets.alexnet import build_model
 from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
 from alexrepro.recipe import load_recipe
-from alexrepro.viz import filter_mosaic, grid_shape, nearest_neighbors, normalise_kernel, read_epoch_records
+from alexrepro.figures.curves import read_epoch_records
+from alexrepro.figures.filters import filter_mosaic, grid_shape, normalise_kernel
+from alexrepro.figures.neighbors import nearest_neighbors
 
 N_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2, 1
 DPI = 100  # the dpi alexrepro.figures sets on every figure

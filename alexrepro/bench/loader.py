@@ -1,4 +1,4 @@
-"""Benchmark our loaders beside pytorch/examples' ImageNet loader: python -m alexrepro.bench.loader OUT --src SRC.
+"""Benchmark our loaders beside pytorch/examples' ImageNet loader (`alexrepro bench loader OUT --src SRC`).
 
 Ours: `make_loader` on the prepared set OUT (training: §4.1's crops, mirrors and lighting, mean
 subtraction). Baseline: pytorch/examples/imagenet's training loader, torchvision ImageFolder over
@@ -10,9 +10,7 @@ All in one run on this machine; the first batch of each (worker start-up) is not
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,9 +18,9 @@ from typing import Any
 
 import torch
 
-from alexrepro.errors import UserError
 from alexrepro.data.prepared import SKIPPED, read_stats
-from alexrepro.progress import console, emit_json, make_progress
+from alexrepro.errors import UserError
+from alexrepro.progress import console, make_progress
 from alexrepro.recipe import DataConfig, load_recipe
 
 
@@ -96,8 +94,8 @@ def bench_loader(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""
-    from alexrepro.runtime import resolve_device
     from alexrepro.data.prepared import read_manifest
+    from alexrepro.runtime import resolve_device
 
     for flag, value, least in (("--batches", batches, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
@@ -122,31 +120,3 @@ def bench_loader(
     if src is not None:
         result["baseline"] = _baseline(Path(src), batches, batch_size, workers, skipped_sources(Path(out)))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: print one JSON object with every rate."""
-    parser = argparse.ArgumentParser(prog="python -m alexrepro.bench.loader", description=__doc__)
-    parser.add_argument("out", type=Path, help="a prepared set (alexrepro prep)")
-    parser.add_argument("--src", type=Path, default=None, help="the source JPEG tree, for the baseline")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per loader")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
-    parser.add_argument("--workers", type=int, default=4, help="loader worker processes")
-    parser.add_argument("--kinds", default="torch,dali", help="which of our loaders, comma-separated")
-    parser.add_argument("--device", default="cpu", help="where the batches go (cpu, cuda)")
-    args = parser.parse_args(argv)
-    try:
-        result = bench_loader(args.out, args.src, args.batches, args.batch_size, args.workers,
-                              tuple(k for k in args.kinds.split(",") if k), args.device)
-    except UserError as e:
-        console.print(f"[red]error:[/red] {e}")
-        return 2
-    rows = {**result["loaders"], **({"baseline": result["baseline"]} if "baseline" in result else {})}
-    for name, r in rows.items():
-        console.print(f"{name}: " + (r["error"] if "error" in r else f"{r['images_per_s']:.1f} images/s"))
-    emit_json(result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

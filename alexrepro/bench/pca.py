@@ -1,19 +1,16 @@
-"""Benchmark `alexrepro pca`'s pass against a plain numpy one: python -m alexrepro.bench.pca OUT."""
+"""Benchmark `alexrepro pca`'s pass against a plain numpy one (`alexrepro bench pca OUT`)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alexrepro.errors import UserError
 from alexrepro.data.prepared import open_split
-from alexrepro.progress import console, emit_json
 from alexrepro.data.stats import covariance_from_sums, eigen_rgb, pca_sums, sample_indices
+from alexrepro.errors import UserError
 
 # The baseline holds every pixel in memory (np.cov makes float64 copies: ~3 MB per image for
 # each copy), so both sides use at most this many images, the same ones, chosen with seed 0.
@@ -61,28 +58,3 @@ def bench_pca(out: Path, workers: int, max_images: int = BASELINE_MAX_IMAGES) ->
         "eigval_numpy": base_val,
         "eigval_max_rel_diff": float(np.max(np.abs(ours_val - base_val) / np.abs(base_val).clip(1e-12))),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: print one JSON object with both rates and their ratio."""
-    parser = argparse.ArgumentParser(prog="python -m alexrepro.bench.pca", description=__doc__)
-    parser.add_argument("out", type=Path, help="a prepared set (alexrepro prep)")
-    parser.add_argument("--workers", type=int, default=1, help="processes for our pass")
-    parser.add_argument("--max-images", type=int, default=BASELINE_MAX_IMAGES, help="images both passes use")
-    args = parser.parse_args(argv)
-    try:
-        result = bench_pca(args.out, args.workers, args.max_images)
-    except UserError as e:
-        console.print(f"[red]error:[/red] {e}")
-        return 2
-    console.print(
-        f"pca on {result['images']} images: ours {result['ours_images_per_s']:.1f} images/s "
-        f"({args.workers} workers), numpy {result['numpy_images_per_s']:.1f} images/s, "
-        f"×{result['speedup']:.2f}"
-    )
-    emit_json(result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,24 +1,22 @@
 """Prep throughput: our per-image path beside a plain torchvision baseline, and 1 vs 2 workers.
 
-Run as `python -m alexrepro.bench.prep SRC [--limit N] [--workers N]`; prints one JSON object.
+Run as `alexrepro bench prep SRC [--limit N] [--workers N]`.
 The baseline is what a plain script does: PIL open → RGB → torchvision Resize(256) → CenterCrop(256) →
 save JPEG quality 95. Both run on the same source bytes, already in memory (no disk in the timing).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
 
-from alexrepro.errors import UserError
 from alexrepro.data.imaging import JPEG_QUALITY, BadImage, prepare_image
 from alexrepro.data.prepared import IMAGE_SIZE
-from alexrepro.progress import emit_json
 from alexrepro.data.sources import find_sources, read_item
+from alexrepro.errors import UserError
 
 
 def load_sample(src: Path, limit: int) -> list[bytes]:
@@ -113,16 +111,3 @@ def bench_prep(src: Path, limit: int = 200, workers: int = 2, repeat: int = 5) -
         "pool_images_per_s": {"1": round(one, 1), str(workers): round(many, 1)},
         "scaling_efficiency": round(many / (one * workers), 3),
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", type=Path, help="an ImageNet-layout source (e.g. from alexrepro synth)")
-    parser.add_argument("--limit", type=int, default=200, help="images to time")
-    parser.add_argument("--workers", type=int, default=2, help="workers for the scaling run")
-    args = parser.parse_args(argv)
-    emit_json(bench_prep(args.src, args.limit, args.workers))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from alexrepro.cli.app import app
 from alexrepro.progress import console, emit_json
-from alexrepro.recipe import load_recipe
-from alexrepro.nets.summary import (
-    PAPER_NEURONS_PER_LAYER,
-    PAPER_NEURONS_STATED,
-    PAPER_PARAMS,
-    PAPER_PARAMS_STATED,
-    is_paper_net,
-    meta_model,
-    summarize,
-    summary_totals,
-)
 
 model_app = typer.Typer(help="Describe the net a recipe builds (§3).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -36,69 +25,57 @@ def model_summary(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Every layer's output, parameters, multiply-adds and neurons; totals beside the paper's."""
-    recipe = load_recipe(recipe_name, set_)
-    crop = recipe.data.crop_size
-    rows = summarize(meta_model(recipe.model, crop), crop)
-    totals = summary_totals(rows)
-    paper_net = is_paper_net(recipe.model, crop)
-    paper = {
-        "params_exact": PAPER_PARAMS,
-        "params_stated": PAPER_PARAMS_STATED,
-        "neurons_stated": PAPER_NEURONS_STATED,
-        "neurons_per_layer": PAPER_NEURONS_PER_LAYER,
-        "neurons_per_layer_total": sum(PAPER_NEURONS_PER_LAYER.values()),
-    }
+    from alexrepro.nets.summary import model_report
+    from alexrepro.recipe import load_recipe
+
+    report = model_report(load_recipe(recipe_name, set_))
     if json_out:
-        emit_json(
-            {
-                "recipe": recipe.name,
-                "crop_size": crop,
-                "layout": recipe.model.layout,
-                "layers": [dataclasses.asdict(r) for r in rows],
-                "total_params": totals["params"],
-                "total_macs": totals["macs"],
-                "total_neurons": totals["neurons"],
-                "paper_net": paper_net,
-                "matches_paper_params": totals["params"] == PAPER_PARAMS,
-                "paper": paper,
-            }
-        )
+        emit_json(report)
         return
-    _render(recipe.name, crop, rows, totals, paper_net)
+    console.print(_layer_table(report))
+    _print_totals(report)
 
 
-def _render(name: str, crop: int, rows: list, totals: dict[str, int], paper_net: bool) -> None:
-    table = Table(title=f"{name}: {crop}×{crop}×3 input", title_justify="left")
+def _layer_table(report: dict[str, Any]) -> Table:
+    """One row per layer, then the totals; with the paper's per-layer neurons when the net is the paper's."""
+    paper_net, paper_neurons = report["paper_net"], report["paper"]["neurons_per_layer"]
+    crop = report["crop_size"]
+    table = Table(title=f"{report['recipe']}: {crop}×{crop}×3 input", title_justify="left")
     for col in ("layer", "output", "parameters", "multiply-adds", "neurons"):
         table.add_column(col, justify="left" if col in ("layer", "output") else "right")
     if paper_net:
         table.add_column("paper neurons (§3.5)", justify="right")
-    for r in rows:
+    for layer in report["layers"]:
         cells = [
-            r.name,
-            "×".join(map(str, r.output)),
-            f"{r.params:,}",
-            f"{r.macs:,}",
-            f"{r.neurons:,}" if r.neurons else "",
+            layer["name"],
+            "×".join(map(str, layer["output"])),
+            f"{layer['params']:,}",
+            f"{layer['macs']:,}",
+            f"{layer['neurons']:,}" if layer["neurons"] else "",
         ]
         if paper_net:
-            ref = PAPER_NEURONS_PER_LAYER.get(r.name)
-            cells.append(f"{ref:,}" if ref and r.kind in ("conv", "fc") else "")
+            ref = paper_neurons.get(layer["name"])
+            cells.append(f"{ref:,}" if ref and layer["kind"] in ("conv", "fc") else "")
         table.add_row(*cells)
-    total = ["total", "", f"{totals['params']:,}", f"{totals['macs']:,}", f"{totals['neurons']:,}"]
+    total = ["total", "", f"{report['total_params']:,}", f"{report['total_macs']:,}", f"{report['total_neurons']:,}"]
     if paper_net:
-        total.append(f"{sum(PAPER_NEURONS_PER_LAYER.values()):,}")
+        total.append(f"{report['paper']['neurons_per_layer_total']:,}")
     table.add_row(*total, style="bold")
-    console.print(table)
-    params, neurons = totals["params"], totals["neurons"]
-    if paper_net:
-        mark = "matches" if params == PAPER_PARAMS else f"differs from the exact {PAPER_PARAMS:,}"
-        console.print(f'parameters: {params:,}  (paper: "{PAPER_PARAMS_STATED}"; {mark})')
+    return table
+
+
+def _print_totals(report: dict[str, Any]) -> None:
+    """Parameters and neurons against the paper's statements, and the forward multiply-adds."""
+    params, neurons, paper = report["total_params"], report["total_neurons"], report["paper"]
+    exact, stated_params, stated_neurons = paper["params_exact"], paper["params_stated"], paper["neurons_stated"]
+    if report["paper_net"]:
+        mark = "matches" if params == exact else f"differs from the exact {exact:,}"
+        console.print(f'parameters: {params:,}  (paper: "{stated_params}"; {mark})')
         console.print(
-            f'neurons: {neurons:,}  (paper: "{PAPER_NEURONS_STATED:,}"; its per-layer list sums to '
-            f"{sum(PAPER_NEURONS_PER_LAYER.values()):,} because it gives conv1 253,440, not 55·55·96 = 290,400)"
+            f'neurons: {neurons:,}  (paper: "{stated_neurons:,}"; its per-layer list sums to '
+            f"{paper['neurons_per_layer_total']:,} because it gives conv1 253,440, not 55·55·96 = 290,400)"
         )
     else:
-        console.print(f"parameters: {params:,}  (the paper's two-GPU net: {PAPER_PARAMS:,})")
-        console.print(f'neurons: {neurons:,}  (the paper\'s two-GPU net: "{PAPER_NEURONS_STATED:,}")')
-    console.print(f"multiply-adds per image, forward: {totals['macs']:,}")
+        console.print(f"parameters: {params:,}  (the paper's two-GPU net: {exact:,})")
+        console.print(f'neurons: {neurons:,}  (the paper\'s two-GPU net: "{stated_neurons:,}")')
+    console.print(f"multiply-adds per image, forward: {report['total_macs']:,}")

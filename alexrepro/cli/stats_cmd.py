@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -12,18 +12,6 @@ from rich.table import Table
 
 from alexrepro.cli.app import app
 from alexrepro.progress import console, emit_json
-from alexrepro.data.stats import (
-    IMAGENET_EIGVAL_UNIT,
-    IMAGENET_EIGVEC,
-    IMAGENET_PCA_SOURCE,
-    compute_pca,
-    eigval_on_unit_scale,
-    lighting_magnitudes,
-    sample_indices,
-)
-
-EIGVEC_LAYOUT = "rows R, G, B; column j is the eigenvector of eigval[j]"
-SIGN_CONVENTION = "each eigenvector's largest-magnitude component is positive"
 
 
 @app.command("pca")
@@ -37,70 +25,45 @@ def pca(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """RGB covariance of the training pixels (§4.1 lighting); eigenvalues and eigenvectors into stats.h5."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.stats import pca_report
 
-    total = len(open_split(out, "train"))
-    images = len(sample_indices(total, sample, seed))
-    t0 = time.perf_counter()
-    stats = compute_pca(out, sample=sample, workers=workers, seed=seed, progress=True)
-    seconds = time.perf_counter() - t0
-    assert stats.eigval is not None and stats.eigvec is not None
-    unit = eigval_on_unit_scale(stats.eigval)
-    cos = np.abs(np.sum(stats.eigvec * IMAGENET_EIGVEC, axis=0))  # alignment with the published vectors
+    report = pca_report(out, sample=sample, seed=seed, workers=workers, progress=True)
     if json_out:
-        emit_json(
-            {
-                "out": str(out),
-                "images": images,
-                "pixels": images * stats.mean.shape[0] * stats.mean.shape[1],
-                "sample": sample,
-                "seed": seed,
-                "seconds": round(seconds, 3),
-                "scale": stats.scale,
-                "eigval": stats.eigval,
-                "eigvec": stats.eigvec,
-                "eigvec_layout": EIGVEC_LAYOUT,
-                "sign_convention": SIGN_CONVENTION,
-                "eigval_unit": unit,
-                "lighting_magnitudes": {
-                    "unit": lighting_magnitudes(stats, "unit"),
-                    "cuda-convnet": lighting_magnitudes(stats, "cuda-convnet"),
-                },
-                "imagenet_reference": {
-                    "source": IMAGENET_PCA_SOURCE,
-                    "eigval_unit": IMAGENET_EIGVAL_UNIT,
-                    "eigvec": IMAGENET_EIGVEC,
-                },
-                "alignment_with_reference": cos,
-            }
-        )
+        emit_json(report)
         return
+    _render(report)
+
+
+def _render(report: dict[str, Any]) -> None:
+    """The eigenvalues on both scales and the eigenvectors, each beside the published ImageNet PCA."""
+    eigval, eigvec, unit = report["eigval"], report["eigvec"], report["eigval_unit"]
+    reference = report["imagenet_reference"]
     values = Table(
         "p", "λ (0–255)", "λ/255² ([0,1])", "ImageNet [0,1]", "√λ (cuda-convnet)",
-        title=f"RGB PCA of {images:,} training images ({out})",
+        title=f"RGB PCA of {report['images']:,} training images ({report['out']})",
     )
     for j in range(3):
         values.add_row(
             f"p{j + 1}",
-            f"{stats.eigval[j]:,.2f}",
+            f"{eigval[j]:,.2f}",
             f"{unit[j]:.4f}",
-            f"{IMAGENET_EIGVAL_UNIT[j]:.4f}",
-            f"{np.sqrt(max(stats.eigval[j], 0.0)):.2f}",
+            f"{reference['eigval_unit'][j]:.4f}",
+            f"{np.sqrt(max(eigval[j], 0.0)):.2f}",
         )
     vectors = Table("", "p1", "p2", "p3", "ImageNet p1", "p2", "p3", title="eigenvectors (columns)")
     for i, channel in enumerate("RGB"):
         vectors.add_row(
             channel,
-            *(f"{x:+.4f}" for x in stats.eigvec[i]),
-            *(f"{x:+.4f}" for x in IMAGENET_EIGVEC[i]),
+            *(f"{x:+.4f}" for x in eigvec[i]),
+            *(f"{x:+.4f}" for x in reference["eigvec"][i]),
         )
-    vectors.add_row("|cos|", *(f"{c:.3f}" for c in cos), "", "", "")
+    vectors.add_row("|cos|", *(f"{c:.3f}" for c in report["alignment_with_reference"]), "", "", "")
     console.print(values)
     console.print(vectors)
     console.print(
         escape(
-            f"Eigenvectors are columns ({EIGVEC_LAYOUT}); signs: {SIGN_CONVENTION}. A sign is arbitrary, "
-            f"so |cos| compares directions. ImageNet: {IMAGENET_PCA_SOURCE}. Stored in "
-            f"{Path(out) / 'stats.h5'} on the 0–255 scale ({seconds:.1f} s)."
+            f"Eigenvectors are columns ({report['eigvec_layout']}); signs: {report['sign_convention']}. A sign is "
+            f"arbitrary, so |cos| compares directions. ImageNet: {reference['source']}. Stored in "
+            f"{Path(report['out']) / 'stats.h5'} on the 0–255 scale ({report['seconds']:.1f} s)."
         )
     )

@@ -8,9 +8,11 @@ number of workers or the order in which chunks finish.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -281,3 +283,45 @@ def compute_pca(
     stats.scale = "0-255"
     write_stats(out, stats)
     return stats
+
+
+# --------------------------------------------------------------------------------------------- report
+EIGVEC_LAYOUT = "rows R, G, B; column j is the eigenvector of eigval[j]"
+SIGN_CONVENTION = "each eigenvector's largest-magnitude component is positive"  # as eigen_rgb fixes them
+
+
+def pca_report(
+    out: Path, sample: int | None = None, seed: int = 0, workers: int = 1, progress: bool = True
+) -> dict[str, Any]:
+    """Run `compute_pca` and describe the result beside the published ImageNet PCA (`alexrepro pca`'s report)."""
+    total = len(open_split(out, "train"))
+    images = len(sample_indices(total, sample, seed))
+    started = time.perf_counter()
+    stats = compute_pca(out, sample=sample, workers=workers, seed=seed, progress=progress)
+    seconds = time.perf_counter() - started
+    assert stats.eigval is not None and stats.eigvec is not None
+    return {
+        "out": str(out),
+        "images": images,
+        "pixels": images * stats.mean.shape[0] * stats.mean.shape[1],
+        "sample": sample,
+        "seed": seed,
+        "seconds": round(seconds, 3),
+        "scale": stats.scale,
+        "eigval": stats.eigval,
+        "eigvec": stats.eigvec,
+        "eigvec_layout": EIGVEC_LAYOUT,
+        "sign_convention": SIGN_CONVENTION,
+        "eigval_unit": eigval_on_unit_scale(stats.eigval),
+        "lighting_magnitudes": {
+            "unit": lighting_magnitudes(stats, "unit"),
+            "cuda-convnet": lighting_magnitudes(stats, "cuda-convnet"),
+        },
+        "imagenet_reference": {
+            "source": IMAGENET_PCA_SOURCE,
+            "eigval_unit": IMAGENET_EIGVAL_UNIT,
+            "eigvec": IMAGENET_EIGVEC,
+        },
+        # |cos| of each eigenvector with the published one: a sign is arbitrary, a direction is not
+        "alignment_with_reference": np.abs(np.sum(stats.eigvec * IMAGENET_EIGVEC, axis=0)),
+    }

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from alexrepro.nets.alexnet import AlexNet, build_model, feature_sizes
-from alexrepro.recipe import ModelConfig
+from alexrepro.recipe import ModelConfig, Recipe
 
 # PAPER.md: the exact count of the two-GPU net with grouped conv2/4/5 and 1000 classes; the abstract says
 # "60 million parameters and 650,000 neurons".
@@ -119,3 +121,33 @@ def is_paper_net(cfg: ModelConfig, crop_size: int) -> bool:
     if any(getattr(cfg, f) != getattr(paper, f) for f in same):
         return False
     return feature_sizes(cfg, crop_size) == feature_sizes(paper, PAPER_CROP)
+
+
+def paper_counts() -> dict[str, Any]:
+    """The paper's own parameter and neuron counts (abstract, §3.5), as `model summary` reports them."""
+    return {
+        "params_exact": PAPER_PARAMS,
+        "params_stated": PAPER_PARAMS_STATED,
+        "neurons_stated": PAPER_NEURONS_STATED,
+        "neurons_per_layer": PAPER_NEURONS_PER_LAYER,
+        "neurons_per_layer_total": sum(PAPER_NEURONS_PER_LAYER.values()),
+    }
+
+
+def model_report(recipe: Recipe) -> dict[str, Any]:
+    """Every layer of the net `recipe` builds and the totals, beside the paper's counts (`alexrepro model summary`)."""
+    crop = recipe.data.crop_size
+    rows = summarize(meta_model(recipe.model, crop), crop)
+    totals = summary_totals(rows)
+    return {
+        "recipe": recipe.name,
+        "crop_size": crop,
+        "layout": recipe.model.layout,
+        "layers": [dataclasses.asdict(r) for r in rows],
+        "total_params": totals["params"],
+        "total_macs": totals["macs"],
+        "total_neurons": totals["neurons"],
+        "paper_net": is_paper_net(recipe.model, crop),
+        "matches_paper_params": totals["params"] == PAPER_PARAMS,
+        "paper": paper_counts(),
+    }
