@@ -7,7 +7,6 @@ chooses small sizes and prints where everything went and how to do the same on I
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -73,9 +72,9 @@ class Stages:
     def stage(self, name: str, text: str) -> Iterator[None]:
         self.done += 1
         console.rule(f"[bold]demo {self.done}/{self.total}[/bold] {text}", align="left")
-        t = time.perf_counter()
+        started = time.perf_counter()
         yield
-        self.seconds[name] = time.perf_counter() - t
+        self.seconds[name] = time.perf_counter() - started
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in self.seconds.items()} | {"total": round(time.perf_counter() - self.started, 1)}
@@ -92,8 +91,9 @@ def train_overrides(opts: DemoOptions, n_train: int) -> list[str]:
         console.print(f"note: {n_train} training images are fewer than one batch of {batch}; "
                       f"training with batches of {max(1, n_train // 2)}")
     if opts.epochs is not None:  # keep the recipe's step schedule in proportion
-        e = opts.epochs
-        overrides += [f"schedule.epochs={e}", f"schedule.milestones={max(1, round(0.65 * e))},{max(1, round(0.9 * e))}"]
+        epochs = opts.epochs
+        overrides += [f"schedule.epochs={epochs}",
+                      f"schedule.milestones={max(1, round(0.65 * epochs))},{max(1, round(0.9 * epochs))}"]
     return overrides
 
 
@@ -159,7 +159,7 @@ def demo_summary(opts: DemoOptions, folder: Path, artefacts: dict[str, Any], pre
                  evals: dict[int, dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
     """The closing summary (`alexrepro demo --json`): where everything went, both evaluations beside chance."""
     chance = 100.0 * (1 - 1 / opts.classes)
-    one, ten = evals[1], evals[10]
+    centre, ten = evals[1], evals[10]
     return {
         "command": "demo",
         "folder": str(folder),
@@ -167,10 +167,10 @@ def demo_summary(opts: DemoOptions, folder: Path, artefacts: dict[str, Any], pre
         "images": {s: v["written"] for s, v in prepared["splits"].items()},
         "classes": opts.classes,
         "chance_top1_error_pct": round(chance, 2),
-        "center_crop": {"top1_error_pct": one["top1_error_pct"], "top5_error_pct": one["top5_error_pct"]},
+        "center_crop": {"top1_error_pct": centre["top1_error_pct"], "top5_error_pct": centre["top5_error_pct"]},
         "ten_crops": {"top1_error_pct": ten["top1_error_pct"], "top5_error_pct": ten["top5_error_pct"]},
-        "ten_crop_gain_top1_pct": round(one["top1_error_pct"] - ten["top1_error_pct"], 2),
-        "below_chance": one["top1_error_pct"] < chance,
+        "ten_crop_gain_top1_pct": round(centre["top1_error_pct"] - ten["top1_error_pct"], 2),
+        "below_chance": centre["top1_error_pct"] < chance,
         "seconds": seconds,
         "imagenet_commands": imagenet_commands(),
     }
@@ -185,31 +185,3 @@ def imagenet_commands() -> list[str]:
         "alexrepro eval /fast/alexnet-256 --checkpoint runs/paper/checkpoints/best.pt --crops 10",
         "alexrepro viz filters runs/paper",
     ]
-
-
-def render_summary(summary: dict[str, Any]) -> None:
-    """The closing summary for people, on stderr."""
-    from rich.table import Table
-
-    table = Table("", "top-1 error", "top-5 error", title="validation (generated data)")
-    chance = summary["chance_top1_error_pct"]
-    for name, key in (("centre crop", "center_crop"), ("ten crops (§4.1)", "ten_crops")):
-        r = summary[key]
-        top5 = "—" if r["top5_error_pct"] is None else f"{r['top5_error_pct']:.1f}%"
-        table.add_row(name, f"{r['top1_error_pct']:.1f}%", top5)
-    table.add_row("chance", f"{chance:.1f}%", f"{max(0.0, 100 * (1 - 5 / summary['classes'])):.1f}%")
-    console.print(table)
-    gain = summary["ten_crop_gain_top1_pct"]
-    console.print(f"ten crops: top-1 error {summary['center_crop']['top1_error_pct']:.1f}% → "
-                  f"{summary['ten_crops']['top1_error_pct']:.1f}% ({gain:.1f} points better; the paper: 39.0% → 37.5% "
-                  "on ILSVRC-2010)")
-    if not summary["below_chance"]:
-        console.print("[yellow]warning:[/yellow] the net did not get below chance; try more --epochs")
-    a = summary["artefacts"]
-    console.print(f"source tree  {a['source']}\nprepared set {a['prepared']}\nrun          {a['run']}\n"
-                  f"checkpoint   {a['checkpoint']}")
-    for name, path in a["figures"].items():
-        console.print(f"figure       {name}: {path}")
-    console.print(f"took {summary['seconds']['total']:.0f} s: " + json.dumps(
-        {k: v for k, v in summary["seconds"].items() if k != "total"}))
-    console.print("the same on ImageNet:\n  " + "\n  ".join(summary["imagenet_commands"]))

@@ -104,11 +104,11 @@ def test_toml_round_trip(tmp_path):
 
 
 def test_convention_recipes_name_the_released_codes_readings():
-    # PAPER.md: cuda-convnet divided α = 1e-4 by n (effective 2e-5) and used √λ on the 0–255 scale.
+    # docs/FAITHFULNESS.md C2, C3: cuda-convnet divided α = 1e-4 by n (effective 2e-5) and used √λ on 0–255.
     r = load_recipe("cuda-convnet")
     assert r.model.lrn_alpha_convention == "divided-by-n" and r.model.lrn_alpha == 1e-4
     assert r.data.lighting_scale == "cuda-convnet"
     assert set(diff_recipes(load_recipe("paper"), r)) == {"model.lrn_alpha_convention", "data.lighting_scale"}
-    # PAPER.md: Caffe's reference initialisation as the fix for the ln(1000) stall.
+    # docs/FAITHFULNESS.md C7, T8: Caffe's reference initialisation as the fix for the ln(1000) stall.
     c = load_recipe("caffe-init")
     assert c.model.init == "caffe" and diff_recipes(load_recipe("paper"), c) == ["model.init"]

@@ -14,112 +14,113 @@ Row = tuple[str, Any, Any]  # measure, ours, baseline
 
 def _show(title: str, rows: list[Row]) -> None:
     table = Table("measure", "ours", "baseline", title=title)
-    for name, ours, base in rows:
-        table.add_row(name, str(ours), str(base))
+    for name, ours, baseline in rows:
+        table.add_row(name, str(ours), str(baseline))
     console.print(table)
 
 
 def _joined(values: dict[str, Any]) -> str:
-    return " / ".join(str(v) for v in values.values())
+    return " / ".join(str(value) for value in values.values())
 
 
-def render_prep(r: dict[str, Any]) -> None:
+def render_prep(result: dict[str, Any]) -> None:
     _show("prep: images/s per core (PIL + torchvision Resize/CenterCrop + save as baseline)", [
-        ("images/s per core", r["ours_images_per_s_per_core"], r["baseline_images_per_s_per_core"]),
-        ("ratio (target ≥ 1.3)", r["speedup_per_core"], 1.0),
-        (f"pool images/s at 1 / {r['workers']} workers", _joined(r["pool_images_per_s"]), ""),
-        ("scaling efficiency", r["scaling_efficiency"], ""),
+        ("images/s per core", result["ours_images_per_s_per_core"], result["baseline_images_per_s_per_core"]),
+        ("ratio (target ≥ 1.3)", result["speedup_per_core"], 1.0),
+        (f"pool images/s at 1 / {result['workers']} workers", _joined(result["pool_images_per_s"]), ""),
+        ("scaling efficiency", result["scaling_efficiency"], ""),
     ])
 
 
-def render_pca(r: dict[str, Any]) -> None:
+def render_pca(result: dict[str, Any]) -> None:
     _show("pca: images/s (a plain numpy pass as baseline)", [
-        ("images/s", r["ours_images_per_s"], r["numpy_images_per_s"]),
-        ("ratio (target ≥ 1)", r["speedup"], 1.0),
-        ("max relative eigenvalue difference", f"{r['eigval_max_rel_diff']:.2e}", ""),
+        ("images/s", result["ours_images_per_s"], result["numpy_images_per_s"]),
+        ("ratio (target ≥ 1)", result["speedup"], 1.0),
+        ("max relative eigenvalue difference", f"{result['eigval_max_rel_diff']:.2e}", ""),
     ])
 
 
-def render_loader(r: dict[str, Any]) -> None:
-    base = r.get("baseline", {}).get("images_per_s")
+def render_loader(result: dict[str, Any]) -> None:
+    baseline = result.get("baseline", {}).get("images_per_s")
     rows: list[Row] = []
-    for name, v in r["loaders"].items():
-        ips = v.get("images_per_s")
-        rows.append((f"{name} images/s", v.get("error", ips), base if base else "(no --src)"))
-        if ips and base:
-            rows.append((f"{name} ÷ ImageFolder baseline", round(ips / base, 3), 1.0))
+    for name, timing in result["loaders"].items():
+        rate = timing.get("images_per_s")
+        rows.append((f"{name} images/s", timing.get("error", rate), baseline if baseline else "(no --src)"))
+        if rate and baseline:
+            rows.append((f"{name} ÷ ImageFolder baseline", round(rate / baseline, 3), 1.0))
     _show("loader: images/s (pytorch/examples ImageFolder pipeline as baseline)", rows)
 
 
-def render_read(r: dict[str, Any]) -> None:
-    h5, pr = r["readers"]["h5py"], r["readers"]["pread"]
-    _show(f"read: {r['shards']} shards, {r['shards_per_batch']} per batch of {r['batch_size']}, "
-          f"{r['max_open']} h5py handles (baseline)", [
-              ("images/s", pr["images_per_s"], h5["images_per_s"]),
-              ("MB/s", pr["mb_per_s"], h5["mb_per_s"]),
-              ("pread ÷ h5py", r["pread_vs_h5py"], 1.0),
-              ("with each crc32 checked (the loaders' path), images/s", r["readers"]["pread_checked"]["images_per_s"],
+def render_read(result: dict[str, Any]) -> None:
+    h5py_reader, pread_reader = result["readers"]["h5py"], result["readers"]["pread"]
+    _show(f"read: {result['shards']} shards, {result['shards_per_batch']} per batch of {result['batch_size']}, "
+          f"{result['max_open']} h5py handles (baseline)", [
+              ("images/s", pread_reader["images_per_s"], h5py_reader["images_per_s"]),
+              ("MB/s", pread_reader["mb_per_s"], h5py_reader["mb_per_s"]),
+              ("pread ÷ h5py", result["pread_vs_h5py"], 1.0),
+              ("with each crc32 checked (the loaders' path), images/s", result["readers"]["pread_checked"]["images_per_s"],
                ""),
-              ("checked ÷ pread", r["checked_vs_pread"], 1.0),
-              ("same bytes", r["identical"], ""),
+              ("checked ÷ pread", result["checked_vs_pread"], 1.0),
+              ("same bytes", result["identical"], ""),
           ])
 
 
-def _train_extra_rows(r: dict[str, Any]) -> list[Row]:
+def _train_extra_rows(result: dict[str, Any]) -> list[Row]:
     """The rows a train result has only sometimes: end to end, torchvision, the update alone, LRN."""
     rows: list[Row] = []
-    if "end_to_end_vs_synthetic" in r:
-        rows += [("end to end ÷ synthetic input (target ≥ 0.9)", r["end_to_end_vs_synthetic"], 1.0)]
-    if "ours_vs_torchvision" in r:
-        rows += [("ours ÷ torchvision AlexNet speed", r["ours_vs_torchvision"], 1.0)]
-    if "optimizer" in r:
-        o = r["optimizer"]
-        rows += [(f"update of {o['parameters']:,} weights, s: fused §5 / per tensor / torch SGD",
-                  _joined(o["seconds_per_update"]), ""),
-                 ("fused ÷ per-tensor speed-up", o["fused_speedup_vs_per_tensor"], 1.0)]
-    if r.get("lrn", {}).get("layers"):
-        n = r["lrn"]
-        rows += [(f"{n['layers']} LRN layers forward + backward, s: ours / autograd",
-                  _joined(n["seconds_forward_backward"]), ""),
-                 ("LRN speed-up vs autograd", n["speedup_vs_autograd"], 1.0)]
+    if "end_to_end_vs_synthetic" in result:
+        rows += [("end to end ÷ synthetic input (target ≥ 0.9)", result["end_to_end_vs_synthetic"], 1.0)]
+    if "ours_vs_torchvision" in result:
+        rows += [("ours ÷ torchvision AlexNet speed", result["ours_vs_torchvision"], 1.0)]
+    if "optimizer" in result:
+        update = result["optimizer"]
+        rows += [(f"update of {update['parameters']:,} weights, s: fused §5 / per tensor / torch SGD",
+                  _joined(update["seconds_per_update"]), ""),
+                 ("fused ÷ per-tensor speed-up", update["fused_speedup_vs_per_tensor"], 1.0)]
+    if result.get("lrn", {}).get("layers"):
+        lrn = result["lrn"]
+        rows += [(f"{lrn['layers']} LRN layers forward + backward, s: ours / autograd",
+                  _joined(lrn["seconds_forward_backward"]), ""),
+                 ("LRN speed-up vs autograd", lrn["speedup_vs_autograd"], 1.0)]
     return rows
 
 
-def render_train(r: dict[str, Any]) -> None:
-    loops = r["loops"]
-    rows: list[Row] = [(f"{name} images/s", v["images_per_s"], "") for name, v in loops.items()]
-    rows += [(f"{name} fraction of ceiling", v["fraction_of_ceiling"], "") for name, v in loops.items()]
-    rows += [("overhead of our step vs plain loop (target ≤ 5% on CPU)", f"{100 * r['overhead_vs_plain']:+.1f}%", "")]
-    _show(f"train step: {r['recipe']}, batch {r['batch_size']}, {r['device']} {r['precision']}, ceiling "
-          f"{r['ceiling_images_per_s']} images/s at {r['matmul_gflops']:,.0f} GFLOP/s", rows + _train_extra_rows(r))
+def render_train(result: dict[str, Any]) -> None:
+    loops = result["loops"]
+    rows: list[Row] = [(f"{name} images/s", loop["images_per_s"], "") for name, loop in loops.items()]
+    rows += [(f"{name} fraction of ceiling", loop["fraction_of_ceiling"], "") for name, loop in loops.items()]
+    rows += [("overhead of our step vs plain loop (target ≤ 5% on CPU)", f"{100 * result['overhead_vs_plain']:+.1f}%", "")]
+    _show(f"train step: {result['recipe']}, batch {result['batch_size']}, {result['device']} {result['precision']}, ceiling "
+          f"{result['ceiling_images_per_s']} images/s at {result['matmul_gflops']:,.0f} GFLOP/s", rows + _train_extra_rows(result))
 
 
-def _share(v: dict[str, Any]) -> tuple[str, str]:
-    return f"{v['ms_per_step']:.3f}", f"{100 * v['share']:.1f}%"
+def _share(part: dict[str, Any]) -> tuple[str, str]:
+    """ms per step and share of the step, as table cells."""
+    return f"{part['ms_per_step']:.3f}", f"{100 * part['share']:.1f}%"
 
 
-def render_profile(r: dict[str, Any]) -> None:
+def render_profile(result: dict[str, Any]) -> None:
     """The top kernels, then the layer kinds and phases, each with ms per step and share."""
-    what = "kernels by GPU time" if r["device"].startswith("cuda") else "ops by self CPU time"
-    setup = (", channels_last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
-    title = (f"profile: {r['recipe']}, batch {r['batch_size']}, {r['device']} {r['precision']}{setup}: "
-             f"top {len(r['top'])} {what}, {r['steps']} steps")
+    what = "kernels by GPU time" if result["device"].startswith("cuda") else "ops by self CPU time"
+    setup = (", channels_last" if result["channels_last"] else "") + (", compiled" if result["compile"] else "")
+    title = (f"profile: {result['recipe']}, batch {result['batch_size']}, {result['device']} {result['precision']}{setup}: "
+             f"top {len(result['top'])} {what}, {result['steps']} steps")
     table = Table("kernel / op", "kind", "calls", "total ms", "ms/step", "share", title=title)
-    for row in r["top"]:
+    for row in result["top"]:
         name = row["name"] if len(row["name"]) <= 72 else row["name"][:69] + "..."
         table.add_row(name, row["category"], str(row["calls"]), f"{row['total_ms']:.3f}", *_share(row))
     console.print(table)
     kinds = Table("layer kind", "ms/step", "share", title="where the time goes")
-    for name, v in r["categories"].items():
-        kinds.add_row(name, *_share(v))
-    for name, v in r["phases"].items():
-        kinds.add_row(f"phase: {name}", *_share(v))
+    for name, part in result["categories"].items():
+        kinds.add_row(name, *_share(part))
+    for name, part in result["phases"].items():
+        kinds.add_row(f"phase: {name}", *_share(part))
     console.print(kinds)
-    busy = f", GPU busy {100 * r['device_busy_fraction']:.0f}% of it" if "device_busy_fraction" in r else ""
-    trace = f"; trace {r['trace']}" if "trace" in r else ""
-    console.print(f"step {1e3 * r['seconds_per_step']:.2f} ms unprofiled ({r['images_per_s']:,.0f} img/s), "
-                  f"{1e3 * r['profiled_seconds_per_step']:.2f} ms profiled; {r['time_counted']} "
-                  f"{r['measured_ms_per_step']:.2f} ms/step{busy}{trace}", highlight=False)
+    busy = f", GPU busy {100 * result['device_busy_fraction']:.0f}% of it" if "device_busy_fraction" in result else ""
+    trace = f"; trace {result['trace']}" if "trace" in result else ""
+    console.print(f"step {1e3 * result['seconds_per_step']:.2f} ms unprofiled ({result['images_per_s']:,.0f} img/s), "
+                  f"{1e3 * result['profiled_seconds_per_step']:.2f} ms profiled; {result['time_counted']} "
+                  f"{result['measured_ms_per_step']:.2f} ms/step{busy}{trace}", highlight=False)
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -52,9 +53,9 @@ def prep_cmd(
         emit_json(summary)
         return
     table = Table("split", "found", "written", "skipped", "shards", "resumed")
-    for name, s in summary["splits"].items():
-        table.add_row(name, str(s["found"]), str(s["written"]), str(s["skipped"]), str(s["shards"]),
-                      str(s["resumed_shards"]))
+    for name, counts in summary["splits"].items():
+        table.add_row(name, str(counts["found"]), str(counts["written"]), str(counts["skipped"]), str(counts["shards"]),
+                      str(counts["resumed_shards"]))
     console.print(table)
     rate = f", {summary['images_per_s']} images/s" if summary["images_per_s"] else ""
     console.print(f"prepared {out} in {summary['seconds']:.1f} s{rate}; {summary['skipped']} skipped "
@@ -78,16 +79,22 @@ def info_cmd(
         raise verification_failed(out, info["verify"]["problems"])
     if json_out:
         return
+    _render_info(out, info)
+
+
+def _render_info(out: Path, info: dict[str, Any]) -> None:
+    """What `describe` (and `verify`, under info["verify"]) found, for people."""
     quality = f" (quality {info['quality']})" if info["encoding"] == "jpeg" else ""
     console.print(f"[bold]{out}[/bold] from {info['source']}: {info['encoding']}{quality}, "
                   f"{info['image_size']}×{info['image_size']}, {info['bytes'] / 2**20:,.1f} MiB")
     table = Table("split", "images", "skipped", "shards", "MiB", "layout")
-    for name, s in info["splits"].items():
-        table.add_row(name, f"{s['count']:,}", str(s["skipped"]), str(s["shards"]), f"{s['bytes'] / 2**20:,.1f}",
-                      s["layout"])
+    for name, split in info["splits"].items():
+        table.add_row(name, f"{split['count']:,}", str(split["skipped"]), str(split["shards"]),
+                      f"{split['bytes'] / 2**20:,.1f}", split["layout"])
     console.print(table)
-    first = ", ".join(f"{c['index']} {c['wnid']} {c['name']}" for c in info["classes"]["first"])
-    console.print(f"{info['classes']['count']} classes: {first}{', ...' if info['classes']['count'] > 5 else ''}")
+    classes = info["classes"]
+    first = ", ".join(f"{c['index']} {c['wnid']} {c['name']}" for c in classes["first"])
+    console.print(f"{classes['count']} classes: {first}{', ...' if classes['count'] > 5 else ''}")
     if info["mean"]:
         r, g, b = info["mean"]["channel_mean"]
         console.print(f"mean (RGB, 0-255): {r:.2f} {g:.2f} {b:.2f}")
@@ -98,10 +105,10 @@ def info_cmd(
     else:
         console.print(f"PCA: not computed (run: alexrepro pca {out})")
     console.print(f"skipped files: {info['skipped']['count']}")
-    for f in info["skipped"]["first"]:
-        console.print(f"  {f['path']}: {f['reason']}")
-    if verify_:
-        v = info["verify"]
-        images, summed = sum(v["images"].values()), sum(v["checksummed"].values())
+    for skipped in info["skipped"]["first"]:
+        console.print(f"  {skipped['path']}: {skipped['reason']}")
+    if "verify" in info:
+        checked = info["verify"]
+        images, summed = sum(checked["images"].values()), sum(checked["checksummed"].values())
         console.print(f"verified: {images:,} images, every shard intact; {summed:,} of them checked against "
                       "their stored CRC32")
