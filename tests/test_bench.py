@@ -248,3 +248,49 @@ def test_bench_read_times_both_readers_on_the_same_bytes(tmp_path, capsys):
     raw = make_set(tmp_path / "raw", n_train=6, n_val=3, per_shard=3, encoding="raw")
     code, cap = run_cli(["bench", "read", str(raw)], capsys)
     assert code == 2 and "JPEG" in cap.err
+
+
+def test_bench_tables_are_printed_without_json(prepared, capsys):
+    code, cap = run_cli(["bench", "pca", str(prepared), "--max-images", "8"], capsys)
+    assert code == 0, cap.err
+    assert cap.out == ""  # the table goes to stderr; stdout is kept for --json
+    assert "pca: images/s" in cap.err and "max relative eigenvalue difference" in cap.err
+
+
+def test_bench_all_makes_its_set_once_and_runs_each_benchmark_on_it(tmp_path, monkeypatch, capsys):
+    """The orchestration of `bench all`, with each benchmark and each data stage replaced by a recorder."""
+    import os
+
+    calls, made = [], []
+
+    def recorder(kind):
+        def bench(*args, **kwargs):
+            calls.append((kind, args, kwargs))
+            return {"ran": kind}
+        return bench
+
+    for kind in ("prep", "pca", "loader", "train"):
+        monkeypatch.setattr(f"alexrepro.bench.{kind}.bench_{kind}", recorder(kind))
+    for target in ("alexrepro.data.synth.make_synthetic", "alexrepro.data.prep.prep", "alexrepro.data.stats.compute_pca"):
+        monkeypatch.setattr(target, lambda *args, name=target.rsplit(".", 1)[1], **kwargs: made.append((name, args[:2])))
+    src, out = tmp_path / "src", tmp_path / "data"
+
+    code, cap = run_cli(["bench", "all", "--dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, cap.err
+    report = json.loads(cap.out)
+    assert list(report) == ["bench", "prep", "pca", "loader", "train", "machine"]
+    assert report["bench"] == "all" and report["loader"] == {"ran": "loader"} and report["machine"]["cpu_cores"] >= 1
+    assert made == [("make_synthetic", (src,)), ("prep", (src, out)), ("compute_pca", (out,))]
+    assert [(kind, args[:2]) for kind, args, _ in calls] == [
+        ("prep", (src,)), ("pca", (out,)), ("loader", (out, src)), ("train", ("tiny", ("model.num_classes=10",)))]
+    loader_args, train_kwargs = calls[2][1], calls[3][2]
+    assert loader_args[2:] == (10, 64, os.cpu_count() or 1)  # the CPU sizes
+    assert train_kwargs["data"] == str(out) and train_kwargs["device"] == "cpu" and train_kwargs["precision"] == "fp32"
+
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")  # a set already in --dir is used as it is
+    made.clear()
+    calls.clear()
+    code, cap = run_cli(["bench", "all", "--dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, cap.err
+    assert made == [] and [kind for kind, _, _ in calls] == ["prep", "pca", "loader", "train"]

@@ -45,7 +45,7 @@ def run_suite(src: Path, out: Path, device: str) -> dict[str, Any]:
     return {
         "prep": bench_prep(src, limit=200, workers=min(2, cores)),
         "pca": bench_pca(out, workers=1),
-        "loader": bench_loader(out, src, 10, 64 if cpu else 256, cores, ("torch", "dali"), device),
+        "loader": bench_loader(out, src, 10, 64 if cpu else 256, cores, device=device),  # every loader backend
         "train": bench_train("tiny" if cpu else "paper", ("model.num_classes=10",), steps=5 if cpu else 20,
                              device=device, precision="fp32" if cpu else "bf16", channels_last=not cpu,
                              data=str(out), workers=cores),
