@@ -26,22 +26,22 @@ from alexrepro.recipe import DataConfig, load_recipe
 
 def _time(batches: Iterable[Any], count: int, label: str) -> dict[str, Any]:
     """images/s over `count` batches after the first one, with a progress bar on stderr."""
-    it = iter(batches)
-    last = next(it)[0]  # start-up: workers, pipeline build
-    images, t0 = 0, time.perf_counter()
+    stream = iter(batches)
+    last = next(stream)[0]  # start-up: workers, pipeline build
+    images, started = 0, time.perf_counter()
     with make_progress(transient=True) as progress:
         task = progress.add_task(label, total=count, unit="batches")
         for _ in range(count):
             try:
-                x = next(it)[0]
+                batch = next(stream)[0]
             except StopIteration:
                 break
-            images += x.shape[0]
+            images += batch.shape[0]
             progress.advance(task)
-            last = x
+            last = batch
     if images and last.is_cuda:  # the last batch's copies and augmentation may still be queued on the GPU
         torch.cuda.synchronize(last.device)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - started
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
 
 

@@ -19,8 +19,8 @@ BASELINE_MAX_IMAGES = 256
 
 def _baseline(out: Path, indices: np.ndarray) -> np.ndarray:
     """Eigenvalues (descending) of np.cov over the stacked pixels of the given training images."""
-    ds = open_split(out, "train")
-    pixels = np.stack([ds[int(i)][0] for i in indices]).reshape(-1, 3)
+    dataset = open_split(out, "train")
+    pixels = np.stack([dataset[int(i)][0] for i in indices]).reshape(-1, 3)
     cov = np.cov(pixels, rowvar=False)  # unbiased, as ours
     return np.sort(np.linalg.eigvalsh(cov))[::-1]
 
@@ -34,27 +34,27 @@ def bench_pca(out: Path, workers: int, max_images: int = BASELINE_MAX_IMAGES) ->
     indices = sample_indices(total, max_images, seed=0)
     sample = None if len(indices) == total else max_images
 
-    t0 = time.perf_counter()
-    _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=0, progress=False)
-    ours_val, _ = eigen_rgb(covariance_from_sums(pixels, s, ss))
-    ours_s = time.perf_counter() - t0
+    started = time.perf_counter()
+    _, pixels, pixel_sum, outer_sum = pca_sums(out, sample=sample, workers=workers, seed=0, progress=False)
+    ours_eigval, _ = eigen_rgb(covariance_from_sums(pixels, pixel_sum, outer_sum))
+    ours_seconds = time.perf_counter() - started
 
-    t0 = time.perf_counter()
-    base_val = _baseline(out, indices)
-    base_s = time.perf_counter() - t0
+    started = time.perf_counter()
+    numpy_eigval = _baseline(out, indices)
+    numpy_seconds = time.perf_counter() - started
 
-    n = len(indices)
-    ours_rate, base_rate = n / ours_s, n / base_s
+    images = len(indices)
+    ours_rate, numpy_rate = images / ours_seconds, images / numpy_seconds
     return {
         "out": str(out),
-        "images": n,
+        "images": images,
         "workers": workers,
-        "ours_seconds": round(ours_s, 4),
+        "ours_seconds": round(ours_seconds, 4),
         "ours_images_per_s": round(ours_rate, 2),
-        "numpy_seconds": round(base_s, 4),
-        "numpy_images_per_s": round(base_rate, 2),
-        "speedup": round(ours_rate / base_rate, 3),
-        "eigval_ours": ours_val,
-        "eigval_numpy": base_val,
-        "eigval_max_rel_diff": float(np.max(np.abs(ours_val - base_val) / np.abs(base_val).clip(1e-12))),
+        "numpy_seconds": round(numpy_seconds, 4),
+        "numpy_images_per_s": round(numpy_rate, 2),
+        "speedup": round(ours_rate / numpy_rate, 3),
+        "eigval_ours": ours_eigval,
+        "eigval_numpy": numpy_eigval,
+        "eigval_max_rel_diff": float(np.max(np.abs(ours_eigval - numpy_eigval) / np.abs(numpy_eigval).clip(1e-12))),
     }

@@ -32,10 +32,10 @@ def baseline_one(data: bytes) -> bytes:
     from PIL import Image
     from torchvision import transforms
 
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    im = transforms.CenterCrop(IMAGE_SIZE)(transforms.Resize(IMAGE_SIZE)(im))
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = transforms.CenterCrop(IMAGE_SIZE)(transforms.Resize(IMAGE_SIZE)(image))
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    image.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -60,10 +60,10 @@ def _rates(fns: dict[str, Any], sample: list[bytes], repeat: int) -> dict[str, f
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
         for name, fn in fns.items():
-            t = time.perf_counter()
+            started = time.perf_counter()
             for data in sample:
                 fn(data)
-            best[name] = min(best[name], time.perf_counter() - t)
+            best[name] = min(best[name], time.perf_counter() - started)
     return {name: len(sample) / seconds for name, seconds in best.items()}
 
 
@@ -79,9 +79,9 @@ def _pool_rate(sample: list[bytes], workers: int) -> float:
     chunks = [sample[i : i + 8] for i in range(0, len(sample), 8)]
     with ctx.Pool(workers) as pool:
         pool.map(_ours_chunk, chunks[:workers])  # warm up: imports, first decode
-        t = time.perf_counter()
-        n = sum(pool.map(_ours_chunk, chunks, chunksize=1))
-        return n / (time.perf_counter() - t)
+        started = time.perf_counter()
+        images = sum(pool.map(_ours_chunk, chunks, chunksize=1))
+        return images / (time.perf_counter() - started)
 
 
 def bench_prep(src: Path, limit: int = 200, workers: int = 2, repeat: int = 5) -> dict[str, Any]:

@@ -78,18 +78,18 @@ def eval_table(report: dict[str, Any]) -> Table:
     """Our error rates (with 95% intervals) as the first row, then the paper's table, the comparable row marked."""
     paper = report["paper"]
     title = f"{report['split']}: ILSVRC-{paper['table']} (Table {1 if paper['table'] == '2010' else 2} of the paper)"
-    t = Table("model", "top-1 %", "top-5 %", "top-5 test %", "vs this run", title=title)
+    table = Table("model", "top-1 %", "top-5 %", "top-5 test %", "vs this run", title=title)
     ci1, ci5 = report["top1_ci95_pct"], report["top5_ci95_pct"]
     top1 = f"{_fmt(report['top1_error_pct'])} [{ci1[0]:.1f}, {ci1[1]:.1f}]" if ci1 else "—"
     top5 = f"{_fmt(report['top5_error_pct'])} [{ci5[0]:.1f}, {ci5[1]:.1f}]" if ci5 else "—"
     name = f"this run ({report['nets']} net{'s' if report['nets'] > 1 else ''}, {report['crops']} crops)"
-    t.add_row(f"[bold]{name}[/bold]", top1, top5, "", "")
+    table.add_row(f"[bold]{name}[/bold]", top1, top5, "", "")
     for row in paper["rows"]:
         comparable = row["model"] == paper["comparable"]
         diff = f"Δ {_diff(paper['top1_diff_pct'])} / {_diff(paper['top5_diff_pct'])}" if comparable else ""
         style = "bold cyan" if comparable else None
-        t.add_row(row["model"], _fmt(row["top1"]), _fmt(row["top5"]), _fmt(row["top5_test"]), diff, style=style)
-    return t
+        table.add_row(row["model"], _fmt(row["top1"]), _fmt(row["top5"]), _fmt(row["top5_test"]), diff, style=style)
+    return table
 
 
 @app.command("predict")
@@ -109,15 +109,21 @@ def predict_command(
     if json_out:
         emit_json(report)
     else:
-        for item in report["images"]:
-            t = Table("rank", "class", "wnid", "probability")
-            for i, c in enumerate(item["top"], 1):
-                t.add_row(str(i), c["name"], c["wnid"], f"{c['prob']:.3f}")
-            console.print(Text(str(item["path"]), style="bold"), soft_wrap=True)
-            console.print(t)
-        for f in report["failed"]:
-            console.print(Text.assemble(("could not read ", "red"), f"{f['path']}: {f['reason']}"), soft_wrap=True)
+        _render_predictions(report)
     if report["failed"]:
         first = report["failed"][0]
         raise WorkFailed(f"{len(report['failed'])} of {len(images)} images could not be read (first: {first['path']}: "
                          f"{first['reason']}); give image files PIL can read")
+
+
+def _render_predictions(report: dict[str, Any]) -> None:
+    """Each image's top classes as a table, then the files that could not be read."""
+    for item in report["images"]:
+        table = Table("rank", "class", "wnid", "probability")
+        for rank, entry in enumerate(item["top"], 1):
+            table.add_row(str(rank), entry["name"], entry["wnid"], f"{entry['prob']:.3f}")
+        console.print(Text(str(item["path"]), style="bold"), soft_wrap=True)
+        console.print(table)
+    for failure in report["failed"]:
+        console.print(Text.assemble(("could not read ", "red"), f"{failure['path']}: {failure['reason']}"),
+                      soft_wrap=True)

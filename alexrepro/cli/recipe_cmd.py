@@ -20,11 +20,11 @@ def recipe_list(json_out: bool = typer.Option(False, "--json", help="Print one J
     """List the shipped recipes."""
     items = list_recipes()
     if json_out:
-        emit_json({"recipes": [{"name": n, "description": d} for n, d in items]})
+        emit_json({"recipes": [{"name": name, "description": text} for name, text in items]})
         return
     table = Table("recipe", "description")
-    for n, d in items:
-        table.add_row(n, d)
+    for name, text in items:
+        table.add_row(name, text)
     console.print(table)
 
 
