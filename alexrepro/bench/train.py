@@ -110,7 +110,8 @@ def optimizer_timings(model: torch.nn.Module, cfg: Any, device: torch.device, st
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(1)
     for p in params:
-        p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(p.device, p.dtype)
+        # laid out as the parameter (channels_last too), as autograd's gradients are
+        p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen) * 1e-3)
     ours = make_optimizer(model, dataclasses.replace(cfg, name="paper"))
     sgd = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     velocity = [torch.zeros_like(p) for p in params]
