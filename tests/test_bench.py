@@ -170,8 +170,11 @@ def test_profile_walk_traces_backward_kernels_to_their_forward_layer():
     opt = ev(10, "Optimizer.step#PaperSGD.step", 70, 80, step)
     opt.append_kernel("void at::native::multi_tensor_apply_kernel<FusedSgdMathFunctor<float, 3>>", 0, 5.0)
     # two kernels on the GPU: one tied to an op above, one the profiler could not tie to any op
+    # and the labels' spans as the GPU timeline mirrors them (annotations, not kernels: never counted)
     gpu = [ev(11, "ampere_sgemm_128x64_tn", 25, 35, device=DeviceType.CUDA),
-           ev(12, "Memset (Device)", 36, 39, device=DeviceType.CUDA)]
+           ev(12, "Memset (Device)", 36, 39, device=DeviceType.CUDA),
+           ev(13, "train_step", 0, 100, device=DeviceType.CUDA),
+           ev(14, "module: LocalResponseNorm", 1, 10, device=DeviceType.CUDA)]
     timed = timed_events([step, lrn, powf, guard, conv, back, node, mul, back_conv, opt, *gpu], device=True)
     got = sorted((t.name[:24], t.us, t.category, t.phase) for t in timed)
     assert got == sorted([
