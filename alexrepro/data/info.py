@@ -10,7 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from alexrepro.data.manifest import read_manifest
+from alexrepro.data.manifest import SplitEntry, read_manifest
 from alexrepro.data.shards import (
     CHECKSUMS,
     IMAGE_SIZE,
@@ -43,12 +43,12 @@ def describe(out: Path) -> dict[str, Any]:
     out = Path(out)
     manifest = read_manifest(out)
     splits = {}
-    for name, s in manifest.splits.items():
-        size = sum((out / e.file).stat().st_size for e in s.shards if (out / e.file).is_file())
-        splits[name] = {"count": s.count, "skipped": s.skipped, "shards": len(s.shards), "bytes": size,
-                        "layout": s.layout}
+    for name, split in manifest.splits.items():
+        size = sum((out / shard.file).stat().st_size for shard in split.shards if (out / shard.file).is_file())
+        splits[name] = {"count": split.count, "skipped": split.skipped, "shards": len(split.shards), "bytes": size,
+                        "layout": split.layout}
     classes = manifest.class_list()
-    skipped = [f.to_payload() for s in manifest.splits.values() for f in s.skipped_files]
+    skipped = [file.to_payload() for split in manifest.splits.values() for file in split.skipped_files]
     info: dict[str, Any] = {
         "out": str(out),
         "source": manifest.source,
@@ -179,23 +179,19 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     if bar is not None:
         bar.start()
     try:
-        for name, s in manifest.splits.items():
-            task = bar.add_task(f"verify {name}", total=s.count, unit="images") if bar is not None else None
-            total = sum(e.count for e in s.shards)
-            if total != s.count:
-                problems.append(f"{name}: shard counts add up to {total}, manifest says {s.count}")
-            if s.found is not None and s.count + s.skipped != s.found:
-                problems.append(f"{name}: {s.count} written + {s.skipped} skipped != {s.found} found")
+        for name, split in manifest.splits.items():
+            task = bar.add_task(f"verify {name}", total=split.count, unit="images") if bar is not None else None
+            problems += _split_count_problems(name, split)
             checksummed[name] = 0
-            for e in s.shards:
-                result = check_shard(out / e.file, e.count, len(manifest.classes), wnid_index)
+            for shard in split.shards:
+                result = check_shard(out / shard.file, shard.count, len(manifest.classes), wnid_index)
                 problems += result.problems
                 checksummed[name] += result.checksummed
                 shards += 1
                 without += result.without_checksums
                 if bar is not None:
-                    bar.advance(task, e.count)
-            checked[name] = s.count
+                    bar.advance(task, shard.count)
+            checked[name] = split.count
     finally:
         if bar is not None:
             bar.stop()
@@ -209,6 +205,17 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     if problems and raise_on_problems:
         raise verification_failed(out, problems)
     return report
+
+
+def _split_count_problems(name: str, split: SplitEntry) -> list[str]:
+    """Whether the manifest's counts of a split add up: its shards to its count, written + skipped to found."""
+    problems = []
+    total = sum(shard.count for shard in split.shards)
+    if total != split.count:
+        problems.append(f"{name}: shard counts add up to {total}, manifest says {split.count}")
+    if split.found is not None and split.count + split.skipped != split.found:
+        problems.append(f"{name}: {split.count} written + {split.skipped} skipped != {split.found} found")
+    return problems
 
 
 def verification_failed(out: Path, problems: list[str]) -> WorkFailed:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alexrepro.atomic import atomic_write_json
 from alexrepro.data.shards import FORMAT_VERSION, IMAGE_SIZE, READABLE_VERSIONS
@@ -23,50 +23,53 @@ MANIFEST = "manifest.json"
 SKIPPED = "skipped.tsv"  # path <TAB> reason of every source file not written (the manifest lists them per split)
 
 
+R = TypeVar("R", bound="_FlatRecord")
+
+
+class _FlatRecord:
+    """A JSON object of plain int and str fields, keys in field order (a class, a shard, a skipped file)."""
+
+    def to_payload(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_payload(cls: type[R], payload: Mapping[str, Any]) -> R:
+        """The record in `payload`; a KeyError for a missing field without a default, a ValueError for a bad value."""
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in payload:
+                values[f.name] = _PLAIN[str(f.type)](payload[f.name])
+            elif f.default is MISSING:
+                raise KeyError(f.name)
+        return cls(**values)
+
+
+_PLAIN = {"int": int, "str": str}  # field annotation -> the conversion of its JSON value
+
+
 @dataclass(frozen=True)
-class ClassInfo:
+class ClassInfo(_FlatRecord):
     """One class: its index (the label), its WordNet ID and its readable name."""
 
     index: int
     wnid: str
     name: str = ""
 
-    def to_payload(self) -> dict[str, Any]:
-        return {"index": self.index, "wnid": self.wnid, "name": self.name}
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> ClassInfo:
-        return cls(int(payload["index"]), str(payload["wnid"]), str(payload.get("name", "")))
-
 
 @dataclass(frozen=True)
-class ShardEntry:
+class ShardEntry(_FlatRecord):
     """One shard of a split: its path relative to OUT and how many images it holds."""
 
     file: str
     count: int
 
-    def to_payload(self) -> dict[str, Any]:
-        return {"file": self.file, "count": self.count}
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> ShardEntry:
-        return cls(str(payload["file"]), int(payload["count"]))
-
 
 @dataclass(frozen=True)
-class SkippedFile:
+class SkippedFile(_FlatRecord):
     """A source file prep did not write: its path relative to SRC and why."""
 
     path: str
     reason: str
-
-    def to_payload(self) -> dict[str, Any]:
-        return {"path": self.path, "reason": self.reason}
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> SkippedFile:
-        return cls(str(payload["path"]), str(payload["reason"]))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 @dataclass(frozen=True)
-class Listed:
+class ListedImage:
     """One image file found in SRC, before it is labelled: its key, file stem, class folder and location."""
 
     key: str
@@ -36,7 +36,7 @@ def stem(name: str) -> str:
     return os.path.splitext(os.path.basename(name))[0]
 
 
-def list_folder(folder: Path, root: Path) -> list[Listed]:
+def list_folder(folder: Path, root: Path) -> list[ListedImage]:
     """Images directly in `folder` (flat) and one level down (class folders), sorted by key."""
     entries = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -45,45 +45,42 @@ def list_folder(folder: Path, root: Path) -> list[Listed]:
         class_folder = Path(dirpath).name if depth == 1 else None
         for name in filenames:
             if is_image_name(name):
-                p = Path(dirpath) / name
-                entries.append(Listed(p.relative_to(root).as_posix(), stem(name), class_folder, str(p)))
+                file = Path(dirpath) / name
+                entries.append(ListedImage(file.relative_to(root).as_posix(), stem(name), class_folder, str(file)))
     return sorted(entries, key=lambda e: e.key)
 
 
-def list_tar(path: Path, root: Path) -> list[Listed]:
+def list_tar(path: Path, root: Path) -> list[ListedImage]:
     """Images inside an uncompressed tar, read in place: members, or members of one tar per class."""
     base = path.relative_to(root).as_posix()
     entries = []
     try:
         with tarfile.open(path, "r:") as outer:
-            for m in outer:
-                if not m.isfile():
+            for member in outer:
+                if not member.isfile():
                     continue
-                if m.name.lower().endswith(".tar"):
-                    inner_file = outer.extractfile(m)
-                    with tarfile.open(fileobj=inner_file, mode="r:") as inner:
-                        for im in inner:
-                            if im.isfile() and is_image_name(im.name):
-                                entries.append(
-                                    Listed(
-                                        f"{base}/{m.name}/{im.name}",
-                                        stem(im.name),
-                                        stem(m.name),
-                                        str(path),
-                                        m.offset_data + im.offset_data,
-                                        im.size,
-                                    )
-                                )
-                elif is_image_name(m.name):
-                    parent = os.path.basename(os.path.dirname(m.name)) or None
-                    entries.append(
-                        Listed(f"{base}/{m.name}", stem(m.name), parent, str(path), m.offset_data, m.size)
-                    )
+                if member.name.lower().endswith(".tar"):
+                    entries += _list_class_tar(outer, member, f"{base}/{member.name}", str(path))
+                elif is_image_name(member.name):
+                    parent = os.path.basename(os.path.dirname(member.name)) or None
+                    entries.append(ListedImage(f"{base}/{member.name}", stem(member.name), parent, str(path),
+                                               member.offset_data, member.size))
     except tarfile.ReadError as e:
         raise UserError(
             f"{path} is not an uncompressed tar ({e}); prep reads .tar files in place, so decompress it first"
         ) from None
     return sorted(entries, key=lambda e: e.key)
+
+
+def _list_class_tar(outer: tarfile.TarFile, member: tarfile.TarInfo, key: str, path: str) -> list[ListedImage]:
+    """The images of one class tar inside `outer`, located by their offsets in the outer file."""
+    entries = []
+    with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+        for image in inner:
+            if image.isfile() and is_image_name(image.name):
+                entries.append(ListedImage(f"{key}/{image.name}", stem(image.name), stem(member.name), path,
+                                           member.offset_data + image.offset_data, image.size))
+    return entries
 
 
 def train_classes(location: Path) -> list[str]:
@@ -92,9 +89,9 @@ def train_classes(location: Path) -> list[str]:
         return sorted(d.name for d in location.iterdir() if d.is_dir() and not d.name.startswith("."))
     with tarfile.open(location, "r:") as tar:
         names = set()
-        for m in tar:
-            if m.isfile() and m.name.lower().endswith(".tar"):
-                names.add(stem(m.name))
-            elif m.isfile() and is_image_name(m.name) and os.path.dirname(m.name):
-                names.add(os.path.basename(os.path.dirname(m.name)))
+        for member in tar:
+            if member.isfile() and member.name.lower().endswith(".tar"):
+                names.add(stem(member.name))
+            elif member.isfile() and is_image_name(member.name) and os.path.dirname(member.name):
+                names.add(os.path.basename(os.path.dirname(member.name)))
     return sorted(names)

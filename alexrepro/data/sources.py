@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexrepro.data.manifest import ClassInfo
-from alexrepro.data.source_files import Listed, list_folder, list_tar, train_classes
+from alexrepro.data.source_files import ListedImage, list_folder, list_tar, train_classes
 from alexrepro.data.source_labels import Labelling, find_labelling, read_synset_mapping
 from alexrepro.errors import UserError
 
@@ -79,7 +79,7 @@ def _locate_split(src: Path, image_root: Path, split: str) -> Path | None:
     return tars[0] if tars else None
 
 
-def _list_split(src: Path, location: Path) -> list[Listed]:
+def _list_split(src: Path, location: Path) -> list[ListedImage]:
     return list_folder(location, src) if location.is_dir() else list_tar(location, src)
 
 
@@ -146,15 +146,7 @@ def find_sources(
                 raise UserError(f"{msg}; give --{split}-labels FILE or --devkit DIR")
             notes.append(f"{split} not prepared: {msg}")
             continue
-        items, unlabelled = [], []
-        for e in entries:
-            wnid = e.folder if e.folder is not None else by_stem.get(e.stem)
-            if wnid is None:
-                unlabelled.append((e.key, "no ground-truth label for this image"))
-            elif wnid not in index:
-                unlabelled.append((e.key, f"class {wnid} is not among the {len(index)} training classes"))
-            else:
-                items.append(Item(e.key, index[wnid], e.path, e.offset, e.size))
+        items, unlabelled = _label_images(entries, by_stem or {}, index)
         layout = "class folders" if not flat else ("flat" if len(flat) == len(entries) else "mixed")
         result[split] = SplitSource(split, f"{layout} in {where}", items, unlabelled)
     if not result:
@@ -162,8 +154,24 @@ def find_sources(
     return Source(src, classes, result, notes)
 
 
+def _label_images(
+    entries: list[ListedImage], by_stem: dict[str, str], index: dict[str, int]
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """(labelled items, (key, reason) of the others): by class folder, else by the flat file's stem."""
+    items, unlabelled = [], []
+    for image in entries:
+        wnid = image.folder if image.folder is not None else by_stem.get(image.stem)
+        if wnid is None:
+            unlabelled.append((image.key, "no ground-truth label for this image"))
+        elif wnid not in index:
+            unlabelled.append((image.key, f"class {wnid} is not among the {len(index)} training classes"))
+        else:
+            items.append(Item(image.key, index[wnid], image.path, image.offset, image.size))
+    return items, unlabelled
+
+
 def _class_wnids(
-    located: dict[str, Path], listed: dict[str, list[Listed]], labelling: Labelling
+    located: dict[str, Path], listed: dict[str, list[ListedImage]], labelling: Labelling
 ) -> tuple[list[str], str]:
     """The sorted class WNIDs: the training split's class folders, else the devkit's, else val's folders."""
     if "train" in located:
