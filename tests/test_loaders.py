@@ -213,7 +213,7 @@ def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path
 
     from test_prepared import open_files_under
 
-    from alexrepro.data import prepared
+    from alexrepro.data import shard_files
     from alexrepro.data.prepared import Shard
 
     if not os.path.isdir("/proc/self/fd"):
@@ -221,7 +221,7 @@ def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path
     if workers and multiprocessing.get_start_method() != "fork":
         pytest.skip("the monkeypatched cap reaches the workers only through fork")
     out = make_set(tmp_path / "raw", n_train=16, n_val=3, per_shard=2, encoding="raw")
-    monkeypatch.setattr(prepared, "MAX_OPEN_SHARDS", 3)
+    monkeypatch.setattr(shard_files, "MAX_OPEN_SHARDS", 3)
     log = tmp_path / "label_reads"
     real_labels = Shard.labels
 

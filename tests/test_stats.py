@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexrepro.data import stats as st
 from alexrepro.cli import main
+from alexrepro.data import stats as st
+from alexrepro.data.manifest import write_manifest
+from alexrepro.data.shards import write_shard
+from alexrepro.data.split import open_split
+from alexrepro.data.stats_file import Stats, read_stats, write_stats
 from alexrepro.errors import UserError
-from alexrepro.data.prepared import Stats, open_split, read_stats, write_manifest, write_shard, write_stats
 
 SHARDS = (3, 2, 4)  # images per shard: 9 training images in 3 shards
 N = sum(SHARDS)
@@ -266,7 +269,7 @@ def test_unit_scale_and_lighting_magnitudes(tmp_path):
 
 
 def test_published_imagenet_reference_values():
-    # fb.resnet.torch's [0, 1] ImageNet PCA (PAPER.md "PCA lighting"): 0.2175, 0.0188, 0.0045
+    # fb.resnet.torch's [0, 1] ImageNet PCA (docs/FAITHFULNESS.md G7): 0.2175, 0.0188, 0.0045
     np.testing.assert_array_equal(st.IMAGENET_EIGVAL_UNIT, [0.2175, 0.0188, 0.0045])
     # columns are eigenvectors: orthonormal to the 4 printed decimals; column 1 is the grey axis
     np.testing.assert_allclose(st.IMAGENET_EIGVEC.T @ st.IMAGENET_EIGVEC, np.eye(3), atol=2e-4)
@@ -322,9 +325,10 @@ def test_bench_pca_agrees_with_numpy(tmp_path):
     assert result["ours_images_per_s"] > 0 and result["numpy_images_per_s"] > 0
 
 
-def test_paper_md_magnitudes_for_imagenet():
-    # PAPER.md: with the [0, 1] eigenvalues 0.2175, 0.0188, 0.0045 a one-σ draw (α = 0.1) shifts pixels by
-    # about 0.02 on [0, 1], i.e. ≈ 5.5 on 0–255; √λ on 0–255 (cuda-convnet) gives a shift about twice as large.
+def test_lighting_magnitudes_for_imagenet():
+    # §4.1 on [0, 1] pixels (docs/FAITHFULNESS.md C3): with the eigenvalues 0.2175, 0.0188, 0.0045 a one-σ draw
+    # (α = 0.1) shifts pixels by about 0.02 on [0, 1], i.e. ≈ 5.5 on 0–255; √λ on 0–255 (cuda-convnet) gives a
+    # shift about twice as large.
     lam_255 = np.array([0.2175, 0.0188, 0.0045]) * 255**2
     stats = Stats(mean=np.zeros((1, 1, 3)), channel_mean=np.zeros(3), pixel_count=1, eigval=lam_255,
                   eigvec=np.eye(3))

@@ -65,7 +65,7 @@ def make_run(run: Path, out: Path, seed: int = 0, conv1: torch.Tensor | None = N
         state["conv1.weight"] = conv1
     st = read_stats(out)
     payload = {"model": state, "recipe": recipe.to_dict(), "recipe_name": recipe.name, "epoch": 1, "step": 1,
-               "classes": read_manifest(out)["classes"],
+               "classes": read_manifest(out).class_list(),
                "stats": {"mean": st.mean.astype(np.float16), "channel_mean": st.channel_mean}}
     save_checkpoint(run / "checkpoints" / "best.pt", payload)
     return run

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from alexrepro.atomic import writable_folder
+from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
+from alexrepro.data.split import open_split
+from alexrepro.data.stats_file import Stats, read_stats, write_stats
 from alexrepro.errors import UserError
-from alexrepro.data.prepared import IMAGE_SIZE, Shard, Stats, open_split, read_stats, write_stats
 from alexrepro.progress import make_progress
 
 # Published ImageNet PCA (fb.resnet.torch, datasets/imagenet.lua `pca`), pixels on [0, 1]:
@@ -110,8 +112,6 @@ def _images(path: Path, idx: np.ndarray) -> Iterator[np.ndarray]:
             block = shard.file["images"][int(idx[0]) : int(idx[-1]) + 1]
             items: Iterator[np.ndarray] = iter(block)
         elif shard.encoding == "jpeg" and contiguous:
-            from alexrepro.data.prepared import decode_jpeg
-
             encoded = shard.encoded_range(int(idx[0]), int(idx[-1]) + 1)
             items = (decode_jpeg(b, f"{path} #{int(i)}") for i, b in zip(idx, encoded, strict=True))
         else:

@@ -267,7 +267,7 @@ def make_report(
     """The eval JSON object: error rates in percent (as the paper prints them) beside the paper's row."""
     from alexrepro.evaluation.paper_tables import SPLIT_OF_TABLE, choose_table, comparable_row, difference, table_rows
 
-    table = choose_table(opts.paper_table, dataset.manifest.get("source"), opts.split)
+    table = choose_table(opts.paper_table, dataset.manifest.source, opts.split)
     comp = comparable_row(table, opts.crops, len(members))
     # Table 2's test column is top-5 only (the 2012 test labels are not public).
     paper_top1 = comp.top1 if opts.split == SPLIT_OF_TABLE[table] or table == "2010" else None

@@ -80,8 +80,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
         ["cuda:0", "cuda:1"] if plan.device_type == "cuda" else ["cpu", "cpu"])
 
     # ---- data: the prepared set must match the recipe
-    manifest = read_manifest(out)
-    classes = list(manifest.get("classes", []))
+    classes = read_manifest(out).class_list()
     if len(classes) != m_cfg.num_classes:
         raise UserError(
             f"the recipe has model.num_classes = {m_cfg.num_classes} but {out} has {len(classes)} classes; "
