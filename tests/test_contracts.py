@@ -66,7 +66,8 @@ def test_recipes_and_checkpoints_without_arch_mean_the_papers_net():
     assert recipe_from_dict(old).model.arch == "alexnet"
     torch.manual_seed(0)
     net = build_net(recipe_from_dict(old).model, 64)
-    payload = {"model": net.state_dict(), "recipe": old, "recipe_name": "tiny", "classes": [], "epoch": 1, "step": 1}
+    payload = {"model": net.state_dict(), "recipe": old, "recipe_name": "tiny", "classes": [],
+               "epoch": 1, "step": 1}
     loaded, recipe, _ = model_from_checkpoint(payload)
     assert recipe.model.arch == "alexnet"
     for key, value in net.state_dict().items():

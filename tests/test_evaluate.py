@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from alexrepro.training.checkpoint import save_checkpoint
 from alexrepro.cli import main
+from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.evaluate import rank_indices, score_batches
 from alexrepro.evaluation.test_time import TEST_TIME, predict_center, predict_ensemble, predict_ten_crop
 from alexrepro.loaders import dali_available
-from alexrepro.loaders.presets import variant_for
 from alexrepro.loaders.order import BatchPlan
+from alexrepro.loaders.presets import variant_for
 from alexrepro.nets.alexnet import build_model
-from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.recipe import load_recipe
+from alexrepro.training.checkpoint import save_checkpoint
 
 
 class Linear(nn.Module):
@@ -221,8 +221,8 @@ def test_bad_inputs_exit_2(tiny, capsys):
 
 
 def test_ten_crop_matches_an_explicit_loop_through_the_loader(tiny):
-    from alexrepro.training.checkpoint import model_from_checkpoint
     from alexrepro.loaders import make_loader
+    from alexrepro.training.checkpoint import model_from_checkpoint
 
     model, recipe, _ = model_from_checkpoint(tiny / "a.pt")
     cpu = torch.device("cpu")

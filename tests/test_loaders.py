@@ -96,7 +96,7 @@ def test_lighting_without_pca_says_to_run_pca(tmp_path, kind):
     make_loader(out, "train", DataConfig(workers=0, lighting=False), 4, train=True, device=CPU, kind=kind).close()
 
 
-def test_evaluation_resizes_image_and_mean_and_takes_the_centre(raw_set):
+def test_evaluation_resizes_image_and_mean_and_takes_the_center(raw_set):
     cfg = DataConfig(workers=0, image_size=128, crop_size=112, mean="image")
     ((images, labels),) = load(raw_set, 8, split="val", train=False, data_cfg=cfg)
     ds, stats = open_split(raw_set, "val"), read_stats(raw_set)

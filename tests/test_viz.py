@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
 from alexrepro.cli import main
-from alexrepro.nets.alexnet import build_model
 from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
-from alexrepro.recipe import load_recipe
 from alexrepro.figures.curves import read_epoch_records
 from alexrepro.figures.filters import filter_mosaic, grid_shape, normalise_kernel
 from alexrepro.figures.neighbors import nearest_neighbors
+from alexrepro.nets.alexnet import build_model
+from alexrepro.recipe import load_recipe
+from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
 
 N_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2, 1
 DPI = 100  # the dpi alexrepro.figures sets on every figure
@@ -232,8 +232,8 @@ def center_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
 
 
 def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
-    from alexrepro.training.checkpoint import load_checkpoint
     from alexrepro.data.prepared import open_split
+    from alexrepro.training.checkpoint import load_checkpoint
 
     run = make_run(tmp_path / "run", data)
     code, out, _ = run_cli(["viz", "predictions", str(run), str(data), "--n", "6", "--device", "cpu", "--json"], capsys)

@@ -178,8 +178,8 @@ def check_options(opts: EvalOptions) -> str:
 
 def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Score a split with one checkpoint or an ensemble and return the report (all ranks get it)."""
-    from alexrepro.loaders import make_loader
     from alexrepro.data.prepared import open_split
+    from alexrepro.loaders import make_loader
     from alexrepro.progress import make_progress
 
     variant = check_options(opts)

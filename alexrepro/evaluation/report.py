@@ -1,4 +1,4 @@
-"""The eval report: the JSON object (error rates beside the paper's row) and the per-class and per-image files."""
+"""The eval report: the JSON object (error rates beside the paper's row), the per-class and per-image files."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ def make_report(
     seconds: float, world: int, device: torch.device,
 ) -> dict[str, Any]:
     """The eval JSON object: error rates in percent (as the paper prints them) beside the paper's row."""
-    from alexrepro.evaluation.paper_tables import SPLIT_OF_TABLE, choose_table, comparable_row, difference, table_rows
+    from alexrepro.evaluation.paper_tables import (
+        SPLIT_OF_TABLE,
+        choose_table,
+        comparable_row,
+        difference,
+        table_rows,
+    )
 
     table = choose_table(opts.paper_table, dataset.manifest.get("source"), opts.split)
     comp = comparable_row(table, opts.crops, len(members))

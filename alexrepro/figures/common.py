@@ -125,7 +125,7 @@ def center_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray
 def center_batch(
     images: Sequence[np.ndarray], data: DataConfig, mean: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """(net input N×3×c×c, the uint8 centre patches N×c×c×3) for stored 256² images, as `eval --crops 1` sees them."""
+    """(net input N×3×c×c, uint8 centre patches N×c×c×3) of stored 256² images, as `eval --crops 1` sees them."""
     from alexrepro.loaders.presets import EvalPreset, mean_colour
 
     preset = EvalPreset.for_data(data)

@@ -53,7 +53,7 @@ def _dali_loader(spec: LoaderSpec) -> Loader:
 class Backend:
     """A loader backend: how to build it for a request, whether it can run here, and what to do if not."""
 
-    make: Callable[[LoaderSpec], Loader]  # imports the backend only when one is built (DALI workers stay light)
+    make: Callable[[LoaderSpec], Loader]  # imports the backend when one is built (DALI workers stay light)
     available: Callable[[], bool]
     missing: str = ""  # the UserError when asked for but not available
 
@@ -62,8 +62,11 @@ class Backend:
 # derive their choices from it. The first entry is the reference the others are held to.
 BACKENDS: dict[str, Backend] = {
     "torch": Backend(_torch_loader, lambda: True),
-    "dali": Backend(_dali_loader, lambda: dali_available(),  # looked up at call time (tests replace it)
-                    "the DALI loader needs nvidia-dali: pip install 'alexrepro[dali]', or use --loader torch"),
+    "dali": Backend(
+        _dali_loader,
+        lambda: dali_available(),  # looked up at call time (tests replace it)
+        "the DALI loader needs nvidia-dali: pip install 'alexrepro[dali]', or use --loader torch",
+    ),
 }
 KINDS = ("auto", *BACKENDS)  # "auto": the recipe's data.loader, then the hardware decides (choose_kind)
 

@@ -3,10 +3,10 @@
 DALI decodes on the GPU ("mixed") when the device is CUDA, on the CPU otherwise (device_id=None:
 DALI's CPU mode needs no GPU). Training crop corners and flips come in per sample from the one
 sampler (via `ShardSource`) and are applied with fn.slice (absolute anchors) and fn.flip; the test
-views (the centre, or the ten of §4.1) are the preset's, pipeline constants. The float maths (mean subtraction, lighting, NCHW) is NOT done in DALI:
-the uint8 crops go through the same `finish_batch` as the PyTorch backend, so for the same draws
-both give the same tensor up to the JPEG decoders' differences. Batches are prefetched
-(prefetch_queue_depth) so that loading overlaps training.
+views (the centre, or the ten of §4.1) are the preset's, pipeline constants. The float maths (mean
+subtraction, lighting, NCHW) is NOT done in DALI: the uint8 crops go through the same `finish_batch`
+as the PyTorch backend, so for the same draws both give the same tensor up to the JPEG decoders'
+differences. Batches are prefetched (prefetch_queue_depth) so that loading overlaps training.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from alexrepro.data.prepared import SplitDataset
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import BatchPlan, rank_batch
-from alexrepro.data.prepared import SplitDataset
 from alexrepro.recipe import DataConfig
 
 

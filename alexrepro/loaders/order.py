@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexrepro.loaders.augment import CropParams, draw_train_params, eval_params
 from alexrepro.errors import UserError
+from alexrepro.loaders.augment import CropParams, draw_train_params, eval_params
 from alexrepro.recipe import DataConfig
 
 # A non-zero tag ends the seed list so that this stream never equals augment.draw_train_params's

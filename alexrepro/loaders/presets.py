@@ -152,7 +152,8 @@ def saved_mean(saved: Mapping[str, Any] | None, out: Path | None) -> MeanImage:
     from alexrepro.data.prepared import read_stats
 
     s = read_stats(out)
-    return MeanImage(np.asarray(s.mean, np.float32), np.asarray(s.channel_mean, np.float64), str(Path(out) / "stats.h5"))
+    source = str(Path(out) / "stats.h5")
+    return MeanImage(np.asarray(s.mean, np.float32), np.asarray(s.channel_mean, np.float64), source)
 
 
 def mean_colour(mean: np.ndarray, device: torch.device) -> Colour:
@@ -162,9 +163,12 @@ def mean_colour(mean: np.ndarray, device: torch.device) -> Colour:
     return Colour(torch.as_tensor(mean, dtype=torch.float32).to(device), None, None)
 
 
-def make_colour(stats: Stats | MeanImage, data: DataConfig, device: torch.device, lighting: bool = False) -> Colour:
-    """The recipe's colour set-up on `device`: §2's mean image (or channel mean) and, if `lighting`, §4.1's basis."""
+def make_colour(
+    stats: Stats | MeanImage, data: DataConfig, device: torch.device, lighting: bool = False
+) -> Colour:
+    """The recipe's colour set-up on `device`: §2's mean image (or channel mean); if `lighting`, §4.1's basis."""
     colour = mean_colour(mean_image_for(stats.mean, stats.channel_mean, data), device)
     if not lighting:
         return colour
-    return Colour(colour.mean, np.asarray(stats.eigvec, np.float64), lighting_magnitudes(stats, data.lighting_scale))
+    magnitudes = lighting_magnitudes(stats, data.lighting_scale)
+    return Colour(colour.mean, np.asarray(stats.eigvec, np.float64), magnitudes)
