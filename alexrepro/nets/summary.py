@@ -116,7 +116,7 @@ def forward_macs(cfg: ModelConfig, crop_size: int) -> int:
 def is_paper_net(cfg: ModelConfig, crop_size: int) -> bool:
     """Whether the net has the paper's two-GPU shapes (same layers and map sizes), so its counts compare."""
     paper = ModelConfig()
-    same = ("num_classes", "layout", "width", "fc_width")
+    same = ("arch", "num_classes", "layout", "width", "fc_width")
     if any(getattr(cfg, f) != getattr(paper, f) for f in same):
         return False
     return feature_sizes(cfg, crop_size) == feature_sizes(paper, PAPER_CROP)
