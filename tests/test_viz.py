@@ -10,12 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
 from alexrepro.cli import main
-from alexrepro.nets.alexnet import build_model
 from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
+from alexrepro.figures.curves import read_epoch_records
+from alexrepro.figures.filters import filter_mosaic, grid_shape, normalise_kernel
+from alexrepro.figures.neighbors import nearest_neighbors
+from alexrepro.nets.alexnet import build_model
 from alexrepro.recipe import load_recipe
-from alexrepro.viz import filter_mosaic, grid_shape, nearest_neighbors, normalise_kernel, read_epoch_records
+from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
 
 N_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2, 1
 DPI = 100  # the dpi alexrepro.figures sets on every figure
@@ -219,7 +221,7 @@ def test_nearest_neighbors_matches_a_brute_force_loop(block):
 
 
 # --------------------------------------------------------------------------------------------- nets
-def centre_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
+def center_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
     """§2 + the centre patch written out for the tiny recipe: 256 → 128 (bilinear), centre 112, minus the mean."""
     small = np.asarray(Image.fromarray(image).resize((128, 128), Image.BILINEAR), dtype=np.float32)
     mean = np.stack([np.asarray(Image.fromarray(mean256[..., c], mode="F").resize((128, 128), Image.BILINEAR))
@@ -230,8 +232,8 @@ def centre_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
 
 
 def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
-    from alexrepro.training.checkpoint import load_checkpoint
     from alexrepro.data.prepared import open_split
+    from alexrepro.training.checkpoint import load_checkpoint
 
     run = make_run(tmp_path / "run", data)
     code, out, _ = run_cli(["viz", "predictions", str(run), str(data), "--n", "6", "--device", "cpu", "--json"], capsys)
@@ -247,7 +249,7 @@ def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
     for p in res["images"]:
         image, label = val[p["index"]]
         with torch.no_grad():
-            probs = torch.softmax(model(centre_input(image, mean)), 1)[0]
+            probs = torch.softmax(model(center_input(image, mean)), 1)[0]
         assert p["label"] == label and len(p["top5"]) == 5
         assert p["top5"] == torch.argsort(probs, descending=True)[:5].tolist()
         assert np.allclose(p["prob"], probs[p["top5"]].numpy(), atol=1e-4)

@@ -22,6 +22,7 @@ import torch
 
 from alexrepro.errors import UserError
 from alexrepro.data.prepared import SKIPPED, read_stats
+from alexrepro.loaders import BACKENDS
 from alexrepro.progress import console, emit_json, make_progress
 from alexrepro.recipe import DataConfig, load_recipe
 
@@ -92,7 +93,7 @@ def bench_loader(
     batches: int,
     batch_size: int,
     workers: int,
-    kinds: tuple[str, ...] = ("torch", "dali"),
+    kinds: tuple[str, ...] = tuple(BACKENDS),
     device: str = "cpu",
 ) -> dict[str, Any]:
     """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""

@@ -303,7 +303,7 @@ def profile_train(
 ) -> dict[str, Any]:
     """Step time, images/s, and a torch.profiler breakdown of `steps` profiled training steps."""
     from alexrepro.runtime import resolve_device
-    from alexrepro.nets.alexnet import build_model
+    from alexrepro.nets import build_net
     from alexrepro.training.optim import make_optimizer
     from alexrepro.training.loop import StepGuard, train_step
 
@@ -323,7 +323,7 @@ def profile_train(
     images, labels = synthetic_batch(n, crop, classes, dev, channels_last)
 
     torch.manual_seed(0)  # as alexrepro.bench.train builds "ours"
-    model = build_model(r.model, crop).to(dev).to(memory_format=fmt)
+    model = build_net(r.model, crop).to(dev).to(memory_format=fmt)
     net = torch.compile(model) if compile_ else model
     optimizer = make_optimizer(model, r.optim)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")

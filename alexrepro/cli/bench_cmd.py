@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from alexrepro.cli.app import app
+from alexrepro.loaders import BACKENDS, kinds_text
 from alexrepro.progress import console, emit_json
 
 bench_app = typer.Typer(help="Throughput of prep, pca, loaders and training steps beside plain baselines.",
@@ -118,7 +119,7 @@ def bench_loader_cmd(
     batches: int = typer.Option(20, "--batches", help="Timed batches per loader."),
     batch_size: int = typer.Option(128, "--batch-size"),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Loader worker processes."),
-    kinds: str = typer.Option("torch,dali", "--kinds", help="Our loaders to time, comma-separated."),
+    kinds: str = typer.Option(",".join(BACKENDS), "--kinds", help="Our loaders to time, comma-separated."),
     device: str = typer.Option("cpu", "--device", help="Where batches go: cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -174,7 +175,7 @@ def bench_train_cmd(
     data: Path | None = typer.Option(
         None, "--data", help="A prepared set: also time the step fed by our loader (end to end) beside the "
         "synthetic-input figure."),
-    loader: str = typer.Option("auto", "--loader", help="With --data: auto, torch or dali."),
+    loader: str = typer.Option("auto", "--loader", help=f"With --data: {kinds_text()}."),
     workers: int | None = typer.Option(None, "--workers", help="With --data: loader workers (default: recipe's)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -268,7 +269,7 @@ def bench_all_cmd(
         results = {
             "prep": bench_prep(src, limit=200, workers=min(2, os.cpu_count() or 1)),
             "pca": bench_pca(out, workers=1),
-            "loader": bench_loader(out, src, 10, 64 if cpu else 256, os.cpu_count() or 1, ("torch", "dali"), device),
+            "loader": bench_loader(out, src, 10, 64 if cpu else 256, os.cpu_count() or 1, tuple(BACKENDS), device),
             "train": bench_train("tiny" if cpu else "paper", ("model.num_classes=10",), steps=5 if cpu else 20,
                                  device=device, precision="fp32" if cpu else "bf16", channels_last=not cpu,
                                  data=str(out), workers=os.cpu_count() or 1),

@@ -18,9 +18,9 @@ from alexrepro.data.stats import (
     IMAGENET_PCA_SOURCE,
     compute_pca,
     eigval_on_unit_scale,
-    lighting_magnitudes,
     sample_indices,
 )
+from alexrepro.loaders.augment import lighting_magnitudes
 
 EIGVEC_LAYOUT = "rows R, G, B; column j is the eigenvector of eigval[j]"
 SIGN_CONVENTION = "each eigenvector's largest-magnitude component is positive"

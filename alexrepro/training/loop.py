@@ -66,7 +66,8 @@ def _process(plan: TrainPlan) -> dict[str, Any]:
 def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary."""
     from alexrepro.loaders import make_loader
-    from alexrepro.nets.alexnet import build_model, model_parallel
+    from alexrepro.nets import build_net
+    from alexrepro.nets.alexnet import model_parallel
 
     t0 = time.time()
     recipe, out, run_dir = plan.recipe, plan.out, plan.run_dir
@@ -93,7 +94,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     random.seed(r_cfg.seed)
     np.random.seed(r_cfg.seed)
     torch.manual_seed(r_cfg.seed)
-    model = build_model(m_cfg, d_cfg.crop_size)
+    model = build_net(m_cfg, d_cfg.crop_size)
     if plan.parallel == "model":
         model = model_parallel(model, (torch.device(devices[0]), torch.device(devices[1])))
         device = torch.device(devices[0])
