@@ -19,12 +19,23 @@ from typing import Any, Literal
 import tomllib
 
 from alexrepro.errors import UserError
+from alexrepro.loaders import KINDS
+from alexrepro.nets import NETS
+
+# The valid names come from the registries (alexrepro.nets.NETS, alexrepro.loaders.BACKENDS), so a new
+# net or loader backend is a valid recipe value as soon as it is registered. Loader kinds are listed
+# sorted, as recipe errors have always listed them.
+NetName = Literal[tuple(NETS)]  # type: ignore[valid-type]
+LoaderKind = Literal[tuple(sorted(KINDS))]  # type: ignore[valid-type]
 
 
 @dataclass
 class ModelConfig:
     """The net of §3: which layout, how wide, and every ambiguity named."""
 
+    # "alexnet" = the paper's net of §3 in any layout; the registry (alexrepro.nets.NETS) is ready for
+    # reference nets, e.g. torchvision's variant. Recipes and checkpoints without it mean "alexnet".
+    arch: NetName = "alexnet"
     num_classes: int = 1000  # §2: ILSVRC's 1000 classes
     layout: Literal["two-tower", "one-tower"] = "two-tower"  # §3.2 two-GPU net | §3.2's one-GPU ablation
     width: float = 1.0  # multiplier on the conv kernel counts (96, 256, 384, 384, 256)
@@ -57,10 +68,10 @@ class DataConfig:
     mirror: bool = True  # §4.1: horizontal reflections
     lighting: bool = True  # §4.1: PCA lighting
     lighting_std: float = 0.1  # §4.1: α_i ~ N(0, 0.1)
-    # PAPER.md: "unit" applies the printed formula with pixels on [0, 1] (fb.resnet.torch);
+    # §4.1 (docs/FAITHFULNESS.md): "unit" applies the printed formula with pixels on [0, 1] (fb.resnet.torch);
     # "cuda-convnet" uses √λ on the 0–255 scale as Krizhevsky's released code did.
     lighting_scale: Literal["unit", "cuda-convnet"] = "unit"
-    loader: Literal["auto", "dali", "torch"] = "auto"
+    loader: LoaderKind = "auto"  # alexrepro.loaders.KINDS
     workers: int = 4  # loader worker processes (or DALI threads)
     drop_last: bool = True  # drop the last partial training batch of each epoch
 

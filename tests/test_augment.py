@@ -7,6 +7,7 @@ from loader_data import EIGVAL, EIGVEC, structured_image
 from PIL import Image
 from torchvision.transforms import CenterCrop, TenCrop
 
+from alexrepro.errors import UserError
 from alexrepro.loaders.augment import (
     Colour,
     CropParams,
@@ -148,3 +149,28 @@ def test_mean_image_modes():
     chan = mean_image_for(mean, cm, DataConfig(mean="channel", image_size=128, crop_size=112))
     assert chan.shape == (128, 128, 3) and np.all(chan == cm.astype(np.float32))
     assert mean_image_for(mean, cm, DataConfig(image_size=128, crop_size=112)).shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("variant", ["center", "ten"])
+def test_eval_preset_is_torchvisions_resize_then_crops_minus_the_mean(variant):
+    """The test-time preset = torchvision's Resize((S, S)) then CenterCrop / TenCrop, minus the mean cut alike."""
+    from torchvision.transforms import Resize
+
+    from alexrepro.loaders.presets import EvalPreset, mean_colour
+
+    images = [structured_image(i) for i in (1, 2)]
+    preset = EvalPreset(128, 112, variant)
+    crop = CenterCrop(112) if variant == "center" else TenCrop(112)
+    resized = [Resize((128, 128))(Image.fromarray(im)) for im in images]
+    want = [np.asarray(crop(r)) if variant == "center" else np.stack([np.asarray(p) for p in crop(r)])
+            for r in resized]
+    np.testing.assert_array_equal(preset.cut_all(images), np.stack(want))
+    mean = np.random.default_rng(0).uniform(0, 255, (128, 128, 3)).astype(np.float32)
+    mean_patches = crop(Image.fromarray(mean[..., 0], mode="F"))  # one channel is enough to place the views
+    out = preset(images, mean_colour(mean, torch.device("cpu")), torch.device("cpu"))
+    assert out.shape == ((2, 3, 112, 112) if variant == "center" else (2, 10, 3, 112, 112))
+    first = out[0, 0] if variant == "center" else out[0, :, 0]
+    mean0 = np.asarray(mean_patches) if variant == "center" else np.stack([np.asarray(p) for p in mean_patches])
+    np.testing.assert_allclose(first.numpy(), np.stack(want)[0][..., 0] - mean0, atol=1e-4)
+    with pytest.raises(UserError, match="crops must be one of center, ten"):
+        EvalPreset(128, 112, "five")

@@ -1,18 +1,23 @@
-"""The DALI backend (CPU mode here) gives the PyTorch backend's tensors for the same draws."""
+"""Every backend (DALI in CPU mode here) gives the reference PyTorch backend's tensors for the same draws.
+
+The comparisons run for each registered backend besides the reference (the first of BACKENDS);
+the last test is of the DALI backend's own external source.
+"""
 
 import pickle
 
 import pytest
 import torch
 from loader_data import make_set
+from test_contracts import backend_params
 
-pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
-
-from alexrepro.loaders import make_loader  # noqa: E402
-from alexrepro.loaders.dali_source import ShardSource  # noqa: E402
-from alexrepro.recipe import DataConfig  # noqa: E402
+from alexrepro.loaders import BACKENDS, dali_available, make_loader
+from alexrepro.loaders.dali_source import ShardSource
+from alexrepro.recipe import DataConfig
 
 CPU = torch.device("cpu")
+REFERENCE = next(iter(BACKENDS))  # "torch"
+OTHERS = [p for p in backend_params() if p.values[0] != REFERENCE]
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +30,17 @@ def raw_set(tmp_path_factory):
     return make_set(tmp_path_factory.mktemp("raw"), n_train=20, n_val=7, encoding="raw")
 
 
-def both(out, batch_size, epoch=0, start=0, split="train", train=True, **kw):
-    """The batches of one pass from each backend, with the same arguments."""
+def both(out, batch_size, epoch=0, start=0, split="train", train=True, *, other, **kw):
+    """The batches of one pass from the reference backend and from `other`, with the same arguments."""
     cfg = kw.pop("data_cfg", DataConfig(workers=1))
     result = {}
-    for kind in ("torch", "dali"):
+    for kind in (REFERENCE, other):
         loader = make_loader(out, split, cfg, batch_size, train=train, device=CPU, kind=kind, **kw)
         assert loader.kind == kind
         loader.set_epoch(epoch, start)
         result[kind] = (list(loader), len(loader), loader.num_images)
         loader.close()
-    (t, tlen, tn), (d, dlen, dn) = result["torch"], result["dali"]
+    (t, tlen, tn), (d, dlen, dn) = result[REFERENCE], result[other]
     assert (tlen, tn) == (dlen, dn) and len(t) == len(d) == tlen
     return t, d
 
@@ -52,49 +57,54 @@ def assert_close(t, d, exact):
             assert diff.mean() < 1.0 and diff.max() < 10.0
 
 
-def test_same_draws_same_tensor_jpeg(jpeg_set):
-    t, d = both(jpeg_set, 8, epoch=1, seed=4)
+@pytest.mark.parametrize("other", OTHERS)
+def test_same_draws_same_tensor_jpeg(jpeg_set, other):
+    t, d = both(jpeg_set, 8, epoch=1, seed=4, other=other)
     assert_close(t, d, exact=False)
 
 
-def test_same_draws_same_tensor_raw_exact_with_ranks_and_kept_last_batch(raw_set):
+@pytest.mark.parametrize("other", OTHERS)
+def test_same_draws_same_tensor_raw_exact_with_ranks_and_kept_last_batch(raw_set, other):
     cfg = DataConfig(workers=1, drop_last=False)
     for rank in range(3):  # 20 = 3 × 6 + 2: rank 2 gets nothing of the last batch
-        t, d = both(raw_set, 6, epoch=2, seed=1, data_cfg=cfg, rank=rank, world_size=3)
+        t, d = both(raw_set, 6, epoch=2, seed=1, data_cfg=cfg, rank=rank, world_size=3, other=other)
         assert_close(t, d, exact=True)
         assert [len(y) for _, y in d] == ([2, 2, 2, 1] if rank < 2 else [2, 2, 2, 0])
 
 
-def test_resized_and_ten_crop_evaluation(jpeg_set):
+@pytest.mark.parametrize("other", OTHERS)
+def test_resized_and_ten_crop_evaluation(jpeg_set, other):
     small = DataConfig(workers=1, image_size=128, crop_size=112, drop_last=False)
-    t, d = both(jpeg_set, 8, epoch=0, data_cfg=small)
+    t, d = both(jpeg_set, 8, epoch=0, data_cfg=small, other=other)
     assert_close(t, d, exact=False)
-    t, d = both(jpeg_set, 4, split="val", train=False, crops="ten")
+    t, d = both(jpeg_set, 4, split="val", train=False, crops="ten", other=other)
     assert d[0][0].shape == (4, 10, 3, 224, 224)
     assert_close(t, d, exact=False)
 
 
-def test_epochs_resume_and_a_broken_pass(jpeg_set):
+@pytest.mark.parametrize("other", OTHERS)
+def test_epochs_resume_and_a_broken_pass(jpeg_set, other):
     cfg = DataConfig(workers=1, drop_last=False)
-    ref = make_loader(jpeg_set, "train", cfg, 8, train=True, device=CPU, kind="torch", seed=3)
-    dali = make_loader(jpeg_set, "train", cfg, 8, train=True, device=CPU, kind="dali", seed=3)
+    ref = make_loader(jpeg_set, "train", cfg, 8, train=True, device=CPU, kind=REFERENCE, seed=3)
+    tested = make_loader(jpeg_set, "train", cfg, 8, train=True, device=CPU, kind=other, seed=3)
 
     def labels(loader, epoch, start=0):
         loader.set_epoch(epoch, start)
         return [y.tolist() for _, y in loader]
 
     for epoch, start in [(0, 0), (1, 0), (2, 0), (2, 1), (0, 2), (5, 0)]:  # follow-on, repeat, resume, jump
-        assert labels(dali, epoch, start) == labels(ref, epoch, start)
-    dali.set_epoch(6)
-    next(iter(dali))  # a pass broken off after one batch
-    assert dali.state_dict()["batch"] == 1
-    state = dali.state_dict()
-    dali.load_state_dict(state)
-    assert labels(dali, 6, 1) == labels(ref, 6, 1)
+        assert labels(tested, epoch, start) == labels(ref, epoch, start)
+    tested.set_epoch(6)
+    next(iter(tested))  # a pass broken off after one batch
+    assert tested.state_dict()["batch"] == 1
+    state = tested.state_dict()
+    tested.load_state_dict(state)
+    assert labels(tested, 6, 1) == labels(ref, 6, 1)
     ref.close()
-    dali.close()
+    tested.close()
 
 
+@pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
 def test_source_is_picklable_and_ends_the_epoch(jpeg_set):
     loader = make_loader(jpeg_set, "val", DataConfig(workers=1), 4, train=False, device=CPU, kind="dali")
     source = pickle.loads(pickle.dumps(ShardSource(loader.dataset, loader.plan, loader.spec.data, 0, 0)))

@@ -8,23 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from alexrepro.training.checkpoint import save_checkpoint
 from alexrepro.cli import main
+from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
-from alexrepro.evaluation.evaluate import (
-    TEST_TIME,
-    predict_center,
-    predict_ensemble,
-    predict_ten_crop,
-    rank_indices,
-    score_batches,
-    variant_for,
-)
+from alexrepro.evaluation.evaluate import rank_indices, score_batches
+from alexrepro.evaluation.test_time import TEST_TIME, predict_center, predict_ensemble, predict_ten_crop
 from alexrepro.loaders import dali_available
 from alexrepro.loaders.order import BatchPlan
+from alexrepro.loaders.presets import variant_for
 from alexrepro.nets.alexnet import build_model
-from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.recipe import load_recipe
+from alexrepro.training.checkpoint import save_checkpoint
 
 
 class Linear(nn.Module):
@@ -68,9 +62,9 @@ def test_ensemble_of_ten_crop_nets_averages_each_nets_softmax():
         for c in range(10):
             expected += torch.softmax(net(images[:, c]), dim=1)
     torch.testing.assert_close(got, expected / 30, rtol=1e-5, atol=1e-6)
-    centre = predict_ensemble(nets, images[:, 4], "center")
+    center = predict_ensemble(nets, images[:, 4], "center")
     expected_c = sum(torch.softmax(n(images[:, 4]), 1) for n in nets) / 3
-    torch.testing.assert_close(centre, expected_c, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(center, expected_c, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n, batch, world", [(10, 4, 1), (10, 3, 3), (7, 4, 2), (2, 4, 4), (1000, 70, 7)])
@@ -183,7 +177,7 @@ def test_eval_cli_json_on_an_untrained_net(tiny, capsys):
     assert misses == round(r["top1_error_pct"] * K * PER_CLASS / 100)
 
 
-def test_ensemble_centre_crop_and_table_2010(tiny, capsys):
+def test_ensemble_center_crop_and_table_2010(tiny, capsys):
     args = ["eval", str(tiny / "out"), "-c", str(tiny / "a.pt"), "-c", str(tiny / "b.pt"), "--crops", "1",
             "--batch-size", "18", "--paper-table", "2010", "--json", "--predictions", str(tiny / "p.jsonl")]
     code, stdout, _ = run_cli(args, capsys)
@@ -227,16 +221,16 @@ def test_bad_inputs_exit_2(tiny, capsys):
 
 
 def test_ten_crop_matches_an_explicit_loop_through_the_loader(tiny):
-    from alexrepro.training.checkpoint import model_from_checkpoint
     from alexrepro.loaders import make_loader
+    from alexrepro.training.checkpoint import model_from_checkpoint
 
     model, recipe, _ = model_from_checkpoint(tiny / "a.pt")
     cpu = torch.device("cpu")
     ten = make_loader(tiny / "out", "val", recipe.data, 6, train=False, device=cpu, crops="ten", kind="torch")
-    centre = make_loader(tiny / "out", "val", recipe.data, 6, train=False, device=cpu, kind="torch")
-    (images, _), (centres, _) = next(iter(ten)), next(iter(centre))
+    center = make_loader(tiny / "out", "val", recipe.data, 6, train=False, device=cpu, kind="torch")
+    (images, _), (centers, _) = next(iter(ten)), next(iter(center))
     assert images.shape == (6, 10, 3, 64, 64)
-    torch.testing.assert_close(images[:, 4], centres)  # view 4 is the centre patch (TenCrop order)
+    torch.testing.assert_close(images[:, 4], centers)  # view 4 is the centre patch (TenCrop order)
     with torch.inference_mode():
         got = predict_ten_crop(model, images)
         explicit = sum(torch.softmax(model(images[:, v]), dim=1) for v in range(10)) / 10

@@ -13,10 +13,12 @@ from format_v1 import downgrade_set, downgrade_shard
 
 import alexrepro.data.prep as prep_mod
 from alexrepro.cli import main
-from alexrepro.errors import WorkFailed
 from alexrepro.data.info import describe, verify
+from alexrepro.data.manifest import read_manifest
 from alexrepro.data.prep import PrepOptions, prep
-from alexrepro.data.prepared import decode_jpeg, open_split, read_manifest
+from alexrepro.data.shards import decode_jpeg
+from alexrepro.data.split import open_split
+from alexrepro.errors import WorkFailed
 
 
 def run_cli(args, capsys):
@@ -40,7 +42,7 @@ def copy(prepared, tmp_path):
 
 
 def first_shard(out, split="train"):
-    return out / read_manifest(out)["splits"][split]["shards"][0]["file"]
+    return out / read_manifest(out).splits[split].shards[0].file
 
 
 def test_describe(prepared, synth_summary):
@@ -73,7 +75,7 @@ def test_flipped_image_bytes_fail(copy, capsys):
 
 def test_label_out_of_range_fails(copy):
     with h5py.File(first_shard(copy, "val"), "r+") as f:
-        f["labels"][0] = len(read_manifest(copy)["classes"])
+        f["labels"][0] = len(read_manifest(copy).classes)
     with pytest.raises(WorkFailed, match="labels outside"):
         verify(copy, progress=False)
 
@@ -81,7 +83,7 @@ def test_label_out_of_range_fails(copy):
 def test_wrong_label_in_range_fails(copy):
     with h5py.File(first_shard(copy), "r+") as f:
         labels = f["labels"][:]
-        f["labels"][0] = (labels[0] + 1) % len(read_manifest(copy)["classes"])
+        f["labels"][0] = (labels[0] + 1) % len(read_manifest(copy).classes)
     with pytest.raises(WorkFailed, match="its class folder"):
         verify(copy, progress=False)
 
@@ -91,7 +93,7 @@ def test_broken_offsets_and_counts_fail(copy):
         off = f["offsets"][:]
         off[2] = off[1] - 1
         f["offsets"][:] = off
-    manifest = read_manifest(copy)
+    manifest = read_manifest(copy).to_payload()
     manifest["splits"]["val"]["shards"][0]["count"] += 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(WorkFailed) as e:
@@ -156,7 +158,7 @@ def test_a_flipped_byte_in_a_raw_image_is_a_checksum_mismatch(synth_src, tmp_pat
     prep(synth_src, out, PrepOptions(workers=1, encoding="raw", splits=["val"], shard_size=8), progress=False)
     intact = verify(out, progress=False)
     assert intact["checksummed"] == intact["images"] and intact["notes"] == []
-    path = out / read_manifest(out)["splits"]["val"]["shards"][1]["file"]
+    path = out / read_manifest(out).splits["val"].shards[1].file
     with h5py.File(path, "r+") as f:
         f["images"][2, 128, 128, 1] ^= 1
         key = f["keys"][2].decode()
@@ -202,12 +204,12 @@ def test_prep_resumes_a_version_1_partial_set(prepared, synth_src, tmp_path, mon
     for path in written:
         downgrade_shard(path)  # as if a version 1 prep had written them before it was killed
     summary = prep(synth_src, out, PrepOptions(workers=1, shard_size=8), progress=False)
-    assert summary["splits"]["train"]["resumed_shards"] == 2 and read_manifest(out)["format_version"] == 2
+    assert summary["splits"]["train"]["resumed_shards"] == 2 and read_manifest(out).format_version == 2
     report = verify(out, progress=False)
-    train_shards = read_manifest(out)["splits"]["train"]["shards"]
-    v1_images = sum(e["count"] for e in train_shards if out / e["file"] in written)
+    train_shards = read_manifest(out).splits["train"].shards
+    v1_images = sum(e.count for e in train_shards if out / e.file in written)
     assert report["checksummed"]["train"] == report["images"]["train"] - v1_images > 0
-    assert report["notes"][0].startswith(f"2 of {len(train_shards) + len(read_manifest(out)['splits']['val']['shards'])}")
+    assert report["notes"][0].startswith(f"2 of {len(train_shards) + len(read_manifest(out).splits['val'].shards)}")
     for split in ("train", "val"):  # the mixed set reads the same as one prepared in one go
         ds, ref = open_split(out, split), open_split(prepared, split)
         assert len(ds) == len(ref) and all(np.array_equal(ds[i][0], ref[i][0]) for i in range(len(ds)))

@@ -1,15 +1,21 @@
-"""The loaders' contract on the PyTorch backend: order, ranks, resume, the exact tensors, the auto choice."""
+"""The loaders: order, ranks, evaluation shares, errors, exact tensors; the auto choice; the PyTorch workers.
+
+Tests of backend-agnostic behaviour run on every registered backend (`kind`); those of a PyTorch
+backend detail (its worker processes, PIL's resize) name it. The contract every backend keeps (the
+sampler's draws → the tensor, mid-epoch resume, the ten views) is in test_contracts.py.
+"""
 
 import numpy as np
 import pytest
 import torch
-from loader_data import EIGVAL, EIGVEC, make_set, structured_image
+from loader_data import make_set, structured_image
+from test_contracts import backend_params, labels_of, load
 
-from alexrepro.loaders.augment import draw_train_params, resize_image, resize_mean
+from alexrepro.data.prepared import open_split, read_stats
 from alexrepro.errors import UserError
 from alexrepro.loaders import choose_kind, dali_available, make_loader
+from alexrepro.loaders.augment import resize_image, resize_mean
 from alexrepro.loaders.order import BatchPlan, epoch_order
-from alexrepro.data.prepared import open_split, read_stats
 from alexrepro.recipe import DataConfig
 
 CPU = torch.device("cpu")
@@ -26,39 +32,25 @@ def raw_set(tmp_path_factory):
     return make_set(tmp_path_factory.mktemp("raw"), n_train=N_TRAIN, n_val=N_VAL, encoding="raw")
 
 
-def load(out, batch_size, epoch=0, start=0, split="train", train=True, **kw):
-    """Every (images, labels) batch of one pass, on the torch backend."""
-    kw.setdefault("data_cfg", DataConfig(workers=0))
-    loader = make_loader(out, split, kw.pop("data_cfg"), batch_size, train=train, device=CPU, kind="torch", **kw)
-    loader.set_epoch(epoch, start)
-    batches = list(loader)
-    assert len(batches) == len(loader)
-    assert sum(len(y) for _, y in batches) == loader.num_images
-    loader.close()
-    return batches
-
-
-def labels_of(batches):
-    return [y.tolist() for _, y in batches]
-
-
-def test_every_image_once_per_epoch_shuffled_deterministically(jpeg_set):
+@pytest.mark.parametrize("kind", backend_params())
+def test_every_image_once_per_epoch_shuffled_deterministically(jpeg_set, kind):
     keep = DataConfig(workers=0, drop_last=False)
-    seen = sum(labels_of(load(jpeg_set, 8, epoch=1, seed=5, data_cfg=keep)), [])
+    seen = sum(labels_of(load(jpeg_set, 8, epoch=1, seed=5, data_cfg=keep, kind=kind)), [])
     assert sorted(seen) == list(range(N_TRAIN))  # labels are the global indices
-    again = sum(labels_of(load(jpeg_set, 8, epoch=1, seed=5, data_cfg=keep)), [])
+    again = sum(labels_of(load(jpeg_set, 8, epoch=1, seed=5, data_cfg=keep, kind=kind)), [])
     assert seen == again
-    assert seen != sum(labels_of(load(jpeg_set, 8, epoch=2, seed=5, data_cfg=keep)), [])
-    assert seen != sum(labels_of(load(jpeg_set, 8, epoch=1, seed=6, data_cfg=keep)), [])
+    assert seen != sum(labels_of(load(jpeg_set, 8, epoch=2, seed=5, data_cfg=keep, kind=kind)), [])
+    assert seen != sum(labels_of(load(jpeg_set, 8, epoch=1, seed=6, data_cfg=keep, kind=kind)), [])
     assert seen != list(range(N_TRAIN))
-    dropped = labels_of(load(jpeg_set, 8, epoch=1, seed=5))  # drop_last: 20 = 2 × 8 + 4 dropped
+    dropped = labels_of(load(jpeg_set, 8, epoch=1, seed=5, kind=kind))  # drop_last: 20 = 2 × 8 + 4 dropped
     assert [len(b) for b in dropped] == [8, 8] and sum(dropped, []) == seen[:16]
 
 
-def test_ranks_split_each_global_batch_and_see_what_one_process_sees(raw_set):
+@pytest.mark.parametrize("kind", backend_params())
+def test_ranks_split_each_global_batch_and_see_what_one_process_sees(raw_set, kind):
     cfg = DataConfig(workers=0, drop_last=False)
-    one = load(raw_set, 8, epoch=3, seed=1, data_cfg=cfg)
-    ranks = [load(raw_set, 8, epoch=3, seed=1, data_cfg=cfg, rank=r, world_size=2) for r in range(2)]
+    one = load(raw_set, 8, epoch=3, seed=1, data_cfg=cfg, kind=kind)
+    ranks = [load(raw_set, 8, epoch=3, seed=1, data_cfg=cfg, rank=r, world_size=2, kind=kind) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(one)
     for b, (images, labels) in enumerate(one):
         parts = [ranks[r][b] for r in range(2)]
@@ -67,10 +59,11 @@ def test_ranks_split_each_global_batch_and_see_what_one_process_sees(raw_set):
         assert torch.equal(torch.cat([p[0] for p in parts]), images)  # the same crops, flips and α
 
 
-def test_evaluation_splits_images_over_ranks_without_loss_or_duplicates(jpeg_set):
+@pytest.mark.parametrize("kind", backend_params())
+def test_evaluation_splits_images_over_ranks_without_loss_or_duplicates(jpeg_set, kind):
     counts, seen = [], []
     for r in range(3):
-        loader = make_loader(jpeg_set, "val", DataConfig(workers=0), 6, train=False, device=CPU, kind="torch",
+        loader = make_loader(jpeg_set, "val", DataConfig(workers=0), 6, train=False, device=CPU, kind=kind,
                              rank=r, world_size=3)
         batch_labels = [y.tolist() for _, y in loader]
         assert len(batch_labels) == len(loader) == 2  # every rank steps the same number of batches
@@ -81,72 +74,29 @@ def test_evaluation_splits_images_over_ranks_without_loss_or_duplicates(jpeg_set
     assert sorted(seen) == list(range(N_VAL)) and sum(counts) == N_VAL
 
 
-def test_bad_requests_are_user_errors(jpeg_set):
+@pytest.mark.parametrize("kind", backend_params())
+def test_bad_requests_are_user_errors(jpeg_set, kind):
     with pytest.raises(UserError, match="does not divide by 3"):
-        make_loader(jpeg_set, "train", DataConfig(workers=0), 8, train=True, device=CPU, world_size=3, kind="torch")
+        make_loader(jpeg_set, "train", DataConfig(workers=0), 8, train=True, device=CPU, world_size=3, kind=kind)
     with pytest.raises(UserError, match="ten crops are for evaluation"):
-        make_loader(jpeg_set, "train", DataConfig(workers=0), 8, train=True, device=CPU, crops="ten", kind="torch")
+        make_loader(jpeg_set, "train", DataConfig(workers=0), 8, train=True, device=CPU, crops="ten", kind=kind)
     with pytest.raises(UserError, match="crops must be one of"):
-        make_loader(jpeg_set, "val", DataConfig(workers=0), 8, train=False, device=CPU, crops="five", kind="torch")
+        make_loader(jpeg_set, "val", DataConfig(workers=0), 8, train=False, device=CPU, crops="five", kind=kind)
     with pytest.raises(UserError, match="no split 'test'"):
-        make_loader(jpeg_set, "test", DataConfig(workers=0), 8, train=False, device=CPU, kind="torch")
+        make_loader(jpeg_set, "test", DataConfig(workers=0), 8, train=False, device=CPU, kind=kind)
     with pytest.raises(UserError, match="loader kind"):
         make_loader(jpeg_set, "val", DataConfig(workers=0), 8, train=False, device=CPU, kind="fast")
 
 
-def test_lighting_without_pca_says_to_run_pca(tmp_path):
+@pytest.mark.parametrize("kind", backend_params())
+def test_lighting_without_pca_says_to_run_pca(tmp_path, kind):
     out = make_set(tmp_path / "nopca", n_train=4, n_val=2, pca=False)
     with pytest.raises(UserError, match="alexrepro pca"):
-        make_loader(out, "train", DataConfig(workers=0), 4, train=True, device=CPU, kind="torch")
-    make_loader(out, "train", DataConfig(workers=0, lighting=False), 4, train=True, device=CPU, kind="torch").close()
+        make_loader(out, "train", DataConfig(workers=0), 4, train=True, device=CPU, kind=kind)
+    make_loader(out, "train", DataConfig(workers=0, lighting=False), 4, train=True, device=CPU, kind=kind).close()
 
 
-def test_resume_mid_epoch_yields_exactly_the_remaining_batches(jpeg_set):
-    cfg = DataConfig(workers=2, drop_last=False)  # worker processes, persistent across passes
-    full = load(jpeg_set, 4, epoch=2, seed=9, data_cfg=cfg)
-    tail = load(jpeg_set, 4, epoch=2, start=3, seed=9, data_cfg=cfg)
-    assert len(tail) == len(full) - 3
-    for (a, ya), (b, yb) in zip(full[3:], tail, strict=True):
-        assert torch.equal(ya, yb) and torch.equal(a, b)
-    loader = make_loader(jpeg_set, "train", cfg, 4, train=True, device=CPU, kind="torch", seed=9)
-    loader.set_epoch(2)
-    for k, _ in enumerate(loader):
-        if k == 1:
-            break
-    state = loader.state_dict()
-    assert state["epoch"] == 2 and state["batch"] == 2
-    loader.close()
-    resumed = make_loader(jpeg_set, "train", cfg, 4, train=True, device=CPU, kind="torch", seed=9)
-    resumed.load_state_dict(state)
-    assert len(resumed) == len(full) - 2 and resumed.num_images == N_TRAIN - 8
-    rest = list(resumed)
-    assert [y.tolist() for _, y in rest] == labels_of(full[2:])
-    resumed.close()
-    other = make_loader(jpeg_set, "train", cfg, 8, train=True, device=CPU, kind="torch", seed=9)
-    with pytest.raises(UserError, match="batch_size"):
-        other.load_state_dict(state)
-    with pytest.raises(UserError, match="cannot resume at batch 9"):
-        other.set_epoch(0, 9)
-    other.close()
-
-
-def test_training_tensor_is_exactly_crop_minus_mean_plus_lighting(raw_set):
-    cfg = DataConfig(workers=0)
-    (images, labels), _ = load(raw_set, 8, epoch=4, seed=2, data_cfg=cfg)
-    ds, stats = open_split(raw_set, "train"), read_stats(raw_set)
-    params = draw_train_params(cfg, 2, 4, 0, 8)  # the one sampler: global batch 0 of epoch 4
-    for k, i in enumerate(labels.tolist()):
-        y, x, c = params.y[k], params.x[k], 224
-        img = ds[i][0][y : y + c, x : x + c].astype(np.float64)
-        mu = stats.mean[y : y + c, x : x + c].astype(np.float64)
-        if params.flip[k]:
-            img, mu = img[:, ::-1], mu[:, ::-1]
-        shift = EIGVEC @ (params.alpha[k] * EIGVAL / 255.0)  # §4.1, "unit" scale: m = λ/255
-        np.testing.assert_allclose(images[k].numpy(), (img - mu + shift).transpose(2, 0, 1), atol=2e-4)
-    assert images.dtype == torch.float32 and labels.dtype == torch.int64
-
-
-def test_evaluation_resizes_image_and_mean_and_takes_the_centre(raw_set):
+def test_evaluation_resizes_image_and_mean_and_takes_the_center(raw_set):
     cfg = DataConfig(workers=0, image_size=128, crop_size=112, mean="image")
     ((images, labels),) = load(raw_set, 8, split="val", train=False, data_cfg=cfg)
     ds, stats = open_split(raw_set, "val"), read_stats(raw_set)
@@ -158,9 +108,10 @@ def test_evaluation_resizes_image_and_mean_and_takes_the_centre(raw_set):
         np.testing.assert_allclose(images[k].numpy(), want, atol=1e-4)
 
 
-def test_channel_mean_and_channels_last(raw_set):
+@pytest.mark.parametrize("kind", backend_params())
+def test_channel_mean_and_channels_last(raw_set, kind):
     cfg = DataConfig(workers=0, mean="channel", lighting=False, mirror=False)
-    (images, labels), _ = load(raw_set, 4, split="val", train=False, data_cfg=cfg, channels_last=True)
+    (images, labels), _ = load(raw_set, 4, split="val", train=False, data_cfg=cfg, channels_last=True, kind=kind)
     assert images.is_contiguous(memory_format=torch.channels_last)
     ds, cm = open_split(raw_set, "val"), read_stats(raw_set).channel_mean
     c0 = 16
@@ -168,10 +119,11 @@ def test_channel_mean_and_channels_last(raw_set):
     np.testing.assert_allclose(images[0].numpy(), want.transpose(2, 0, 1), atol=1e-4)
 
 
-def test_ten_crops_shape(jpeg_set):
-    batches = load(jpeg_set, 4, split="val", train=False, crops="ten")
+@pytest.mark.parametrize("kind", backend_params())
+def test_ten_crops_shape(jpeg_set, kind):
+    batches = load(jpeg_set, 4, split="val", train=False, crops="ten", kind=kind)
     assert [tuple(b[0].shape) for b in batches] == [(4, 10, 3, 224, 224), (3, 10, 3, 224, 224)]
-    assert torch.equal(batches[0][0][:, 4], load(jpeg_set, 4, split="val", train=False)[0][0])  # view 4: centre
+    assert torch.equal(batches[0][0][:, 4], load(jpeg_set, 4, split="val", train=False, kind=kind)[0][0])  # view 4: centre
 
 
 def test_auto_picks_torch_on_a_cpu_and_says_why(jpeg_set, capsys, monkeypatch):
@@ -213,7 +165,7 @@ def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path
 
     from test_prepared import open_files_under
 
-    from alexrepro.data import prepared
+    from alexrepro.data import shard_files
     from alexrepro.data.prepared import Shard
 
     if not os.path.isdir("/proc/self/fd"):
@@ -221,7 +173,7 @@ def test_more_shards_than_open_handles_read_right_with_labels_read_once(tmp_path
     if workers and multiprocessing.get_start_method() != "fork":
         pytest.skip("the monkeypatched cap reaches the workers only through fork")
     out = make_set(tmp_path / "raw", n_train=16, n_val=3, per_shard=2, encoding="raw")
-    monkeypatch.setattr(prepared, "MAX_OPEN_SHARDS", 3)
+    monkeypatch.setattr(shard_files, "MAX_OPEN_SHARDS", 3)
     log = tmp_path / "label_reads"
     real_labels = Shard.labels
 

@@ -63,11 +63,11 @@ def test_wilson_interval_matches_the_formula():
     z = 1.959963984540054
     for errors, n in [(0, 10), (3, 10), (10, 10), (375, 1000), (17000, 100000), (1, 1)]:
         p = errors / n
-        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        center = (p + z**2 / (2 * n)) / (1 + z**2 / n)
         half = (z / (1 + z**2 / n)) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
         lo, hi = wilson_interval(errors, n)
-        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-12)
-        assert hi == pytest.approx(min(1.0, centre + half), abs=1e-12)
+        assert lo == pytest.approx(max(0.0, center - half), abs=1e-12)
+        assert hi == pytest.approx(min(1.0, center + half), abs=1e-12)
         assert lo <= p <= hi
     # A textbook value: 0 of 10 gives [0, 0.2775].
     assert wilson_interval(0, 10)[1] == pytest.approx(0.27753, abs=1e-4)

@@ -206,3 +206,36 @@ def test_bias_lr_mult_gives_biases_a_multiple_of_epsilon_through_schedule_change
     assert [g["weight_decay"] for g in fresh.param_groups] == [0.0, 0.0]
     # §5 by default: one ε for every parameter
     assert [g["lr"] for g in make_optimizer(lin, OptimConfig(lr=0.1)).param_groups] == [0.1, 0.1]
+
+
+def _channels_last_conv_with_contiguous_grads(device):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3).to(device).to(memory_format=torch.channels_last)
+    grads = [torch.randn(6, 4, 3, 3), torch.randn(6)]  # contiguous, as a gradient set by hand is
+    return conv, grads
+
+
+def _channels_last_rule_check(device):
+    conv, (gw, gb) = _channels_last_conv_with_contiguous_grads(device)
+    w0 = conv.weight.detach().cpu().clone()
+    opt = make_optimizer(conv, OptimConfig(lr=0.01))
+    for _ in range(2):
+        conv.weight.grad, conv.bias.grad = gw.to(device), gb.to(device)
+        opt.step()
+    # §5 written out for two steps from v = 0: v1 = −λεw0 − εg, w1 = w0 + v1; v2 = 0.9·v1 − λεw1 − εg, w2 = w1 + v2
+    v1 = -0.0005 * 0.01 * w0 - 0.01 * gw
+    w1 = w0 + v1
+    v2 = 0.9 * v1 - 0.0005 * 0.01 * w1 - 0.01 * gw
+    torch.testing.assert_close(conv.weight.detach().cpu(), w1 + v2, rtol=1e-5, atol=1e-7)
+    assert opt.state[conv.weight]["buffer"].stride() == conv.weight.stride()  # kept in the parameter's layout
+
+
+def test_channels_last_weights_with_contiguous_gradients_follow_the_rule():
+    _channels_last_rule_check("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_channels_last_weights_with_contiguous_gradients_follow_the_rule_on_cuda():
+    # The fused CUDA kernel refuses tensors of different strides (check_fast_path_restrictions).
+    _channels_last_rule_check("cuda")

@@ -9,14 +9,15 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from alexrepro.training.checkpoint import load_checkpoint, save_checkpoint
 from alexrepro.cli import main
-from alexrepro.errors import UserError
 from alexrepro.data.imaging import prepare_image
-from alexrepro.nets.alexnet import build_model
-from alexrepro.evaluation.predict import image_views, load_image, mean_from_checkpoint
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
+from alexrepro.errors import UserError
+from alexrepro.evaluation.predict import load_image, mean_from_checkpoint
+from alexrepro.loaders.presets import EvalPreset, mean_colour, variant_for
+from alexrepro.nets.alexnet import build_model
 from alexrepro.recipe import load_recipe
+from alexrepro.training.checkpoint import load_checkpoint, save_checkpoint
 
 K = 7
 CLASSES = [{"index": i, "wnid": f"n{i:08d}", "name": f"thing {i}"} for i in range(K)]
@@ -122,11 +123,11 @@ def test_predict_sees_exactly_what_the_eval_loader_sees(photos, tmp_path):
     cpu = torch.device("cpu")
     from alexrepro.loaders.augment import mean_image_for
 
-    mean_t = torch.as_tensor(mean_image_for(MEAN, MEAN.reshape(-1, 3).mean(0), data))
+    colour = mean_colour(mean_image_for(MEAN, MEAN.reshape(-1, 3).mean(0), data), cpu)
     for crops, kind in ((10, "ten"), (1, "center")):
         loader = make_loader(out, "val", data, 1, train=False, device=cpu, crops=kind, kind="torch")
         images, labels = next(iter(loader))
-        mine = image_views(stored, mean_t, data, crops, cpu)
+        mine = EvalPreset.for_data(data, variant_for(crops))([stored], colour, cpu)  # what predict --crops feeds the net
         assert mine.shape == images.shape and labels.tolist() == [3]
         torch.testing.assert_close(mine, images)
 

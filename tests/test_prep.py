@@ -11,9 +11,10 @@ import pytest
 import alexrepro.data.prep as prep_mod
 from alexrepro import open_split
 from alexrepro.cli import main
-from alexrepro.errors import UserError
+from alexrepro.data.manifest import read_manifest
 from alexrepro.data.prep import PrepOptions, prep
-from alexrepro.data.prepared import read_manifest, read_stats
+from alexrepro.data.stats_file import read_stats
+from alexrepro.errors import UserError
 
 
 def run_cli(args, capsys):
@@ -25,8 +26,8 @@ def run_cli(args, capsys):
 def shard_contents(out, split):
     """Every dataset and attribute of every shard of a split, in order."""
     got = []
-    for e in read_manifest(out)["splits"][split]["shards"]:
-        with h5py.File(out / e["file"], "r") as f:
+    for e in read_manifest(out).splits[split].shards:
+        with h5py.File(out / e.file, "r") as f:
             got.append(({k: f[k][:].tolist() for k in f}, dict(f.attrs)))
     return got
 
@@ -54,7 +55,7 @@ def test_counts_skipped_and_manifest(prepared, synth_summary):
     assert reasons[by_kind["empty"]] == "empty file"
     assert reasons[by_kind["text"]].startswith("not an image")
     assert reasons[by_kind["truncated"]].startswith("truncated")
-    m = read_manifest(out)
+    m = read_manifest(out).to_payload()  # the manifest as written, in its JSON form
     assert m["encoding"] == "jpeg" and m["quality"] == 95 and m["skipped"] == counts["skipped"]
     assert [c["wnid"] for c in m["classes"]] == sorted(synth_summary["wnids"])
     assert m["classes"][0]["name"] == synth_summary["names"][synth_summary["wnids"].index(m["classes"][0]["wnid"])]

@@ -13,10 +13,13 @@ import pytest
 from format_v1 import downgrade_set
 from loader_data import jpeg_bytes, make_set, structured_image
 
-from alexrepro.data import prepared
+from alexrepro.data import shard_files, shards
+from alexrepro.data.manifest import read_manifest
+from alexrepro.data.shard_files import open_shard_count
+from alexrepro.data.shards import Shard, decode_jpeg
+from alexrepro.data.split import open_split
 from alexrepro.errors import UserError
 from alexrepro.loaders import make_loader
-from alexrepro.data.prepared import Shard, decode_jpeg, open_shard_count, open_split
 from alexrepro.recipe import DataConfig
 
 N_TRAIN, PER_SHARD, CAP = 16, 2, 3  # 8 training shards, more than the monkeypatched cap
@@ -50,7 +53,7 @@ def expected_image(out, i):
 
 @pytest.fixture
 def small_cap(monkeypatch):
-    monkeypatch.setattr(prepared, "MAX_OPEN_SHARDS", CAP)
+    monkeypatch.setattr(shard_files, "MAX_OPEN_SHARDS", CAP)
     yield CAP
 
 
@@ -115,7 +118,7 @@ def test_too_many_open_files_says_ulimit_not_corrupt(many_shards, monkeypatch):
         raise OSError(errno.EMFILE, "Unable to synchronously open file (unable to open file: errno = 24, "
                       "error message = 'Too many open files')")
 
-    monkeypatch.setattr(prepared.h5py, "File", emfile)
+    monkeypatch.setattr(shard_files.h5py, "File", emfile)
     shard = open_split(many_shards, "train").shards[0]
     for read in (lambda: shard.file, shard.labels):
         with pytest.raises(UserError, match="too many open files") as e:
@@ -133,21 +136,21 @@ def test_a_missing_shard_is_still_named_missing(many_shards):
 def test_each_shard_stores_the_crc32_of_each_images_bytes(tmp_path):
     images = [structured_image(i) for i in range(3)]
     jpegs = [jpeg_bytes(im) for im in images]
-    prepared.write_shard(tmp_path / "j.h5", "jpeg", jpegs, [0, 1, 2], ["a", "b", "c"])
-    prepared.write_shard(tmp_path / "r.h5", "raw", np.stack(images), [0, 1, 2], ["a", "b", "c"])
+    shards.write_shard(tmp_path / "j.h5", "jpeg", jpegs, [0, 1, 2], ["a", "b", "c"])
+    shards.write_shard(tmp_path / "r.h5", "raw", np.stack(images), [0, 1, 2], ["a", "b", "c"])
     for name, stored in (("j.h5", jpegs), ("r.h5", [im.tobytes() for im in images])):
         with h5py.File(tmp_path / name, "r") as f:
             assert f["crc32"].dtype == np.uint32 and f.attrs["format_version"] == 2
             assert f["crc32"][:].tolist() == [zlib.crc32(b) for b in stored]
     # zlib's CRC-32 of the standard check string, so the dataset holds the usual crc32 and no other
-    assert prepared.image_checksums([b"123456789"]).tolist() == [0xCBF43926]
+    assert shards.image_checksums([b"123456789"]).tolist() == [0xCBF43926]
 
 
 @pytest.mark.parametrize("encoding", ["jpeg", "raw"])
 def test_a_version_1_set_still_opens_and_the_loader_reads_it(tmp_path, encoding):
     out = make_set(tmp_path / encoding, n_train=8, n_val=3, per_shard=3, encoding=encoding)
     downgrade_set(out)
-    assert prepared.read_manifest(out)["format_version"] == 1
+    assert read_manifest(out).format_version == 1
     ds = open_split(out, "train")
     assert len(ds) == 8 and ds[5][1] == 5 and np.array_equal(ds[5][0], expected_image(out, 5))
     for shard in ds.shards:

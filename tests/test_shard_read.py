@@ -10,11 +10,12 @@ import pytest
 from loader_data import jpeg_bytes, make_set, structured_image
 from test_prepared import needs_proc, open_files_under
 
-from alexrepro.data import prepared
+from alexrepro.data import shard_files, shards
+from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.shard_files import contiguous_start, open_descriptor_count, open_shard_count
+from alexrepro.data.split import open_split
 from alexrepro.errors import UserError
 from alexrepro.loaders.batch_read import read_batch
-from alexrepro.data.prep import PrepOptions, prep
-from alexrepro.data.prepared import contiguous_start, open_descriptor_count, open_shard_count, open_split
 
 N, PER_SHARD = 60, 4  # 15 training shards
 
@@ -65,7 +66,7 @@ def test_batches_are_the_stored_bytes_for_random_index_sets(many_shards, splits)
 
 def test_the_data_start_is_where_the_bytes_lie_in_the_file(tmp_path):
     jpegs = [jpeg_bytes(structured_image(i)) for i in range(3)]
-    prepared.write_shard(tmp_path / "s.h5", "jpeg", jpegs, [0, 1, 2], ["a", "b", "c"])
+    shards.write_shard(tmp_path / "s.h5", "jpeg", jpegs, [0, 1, 2], ["a", "b", "c"])
     with h5py.File(tmp_path / "s.h5", "r") as f:
         start = contiguous_start(f["data"])
     with open(tmp_path / "s.h5", "rb") as raw:
@@ -126,7 +127,7 @@ def test_a_forked_child_opens_its_own_descriptors_and_the_parent_keeps_reading(m
 @needs_proc
 def test_a_cap_of_two_descriptors_reads_across_five_shards(tmp_path, splits, monkeypatch):
     out = make_set(tmp_path / "five", n_train=20, n_val=3, per_shard=4)
-    monkeypatch.setattr(prepared, "MAX_OPEN_FDS", 2)
+    monkeypatch.setattr(shard_files, "MAX_OPEN_FDS", 2)
     ds = splits(out)
     assert len(ds.shards) == 5
     originals = [jpeg_bytes(structured_image(i)) for i in range(20)]
@@ -145,17 +146,17 @@ def test_the_descriptor_cap_comes_from_the_raised_open_file_limit(monkeypatch):
     calls = []
     monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 8192))
     monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append(limits))
-    monkeypatch.setattr(prepared, "_fd_cap", None)
-    assert prepared.descriptor_cap() == 8192 // 4 and calls == [(8192, 8192)]
+    monkeypatch.setattr(shard_files, "_fd_cap", None)
+    assert shard_files.descriptor_cap() == 8192 // 4 and calls == [(8192, 8192)]
 
     def refuse(which, limits):
         raise ValueError("not allowed")
 
     monkeypatch.setattr(resource, "setrlimit", refuse)  # the soft limit stays
-    monkeypatch.setattr(prepared, "_fd_cap", None)
-    assert prepared.descriptor_cap() == 1024 // 4
-    monkeypatch.setattr(prepared, "MAX_OPEN_FDS", 3)
-    assert prepared.descriptor_cap() == 3
+    monkeypatch.setattr(shard_files, "_fd_cap", None)
+    assert shard_files.descriptor_cap() == 1024 // 4
+    monkeypatch.setattr(shard_files, "MAX_OPEN_FDS", 3)
+    assert shard_files.descriptor_cap() == 3
 
 
 def test_a_shard_truncated_after_opening_is_a_user_error_not_a_short_image(tmp_path, splits):

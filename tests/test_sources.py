@@ -9,8 +9,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from alexrepro.data.source_labels import read_meta
+from alexrepro.data.sources import find_sources, read_item
 from alexrepro.errors import UserError
-from alexrepro.data.sources import find_sources, read_item, read_meta
 
 WNIDS = ["n01440764", "n01443537", "n02085620"]  # sorted: class indices 0, 1, 2
 NAMES = {"n01440764": "tench", "n01443537": "goldfish", "n02085620": "Chihuahua"}

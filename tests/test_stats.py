@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexrepro.data import stats as st
 from alexrepro.cli import main
+from alexrepro.data import stats as st
+from alexrepro.data.manifest import write_manifest
+from alexrepro.data.shards import write_shard
+from alexrepro.data.split import open_split
+from alexrepro.data.stats_file import Stats, read_stats, write_stats
 from alexrepro.errors import UserError
-from alexrepro.data.prepared import Stats, open_split, read_stats, write_manifest, write_shard, write_stats
+from alexrepro.loaders.augment import lighting_magnitudes
 
 SHARDS = (3, 2, 4)  # images per shard: 9 training images in 3 shards
 N = sum(SHARDS)
@@ -255,18 +259,18 @@ def test_unit_scale_and_lighting_magnitudes(tmp_path):
     alpha = np.array([0.1, -0.05, 0.2])
     # §4.1 on [0, 1]: shift = [p1 p2 p3][α1λ1, α2λ2, α3λ3]ᵀ with the [0, 1] eigenvalues, ×255 for 0–255
     expect = 255 * (stats.eigvec @ (alpha * unit_val))
-    np.testing.assert_allclose(stats.eigvec @ (alpha * st.lighting_magnitudes(stats, "unit")), expect, rtol=1e-9)
-    np.testing.assert_allclose(st.lighting_magnitudes(stats, "unit"), lam / 255, rtol=1e-15)
+    np.testing.assert_allclose(stats.eigvec @ (alpha * lighting_magnitudes(stats, "unit")), expect, rtol=1e-9)
+    np.testing.assert_allclose(lighting_magnitudes(stats, "unit"), lam / 255, rtol=1e-15)
     # Krizhevsky's cuda-convnet: √λ on 0–255
-    np.testing.assert_allclose(st.lighting_magnitudes(stats, "cuda-convnet"), np.sqrt(lam), rtol=1e-15)
+    np.testing.assert_allclose(lighting_magnitudes(stats, "cuda-convnet"), np.sqrt(lam), rtol=1e-15)
     with pytest.raises(ValueError, match="lighting scale"):
-        st.lighting_magnitudes(stats, "0-1")
+        lighting_magnitudes(stats, "0-1")
     with pytest.raises(UserError, match="alexrepro pca"):
-        st.lighting_magnitudes(read_stats(make_set(tmp_path / "b", "raw")), "unit")
+        lighting_magnitudes(read_stats(make_set(tmp_path / "b", "raw")), "unit")
 
 
 def test_published_imagenet_reference_values():
-    # fb.resnet.torch's [0, 1] ImageNet PCA (PAPER.md "PCA lighting"): 0.2175, 0.0188, 0.0045
+    # fb.resnet.torch's [0, 1] ImageNet PCA (docs/FAITHFULNESS.md G7): 0.2175, 0.0188, 0.0045
     np.testing.assert_array_equal(st.IMAGENET_EIGVAL_UNIT, [0.2175, 0.0188, 0.0045])
     # columns are eigenvectors: orthonormal to the 4 printed decimals; column 1 is the grey axis
     np.testing.assert_allclose(st.IMAGENET_EIGVEC.T @ st.IMAGENET_EIGVEC, np.eye(3), atol=2e-4)
@@ -322,13 +326,14 @@ def test_bench_pca_agrees_with_numpy(tmp_path):
     assert result["ours_images_per_s"] > 0 and result["numpy_images_per_s"] > 0
 
 
-def test_paper_md_magnitudes_for_imagenet():
-    # PAPER.md: with the [0, 1] eigenvalues 0.2175, 0.0188, 0.0045 a one-σ draw (α = 0.1) shifts pixels by
-    # about 0.02 on [0, 1], i.e. ≈ 5.5 on 0–255; √λ on 0–255 (cuda-convnet) gives a shift about twice as large.
+def test_lighting_magnitudes_for_imagenet():
+    # §4.1 on [0, 1] pixels (docs/FAITHFULNESS.md C3): with the eigenvalues 0.2175, 0.0188, 0.0045 a one-σ draw
+    # (α = 0.1) shifts pixels by about 0.02 on [0, 1], i.e. ≈ 5.5 on 0–255; √λ on 0–255 (cuda-convnet) gives a
+    # shift about twice as large.
     lam_255 = np.array([0.2175, 0.0188, 0.0045]) * 255**2
     stats = Stats(mean=np.zeros((1, 1, 3)), channel_mean=np.zeros(3), pixel_count=1, eigval=lam_255,
                   eigvec=np.eye(3))
-    unit = 0.1 * st.lighting_magnitudes(stats, "unit")
+    unit = 0.1 * lighting_magnitudes(stats, "unit")
     assert unit[0] == pytest.approx(0.1 * 0.2175 * 255, rel=1e-12) and unit[0] == pytest.approx(5.5, abs=0.1)
-    ratio = 0.1 * st.lighting_magnitudes(stats, "cuda-convnet")[0] / unit[0]
+    ratio = 0.1 * lighting_magnitudes(stats, "cuda-convnet")[0] / unit[0]
     assert 1.8 < ratio < 2.4

@@ -12,9 +12,9 @@ import scipy.io
 from PIL import Image, UnidentifiedImageError
 
 from alexrepro.cli import main
-from alexrepro.errors import UserError
 from alexrepro.data.synth import TRAIN_QUIRKS, TRAIN_STRIDE, VAL_QUIRK, devkit_ids, draw_image, make_synthetic
 from alexrepro.data.synth_images import sample_size
+from alexrepro.errors import UserError
 
 TINY = {"classes": 2, "train_per_class": 2, "val_per_class": 2, "min_size": 32, "max_size": 48}
 

@@ -67,7 +67,7 @@ def make_run(run: Path, out: Path, seed: int = 0, conv1: torch.Tensor | None = N
         state["conv1.weight"] = conv1
     st = read_stats(out)
     payload = {"model": state, "recipe": recipe.to_dict(), "recipe_name": recipe.name, "epoch": 1, "step": 1,
-               "classes": read_manifest(out)["classes"],
+               "classes": read_manifest(out).class_list(),
                "stats": {"mean": st.mean.astype(np.float16), "channel_mean": st.channel_mean}}
     save_checkpoint(run / "checkpoints" / "best.pt", payload)
     return run
@@ -221,7 +221,7 @@ def test_nearest_neighbors_matches_a_brute_force_loop(block):
 
 
 # --------------------------------------------------------------------------------------------- nets
-def centre_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
+def center_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
     """§2 + the centre patch written out for the tiny recipe: 256 → 128 (bilinear), centre 112, minus the mean."""
     small = np.asarray(Image.fromarray(image).resize((128, 128), Image.BILINEAR), dtype=np.float32)
     mean = np.stack([np.asarray(Image.fromarray(mean256[..., c], mode="F").resize((128, 128), Image.BILINEAR))
@@ -249,7 +249,7 @@ def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
     for p in res["images"]:
         image, label = val[p["index"]]
         with torch.no_grad():
-            probs = torch.softmax(model(centre_input(image, mean)), 1)[0]
+            probs = torch.softmax(model(center_input(image, mean)), 1)[0]
         assert p["label"] == label and len(p["top5"]) == 5
         assert p["top5"] == torch.argsort(probs, descending=True)[:5].tolist()
         assert np.allclose(p["prob"], probs[p["top5"]].numpy(), atol=1e-4)

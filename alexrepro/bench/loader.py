@@ -20,6 +20,7 @@ import torch
 
 from alexrepro.data.prepared import SKIPPED, read_stats
 from alexrepro.errors import UserError
+from alexrepro.loaders import BACKENDS
 from alexrepro.progress import console, make_progress
 from alexrepro.recipe import DataConfig, load_recipe
 
@@ -90,7 +91,7 @@ def bench_loader(
     batches: int,
     batch_size: int,
     workers: int,
-    kinds: tuple[str, ...] = ("torch", "dali"),
+    kinds: tuple[str, ...] = tuple(BACKENDS),
     device: str = "cpu",
 ) -> dict[str, Any]:
     """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""

@@ -4,7 +4,7 @@ Both readers run `read_batch` on the same shuffled index order, without decoding
 crc32 check; a third, `pread_checked`, is the loaders' own path (pread and each image's crc32
 compared), so `checked_vs_pread` is what the check costs. The h5py path
 (pread=False) keeps at most `max_open` HDF5 handles per process, least recently used closed first
-(prepared.MAX_OPEN_SHARDS, 256, by default), so with more shards than handles a shuffled batch
+(shard_files.MAX_OPEN_SHARDS, 256, by default), so with more shards than handles a shuffled batch
 reopens shards; the pread path keeps one plain descriptor per shard. ImageNet has ~1,250 shards
 against 256 handles; on a small set, `max_open` below its shard count emulates that (e.g. 30 for 150
 shards keeps ImageNet's ratio of about 1 handle in 5 shards). The readers take turns for `rounds`
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro.data import prepared
+from alexrepro.data import shard_files
+from alexrepro.data.split import open_split
 from alexrepro.errors import UserError
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.progress import make_progress
@@ -39,7 +40,7 @@ def bench_read(
     split: str = "train",
     batches: int = 50,
     batch_size: int = 128,
-    max_open: int = prepared.MAX_OPEN_SHARDS,
+    max_open: int = shard_files.MAX_OPEN_SHARDS,
     rounds: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def bench_read(
                         ("--rounds", rounds)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    ds = prepared.open_split(out, split)
+    ds = open_split(out, split)
     if ds.encoding != "jpeg":
         raise UserError(f"{out} stores raw arrays; bench read compares the readers of JPEG shards "
                         "(prepare a set with alexrepro prep --encoding jpeg)")
@@ -61,8 +62,8 @@ def bench_read(
         "pread_checked": lambda idx: read_batch(ds, idx),  # the loaders' path: each image's crc32 compared
     }
     best = {name: float("inf") for name in readers}
-    saved_cap = prepared.MAX_OPEN_SHARDS
-    prepared.MAX_OPEN_SHARDS = max_open  # the h5py path's handle cap, for this run only
+    saved_cap = shard_files.MAX_OPEN_SHARDS
+    shard_files.MAX_OPEN_SHARDS = max_open  # the h5py path's handle cap, for this run only
     try:
         with make_progress(transient=True) as progress:
             task = progress.add_task("shuffled batch reads", total=rounds * len(readers) * batches, unit="batches")
@@ -79,7 +80,7 @@ def bench_read(
             for idx in order
         )
     finally:
-        prepared.MAX_OPEN_SHARDS = saved_cap
+        shard_files.MAX_OPEN_SHARDS = saved_cap
         for shard in ds.shards:
             shard.close()
 
@@ -93,7 +94,7 @@ def bench_read(
     return {
         "split": split, "images_in_split": len(ds), "shards": len(ds.shards), "batches": batches,
         "batch_size": batch_size, "rounds": rounds, "max_open": max_open,
-        "descriptor_cap": prepared.descriptor_cap(), "shards_per_batch": round(float(touched), 1),
+        "descriptor_cap": shard_files.descriptor_cap(), "shards_per_batch": round(float(touched), 1),
         "readers": rates, "pread_vs_h5py": round(best["h5py"] / best["pread"], 3),
         "checked_vs_pread": round(best["pread"] / best["pread_checked"], 3), "identical": identical,
     }

@@ -110,7 +110,8 @@ def optimizer_timings(model: torch.nn.Module, cfg: Any, device: torch.device, st
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(1)
     for p in params:
-        p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(p.device, p.dtype)
+        # laid out as the parameter (channels_last too), as autograd's gradients are
+        p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen) * 1e-3)
     ours = make_optimizer(model, dataclasses.replace(cfg, name="paper"))
     sgd = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     velocity = [torch.zeros_like(p) for p in params]
@@ -194,7 +195,7 @@ def bench_train(
     import torchvision
 
     from alexrepro.runtime import resolve_device
-    from alexrepro.nets.alexnet import build_model
+    from alexrepro.nets import build_net
     from alexrepro.training.optim import make_optimizer
     from alexrepro.training.loop import StepGuard, train_step
 
@@ -230,7 +231,7 @@ def bench_train(
         return step
 
     torch.manual_seed(0)
-    ours_model = build_model(r.model, crop)
+    ours_model = build_net(r.model, crop)
     ours_net = prepared(ours_model)
     ours_opt = make_optimizer(ours_model, r.optim)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
@@ -243,7 +244,7 @@ def bench_train(
 
     loops: dict[str, Callable[[], Any]] = {"ours": lambda: ours_step(images, labels)}
     torch.manual_seed(0)
-    plain_model = build_model(r.model, crop)
+    plain_model = build_net(r.model, crop)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=r.optim.lr, momentum=r.optim.momentum,
                                 weight_decay=r.optim.weight_decay)
     loops["plain"] = plain_step(prepared(plain_model), plain_opt)

@@ -14,6 +14,7 @@ import typer
 
 from alexrepro.cli.app import app
 from alexrepro.cli.bench_tables import RENDERERS
+from alexrepro.loaders import BACKENDS, kinds_text
 from alexrepro.progress import emit_json
 
 bench_app = typer.Typer(help="Throughput of prep, pca, loaders and training steps beside plain baselines.",
@@ -77,7 +78,7 @@ def bench_loader_cmd(
     batches: int = typer.Option(20, "--batches", help="Timed batches per loader."),
     batch_size: int = LOADER_BATCH_OPTION,
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Loader worker processes."),
-    kinds: str = typer.Option("torch,dali", "--kinds", help="Our loaders to time, comma-separated."),
+    kinds: str = typer.Option(",".join(BACKENDS), "--kinds", help="Our loaders to time, comma-separated."),
     device: str = typer.Option("cpu", "--device", help="Where batches go: cpu or cuda."),
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -119,7 +120,7 @@ def bench_train_cmd(
     data: Path | None = typer.Option(
         None, "--data", help="A prepared set: also time the step fed by our loader (end to end) beside the "
         "synthetic-input figure."),
-    loader: str = typer.Option("auto", "--loader", help="With --data: auto, torch or dali."),
+    loader: str = typer.Option("auto", "--loader", help=f"With --data: {kinds_text()}."),
     workers: int | None = typer.Option(None, "--workers", help="With --data: loader workers (default: recipe's)."),
     json_out: bool = JSON_OPTION,
 ) -> None:

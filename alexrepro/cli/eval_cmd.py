@@ -11,6 +11,7 @@ from rich.text import Text
 
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError, WorkFailed
+from alexrepro.loaders import KINDS, kinds_text
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."
@@ -26,7 +27,7 @@ def eval_command(
     split: str = typer.Option("val", "--split", help="The split to score."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per batch (each is 10 patches with --crops 10)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    loader: str = typer.Option("auto", "--loader", help="auto, torch or dali."),
+    loader: str = typer.Option("auto", "--loader", help=f"{kinds_text()}."),
     procs: int = typer.Option(1, "--procs", "--gpus", help="Processes splitting the images (one per GPU; gloo on CPU)."),
     paper_table: str | None = typer.Option(None, "--paper-table", help="2010 or 2012; default from the set's source."),
     per_class: Path | None = typer.Option(None, "--per-class", help="Write each class's error to this CSV."),
@@ -34,28 +35,18 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Top-1 and top-5 error of one checkpoint or an ensemble, beside the paper's results."""
-    from alexrepro.evaluation.evaluate import EvalOptions, check_options, evaluate_in_group
+    from alexrepro.evaluation.evaluate import EvalOptions, run_evaluation
 
-    if loader not in ("auto", "torch", "dali"):
-        raise UserError(f"--loader must be auto, torch or dali, got {loader!r}")
-    if procs < 1:
-        raise UserError(f"--procs must be at least 1, got {procs}")
+    if loader not in KINDS:
+        raise UserError(f"--loader must be {kinds_text()}, got {loader!r}")
     opts = EvalOptions(
         out=out, checkpoints=list(checkpoint), crops=crops, split=split, batch_size=batch_size,
         device=device, loader=loader, paper_table=paper_table, per_class=per_class, predictions=predictions,
+        procs=procs,
     )
-    check_options(opts)  # before spawning --procs processes
-    if procs > 1:
-        from alexrepro.distributed import launch
-
-        report = launch(evaluate_in_group, procs, (opts, not json_out))
-    else:
-        from alexrepro.distributed import torchrun_env
-
-        report = evaluate_in_group(opts, show_progress=True)
-        info = torchrun_env()  # under torchrun every rank gets the report; rank 0 prints it
-        if info is not None and not info.is_main:
-            return
+    report = run_evaluation(opts, show_progress=not json_out)
+    if report is None:  # a rank > 0 under torchrun: rank 0 prints
+        return
     if json_out:
         emit_json(report)
     else:

@@ -8,6 +8,7 @@ import typer
 
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError
+from alexrepro.loaders import KINDS, kinds_text
 from alexrepro.progress import console, emit_json
 
 SET_HELP = "Override a recipe value: section.key=value (repeatable), e.g. --set optim.lr=0.02"
@@ -45,7 +46,7 @@ def train_command(
         1, "--procs", help="Data-parallel processes on the CPU (gloo), for --device cpu; the global batch is split."),
     parallel: str | None = typer.Option(
         None, "--parallel", help="data (one process per device) or model (§3.2's two-GPU split; needs --gpus 2)."),
-    loader: str | None = typer.Option(None, "--loader", help="auto, torch or dali (data.loader)."),
+    loader: str | None = typer.Option(None, "--loader", help=f"{kinds_text()} (data.loader)."),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (run.precision; autocast)."),
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="NHWC memory layout (run.channels_last)."),
@@ -64,8 +65,8 @@ def train_command(
     """Train AlexNet with §5's SGD on a prepared set; checkpoints, metrics and logs go to RUN."""
     from alexrepro.training.loop import TrainOptions, run_training
 
-    if loader is not None and loader not in ("auto", "torch", "dali"):
-        raise UserError(f"--loader must be auto, torch or dali, got {loader!r}")
+    if loader is not None and loader not in KINDS:
+        raise UserError(f"--loader must be {kinds_text()}, got {loader!r}")
     if precision is not None and precision not in ("fp32", "bf16", "fp16"):
         raise UserError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
     if resume_from is not None and not resume_from.is_file():

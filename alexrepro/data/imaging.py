@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.data.shards import IMAGE_SIZE
 
 JPEG_QUALITY = 95  # default quality of the stored JPEGs (libjpeg's 4:2:0 chroma subsampling)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when reducing (PIL's filters scale their support)

@@ -10,18 +10,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-from alexrepro.errors import WorkFailed
-from alexrepro.data.prepared import (
+from alexrepro.data.manifest import SplitEntry, read_manifest
+from alexrepro.data.shards import (
     CHECKSUMS,
     IMAGE_SIZE,
     READABLE_VERSIONS,
-    STATS,
     decode_jpeg,
     image_checksums,
-    read_manifest,
-    read_stats,
     stored_checksums,
 )
+from alexrepro.data.stats_file import STATS, read_stats
+from alexrepro.errors import WorkFailed
 from alexrepro.progress import console, make_progress
 
 FIRST = 5  # classes and skipped files listed by name
@@ -44,28 +43,23 @@ def describe(out: Path) -> dict[str, Any]:
     out = Path(out)
     manifest = read_manifest(out)
     splits = {}
-    for name, s in manifest.get("splits", {}).items():
-        size = sum((out / e["file"]).stat().st_size for e in s["shards"] if (out / e["file"]).is_file())
-        splits[name] = {
-            "count": s["count"],
-            "skipped": s.get("skipped", 0),
-            "shards": len(s["shards"]),
-            "bytes": size,
-            "layout": s.get("layout", ""),
-        }
-    classes = manifest.get("classes", [])
-    skipped = [f for s in manifest.get("splits", {}).values() for f in s.get("skipped_files", [])]
+    for name, split in manifest.splits.items():
+        size = sum((out / shard.file).stat().st_size for shard in split.shards if (out / shard.file).is_file())
+        splits[name] = {"count": split.count, "skipped": split.skipped, "shards": len(split.shards), "bytes": size,
+                        "layout": split.layout}
+    classes = manifest.class_list()
+    skipped = [file.to_payload() for split in manifest.splits.values() for file in split.skipped_files]
     info: dict[str, Any] = {
         "out": str(out),
-        "source": manifest.get("source"),
-        "format_version": manifest.get("format_version"),  # of the prep that wrote the manifest
-        "encoding": manifest.get("encoding"),
-        "quality": manifest.get("quality"),
-        "image_size": manifest.get("image_size", IMAGE_SIZE),
+        "source": manifest.source,
+        "format_version": manifest.format_version,  # of the prep that wrote the manifest
+        "encoding": manifest.encoding,
+        "quality": manifest.quality,
+        "image_size": manifest.image_size,
         "splits": splits,
         "bytes": sum(s["bytes"] for s in splits.values()),
         "classes": {"count": len(classes), "first": classes[:FIRST]},
-        "skipped": {"count": manifest.get("skipped", len(skipped)), "first": skipped[:FIRST]},
+        "skipped": {"count": manifest.skipped, "first": skipped[:FIRST]},
         "mean": None,
         "pca": None,
     }
@@ -176,9 +170,7 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     raise_on_problems=False, return them under "problems" with "verified" False), else return the counts."""
     out = Path(out)
     manifest = read_manifest(out)
-    classes = manifest.get("classes", [])
-    wnid_index = {c["wnid"]: int(c["index"]) for c in classes}
-    splits = manifest.get("splits", {})
+    wnid_index = {c.wnid: c.index for c in manifest.classes}
     problems: list[str] = []
     checked: dict[str, int] = {}
     checksummed: dict[str, int] = {}
@@ -187,27 +179,23 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     if bar is not None:
         bar.start()
     try:
-        for name, s in splits.items():
-            task = bar.add_task(f"verify {name}", total=s["count"], unit="images") if bar is not None else None
-            total = sum(int(e["count"]) for e in s["shards"])
-            if total != s["count"]:
-                problems.append(f"{name}: shard counts add up to {total}, manifest says {s['count']}")
-            if "found" in s and s["count"] + s.get("skipped", 0) != s["found"]:
-                problems.append(f"{name}: {s['count']} written + {s['skipped']} skipped != {s['found']} found")
+        for name, split in manifest.splits.items():
+            task = bar.add_task(f"verify {name}", total=split.count, unit="images") if bar is not None else None
+            problems += _split_count_problems(name, split)
             checksummed[name] = 0
-            for e in s["shards"]:
-                result = check_shard(out / e["file"], int(e["count"]), len(classes), wnid_index)
+            for shard in split.shards:
+                result = check_shard(out / shard.file, shard.count, len(manifest.classes), wnid_index)
                 problems += result.problems
                 checksummed[name] += result.checksummed
                 shards += 1
                 without += result.without_checksums
                 if bar is not None:
-                    bar.advance(task, int(e["count"]))
-            checked[name] = s["count"]
+                    bar.advance(task, shard.count)
+            checked[name] = split.count
     finally:
         if bar is not None:
             bar.stop()
-    notes = [_no_checksums_note(without, shards, str(manifest.get("encoding")))] if without else []
+    notes = [_no_checksums_note(without, shards, manifest.encoding)] if without else []
     for note in notes:
         console.print(f"note: {note}")
     if (out / STATS).is_file() and read_stats(out).mean.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
@@ -217,6 +205,17 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     if problems and raise_on_problems:
         raise verification_failed(out, problems)
     return report
+
+
+def _split_count_problems(name: str, split: SplitEntry) -> list[str]:
+    """Whether the manifest's counts of a split add up: its shards to its count, written + skipped to found."""
+    problems = []
+    total = sum(shard.count for shard in split.shards)
+    if total != split.count:
+        problems.append(f"{name}: shard counts add up to {total}, manifest says {split.count}")
+    if split.found is not None and split.count + split.skipped != split.found:
+        problems.append(f"{name}: {split.count} written + {split.skipped} skipped != {split.found} found")
+    return problems
 
 
 def verification_failed(out: Path, problems: list[str]) -> WorkFailed:

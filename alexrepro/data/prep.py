@@ -4,13 +4,11 @@ Images are assigned to shards deterministically (each split's items sorted by ke
 --shard-size), each worker builds whole shards, and a shard is renamed into place only when complete,
 so a killed prep started again skips the complete shards and produces the same set. Until the manifest
 is written, OUT/.prep.json records what is being prepared, so a different source or different options
-are refused instead of being mixed in.
+are refused instead of being mixed in (alexrepro.data.prep_state).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 import queue as queue_mod
@@ -22,15 +20,25 @@ from typing import Any
 
 import h5py
 
+from alexrepro.atomic import atomic_write_text, writable_folder
 from alexrepro.data import sources
-from alexrepro.atomic import atomic_write_json, atomic_write_text, writable_folder
-from alexrepro.errors import UserError, WorkFailed
 from alexrepro.data.imaging import JPEG_QUALITY, BadImage, prepare_image
-from alexrepro.data.prepared import ENCODINGS, IMAGE_SIZE, MANIFEST, SKIPPED, STATS, write_manifest, write_shard
+from alexrepro.data.manifest import (
+    SKIPPED,
+    Manifest,
+    PrepRecord,
+    ShardEntry,
+    SkippedFile,
+    SplitEntry,
+    write_manifest,
+)
+from alexrepro.data.prep_state import check_out, clear_state, identity, split_digest, write_state
+from alexrepro.data.shards import ENCODINGS, IMAGE_SIZE, write_shard
+from alexrepro.data.stats_file import STATS
+from alexrepro.errors import UserError, WorkFailed
 from alexrepro.progress import console, make_progress
 
 SHARD_SIZE = 1024  # images per shard (default of --shard-size)
-PREP_STATE = ".prep.json"  # what an unfinished prep in OUT is preparing (removed once the manifest lands)
 
 
 @dataclass
@@ -147,72 +155,6 @@ def resumed_shard(task: ShardTask) -> ShardResult:
     return ShardResult(task.split, task.index, count, skipped, resumed=True)
 
 
-# --------------------------------------------------------------------------------------------- OUT checks
-def split_digest(split: sources.SplitSource) -> str:
-    """A fingerprint of a split's listing (keys, labels, locations), to refuse mixing two sources."""
-    h = hashlib.sha256()
-    for it in split.items:
-        h.update(f"{it.key}\t{it.label}\t{it.offset}\t{it.size}\n".encode())
-    for key, _ in split.unlabelled:
-        h.update(f"{key}\t-\n".encode())
-    return h.hexdigest()
-
-
-def identity(src: Path, options: PrepOptions, source: sources.Source) -> dict[str, Any]:
-    """What makes two preps the same set: source, options, classes (split listings compared apart)."""
-    classes = hashlib.sha256("\n".join(c.wnid for c in source.classes).encode()).hexdigest()
-    return {
-        "source": str(Path(src).resolve()),
-        "encoding": options.encoding,
-        "quality": options.quality if options.encoding == "jpeg" else None,
-        "image_size": IMAGE_SIZE,
-        "shard_size": options.shard_size,
-        "classes": classes,
-    }
-
-
-def _previous(out: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(manifest, unfinished-prep state) already in OUT, each None when absent."""
-    found = []
-    for name in (MANIFEST, PREP_STATE):
-        path = out / name
-        try:
-            found.append(json.loads(path.read_text()) if path.is_file() else None)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{path} is corrupt; delete {out} and prepare again") from None
-    return found[0], found[1]
-
-
-def check_out(out: Path, ident: dict[str, Any], digests: dict[str, str]) -> dict[str, Any] | None:
-    """Refuse an OUT that holds something else; return its previous manifest when it is this same set."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; give a folder (new or empty) as OUT")
-    if not out.exists():
-        return None
-    manifest, state = _previous(out)
-    if manifest is None and state is None:
-        if any(out.iterdir()):
-            raise UserError(f"{out} is not empty and holds no prepared set; choose a new or empty OUT")
-        return None
-    for what, record in (("prepared set", manifest), ("unfinished prep", state)):
-        if record is None:
-            continue
-        before = record.get("prep", {})
-        changed = [k for k, v in ident.items() if before.get("identity", {}).get(k) != v]
-        if changed:
-            raise UserError(
-                f"{out} holds a {what} with a different {', '.join(changed)}; "
-                "choose another OUT or delete this one (nothing was overwritten)"
-            )
-        for split, digest in before.get("splits", {}).items():
-            if split in digests and digest != digests[split]:
-                raise UserError(
-                    f"the {split} images in the source differ from those {out} was prepared from; "
-                    "choose another OUT or delete this one (nothing was overwritten)"
-                )
-    return manifest
-
-
 # --------------------------------------------------------------------------------------------- the run
 def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str, Any]) -> list[ShardResult]:
     """Build the pending shards (in-process for one worker, else a spawn pool), advancing the bars."""
@@ -253,10 +195,8 @@ def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str,
     return results
 
 
-def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: bool = True) -> dict[str, Any]:
-    """Prepare SRC into OUT (resuming an unfinished prep of the same set); returns the --json summary."""
-    options = options or PrepOptions()
-    src, out = Path(src), Path(out)
+def check_options(options: PrepOptions) -> None:
+    """A UserError naming the first option out of its range."""
     if options.encoding not in ENCODINGS:
         raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {options.encoding!r}")
     if not 1 <= options.quality <= 100:
@@ -265,6 +205,27 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
         raise UserError(f"--shard-size must be at least 1, got {options.shard_size}")
     if options.workers < 0:
         raise UserError(f"--workers must be at least 1 (or 0 for all cores), got {options.workers}")
+
+
+def plan_tasks(out: Path, source: sources.Source, options: PrepOptions) -> dict[str, list[ShardTask]]:
+    """Every shard of every split, in order; a killed run's half-written files are removed first."""
+    tasks: dict[str, list[ShardTask]] = {}
+    for name, split in source.splits.items():
+        (out / name).mkdir(exist_ok=True)
+        for stale in (out / name).glob(".*.tmp-*"):
+            stale.unlink()
+        tasks[name] = [
+            ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality)
+            for i, chunk in enumerate(plan_shards(split.items, options.shard_size))
+        ]
+    return tasks
+
+
+def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: bool = True) -> dict[str, Any]:
+    """Prepare SRC into OUT (resuming an unfinished prep of the same set); returns the --json summary."""
+    options = options or PrepOptions()
+    src, out = Path(src), Path(out)
+    check_options(options)
     start = time.monotonic()
     source = sources.find_sources(
         src, options.splits, options.devkit, options.val_labels, options.test_labels, options.synset_mapping
@@ -278,18 +239,11 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
     digests = {name: split_digest(s) for name, s in source.splits.items()}
     previous = check_out(out, ident, digests)
     writable_folder(out, "OUT")
-    state_digests = {**(previous or {}).get("prep", {}).get("splits", {}), **digests}
-    atomic_write_json(out / PREP_STATE, {"prep": {"identity": ident, "splits": state_digests}})
+    earlier = previous.prep.splits if previous is not None and previous.prep is not None else {}
+    record = PrepRecord(ident, {**earlier, **digests})
+    write_state(out, record)
 
-    tasks: dict[str, list[ShardTask]] = {}
-    for name, split in source.splits.items():
-        (out / name).mkdir(exist_ok=True)
-        for stale in (out / name).glob(".*.tmp-*"):  # a killed run's half-written files
-            stale.unlink()
-        tasks[name] = [
-            ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality)
-            for i, chunk in enumerate(plan_shards(split.items, options.shard_size))
-        ]
+    tasks = plan_tasks(out, source, options)
     results: dict[str, dict[int, ShardResult]] = {name: {} for name in tasks}
     pending = []
     for name, split_tasks in tasks.items():
@@ -319,7 +273,7 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
             bar.stop()
     run_seconds = time.monotonic() - run_start
 
-    summary = _finish(src, out, source, options, ident, state_digests, previous, tasks, results)
+    summary = _finish(out, source, options, record, previous, tasks, results)
     new_train = any(t.split == "train" for t in pending)
     if "train" in source.splits and (new_train or not (out / STATS).is_file()):
         from alexrepro.data.stats import compute_mean
@@ -327,7 +281,7 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
         # the requested count, not `workers` (capped by the shards left, 1 when resuming with none)
         stats = compute_mean(out, workers=options.workers or available_cores(), progress=progress)
         summary["channel_mean"] = [float(v) for v in stats.channel_mean]
-    (out / PREP_STATE).unlink(missing_ok=True)
+    clear_state(out)
     converted = sum(len(t.items) for t in pending)
     summary.update(
         seconds=round(time.monotonic() - start, 3),
@@ -339,19 +293,17 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
 
 
 def _finish(
-    src: Path,
     out: Path,
     source: sources.Source,
     options: PrepOptions,
-    ident: dict[str, Any],
-    digests: dict[str, str],
-    previous: dict[str, Any] | None,
+    record: PrepRecord,
+    previous: Manifest | None,
     tasks: dict[str, list[ShardTask]],
     results: dict[str, dict[int, ShardResult]],
 ) -> dict[str, Any]:
     """Check the counts, write the manifest and skipped.tsv; the summary of every split."""
-    splits = dict((previous or {}).get("splits", {}))
-    summary: dict[str, Any] = {"out": str(out), "source": ident["source"], "splits": {}}
+    splits = dict(previous.splits) if previous is not None else {}  # splits not prepared this time stay
+    summary: dict[str, Any] = {"out": str(out), "source": record.identity["source"], "splits": {}}
     for name, split in source.splits.items():
         res = [results[name][t.index] for t in tasks[name]]
         written = sum(r.count for r in res)
@@ -360,14 +312,14 @@ def _finish(
         if written == 0:
             raise UserError(f"no image of the {name} split ({split.layout}) could be read; see the reasons: "
                             f"{skipped[0][1]}")
-        splits[name] = {
-            "count": written,
-            "found": split.found,
-            "skipped": len(skipped),
-            "layout": split.layout,
-            "shards": [{"file": shard_file(name, r.index), "count": r.count} for r in res],
-            "skipped_files": [{"path": k, "reason": r} for k, r in skipped],
-        }
+        splits[name] = SplitEntry(
+            count=written,
+            found=split.found,
+            skipped=len(skipped),
+            layout=split.layout,
+            shards=[ShardEntry(shard_file(name, r.index), r.count) for r in res],
+            skipped_files=[SkippedFile(k, r) for k, r in skipped],
+        )
         summary["splits"][name] = {
             "found": split.found,
             "written": written,
@@ -375,22 +327,21 @@ def _finish(
             "shards": len(res),
             "resumed_shards": sum(r.resumed for r in res),
         }
-    total_skipped = sum(s["skipped"] for s in splits.values())
-    manifest = {
-        "source": ident["source"],
-        "encoding": options.encoding,
-        "quality": ident["quality"],
-        "image_size": IMAGE_SIZE,
-        "shard_size": options.shard_size,
-        "classes": [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in source.classes],
-        "splits": {k: splits[k] for k in sources.SPLITS if k in splits},
-        "skipped": total_skipped,
-        "notes": source.notes,
-        "prep": {"identity": ident, "splits": digests},
-    }
-    rows = [(s["path"], s["reason"]) for sp in manifest["splits"].values() for s in sp["skipped_files"]]
+    manifest = Manifest(
+        source=record.identity["source"],
+        encoding=options.encoding,
+        quality=record.identity["quality"],
+        image_size=IMAGE_SIZE,
+        shard_size=options.shard_size,
+        classes=list(source.classes),
+        splits={k: splits[k] for k in sources.SPLITS if k in splits},
+        skipped=sum(s.skipped for s in splits.values()),
+        notes=list(source.notes),
+        prep=record,
+    )
+    rows = [(f.path, f.reason) for sp in manifest.splits.values() for f in sp.skipped_files]
     atomic_write_text(out / SKIPPED, "path\treason\n" + "".join(f"{_clean(p)}\t{_clean(r)}\n" for p, r in rows))
     write_manifest(out, manifest)
-    summary["skipped"] = total_skipped
+    summary["skipped"] = manifest.skipped
     summary["classes"] = len(source.classes)
     return summary

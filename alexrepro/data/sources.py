@@ -1,6 +1,6 @@
 """Finding the splits, their images and their labels in an ImageNet source tree (SRC).
 
-Layouts read (DESIGN.md "Sources prep must read"):
+Layouts read (docs/FORMAT.md; listing in alexrepro.data.source_files, labels in alexrepro.data.source_labels):
     class-per-folder      <split>/<wnid>/<name>.JPEG (train, and val/test when foldered)
     flat + devkit         <split>/ILSVRC<year>_<split>_%08d.JPEG labelled by the devkit's
                           ILSVRC<year>_{validation,test}_ground_truth.txt (ILSVRC<year>_ID per line)
@@ -13,21 +13,16 @@ Class indices are the sorted WNIDs (folder names) of the training split.
 
 from __future__ import annotations
 
-import csv
-import os
-import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alexrepro.data.manifest import ClassInfo
+from alexrepro.data.source_files import ListedImage, list_folder, list_tar, train_classes
+from alexrepro.data.source_labels import Labelling, find_labelling, read_synset_mapping
 from alexrepro.errors import UserError
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-FLAT_NAME = re.compile(r"^ILSVRC(?P<year>\d{4})_(?P<split>val|test)_(?P<num>\d{8})$")
-GROUND_TRUTH_NAME = re.compile(r"^ILSVRC(?P<year>\d{4})_(?P<split>validation|test)_ground_truth\.txt$")
 KAGGLE_ROOT = Path("ILSVRC") / "Data" / "CLS-LOC"  # Kaggle's image folders, under SRC
-DEVKIT_DIRS = ("devkit", "devkit/data", "ILSVRC2012_devkit_t12", "ILSVRC2012_devkit_t12/data")
 
 
 @dataclass(frozen=True)
@@ -39,13 +34,6 @@ class Item:
     path: str  # the image file, or the tar file that holds it
     offset: int = -1  # byte offset inside `path` for tar members; -1: the whole file
     size: int = -1
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    index: int
-    wnid: str
-    name: str
 
 
 @dataclass
@@ -64,20 +52,12 @@ class SplitSource:
 
 @dataclass
 class Source:
+    """What prep found in SRC: the classes (sorted training WNIDs), the splits, and notes for the user."""
+
     root: Path
     classes: list[ClassInfo]
     splits: dict[str, SplitSource]
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    key: str
-    stem: str
-    folder: str | None  # the class folder (or class tar) the file sits in, if any
-    path: str
-    offset: int = -1
-    size: int = -1
 
 
 def read_item(item: Item) -> bytes:
@@ -90,185 +70,6 @@ def read_item(item: Item) -> bytes:
         return f.read(item.size)
 
 
-# --------------------------------------------------------------------------------------------- listing
-def _is_image_name(name: str) -> bool:
-    return not os.path.basename(name).startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _stem(name: str) -> str:
-    return os.path.splitext(os.path.basename(name))[0]
-
-
-def list_folder(folder: Path, root: Path) -> list[_Entry]:
-    """Images directly in `folder` (flat) and one level down (class folders), sorted by key."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        depth = len(Path(dirpath).relative_to(folder).parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth == 0 else []
-        class_folder = Path(dirpath).name if depth == 1 else None
-        for name in filenames:
-            if _is_image_name(name):
-                p = Path(dirpath) / name
-                entries.append(_Entry(p.relative_to(root).as_posix(), _stem(name), class_folder, str(p)))
-    return sorted(entries, key=lambda e: e.key)
-
-
-def list_tar(path: Path, root: Path) -> list[_Entry]:
-    """Images inside an uncompressed tar, read in place: members, or members of one tar per class."""
-    base = path.relative_to(root).as_posix()
-    entries = []
-    try:
-        with tarfile.open(path, "r:") as outer:
-            for m in outer:
-                if not m.isfile():
-                    continue
-                if m.name.lower().endswith(".tar"):
-                    inner_file = outer.extractfile(m)
-                    with tarfile.open(fileobj=inner_file, mode="r:") as inner:
-                        for im in inner:
-                            if im.isfile() and _is_image_name(im.name):
-                                entries.append(
-                                    _Entry(
-                                        f"{base}/{m.name}/{im.name}",
-                                        _stem(im.name),
-                                        _stem(m.name),
-                                        str(path),
-                                        m.offset_data + im.offset_data,
-                                        im.size,
-                                    )
-                                )
-                elif _is_image_name(m.name):
-                    parent = os.path.basename(os.path.dirname(m.name)) or None
-                    entries.append(
-                        _Entry(f"{base}/{m.name}", _stem(m.name), parent, str(path), m.offset_data, m.size)
-                    )
-    except tarfile.ReadError as e:
-        raise UserError(
-            f"{path} is not an uncompressed tar ({e}); prep reads .tar files in place, so decompress it first"
-        ) from None
-    return sorted(entries, key=lambda e: e.key)
-
-
-# --------------------------------------------------------------------------------------------- labels
-def read_meta(path: Path) -> tuple[str, dict[int, tuple[str, str, bool]]]:
-    """A devkit meta.mat: (year, {ILSVRC<year>_ID: (wnid, words, is_leaf)})."""
-    import numpy as np
-    import scipy.io
-
-    try:
-        synsets = np.atleast_1d(scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]).ravel()
-        id_field = next(f for f in synsets.dtype.names if re.fullmatch(r"ILSVRC\d{4}_ID", f))
-    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
-        raise UserError(f"{path} is not a devkit meta.mat with a synsets table ({e}); check --devkit") from None
-    table = {}
-    for row in synsets:
-        leaf = "num_children" not in synsets.dtype.names or int(row["num_children"]) == 0
-        table[int(row[id_field])] = (str(row["WNID"]).strip(), str(row["words"]).strip(), leaf)
-    return id_field[6:10], table
-
-
-def read_ground_truth(path: Path) -> list[int]:
-    """A devkit ground-truth file: the ILSVRC<year>_ID of image number i on line i."""
-    try:
-        return [int(line) for line in path.read_text().split()]
-    except ValueError:
-        raise UserError(f"{path} is not a devkit ground-truth file (one integer ID per line)") from None
-
-
-def read_kaggle_solution(path: Path) -> dict[str, str]:
-    """Kaggle's LOC_val_solution.csv: {ImageId: wnid}, the first WNID of PredictionString."""
-    labels = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                labels[row["ImageId"].strip()] = row["PredictionString"].split()[0]
-            except (KeyError, IndexError, AttributeError):
-                raise UserError(f"{path} is not Kaggle's LOC_val_solution.csv (ImageId,PredictionString)") from None
-    return labels
-
-
-def read_synset_mapping(path: Path) -> dict[str, str]:
-    """Kaggle's LOC_synset_mapping.txt: {wnid: names}, one '<wnid> <names>' per line."""
-    names = {}
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} as a synset mapping ({e}); check --synset-mapping") from None
-    for line in text.splitlines():
-        if line.strip():
-            wnid, _, name = line.strip().partition(" ")
-            names[wnid] = name.strip()
-    if not any(re.fullmatch(r"n\d{8}", w) for w in names):
-        raise UserError(f"{path} is not a synset mapping (lines of '<wnid> <names>', e.g. 'n01440764 tench, "
-                        "Tinca tinca'); check --synset-mapping")
-    return names
-
-
-@dataclass
-class _Labelling:
-    """Where the labels of flat folders come from."""
-
-    metas: dict[str, dict[int, tuple[str, str, bool]]]  # year -> meta table
-    ground_truth: dict[tuple[str, str], Path]  # (year, "val"|"test") -> file
-    kaggle: Path | None
-    explicit: dict[str, Path]  # split -> labels file given on the command line
-
-    def stem_to_wnid(self, split: str, stems: list[str]) -> dict[str, str] | None:
-        """{stem: wnid} for a flat split's images, or None when nothing labels them."""
-        flat = [m for m in (FLAT_NAME.match(s) for s in stems) if m]
-        year = flat[0]["year"] if flat else None
-        path = self.explicit.get(split)
-        if path is not None and path.suffix.lower() == ".csv":
-            return read_kaggle_solution(path)
-        if path is None:
-            path = self.ground_truth.get((year, split)) if year else None
-        if path is not None:
-            gt_year = GROUND_TRUTH_NAME.match(path.name)
-            meta_year = gt_year["year"] if gt_year else year
-            meta = self.metas.get(meta_year) or (next(iter(self.metas.values())) if len(self.metas) == 1 else None)
-            if meta is None:
-                raise UserError(f"{path} gives devkit IDs, but no meta.mat was found to map them; give --devkit DIR")
-            ids = read_ground_truth(path)
-            labels = {}
-            for m in flat:
-                num = int(m["num"])
-                if 1 <= num <= len(ids) and ids[num - 1] in meta:
-                    labels[m.string] = meta[ids[num - 1]][0]
-            return labels
-        if split == "val" and self.kaggle is not None:
-            return read_kaggle_solution(self.kaggle)
-        return None
-
-
-def _find_labelling(
-    src: Path, devkit: Path | None, val_labels: Path | None, test_labels: Path | None
-) -> _Labelling:
-    dirs = [devkit, devkit / "data"] if devkit is not None else [src / d for d in DEVKIT_DIRS]
-    if devkit is None:
-        for p in sorted(p for p in src.glob("*devkit*") if p.is_dir()):
-            dirs += [p, p / "data"]
-        dirs.append(src)
-    metas: dict[str, dict[int, tuple[str, str, bool]]] = {}
-    ground_truth: dict[tuple[str, str], Path] = {}
-    for d in dirs:
-        if not d.is_dir():
-            continue
-        if (d / "meta.mat").is_file():
-            year, table = read_meta(d / "meta.mat")
-            metas.setdefault(year, table)
-        for p in sorted(d.glob("ILSVRC*_ground_truth.txt")):
-            m = GROUND_TRUTH_NAME.match(p.name)
-            if m:
-                split = "val" if m["split"] == "validation" else "test"
-                ground_truth.setdefault((m["year"], split), p)
-    if devkit is not None and not metas:
-        raise UserError(f"no meta.mat in {devkit} or {devkit / 'data'}; point --devkit at the devkit folder")
-    kaggle = src / "LOC_val_solution.csv"
-    explicit = {s: p for s, p in (("val", val_labels), ("test", test_labels)) if p is not None}
-    return _Labelling(metas, ground_truth, kaggle if kaggle.is_file() else None, explicit)
-
-
-# --------------------------------------------------------------------------------------------- discovery
 def _locate_split(src: Path, image_root: Path, split: str) -> Path | None:
     """A split's folder, else an uncompressed tar in SRC whose name contains the split's name."""
     folder = image_root / split
@@ -278,22 +79,8 @@ def _locate_split(src: Path, image_root: Path, split: str) -> Path | None:
     return tars[0] if tars else None
 
 
-def _list_split(src: Path, location: Path) -> list[_Entry]:
+def _list_split(src: Path, location: Path) -> list[ListedImage]:
     return list_folder(location, src) if location.is_dir() else list_tar(location, src)
-
-
-def _train_classes(location: Path) -> list[str]:
-    """Class names of a training split from its folder names (or class tars), without listing images."""
-    if location.is_dir():
-        return sorted(d.name for d in location.iterdir() if d.is_dir() and not d.name.startswith("."))
-    with tarfile.open(location, "r:") as tar:
-        names = set()
-        for m in tar:
-            if m.isfile() and m.name.lower().endswith(".tar"):
-                names.add(_stem(m.name))
-            elif m.isfile() and _is_image_name(m.name) and os.path.dirname(m.name):
-                names.add(os.path.basename(os.path.dirname(m.name)))
-    return sorted(names)
 
 
 def _check_file(path: Path | None, what: str, folder: bool = False) -> Path | None:
@@ -336,7 +123,7 @@ def find_sources(
     if missing:
         raise UserError(f"{src} has no {missing[0]} split (found: {', '.join(located)}); check SRC or --split")
 
-    labelling = _find_labelling(src, devkit, val_labels, test_labels)
+    labelling = find_labelling(src, devkit, val_labels, test_labels)
     listed = {s: _list_split(src, located[s]) for s in wanted}
     wnids, origin = _class_wnids(located, listed, labelling)
     names = _class_names(src, labelling, synset_mapping)
@@ -359,15 +146,7 @@ def find_sources(
                 raise UserError(f"{msg}; give --{split}-labels FILE or --devkit DIR")
             notes.append(f"{split} not prepared: {msg}")
             continue
-        items, unlabelled = [], []
-        for e in entries:
-            wnid = e.folder if e.folder is not None else by_stem.get(e.stem)
-            if wnid is None:
-                unlabelled.append((e.key, "no ground-truth label for this image"))
-            elif wnid not in index:
-                unlabelled.append((e.key, f"class {wnid} is not among the {len(index)} training classes"))
-            else:
-                items.append(Item(e.key, index[wnid], e.path, e.offset, e.size))
+        items, unlabelled = _label_images(entries, by_stem or {}, index)
         layout = "class folders" if not flat else ("flat" if len(flat) == len(entries) else "mixed")
         result[split] = SplitSource(split, f"{layout} in {where}", items, unlabelled)
     if not result:
@@ -375,12 +154,28 @@ def find_sources(
     return Source(src, classes, result, notes)
 
 
+def _label_images(
+    entries: list[ListedImage], by_stem: dict[str, str], index: dict[str, int]
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """(labelled items, (key, reason) of the others): by class folder, else by the flat file's stem."""
+    items, unlabelled = [], []
+    for image in entries:
+        wnid = image.folder if image.folder is not None else by_stem.get(image.stem)
+        if wnid is None:
+            unlabelled.append((image.key, "no ground-truth label for this image"))
+        elif wnid not in index:
+            unlabelled.append((image.key, f"class {wnid} is not among the {len(index)} training classes"))
+        else:
+            items.append(Item(image.key, index[wnid], image.path, image.offset, image.size))
+    return items, unlabelled
+
+
 def _class_wnids(
-    located: dict[str, Path], listed: dict[str, list[_Entry]], labelling: _Labelling
+    located: dict[str, Path], listed: dict[str, list[ListedImage]], labelling: Labelling
 ) -> tuple[list[str], str]:
     """The sorted class WNIDs: the training split's class folders, else the devkit's, else val's folders."""
     if "train" in located:
-        wnids = _train_classes(located["train"])
+        wnids = train_classes(located["train"])
         if not wnids:
             raise UserError(f"{located['train']} has no class folders (train/<wnid>/*.JPEG); check SRC")
         return wnids, "train"
@@ -393,7 +188,9 @@ def _class_wnids(
         if folders:
             return folders, f"the {split} class folders"
     raise UserError("cannot tell the classes: no training split, devkit meta.mat or class folders; give --devkit")
-def _class_names(src: Path, labelling: _Labelling, synset_mapping: Path | None) -> dict[str, str]:
+
+
+def _class_names(src: Path, labelling: Labelling, synset_mapping: Path | None) -> dict[str, str]:
     names: dict[str, str] = {}
     for year in sorted(labelling.metas):
         names.update({w: words for w, words, _ in labelling.metas[year].values()})

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from alexrepro.atomic import writable_folder
+from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
+from alexrepro.data.split import open_split
+from alexrepro.data.stats_file import Stats, read_stats, write_stats
 from alexrepro.errors import UserError
-from alexrepro.data.prepared import IMAGE_SIZE, Shard, Stats, open_split, read_stats, write_stats
+from alexrepro.loaders.augment import PIXEL_MAX, lighting_magnitudes  # §4.1 lighting on the 0–255 scale
 from alexrepro.progress import make_progress
 
 # Published ImageNet PCA (fb.resnet.torch, datasets/imagenet.lua `pca`), pixels on [0, 1]:
@@ -34,8 +37,6 @@ IMAGENET_EIGVEC = np.array(
 )
 IMAGENET_PCA_SOURCE = "fb.resnet.torch datasets/imagenet.lua (pixels on [0, 1])"
 
-LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
-PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
 CHUNK = 64  # images per pool task: fine-grained progress and load balance, few round trips
 IN_FLIGHT = 2  # pool tasks submitted per worker at a time: the parent holds O(workers) partial sums
 
@@ -73,25 +74,6 @@ def eigval_on_unit_scale(eigval: np.ndarray) -> np.ndarray:
     return np.asarray(eigval, dtype=np.float64) / PIXEL_MAX**2
 
 
-def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
-    """(3,) m such that §4.1's lighting shift of a 0–255 pixel is eigvec @ (alpha * m).
-
-    "unit": the paper's formula on [0, 1] pixels (eigenvalues λ/255², shift eigvec·(α⊙λ/255²)),
-    restated on 0–255 by multiplying by 255: m = λ / 255.
-    "cuda-convnet": Krizhevsky's released code, m = √λ with λ on the 0–255 scale.
-    """
-    if scale not in LIGHTING_SCALES:
-        raise ValueError(f"lighting scale must be one of {LIGHTING_SCALES}, got {scale!r}")
-    if stats.eigval is None:
-        raise UserError("the colour statistics have no PCA; run: alexrepro pca OUT")
-    if stats.scale != "0-255":
-        raise ValueError(f"statistics on scale {stats.scale!r}; expected '0-255'")
-    lam = np.clip(np.asarray(stats.eigval, dtype=np.float64), 0.0, None)  # rounding can give -0
-    if scale == "unit":
-        return lam / PIXEL_MAX
-    return np.sqrt(lam)
-
-
 def sample_indices(total: int, sample: int | None, seed: int) -> np.ndarray:
     """Sorted indices of the images a pass uses: all of them, or `sample` drawn without replacement."""
     if sample is None or sample >= total:
@@ -112,8 +94,6 @@ def _images(path: Path, idx: np.ndarray) -> Iterator[np.ndarray]:
             block = shard.file["images"][int(idx[0]) : int(idx[-1]) + 1]
             items: Iterator[np.ndarray] = iter(block)
         elif shard.encoding == "jpeg" and contiguous:
-            from alexrepro.data.prepared import decode_jpeg
-
             encoded = shard.encoded_range(int(idx[0]), int(idx[-1]) + 1)
             items = (decode_jpeg(b, f"{path} #{int(i)}") for i, b in zip(idx, encoded, strict=True))
         else:

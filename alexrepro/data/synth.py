@@ -36,8 +36,6 @@ from alexrepro.atomic import (
     temp_name,
     writable_folder,
 )
-from alexrepro.errors import UserError
-from alexrepro.progress import make_progress
 from alexrepro.data.synth_images import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
@@ -47,6 +45,8 @@ from alexrepro.data.synth_images import (
     render,
     sample_size,
 )
+from alexrepro.errors import UserError
+from alexrepro.progress import make_progress
 
 GENERATOR = "alexrepro synth"
 FORMAT_VERSION = 1

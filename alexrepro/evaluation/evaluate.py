@@ -1,9 +1,11 @@
 """Evaluation: §4.1's ten-patch (or centre-patch) test, §6's averaged nets, top-1/top-5 error.
 
-The test-time variants are named functions chosen by name (`TEST_TIME`), as in airbench. On
-several processes (torch.distributed; NCCL on GPUs, gloo on CPUs) each rank scores its slice of
+`run_evaluation` is the entry point (here, in spawned processes, or under torchrun, as training's
+`run_training`). The test-time variants are named functions chosen by name
+(`alexrepro.evaluation.test_time.TEST_TIME`), their views the preset's (`alexrepro.loaders.presets`).
+On several processes (torch.distributed; NCCL on GPUs, gloo on CPUs) each rank scores its slice of
 every global batch (`alexrepro.loaders.order`); the tallies are summed and the total is checked
-against the split's size, so no image is dropped or counted twice.
+against the split's size, so no image is dropped or counted twice. The report: `report.py`.
 """
 
 from __future__ import annotations
@@ -18,46 +20,14 @@ import torch
 from torch import nn
 
 from alexrepro.atomic import writable_file
-from alexrepro.errors import UserError, WorkFailed
 from alexrepro.distributed import all_reduce_sum, gather_objects, max_over_ranks, rank_and_world
+from alexrepro.errors import UserError, WorkFailed
+from alexrepro.evaluation.classes import class_ids
+from alexrepro.evaluation.metrics import TOP_KS, ErrorCounts, topk_classes
+from alexrepro.evaluation.report import PREDICTIONS_K, make_report, write_per_class, write_predictions
+from alexrepro.evaluation.test_time import predict_ensemble
+from alexrepro.loaders.presets import TEN_CROPS, variant_for
 from alexrepro.runtime import resolve_device
-from alexrepro.evaluation.metrics import TOP_KS, ErrorCounts, average_crops, average_ensemble, softmax, topk_classes
-
-TEN_CROPS = 10  # §4.1: four corner patches, the centre patch, and their horizontal reflections
-PREDICTIONS_K = 5  # §6: the top-5 labels kept per image
-
-
-# --------------------------------------------------------------------------------------------- test time
-def predict_center(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, c, c) centre patches → (N, K) softmax."""
-    return softmax(model(images))
-
-
-def predict_ten_crop(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(N, 10, 3, c, c) patches → (N, K): §4.1's softmax averaged over the ten patches."""
-    n, crops = images.shape[:2]
-    probs = softmax(model(images.reshape(n * crops, *images.shape[2:])))
-    return average_crops(probs.view(n, crops, -1))
-
-
-TEST_TIME: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
-    "center": predict_center,
-    "ten": predict_ten_crop,
-}
-CROPS_TO_VARIANT = {1: "center", TEN_CROPS: "ten"}
-
-
-def variant_for(crops: int) -> str:
-    """The test-time variant's name for a crop count (1 → "center", 10 → "ten")."""
-    if crops not in CROPS_TO_VARIANT:
-        raise UserError(f"--crops must be 1 (centre patch) or 10 (§4.1's ten patches), got {crops}")
-    return CROPS_TO_VARIANT[crops]
-
-
-def predict_ensemble(models: list[nn.Module], images: torch.Tensor, variant: str) -> torch.Tensor:
-    """The softmax of each net under a test-time variant, averaged over the nets (§6)."""
-    fn = TEST_TIME[variant]
-    return average_ensemble([fn(m, images) for m in models])
 
 
 # --------------------------------------------------------------------------------------------- members
@@ -95,11 +65,6 @@ def load_members(paths: list[Path], device: torch.device) -> list[Member]:
                 f"{a.crop_size}, mean {a.mean}; {m.path} uses {b.image_size}, {b.crop_size}, {b.mean}"
             )
     return members
-
-
-def class_ids(classes: list[dict[str, Any]]) -> list[str]:
-    """The WNIDs of a class list in index order (the identity of a label space)."""
-    return [str(c.get("wnid", c.get("index"))) for c in sorted(classes, key=lambda c: int(c["index"]))]
 
 
 def check_classes(member: Member, set_classes: list[dict[str, Any]], out: Path) -> None:
@@ -193,10 +158,13 @@ class EvalOptions:
     paper_table: str | None = None
     per_class: Path | None = None
     predictions: Path | None = None
+    procs: int = 1  # processes splitting the images, spawned here (one per GPU; gloo on CPUs)
 
 
 def check_options(opts: EvalOptions) -> str:
     """UserError for options that cannot work, before any process starts; returns the crop variant."""
+    if opts.procs < 1:
+        raise UserError(f"--procs must be at least 1, got {opts.procs}")
     variant = variant_for(opts.crops)
     if opts.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
@@ -210,8 +178,8 @@ def check_options(opts: EvalOptions) -> str:
 
 def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Score a split with one checkpoint or an ensemble and return the report (all ranks get it)."""
-    from alexrepro.loaders import make_loader
     from alexrepro.data.prepared import open_split
+    from alexrepro.loaders import make_loader
     from alexrepro.progress import make_progress
 
     variant = check_options(opts)
@@ -255,116 +223,6 @@ def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     return report
 
 
-# --------------------------------------------------------------------------------------------- report
-def _pct(x: float) -> float:
-    return round(100.0 * x, 4)
-
-
-def make_report(
-    opts: EvalOptions, variant: str, members: list[Member], dataset: Any, counts: ErrorCounts,
-    seconds: float, world: int, device: torch.device,
-) -> dict[str, Any]:
-    """The eval JSON object: error rates in percent (as the paper prints them) beside the paper's row."""
-    from alexrepro.evaluation.paper_tables import SPLIT_OF_TABLE, choose_table, comparable_row, difference, table_rows
-
-    table = choose_table(opts.paper_table, dataset.manifest.get("source"), opts.split)
-    comp = comparable_row(table, opts.crops, len(members))
-    # Table 2's test column is top-5 only (the 2012 test labels are not public).
-    paper_top1 = comp.top1 if opts.split == SPLIT_OF_TABLE[table] or table == "2010" else None
-    paper_top5 = comp.top5_test if (table == "2012" and opts.split == "test") else comp.top5
-    result: dict[str, Any] = {}
-    for k in TOP_KS:
-        if k in counts.ks:
-            lo, hi = counts.interval(k)
-            result[f"top{k}_error_pct"] = _pct(counts.error(k))
-            result[f"top{k}_ci95_pct"] = [_pct(lo), _pct(hi)]
-        else:
-            result[f"top{k}_error_pct"] = None
-            result[f"top{k}_ci95_pct"] = None
-    ours1, ours5 = result["top1_error_pct"], result["top5_error_pct"]
-    return {
-        "command": "eval",
-        "out": str(opts.out),
-        "split": opts.split,
-        "checkpoints": [str(m.path) for m in members],
-        "nets": len(members),
-        "crops": opts.crops,
-        "test_time": TEST_TIME[variant].__name__,
-        "images": counts.total,
-        "classes": counts.num_classes,
-        **result,
-        "seconds": round(seconds, 4),
-        "images_per_s": round(counts.total / seconds, 2) if seconds > 0 else None,
-        "device": str(device),
-        "world_size": world,
-        "paper": {
-            "table": table,
-            "comparable": comp.model,
-            "top1_error_pct": paper_top1,
-            "top5_error_pct": paper_top5,
-            "top1_diff_pct": difference(ours1, paper_top1) if ours1 is not None else None,
-            "top5_diff_pct": difference(ours5, paper_top5) if ours5 is not None else None,
-            "rows": [r.as_dict() for r in table_rows(table)],
-        },
-        "per_class": str(opts.per_class) if opts.per_class else None,
-        "predictions": str(opts.predictions) if opts.predictions else None,
-    }
-
-
-def _class_fields(classes: list[dict[str, Any]]) -> dict[int, tuple[str, str]]:
-    return {int(c["index"]): (str(c.get("wnid", "")), str(c.get("name", ""))) for c in classes}
-
-
-def write_per_class(path: Path, counts: ErrorCounts, classes: list[dict[str, Any]]) -> None:
-    """CSV of each class's image count and top-k error (percent), written atomically."""
-    import csv
-    import io
-
-    from alexrepro.atomic import atomic_write_text
-
-    names = _class_fields(classes)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "wnid", "name", "images"] + [f"top{k}_error_pct" for k in counts.ks])
-    errs = {k: counts.class_error(k) for k in counts.ks}
-    for c in range(counts.num_classes):
-        wnid, name = names.get(c, ("", ""))
-        row = [c, wnid, name, int(counts.images[c])]
-        row += ["" if counts.images[c] == 0 else _pct(float(errs[k][c])) for k in counts.ks]
-        w.writerow(row)
-    atomic_write_text(path, buf.getvalue())
-
-
-def write_predictions(
-    path: Path, predictions: list[dict[str, Any]], keys: list[str], classes: list[dict[str, Any]]
-) -> None:
-    """Each image's top-5 classes and probabilities with its key: CSV for *.csv, else JSON lines."""
-    import csv
-    import io
-    import json
-
-    from alexrepro.atomic import atomic_write_text
-
-    names = _class_fields(classes)
-    ordered = sorted(predictions, key=lambda p: p["index"])
-    buf = io.StringIO()
-    if Path(path).suffix.lower() == ".csv":
-        w = csv.writer(buf, lineterminator="\n")
-        k = PREDICTIONS_K
-        w.writerow(["key", "label", "wnid"] + [f"top{i + 1}_{f}" for i in range(k) for f in ("wnid", "prob")])
-        for p in ordered:
-            row = [keys[p["index"]], p["label"], names.get(p["label"], ("", ""))[0]]
-            for c, pr in zip(p["top"], p["prob"], strict=True):
-                row += [names.get(c, ("", ""))[0] or c, f"{pr:.6f}"]
-            w.writerow(row)
-    else:
-        for p in ordered:
-            top = [{"index": c, "wnid": names.get(c, ("", ""))[0], "name": names.get(c, ("", ""))[1],
-                    "prob": round(pr, 6)} for c, pr in zip(p["top"], p["prob"], strict=True)]
-            buf.write(json.dumps({"key": keys[p["index"]], "label": p["label"], "top5": top}) + "\n")
-    atomic_write_text(path, buf.getvalue())
-
-
 def evaluate_in_group(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """`evaluate` in one process of a group (torchrun or `launch`): join, score this rank's share, leave."""
     from alexrepro.distributed import cleanup, init_process_group, torchrun_env
@@ -376,3 +234,19 @@ def evaluate_in_group(opts: EvalOptions, show_progress: bool = True) -> dict[str
         return evaluate(opts, show_progress=show_progress)
     finally:
         cleanup()
+
+
+def run_evaluation(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any] | None:
+    """Check, then evaluate here, in opts.procs spawned processes, or under torchrun (None on ranks > 0).
+
+    show_progress is for the spawned processes (eval --json hides their bar); in this process the
+    bar is always drawn, on stderr.
+    """
+    from alexrepro.distributed import launch, torchrun_env
+
+    check_options(opts)  # before spawning opts.procs processes
+    if opts.procs > 1:
+        return launch(evaluate_in_group, opts.procs, (opts, show_progress))
+    report = evaluate_in_group(opts, show_progress=True)
+    info = torchrun_env()  # under torchrun every rank gets the report; rank 0 returns it
+    return None if info is not None and not info.is_main else report

@@ -91,10 +91,10 @@ def wilson_interval(errors: float, n: int, z: float = Z_95) -> tuple[float, floa
         raise ValueError(f"errors must lie in [0, n], got {errors} of {n}")
     p = errors / n
     z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    lo = 0.0 if errors == 0 else max(0.0, centre - half)  # exact ends: rounding leaves 1e-17 there
-    hi = 1.0 if errors == n else min(1.0, centre + half)
+    lo = 0.0 if errors == 0 else max(0.0, center - half)  # exact ends: rounding leaves 1e-17 there
+    hi = 1.0 if errors == n else min(1.0, center + half)
     return lo, hi
 
 

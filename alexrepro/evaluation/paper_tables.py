@@ -1,4 +1,4 @@
-"""The paper's result tables as data (PAPER.md "Results"), and which row a run compares with.
+"""The paper's result tables as data (§6: Tables 1 and 2), and which row a run compares with.
 
 Error rates are percentages as printed. `None` marks a cell the paper leaves empty.
 """

@@ -1,4 +1,4 @@
-"""What every figure needs: the run and its checkpoint, centre-patch inputs, and atomic PNG writes.
+"""What every figure needs: the run and its checkpoint, centre-patch inputs (the preset's), atomic PNG writes.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg backend (headless: files, never
 windows), at a fixed size and dpi and without `bbox_inches="tight"`, so a PNG is exactly
@@ -96,7 +96,7 @@ def class_names(classes: list[dict[str, Any]], num_classes: int) -> list[str]:
 
 def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: Path) -> None:
     """UserError unless the net was trained on the prepared set's classes (labels would mean other things)."""
-    from alexrepro.evaluation.evaluate import class_ids
+    from alexrepro.evaluation.classes import class_ids
 
     if loaded.recipe.model.num_classes != len(set_classes) or class_ids(loaded.classes) != class_ids(set_classes):
         raise UserError(
@@ -109,45 +109,37 @@ def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: P
 def mean_image(loaded: Loaded, out: Path) -> np.ndarray:
     """§2's mean image to subtract, at the recipe's image size: from the checkpoint, else OUT/stats.h5."""
     from alexrepro.loaders.augment import mean_image_for
-    from alexrepro.data.prepared import read_stats
+    from alexrepro.loaders.presets import saved_mean
 
-    stats = loaded.ckpt.get("stats") or {}
-    if stats.get("mean") is not None and stats.get("channel_mean") is not None:
-        mean = np.asarray(torch.as_tensor(stats["mean"]).float().numpy(), dtype=np.float32)
-        channel = np.asarray(torch.as_tensor(stats["channel_mean"]).double().numpy())
-    else:
-        st = read_stats(out)
-        mean, channel = st.mean, st.channel_mean
-    return mean_image_for(mean, channel, loaded.recipe.data)
+    saved = saved_mean(loaded.ckpt.get("stats"), out)
+    return mean_image_for(saved.mean, saved.channel_mean, loaded.recipe.data)
 
 
-def centre_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray:
+def center_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray:
     """The uint8 centre patches N×c×c×3 of stored images, resized to the recipe's image size first."""
-    from alexrepro.loaders.augment import center_offset, crop_flip, resize_image
+    from alexrepro.loaders.presets import EvalPreset
 
-    o = center_offset(data.image_size, data.crop_size)
-    return np.stack([crop_flip(resize_image(im, data.image_size), o, o, data.crop_size, False) for im in images])
+    return EvalPreset.for_data(data).cut_all(images)
 
 
-def centre_batch(
+def center_batch(
     images: Sequence[np.ndarray], data: DataConfig, mean: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """(net input N×3×c×c, the uint8 centre patches N×c×c×3) for stored 256² images, as `eval --crops 1` sees them."""
-    from alexrepro.loaders.augment import Colour, eval_params, finish_batch
+    """(net input N×3×c×c, uint8 centre patches N×c×c×3) of stored 256² images, as `eval --crops 1` sees them."""
+    from alexrepro.loaders.presets import EvalPreset, mean_colour
 
-    params = eval_params(len(images), data.image_size, data.crop_size)
-    patches = centre_patches(images, data)
-    colour = Colour(torch.as_tensor(mean, dtype=torch.float32, device=device), None, None)
-    return finish_batch(torch.from_numpy(patches), params, colour, device), patches
+    preset = EvalPreset.for_data(data)
+    patches = preset.cut_all(images)
+    return preset.finish(torch.from_numpy(patches), mean_colour(mean, device), device), patches
 
 
-def iter_centre_batches(
+def iter_center_batches(
     dataset: Any, indices: Sequence[int], data: DataConfig, mean: np.ndarray, device: torch.device, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
     """(inputs, uint8 patches, labels) for the dataset's `indices`, in order, `batch_size` at a time."""
     for lo in range(0, len(indices), batch_size):
         chunk = [dataset[int(i)] for i in indices[lo : lo + batch_size]]
-        x, patches = centre_batch([im for im, _ in chunk], data, mean, device)
+        x, patches = center_batch([im for im, _ in chunk], data, mean, device)
         yield x, patches, np.array([y for _, y in chunk], dtype=np.int64)
 
 

@@ -25,11 +25,11 @@ from alexrepro.atomic import atomic_path, writable_file
 from alexrepro.errors import UserError
 from alexrepro.figures.common import (
     Loaded,
-    centre_patches,
+    center_patches,
     check_same_classes,
     class_names,
     figure_path,
-    iter_centre_batches,
+    iter_center_batches,
     load_net,
     mean_image,
     new_figure,
@@ -122,7 +122,7 @@ def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], mean: np.n
                 batch_size: int, on_batch: Any = None):  # noqa: ANN201 - a generator of (feats, labels)
     """(fc7 vectors as float32 numpy, labels) for the dataset's `indices`, batch by batch."""
     with torch.inference_mode():
-        for x, _, labels in iter_centre_batches(dataset, indices, loaded.recipe.data, mean, device, batch_size):
+        for x, _, labels in iter_center_batches(dataset, indices, loaded.recipe.data, mean, device, batch_size):
             feats = loaded.model.forward_features(x).float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(labels))
@@ -248,7 +248,7 @@ def draw_neighbors(
 
 
 def _patch(loaded: Loaded, dataset: Any, i: int) -> np.ndarray:
-    return centre_patches([dataset[i][0]], loaded.recipe.data)[0]
+    return center_patches([dataset[i][0]], loaded.recipe.data)[0]
 
 
 def _show(ax: Any, image: np.ndarray, title: str, colour: str, bold: bool = False) -> None:

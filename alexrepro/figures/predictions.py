@@ -20,7 +20,7 @@ from alexrepro.figures.common import (
     check_same_classes,
     class_names,
     figure_path,
-    iter_centre_batches,
+    iter_center_batches,
     load_net,
     mean_image,
     new_figure,
@@ -68,7 +68,7 @@ def draw_predictions(
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
     indices = pick_indices(len(dataset), n, seed)
     mean = mean_image(loaded, Path(out_set))
-    x, patches, labels = next(iter_centre_batches(dataset, indices, loaded.recipe.data, mean, dev, len(indices)))
+    x, patches, labels = next(iter_center_batches(dataset, indices, loaded.recipe.data, mean, dev, len(indices)))
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x).float(), dim=1)
     top, top_p = top_classes(probs)

@@ -1,8 +1,12 @@
 """Loaders: the paper's augmentation (§2, §4.1) on NVIDIA DALI or a PyTorch DataLoader, identical.
 
-`make_loader` is the one entry point. Both backends take their crop/flip/lighting draws from
-`alexrepro.loaders.augment.draw_train_params` (the one sampler) and their float maths from
-`alexrepro.loaders.augment.finish_batch`; `order.py` fixes which images each rank sees.
+`make_loader` is the one entry point; `BACKENDS` is the registry of backends by name, from which
+the recipe's `data.loader`, the `--loader` options and the benchmarks take their choices. Every
+backend takes its crop/flip/lighting draws from `alexrepro.loaders.augment.draw_train_params`
+(the one sampler), its test views from `alexrepro.loaders.presets.EvalPreset` and its float maths
+from `alexrepro.loaders.augment.finish_batch`; `order.py` fixes which images each rank sees.
+A new backend: a `Loader` subclass (see `base.py`) and one entry in `BACKENDS`; the contract tests
+(tests/test_contracts.py) then run on it.
 
 This module imports torch only inside `make_loader`, because DALI's worker processes import this
 package to reach `dali_source` and should stay light.
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +26,9 @@ from alexrepro.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from alexrepro.loaders.base import Loader
+    from alexrepro.loaders.base import Loader, LoaderSpec
     from alexrepro.recipe import DataConfig
 
-KINDS = ("auto", "torch", "dali")
 _SAID: set[tuple[str, str]] = set()
 
 
@@ -32,14 +37,53 @@ def dali_available() -> bool:
     return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
 
 
+def _torch_loader(spec: LoaderSpec) -> Loader:
+    from alexrepro.loaders.torch_loader import TorchLoader
+
+    return TorchLoader(spec)
+
+
+def _dali_loader(spec: LoaderSpec) -> Loader:
+    from alexrepro.loaders.dali_loader import DaliLoader
+
+    return DaliLoader(spec)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A loader backend: how to build it for a request, whether it can run here, and what to do if not."""
+
+    make: Callable[[LoaderSpec], Loader]  # imports the backend when one is built (DALI workers stay light)
+    available: Callable[[], bool]
+    missing: str = ""  # the UserError when asked for but not available
+
+
+# THE list of loader backends: recipe validation (data.loader), the --loader options and the benchmarks
+# derive their choices from it. The first entry is the reference the others are held to.
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend(_torch_loader, lambda: True),
+    "dali": Backend(
+        _dali_loader,
+        lambda: dali_available(),  # looked up at call time (tests replace it)
+        "the DALI loader needs nvidia-dali: pip install 'alexrepro[dali]', or use --loader torch",
+    ),
+}
+KINDS = ("auto", *BACKENDS)  # "auto": the recipe's data.loader, then the hardware decides (choose_kind)
+
+
+def kinds_text(kinds: tuple[str, ...] = KINDS) -> str:
+    """The kinds as a sentence for help and errors: "auto, torch or dali"."""
+    return f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
+
+
 def choose_kind(kind: str, data_loader: str, device: torch.device) -> tuple[str, str]:
     """(backend, why): an explicit kind wins, then the recipe's data.loader; "auto" picks by hardware."""
     if kind not in KINDS:
         raise UserError(f"loader kind must be one of {', '.join(KINDS)}, got {kind!r}")
     chosen = kind if kind != "auto" else data_loader
-    if chosen == "dali" and not dali_available():
-        raise UserError("the DALI loader needs nvidia-dali: pip install 'alexrepro[dali]', or use --loader torch")
-    if chosen in ("torch", "dali"):
+    if chosen in BACKENDS:
+        if not BACKENDS[chosen].available():
+            raise UserError(BACKENDS[chosen].missing)
         return chosen, "as asked"
     if device.type != "cuda":
         return "torch", f"the device is {device.type}, and DALI's speed-up is GPU decoding"
@@ -83,13 +127,7 @@ def make_loader(
     if why != "as asked" and rank == 0 and (backend, why) not in _SAID:
         _SAID.add((backend, why))  # once per process, not once per split or per rank
         console.print(f"loader: {backend} ({why})")
-    if backend == "dali":
-        from alexrepro.loaders.dali_loader import DaliLoader
-
-        return DaliLoader(spec)
-    from alexrepro.loaders.torch_loader import TorchLoader
-
-    return TorchLoader(spec)
+    return BACKENDS[backend].make(spec)
 
 
-__all__ = ["KINDS", "choose_kind", "dali_available", "make_loader"]
+__all__ = ["BACKENDS", "KINDS", "Backend", "choose_kind", "dali_available", "kinds_text", "make_loader"]

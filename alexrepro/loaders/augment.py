@@ -1,9 +1,11 @@
 """§2/§4.1 augmentation, defined once: the one sampler of crop/flip/lighting draws, and the pure maths.
 
 Both loader backends (PyTorch and DALI) take their parameters from `draw_train_params` (training)
-or `eval_params` (centre / ten crops), cut and flip the uint8 image with them, and hand the uint8
-crops to `finish_batch`, the one function that does the float maths (mean subtraction, lighting,
-NCHW) on the target device. So for the same draws the two backends give the same tensor.
+or the test-time preset (`alexrepro.loaders.presets`: centre / ten crops, built on `view_params`),
+cut and flip the uint8 image with them, and hand the uint8 crops to `finish_batch`, the one function
+that does the float maths (mean subtraction, lighting, NCHW) on the target device. So for the same
+draws the two backends give the same tensor. §4.1's lighting lives here whole: the scale conventions
+(`lighting_magnitudes`) beside the shift they scale (`lighting_shift`).
 
 Coordinates: a view (y, x, flip) means "take the crop_size × crop_size patch whose top-left corner
 is (y, x) in the (image_size × image_size) image, then mirror it left-right if flip". The mean
@@ -19,11 +21,17 @@ import numpy as np
 from PIL import Image
 
 from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported lazily so that DALI's worker processes stay light
     import torch
 
+    from alexrepro.data.prepared import Stats
     from alexrepro.recipe import DataConfig
+
+View = tuple[int, int, bool]  # (y, x, flip): see "Coordinates" above
+LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
+PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ DRAW_TAG = 2  # see draw_train_params; loaders.order uses ORDER_TAG = 1
 
 
 def draw_train_params(data: DataConfig, seed: int, epoch: int, batch: int, n: int) -> CropParams:
-    """THE sampler (STYLE habit 6): §4.1's draws for the n images of one GLOBAL batch.
+    """THE sampler (one for both backends): §4.1's draws for the n images of one GLOBAL batch.
 
     A pure function of (seed, epoch, global batch index): every rank draws the whole global batch
     and takes its slice, so N ranks see exactly what one process sees, and a resumed run draws the
@@ -58,7 +66,8 @@ def draw_train_params(data: DataConfig, seed: int, epoch: int, batch: int, n: in
     # ignores trailing zeros in a seed list, so [seed, epoch, 0] alone would equal [seed, epoch].
     rng = np.random.default_rng([seed, epoch, batch, DRAW_TAG])
     # §4.1 counts "a factor of 2048" = 32·32·2, i.e. 32 offsets per axis; a 256 image has 256 − 224 + 1 = 33
-    # positions per axis, and we draw from all 33 (issue 4: "any of the 33×33 positions"): 2178 views.
+    # positions per axis, and we draw from all 33 (every one of the 33×33 positions): 2178 views
+    # (docs/FAITHFULNESS.md).
     span = data.image_size - data.crop_size + 1
     y = rng.integers(0, span, size=n, dtype=np.int64)
     x = rng.integers(0, span, size=n, dtype=np.int64)
@@ -76,7 +85,13 @@ def center_offset(image_size: int, crop_size: int) -> int:
     return int(round((image_size - crop_size) / 2.0))
 
 
-def ten_crop_views(image_size: int, crop_size: int) -> list[tuple[int, int, bool]]:
+def center_views(image_size: int, crop_size: int) -> list[View]:
+    """The one centre view, unflipped (the single-patch test of §6's Table 1)."""
+    c = center_offset(image_size, crop_size)
+    return [(c, c, False)]
+
+
+def ten_crop_views(image_size: int, crop_size: int) -> list[View]:
     """§4.1's ten test patches as (y, x, flip) on the unflipped image, in torchvision's TenCrop order.
 
     Order: top-left, top-right, bottom-left, bottom-right, centre of the image, then the same five
@@ -89,21 +104,22 @@ def ten_crop_views(image_size: int, crop_size: int) -> list[tuple[int, int, bool
     return [(y, x, False) for y, x in five] + [(y, far - x, True) for y, x in five]
 
 
+def view_params(views: list[View], n: int) -> CropParams:
+    """The same views of each of n images, flattened image-major (n·len(views) entries; no lighting)."""
+    y = np.array([v[0] for v in views] * n, dtype=np.int64)
+    x = np.array([v[1] for v in views] * n, dtype=np.int64)
+    flip = np.array([v[2] for v in views] * n, dtype=bool)
+    return CropParams(y, x, flip, np.zeros((len(views) * n, 3)))
+
+
 def eval_params(n: int, image_size: int, crop_size: int) -> CropParams:
     """Centre-crop parameters for n images (no flip, no lighting)."""
-    c = center_offset(image_size, crop_size)
-    return CropParams(
-        np.full(n, c, dtype=np.int64), np.full(n, c, dtype=np.int64), np.zeros(n, bool), np.zeros((n, 3))
-    )
+    return view_params(center_views(image_size, crop_size), n)
 
 
 def ten_crop_params(n: int, image_size: int, crop_size: int) -> CropParams:
     """The ten views of each of n images, flattened image-major (N·10 entries)."""
-    views = ten_crop_views(image_size, crop_size)
-    y = np.array([v[0] for v in views] * n, dtype=np.int64)
-    x = np.array([v[1] for v in views] * n, dtype=np.int64)
-    flip = np.array([v[2] for v in views] * n, dtype=bool)
-    return CropParams(y, x, flip, np.zeros((10 * n, 3)))
+    return view_params(ten_crop_views(image_size, crop_size), n)
 
 
 def crop_flip(image: np.ndarray, y: int, x: int, crop_size: int, flip: bool) -> np.ndarray:
@@ -143,6 +159,25 @@ def mean_image_for(mean: np.ndarray, channel_mean: np.ndarray, data: DataConfig)
     return resize_mean(mean, size)
 
 
+def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
+    """(3,) m such that §4.1's lighting shift of a 0–255 pixel is eigvec @ (alpha * m).
+
+    "unit": the paper's formula on [0, 1] pixels (eigenvalues λ/255², shift eigvec·(α⊙λ/255²)),
+    restated on 0–255 by multiplying by 255: m = λ / 255.
+    "cuda-convnet": Krizhevsky's released code, m = √λ with λ on the 0–255 scale.
+    """
+    if scale not in LIGHTING_SCALES:
+        raise ValueError(f"lighting scale must be one of {LIGHTING_SCALES}, got {scale!r}")
+    if stats.eigval is None:
+        raise UserError("the colour statistics have no PCA; run: alexrepro pca OUT")
+    if stats.scale != "0-255":
+        raise ValueError(f"statistics on scale {stats.scale!r}; expected '0-255'")
+    lam = np.clip(np.asarray(stats.eigval, dtype=np.float64), 0.0, None)  # rounding can give -0
+    if scale == "unit":
+        return lam / PIXEL_MAX
+    return np.sqrt(lam)
+
+
 def lighting_shift(alpha: np.ndarray, eigvec: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     """§4.1: the RGB shift [p1 p2 p3][α1 m1, α2 m2, α3 m3]ᵀ of each image; alpha n×3 → n×3."""
     return (np.asarray(alpha, np.float64) * np.asarray(magnitudes, np.float64)) @ np.asarray(eigvec).T
@@ -154,7 +189,7 @@ class Colour:
 
     mean: torch.Tensor  # float32 S×S×3 on the target device
     eigvec: np.ndarray | None  # 3×3, columns p_i; None when lighting is off
-    magnitudes: np.ndarray | None  # (3,) m from alexrepro.data.stats.lighting_magnitudes
+    magnitudes: np.ndarray | None  # (3,) m from lighting_magnitudes
 
 
 def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
@@ -196,16 +231,16 @@ def finish_batch(
     device: torch.device,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """The one float step of both backends: uint8 N×c×c×3 (or N×10×c×c×3) crops → float32 NCHW.
+    """The one float step of both backends: uint8 N×c×c×3 (or N×V×c×c×3) crops → float32 NCHW.
 
     out = crop - mean crop + lighting shift, on the 0–255 scale, centred (§2), on `device`.
-    Ten-crop input gives N×10×3×c×c (params then hold N·10 views, image-major).
+    Several views per image (ten crops: V = 10) give N×V×3×c×c (params then hold N·V views, image-major).
     """
     import torch
 
-    ten = crops.dim() == 5
+    views = crops.dim() == 5
     c = crops.shape[-2]
-    flat = crops.reshape(-1, c, c, crops.shape[-1]) if ten else crops
+    flat = crops.reshape(-1, c, c, crops.shape[-1]) if views else crops
     if len(params) != flat.shape[0]:
         raise ValueError(f"{len(params)} views for {flat.shape[0]} crops")
     x = flat.to(device, non_blocking=True).to(torch.float32)
@@ -216,6 +251,6 @@ def finish_batch(
         x = x + shift_t[:, None, None, :]
     x = x.permute(0, 3, 1, 2)  # NHWC memory permuted to NCHW is already channels_last
     x = x if channels_last else x.contiguous()
-    if ten:
-        x = x.view(crops.shape[0], 10, *x.shape[1:])  # a view keeps either memory format
+    if views:
+        x = x.view(crops.shape[0], crops.shape[1], *x.shape[1:])  # a view keeps either memory format
     return x

@@ -1,4 +1,4 @@
-"""What both backends share: the request (LoaderSpec), the colour statistics, and the epoch cursor."""
+"""What every backend shares: the request (LoaderSpec), the colour set-up, and the epoch cursor."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from alexrepro.loaders.augment import Colour, mean_image_for
-from alexrepro.errors import UserError
-from alexrepro.loaders.order import BatchPlan
 from alexrepro.data.prepared import SplitDataset, read_stats
+from alexrepro.errors import UserError
+from alexrepro.loaders.augment import Colour
+from alexrepro.loaders.order import BatchPlan
+from alexrepro.loaders.presets import EvalPreset, make_colour
 from alexrepro.recipe import DataConfig
-
-CROPS = ("center", "ten")
 
 
 @dataclass(frozen=True)
@@ -37,8 +35,7 @@ class LoaderSpec:
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        if self.crops not in CROPS:
-            raise UserError(f"crops must be one of {', '.join(CROPS)}, got {self.crops!r}")
+        EvalPreset.for_data(self.data, self.crops)  # a UserError naming the variants if crops is none of them
         if self.train and self.crops != "center":
             raise UserError("ten crops are for evaluation; training takes random crops (train=False for ten)")
         d = self.data
@@ -46,21 +43,15 @@ class LoaderSpec:
             raise UserError(f"need 0 < crop_size <= image_size <= 256, got {d.crop_size} and {d.image_size}")
 
     @property
-    def ten(self) -> bool:
-        return self.crops == "ten"
+    def preset(self) -> EvalPreset | None:
+        """The test-time preset whose views an evaluation loader gives; None for training (random draws)."""
+        return None if self.train else EvalPreset.for_data(self.data, self.crops)
 
 
 def load_colour(spec: LoaderSpec) -> Colour:
     """The mean image to subtract (resized to image_size) and, for training with lighting, its basis."""
-    from alexrepro.data.stats import lighting_magnitudes  # the lighting scale conventions live there
-
     lighting = spec.train and spec.data.lighting
-    stats = read_stats(spec.out, need_pca=lighting)
-    mean = mean_image_for(stats.mean, stats.channel_mean, spec.data)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).to(spec.device)
-    if not lighting:
-        return Colour(mean_t, None, None)
-    return Colour(mean_t, np.asarray(stats.eigvec, np.float64), lighting_magnitudes(stats, spec.data.lighting_scale))
+    return make_colour(read_stats(spec.out, need_pca=lighting), spec.data, spec.device, lighting)
 
 
 class Loader(ABC):
@@ -136,8 +127,8 @@ class Loader(ABC):
     def empty_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of a rank that gets no image of the last partial batch (kept, so ranks stay in step)."""
         c = self.spec.data.crop_size
-        shape = (0, 10, 3, c, c) if self.spec.ten else (0, 3, c, c)
-        return (torch.zeros(shape, dtype=torch.float32, device=self.spec.device),
+        views = () if self.spec.preset is None else self.spec.preset.view_axis
+        return (torch.zeros((0, *views, 3, c, c), dtype=torch.float32, device=self.spec.device),
                 torch.zeros(0, dtype=torch.int64, device=self.spec.device))
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from alexrepro.data.prepared import Shard, SplitDataset
+from alexrepro.data.shards import Shard
+from alexrepro.data.split import SplitDataset
 
 
 def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True, check: bool = True) -> list[np.ndarray]:

@@ -1,12 +1,12 @@
 """The NVIDIA DALI backend: parallel external source → decode → resize → crop/mirror with the drawn views.
 
 DALI decodes on the GPU ("mixed") when the device is CUDA, on the CPU otherwise (device_id=None:
-DALI's CPU mode needs no GPU). Crop corners and flips come in per sample from the one sampler (via
-`ShardSource`) and are applied with fn.slice (absolute anchors) and fn.flip; the ten test views
-are pipeline constants. The float maths (mean subtraction, lighting, NCHW) is NOT done in DALI:
-the uint8 crops go through the same `finish_batch` as the PyTorch backend, so for the same draws
-both give the same tensor up to the JPEG decoders' differences. Batches are prefetched
-(prefetch_queue_depth) so that loading overlaps training.
+DALI's CPU mode needs no GPU). Training crop corners and flips come in per sample from the one
+sampler (via `ShardSource`) and are applied with fn.slice (absolute anchors) and fn.flip; the test
+views (the centre, or the ten of §4.1) are the preset's, pipeline constants. The float maths (mean
+subtraction, lighting, NCHW) is NOT done in DALI: the uint8 crops go through the same `finish_batch`
+as the PyTorch backend, so for the same draws both give the same tensor up to the JPEG decoders'
+differences. Batches are prefetched (prefetch_queue_depth) so that loading overlaps training.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexrepro.loaders.augment import CropParams, finish_batch, ten_crop_params, ten_crop_views, to_device
+from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.loaders.augment import CropParams, finish_batch, to_device
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.dali_source import ShardSource, nonempty_batches
-from alexrepro.data.prepared import IMAGE_SIZE
 
 PREFETCH = 2  # batches DALI prepares ahead, in the pipeline and in the Python workers
 
 
 def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_batch: int) -> Any:
-    """A built DALI pipeline whose outputs are (uint8 crops NHWC or N×10×c×c×3, labels, anchors, flips, α)."""
+    """A built DALI pipeline whose outputs are (uint8 crops NHWC or N×V×c×c×3, labels, anchors, flips, α)."""
     from nvidia.dali import fn, pipeline_def, types
 
     d = spec.data
@@ -34,12 +34,16 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
     device_id = (spec.device.index if spec.device.index is not None else torch.cuda.current_device()) if gpu else None
     c = d.crop_size
     shape = np.array([c, c], dtype=np.int32)
+    workers = max(1, d.workers)
 
     @pipeline_def
     def graph():  # noqa: ANN202 - DALI's graph-building function
+        # Batch mode hands each batch to ONE Python worker, and only `prefetch_queue_depth` batches are
+        # in flight: a depth of one batch per worker lets every worker read (at depth 2, 16 workers on an
+        # H200 gave 9.0k images/s, the PyTorch loader 23.8k; docs/PERFORMANCE.md).
         stored, anchor, flip, label, alpha = fn.external_source(
             source, num_outputs=5, batch=True, parallel=True, batch_info=True,
-            prefetch_queue_depth=PREFETCH, layout=["HWC" if encoding == "raw" else "", "", "", "", ""],
+            prefetch_queue_depth=max(PREFETCH, workers), layout=["HWC" if encoding == "raw" else "", "", "", "", ""],
         )
         if encoding == "raw":
             img = stored.gpu() if gpu else stored
@@ -51,19 +55,19 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
         if d.image_size != IMAGE_SIZE:  # antialiased linear (triangle) filter, as PIL's bilinear
             img = fn.resize(img, size=[d.image_size, d.image_size], antialias=True,
                             interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
-        if spec.ten:
+        if spec.preset is not None:  # evaluation: the preset's views, constants of the pipeline
             views = [fn.flip(fn.slice(img, np.array([y, x], np.int32), shape, axis_names="HW"),
                              horizontal=int(f))
-                     for y, x, f in ten_crop_views(d.image_size, c)]
-            img = fn.stack(*views)
+                     for y, x, f in spec.preset.views]
+            img = views[0] if len(views) == 1 else fn.stack(*views)
         else:
             img = fn.flip(fn.slice(img, anchor, shape, axis_names="HW"), horizontal=flip)
         return img, label, anchor, flip, alpha
 
     # Fork is DALI's fast default but cannot follow CUDA initialisation in this process.
     method = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
-    pipe = graph(batch_size=max_batch, num_threads=max(1, d.workers), device_id=device_id,
-                 seed=spec.seed, prefetch_queue_depth=PREFETCH, py_num_workers=max(1, d.workers),
+    pipe = graph(batch_size=max_batch, num_threads=workers, device_id=device_id,
+                 seed=spec.seed, prefetch_queue_depth=PREFETCH, py_num_workers=workers,
                  py_start_method=method)
     pipe.build()
     return pipe
@@ -110,14 +114,14 @@ class DaliLoader(Loader):
         return self._pipe
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        spec, d = self.spec, self.spec.data
+        spec, preset = self.spec, self.spec.preset
         pipe = self._pipeline()
         self._next = None  # until this epoch is read to its end, the pipeline is mid-epoch
         for _ in range(self.start_batch, nonempty_batches(self.plan)):
             crops, labels, anchor, flip, alpha = pipe.run()
             images = to_torch(crops, spec.device)
-            if spec.ten:
-                params = ten_crop_params(images.shape[0], d.image_size, d.crop_size)
+            if preset is not None:
+                params = preset.params(images.shape[0])
             else:
                 yx = anchor.as_array().astype(np.int64)
                 params = CropParams(yx[:, 0], yx[:, 1], flip.as_array().astype(bool), alpha.as_array())

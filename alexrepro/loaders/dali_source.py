@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from alexrepro.data.prepared import SplitDataset
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import BatchPlan, rank_batch
-from alexrepro.data.prepared import SplitDataset
 from alexrepro.recipe import DataConfig
 
 
@@ -45,7 +45,7 @@ class ShardSource:
         batch = (self.first_start if epoch_idx == 0 else 0) + iteration
         if batch >= nonempty_batches(self.plan):
             raise StopIteration
-        # ten crops: the views are constants of the pipeline; the centre params only fill the slots
+        # evaluation: the preset's views are constants of the pipeline; the centre params only fill the slots
         idx, p = rank_batch(self.plan, self.data, epoch, batch)
         stored = read_batch(self.split, idx)  # one pread per run of adjacent images in a shard
         labels = self.split.labels[idx]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexrepro.loaders.augment import CropParams, draw_train_params, eval_params
 from alexrepro.errors import UserError
+from alexrepro.loaders.augment import CropParams, draw_train_params, eval_params
 from alexrepro.recipe import DataConfig
 
 # A non-zero tag ends the seed list so that this stream never equals augment.draw_train_params's
@@ -108,7 +108,7 @@ def rank_batch(plan: BatchPlan, data: DataConfig, epoch: int, batch: int) -> tup
     """This rank's global indices and augmentation parameters for global batch `batch` of `epoch`.
 
     Training draws for the whole GLOBAL batch (the one sampler) and keeps this rank's slice;
-    evaluation takes the centre view (ten-crop views are fixed, and applied where the crops are cut).
+    evaluation takes the centre view (the backends cut the test-time preset's views, and take its params).
     """
     idx = plan.global_batch(epoch, batch)
     lo, hi = plan.rank_bounds(len(idx))

@@ -2,8 +2,9 @@
 
 The batch sampler (main process) yields, per sample, (global index, crop y, x, flip, α1, α2, α3)
 drawn by `alexrepro.loaders.augment`'s one sampler; worker processes open the shards lazily, read the
-batch with one HDF5 read per shard, decode (PIL), resize if image_size < 256, cut and mirror, and
-collate uint8 N×c×c×3; `finish_batch` then does mean subtraction, lighting and NCHW on the device.
+batch with one HDF5 read per shard, decode (PIL), resize if image_size < 256, cut and mirror (at the
+drawn views when training, at the test-time preset's views otherwise), and collate uint8 N×c×c×3;
+`finish_batch` then does mean subtraction, lighting and NCHW on the device.
 """
 
 from __future__ import annotations
@@ -15,30 +16,27 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alexrepro.loaders.augment import (
-    CropParams,
-    crop_flip,
-    finish_batch,
-    resize_image,
-    ten_crop_params,
-    ten_crop_views,
-)
+from alexrepro.data.prepared import SplitDataset, decode_jpeg
+from alexrepro.loaders.augment import CropParams, crop_flip, finish_batch, resize_image
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import rank_batch
-from alexrepro.data.prepared import SplitDataset, decode_jpeg
+from alexrepro.loaders.presets import EvalPreset
 
 Item = tuple[int, int, int, bool, float, float, float]  # (index, y, x, flip, α1, α2, α3)
 
 
 class CropDataset(Dataset):
-    """Worker side: a list of items → uint8 crops (N×c×c×3, or N×10×c×c×3), labels and the items."""
+    """Worker side: a list of items → uint8 crops (N×c×c×3, or N×V×c×c×3), labels and the items.
 
-    def __init__(self, split: SplitDataset, image_size: int, crop_size: int, ten: bool) -> None:
+    preset None: training, each image cut at its drawn (y, x, flip); else the preset's test views.
+    """
+
+    def __init__(self, split: SplitDataset, image_size: int, crop_size: int, preset: EvalPreset | None) -> None:
         self.split = split
         self.image_size = image_size
         self.crop_size = crop_size
-        self.ten = ten
+        self.preset = preset
 
     def __len__(self) -> int:
         return len(self.split)
@@ -51,17 +49,15 @@ class CropDataset(Dataset):
         arr = np.array(items, dtype=np.float64).reshape(len(items), 7)
         idx = arr[:, 0].astype(np.int64)
         c = self.crop_size
-        shape = (len(items), 10, c, c, 3) if self.ten else (len(items), c, c, 3)
-        crops = np.empty(shape, dtype=np.uint8)
-        views = ten_crop_views(self.image_size, c)
+        shape = (c, c, 3) if self.preset is None else self.preset.crop_shape
+        crops = np.empty((len(items), *shape), dtype=np.uint8)
         for k, stored in enumerate(read_batch(self.split, idx)):
             image = stored if self.split.encoding == "raw" else decode_jpeg(
                 stored, f"{self.split.out}/{self.split.split} #{int(idx[k])}")
-            image = resize_image(image, self.image_size)
-            if self.ten:
-                for v, (y, x, flip) in enumerate(views):
-                    crops[k, v] = crop_flip(image, y, x, c, flip)
+            if self.preset is not None:
+                crops[k] = self.preset.cut(image)
             else:
+                image = resize_image(image, self.image_size)
                 crops[k] = crop_flip(image, int(arr[k, 1]), int(arr[k, 2]), c, bool(arr[k, 3]))
         labels = self.split.labels[idx] if len(idx) else np.zeros(0, np.int64)
         return {"crops": crops, "labels": labels.astype(np.int64), "items": arr}
@@ -84,7 +80,7 @@ class BatchItems:
     def __iter__(self) -> Iterator[list[Item]]:
         lo = self.loader
         for b in range(lo.start_batch, lo.plan.num_batches):
-            idx, p = rank_batch(lo.plan, lo.spec.data, lo.epoch, b)  # ten: views fixed in workers
+            idx, p = rank_batch(lo.plan, lo.spec.data, lo.epoch, b)  # evaluation: the preset's views in workers
             yield [(int(i), int(y), int(x), bool(f), *map(float, a))
                    for i, y, x, f, a in zip(idx, p.y, p.x, p.flip, p.alpha, strict=True)]
 
@@ -97,7 +93,7 @@ class TorchLoader(Loader):
     def __init__(self, spec: LoaderSpec) -> None:
         super().__init__(spec)
         d = spec.data
-        self.crop_data = CropDataset(self.dataset, d.image_size, d.crop_size, spec.ten)
+        self.crop_data = CropDataset(self.dataset, d.image_size, d.crop_size, spec.preset)
         workers = d.workers
         options: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 2} if workers else {}
         self.dataloader = DataLoader(
@@ -110,15 +106,15 @@ class TorchLoader(Loader):
         )
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        spec, d = self.spec, self.spec.data
+        spec, preset = self.spec, self.spec.preset
         for batch in self.dataloader:
             items = batch["items"].numpy()
             n = len(items)
             if n == 0:
                 yield self.empty_batch()
                 continue
-            if spec.ten:
-                params = ten_crop_params(n, d.image_size, d.crop_size)
+            if preset is not None:
+                params = preset.params(n)
             else:
                 params = CropParams(items[:, 1].astype(np.int64), items[:, 2].astype(np.int64),
                                     items[:, 3].astype(bool), items[:, 4:7])

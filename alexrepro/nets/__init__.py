@@ -1,1 +1,42 @@
-"""The nets: the paper's AlexNet (§3), its LRN (§3.3), summaries, and the registry of nets by name."""
+"""The nets: the paper's AlexNet (§3), its LRN (§3.3), summaries, and `NETS`, the registry of nets by name.
+
+A recipe's `model.arch` names an entry of `NETS`; `build_net` builds it. A new net: a builder
+`(ModelConfig, crop_size) -> nn.Module` and one entry in `NETS`; the recipe then accepts its name
+and the contract tests (tests/test_contracts.py) run on it. This module imports no torch, so the
+recipe can check names against it cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from alexrepro.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from alexrepro.recipe import ModelConfig
+
+
+def _alexnet(model_cfg: ModelConfig, crop_size: int) -> nn.Module:
+    from alexrepro.nets.alexnet import build_model
+
+    return build_model(model_cfg, crop_size)
+
+
+# THE list of nets: recipe validation (model.arch) derives its choices from it. Each builder takes the
+# recipe's [model] section and the crop size and returns the net initialised as the section says.
+NETS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "alexnet": _alexnet,  # §3's net, in either layout (two-tower or one-tower) and any width
+}
+
+
+def build_net(model_cfg: ModelConfig, crop_size: int) -> nn.Module:
+    """The net `model_cfg.arch` names, for square crops of `crop_size`, initialised by `model_cfg.init`."""
+    if model_cfg.arch not in NETS:
+        raise UserError(f"unknown net {model_cfg.arch!r}; model.arch must be one of {', '.join(NETS)}")
+    return NETS[model_cfg.arch](model_cfg, crop_size)
+
+
+__all__ = ["NETS", "build_net"]

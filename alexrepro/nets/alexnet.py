@@ -20,12 +20,12 @@ from alexrepro.errors import UserError
 from alexrepro.nets.lrn import LocalResponseNorm
 from alexrepro.recipe import ModelConfig
 
-# §3.5 / PAPER.md: kernels of the two-GPU net (both towers together), and the one-GPU net of the ablation:
+# §3.5: kernels of the two-GPU net (both towers together), and the one-GPU net of the ablation:
 # half the kernels in conv1-conv4, conv5 keeps 256.
 TWO_TOWER_KERNELS = (96, 256, 384, 384, 256)
 ONE_TOWER_KERNELS = (48, 128, 192, 192, 256)
 # (kernel, stride, padding) per conv layer. §3.5: 11×11 stride 4, 5×5, 3×3; padding 2 on conv1 so that
-# 224 inputs give the paper's 55×55 maps (PAPER.md), "same" padding on conv2-conv5.
+# 224 inputs give §3.5's 55×55 maps (docs/FAITHFULNESS.md), "same" padding on conv2-conv5.
 CONV_GEOMETRY = {
     "conv1": (11, 4, 2),
     "conv2": (5, 1, 2),

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexrepro.nets.alexnet import AlexNet, build_model, feature_sizes
+from alexrepro.nets import build_net
+from alexrepro.nets.alexnet import feature_sizes
 from alexrepro.recipe import ModelConfig, Recipe
 
-# PAPER.md: the exact count of the two-GPU net with grouped conv2/4/5 and 1000 classes; the abstract says
+# §3.5's table of layers, counted: the two-GPU net with grouped conv2/4/5 and 1000 classes; the abstract says
 # "60 million parameters and 650,000 neurons".
 PAPER_PARAMS = 60_965_224
 PAPER_PARAMS_STATED = "60 million"
@@ -54,7 +55,7 @@ def fc_macs(n_in: int, n_out: int) -> int:
     return n_in * n_out
 
 
-def summarize(model: AlexNet, crop_size: int) -> list[LayerRow]:
+def summarize(model: nn.Module, crop_size: int) -> list[LayerRow]:
     """Run one blank crop through `model` (any device, meta included) and describe every layer it passes."""
     rows: list[LayerRow] = []
 
@@ -103,10 +104,10 @@ def summary_totals(rows: list[LayerRow]) -> dict[str, int]:
     }
 
 
-def meta_model(cfg: ModelConfig, crop_size: int) -> AlexNet:
+def meta_model(cfg: ModelConfig, crop_size: int) -> nn.Module:
     """The net built on the meta device: shapes and counts without allocating or initialising weights."""
     with torch.device("meta"):
-        return build_model(cfg, crop_size)
+        return build_net(cfg, crop_size)
 
 
 def forward_macs(cfg: ModelConfig, crop_size: int) -> int:
@@ -117,7 +118,7 @@ def forward_macs(cfg: ModelConfig, crop_size: int) -> int:
 def is_paper_net(cfg: ModelConfig, crop_size: int) -> bool:
     """Whether the net has the paper's two-GPU shapes (same layers and map sizes), so its counts compare."""
     paper = ModelConfig()
-    same = ("num_classes", "layout", "width", "fc_width")
+    same = ("arch", "num_classes", "layout", "width", "fc_width")
     if any(getattr(cfg, f) != getattr(paper, f) for f in same):
         return False
     return feature_sizes(cfg, crop_size) == feature_sizes(paper, PAPER_CROP)

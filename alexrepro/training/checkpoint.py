@@ -159,12 +159,12 @@ def model_from_checkpoint(
     ckpt: dict[str, Any] | str | os.PathLike[str],
 ) -> tuple[nn.Module, Recipe, list[dict[str, Any]]]:
     """(model in eval mode on the CPU, Recipe, classes) from a checkpoint dict or path."""
-    from alexrepro.nets.alexnet import build_model
+    from alexrepro.nets import build_net
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     recipe = recipe_from_dict(ckpt["recipe"], name=str(ckpt.get("recipe_name", "checkpoint")))
-    model = build_model(recipe.model, recipe.data.crop_size)
+    model = build_net(recipe.model, recipe.data.crop_size)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

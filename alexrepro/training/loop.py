@@ -66,7 +66,8 @@ def _process(plan: TrainPlan) -> dict[str, Any]:
 def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary."""
     from alexrepro.loaders import make_loader
-    from alexrepro.nets.alexnet import build_model, model_parallel
+    from alexrepro.nets import build_net
+    from alexrepro.nets.alexnet import model_parallel
 
     t0 = time.time()
     recipe, out, run_dir = plan.recipe, plan.out, plan.run_dir
@@ -80,8 +81,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
         ["cuda:0", "cuda:1"] if plan.device_type == "cuda" else ["cpu", "cpu"])
 
     # ---- data: the prepared set must match the recipe
-    manifest = read_manifest(out)
-    classes = list(manifest.get("classes", []))
+    classes = read_manifest(out).class_list()
     if len(classes) != m_cfg.num_classes:
         raise UserError(
             f"the recipe has model.num_classes = {m_cfg.num_classes} but {out} has {len(classes)} classes; "
@@ -94,7 +94,7 @@ def train(plan: TrainPlan, info: D.DistInfo) -> dict[str, Any]:
     random.seed(r_cfg.seed)
     np.random.seed(r_cfg.seed)
     torch.manual_seed(r_cfg.seed)
-    model = build_model(m_cfg, d_cfg.crop_size)
+    model = build_net(m_cfg, d_cfg.crop_size)
     if plan.parallel == "model":
         model = model_parallel(model, (torch.device(devices[0]), torch.device(devices[1])))
         device = torch.device(devices[0])

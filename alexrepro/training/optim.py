@@ -92,9 +92,11 @@ class PaperSGD(torch.optim.Optimizer):
                 state = self.state[p]
                 if "buffer" not in state:
                     state["buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif state["buffer"].stride() != p.stride():  # resumed with another run.channels_last
+                    state["buffer"] = _with_strides_of(p, state["buffer"])
                 ps, gs, us = by_device.setdefault(p.device, ([], [], []))
                 ps.append(p)
-                gs.append(p.grad)
+                gs.append(p.grad if p.grad.stride() == p.stride() else _with_strides_of(p, p.grad))
                 us.append(state["buffer"])
             if not by_device:
                 continue
@@ -110,6 +112,13 @@ class PaperSGD(torch.optim.Optimizer):
                 )
             group["buffer_lr"] = lr
         return loss
+
+
+def _with_strides_of(param: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`t`'s values laid out as `param` is: the fused kernel's CUDA path needs parameters, gradients and
+    buffers with equal strides (autograd's gradients match; a gradient set by hand or a buffer saved under
+    another memory format may not)."""
+    return torch.empty_like(param).copy_(t)
 
 
 def group_settings(weight_decay: float, decay_on: str, bias_lr_mult: float = 1.0) -> tuple[dict, dict]:

@@ -93,7 +93,7 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
         recipe = load_recipe(opts.recipe, opts.overrides)
         if ck.find_resumable(opts.run_dir) is not None:
             raise UserError(f"{opts.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run")
-    have = len(manifest.get("classes", []))
+    have = len(manifest.classes)
     if recipe.model.num_classes != have:
         if resume_path is not None:
             raise UserError(
