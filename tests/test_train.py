@@ -263,7 +263,7 @@ def test_work_failed_is_the_divergence_type():
 def test_step_uses_the_gradient_averaged_over_the_global_batch():
     # §5: ⟨∂L/∂w⟩ is the average over the batch. Alone: the mean of the per-image gradients. In a group of
     # W ranks each rank scales its sum by W/G, so DDP's average over ranks is again the mean over all G images.
-    from alexrepro.training.loop import backward_and_update
+    from alexrepro.training.step import backward_and_update
 
     torch.manual_seed(0)
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
@@ -301,7 +301,8 @@ def test_a_training_step_never_waits_for_the_device():
     # On a GPU every host read of a device value (.item(), float(), bool()) stalls the queue until the
     # device catches up. A step, NaN watchdog included, must queue its work and return without one.
     from alexrepro.training.optim import PaperSGD
-    from alexrepro.training.loop import StepGuard, train_step
+    from alexrepro.training.step import train_step
+    from alexrepro.training.watchdog import StepGuard
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
@@ -324,7 +325,8 @@ def test_a_cuda_training_step_never_synchronises():
     # CUDA's own check: in "error" mode any synchronising call (item, .cpu(), a blocking copy) raises.
     from alexrepro.nets.alexnet import build_model
     from alexrepro.training.optim import make_optimizer
-    from alexrepro.training.loop import StepGuard, train_step
+    from alexrepro.training.step import train_step
+    from alexrepro.training.watchdog import StepGuard
 
     r = load_recipe("tiny", ["model.num_classes=10"])
     dev = torch.device("cuda")
@@ -348,7 +350,7 @@ def test_nan_watchdog_between_checks_keeps_the_state_before_the_bad_step(data, t
     # The host looks at the watchdog only every run.log_every steps; the device refuses every update from the
     # first non-finite loss on, so the checkpoint holds the weights from before it: those a clean run has after
     # step 2 when step 3's loss is made NaN and the host only looks at step 4.
-    import alexrepro.training.loop as T
+    import alexrepro.training.step as T
 
     real_step, real_forward = T.train_step, T.forward_and_tally
     after: dict[int, dict] = {}
