@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from alexrepro.errors import UserError
+from alexrepro.training.checkpoint import Checkpoint, as_checkpoint
 
 
-def mean_from_checkpoint(ckpt: dict[str, Any], data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
+def mean_from_checkpoint(ckpt: Checkpoint | dict[str, Any], data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(mean image 256×256×3, channel mean (3,), where from): the checkpoint's stats, else OUT's stats.h5."""
     if data is not None and not Path(data).is_dir():  # checked even where the checkpoint's mean wins
         what = "does not exist" if not Path(data).exists() else "is a file"
         raise UserError(f"--data {data} {what}; give the prepared set's folder (the OUT of alexrepro prep SRC OUT)")
-    stats = ckpt.get("stats") or {}
+    stats = as_checkpoint(ckpt).stats or {}
     mean = stats.get("mean") if isinstance(stats, dict) else None
     if mean is not None:
         mean = torch.as_tensor(mean).float().numpy()
@@ -75,7 +76,7 @@ def predict_files(
 ) -> dict[str, Any]:
     """Top classes with names and probabilities per file; unreadable files listed with their reason."""
     from alexrepro.loaders.augment import mean_image_for
-    from alexrepro.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
     from alexrepro.evaluation.evaluate import TEST_TIME, variant_for
     from alexrepro.runtime import resolve_device
     from alexrepro.data.imaging import BadImage
@@ -85,7 +86,7 @@ def predict_files(
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     model, recipe, classes = model_from_checkpoint(ckpt)
     model = model.to(dev).eval()
     mean, channel, mean_source = mean_from_checkpoint(ckpt, data)

@@ -86,8 +86,8 @@ def start_reporter(run: Run, state: RunState) -> RunReporter:
         stall.checked = True  # the run before the resume already passed the stall check
     reporter = RunReporter(plan.run_dir, run.harness.device, is_main=info.is_main, show_progress=plan.show_progress,
                            tensorboard=plan.tensorboard, stall=stall, init=recipe.model.init)
-    recorded = run.devices if plan.parallel != "data" else [plan.device_type] * info.world_size
-    reporter.begin(recipe, recorded, info.world_size, plan.resume_path, state.epoch, state.step)
+    every_process = run.devices if plan.parallel != "data" else [plan.device_type] * info.world_size
+    reporter.begin(recipe, run.devices, every_process, info.world_size, plan.resume_path, state.epoch, state.step)
     return reporter
 
 

@@ -73,13 +73,14 @@ class RunReporter:
         self.task: Any = None
         self._new_window()
 
-    def begin(self, recipe: Recipe, devices: list[str], world_size: int, resumed_from: Path | None,
-              epoch: int, step: int) -> None:
-        """Record the run in its folder: recipe.toml, environment.json, metrics cut back to `step`, a log line."""
+    def begin(self, recipe: Recipe, devices: list[str], all_devices: list[str], world_size: int,
+              resumed_from: Path | None, epoch: int, step: int) -> None:
+        """Record the run in its folder: recipe.toml, environment.json (`all_devices`: every process's), metrics
+        cut back to `step`, and a log line naming this process's `devices`."""
         if not self.is_main:
             return
         self.log.write_recipe(recipe)
-        self.log.write_environment(devices, world_size)
+        self.log.write_environment(all_devices, world_size)
         self.log.truncate_metrics(step)
         self.log.line(f"{'resumed from ' + str(resumed_from) if resumed_from else 'started'} at epoch {epoch} "
                       f"step {step}: recipe {recipe.name}, devices {devices}, world {world_size}")
