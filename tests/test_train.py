@@ -135,6 +135,27 @@ def test_resume_mid_epoch_gives_bitwise_equal_weights(data, tmp_path, monkeypatc
     assert steps == sorted(steps)  # nothing logged twice
 
 
+def test_a_checkpoint_holding_the_velocity_itself_resumes_the_run(data, tmp_path):
+    # Version-1 checkpoints written before PaperSGD kept u = −v/ε hold §5's v itself ("velocity", no
+    # "buffer_lr"); such a file loads through the typed Checkpoint and continues the run it came from.
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    _train(data, straight)
+    _train(data, old, "schedule.epochs=1")
+    last = ck.checkpoint_dir(old) / "last.pt"
+    payload = ck.load_checkpoint(last)
+    for group in payload["optimizer"]["param_groups"]:
+        lr = group.pop("buffer_lr")
+        for p in group["params"]:
+            state = payload["optimizer"]["state"][p]
+            state["velocity"] = -lr * state.pop("buffer")  # §5: v = −ε·u
+    torch.save(payload, last)
+    assert ck.read_checkpoint(last).epoch == 1
+    _train(data, old, resume="")
+    a, b = _weights(straight), _weights(old)
+    for k in a:  # v → u divides by ε again: equal up to rounding, not bitwise
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
+
+
 def test_resume_refuses_a_different_recipe_unless_forced_and_then_uses_the_new_lr(data, tmp_path):
     run = tmp_path / "run"
     _train(data, run, "schedule.epochs=1")
