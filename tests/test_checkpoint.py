@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexrepro.training import checkpoint as ck
 from alexrepro.errors import UserError
+from alexrepro.training import checkpoint as ck
 
 
 def _payload(epoch, step=0):

@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alexrepro.training import checkpoint as ck
-from alexrepro.data import prepared
 from alexrepro.cli.app import main
+from alexrepro.data import prepared
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.recipe import load_recipe, recipe_from_dict
+from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 from alexrepro.training.watchdog import StallWatch, is_stalled, stall_message
 

@@ -255,7 +255,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
 
     from alexrepro.nets.alexnet import build_model
 
-    r, device, amp = bench.recipe, bench.harness.device, bench.harness.amp_dtype
+    recipe, device, amp = bench.recipe, bench.harness.device, bench.harness.amp_dtype
 
     def placed(model: torch.nn.Module) -> torch.nn.Module:
         model = place_model(model, device, bench.channels_last)
@@ -272,25 +272,25 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
         return step
 
     torch.manual_seed(0)
-    plain_model = build_model(r.model, r.data.crop_size)
-    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=r.optim.lr, momentum=r.optim.momentum,
-                                weight_decay=r.optim.weight_decay)
+    plain_model = build_model(recipe.model, recipe.data.crop_size)
+    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
+                                weight_decay=recipe.optim.weight_decay)
     loops = {"plain": plain_step(placed(plain_model), plain_opt)}
-    if torchvision_baseline and r.data.crop_size >= 63:
-        tv_model = torchvision.models.alexnet(num_classes=r.model.num_classes)
-        tv_opt = torch.optim.SGD(tv_model.parameters(), lr=r.optim.lr, momentum=0.9, weight_decay=5e-4)
+    if torchvision_baseline and recipe.data.crop_size >= 63:
+        tv_model = torchvision.models.alexnet(num_classes=recipe.model.num_classes)
+        tv_opt = torch.optim.SGD(tv_model.parameters(), lr=recipe.optim.lr, momentum=0.9, weight_decay=5e-4)
         loops["torchvision"] = plain_step(placed(tv_model), tv_opt)
     return loops, plain_model
 
 
 def train_report(bench: StepBench, results: dict[str, float], steps: int, rounds: int) -> dict[str, Any]:
     """Each loop's step time, images/s and fraction of the ceiling, and the ratios between the loops."""
-    r, n, crop, device = bench.recipe, bench.batch_size, bench.recipe.data.crop_size, bench.harness.device
-    macs = forward_macs(r.model, crop)
+    recipe, n, crop, device = bench.recipe, bench.batch_size, bench.recipe.data.crop_size, bench.harness.device
+    macs = forward_macs(recipe.model, crop)
     rate = matmul_rate(device, bench.precision)
     ceiling = rate / (3 * 2 * macs)
     report: dict[str, Any] = {
-        "recipe": r.name, "batch_size": n, "crop_size": crop, "device": str(device), "precision": bench.precision,
+        "recipe": recipe.name, "batch_size": n, "crop_size": crop, "device": str(device), "precision": bench.precision,
         "channels_last": bench.channels_last, "compile": bench.compile_, "steps": steps, "rounds": rounds,
         "forward_macs_per_image": macs, "matmul_gflops": round(rate / 1e9, 2),
         "ceiling_images_per_s": round(ceiling, 1), "loops": {},
