@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexrepro.training import checkpoint as ck
 from alexrepro.errors import UserError
+from alexrepro.training import checkpoint as ck
 
 
 def _payload(epoch, step=0):
@@ -94,3 +94,55 @@ def test_unwrap_removes_compile_wrapper():
             self._orig_mod = net
 
     assert ck.unwrap(Wrapped()) is net and ck.unwrap(net) is net
+
+
+# The version-1 layout, written out: every checkpoint so far has exactly these keys, in this order.
+V1_KEYS = ["format", "version", "model", "recipe", "recipe_name", "classes", "epoch", "batch", "step", "parallel",
+           "optimizer", "scaler", "schedule", "rng", "loader", "metrics", "best_top1", "stats"]
+
+
+def _checkpoint(**fields):
+    from alexrepro.recipe import load_recipe
+
+    return ck.Checkpoint(model={"w": torch.arange(3.0)}, recipe=load_recipe("tiny", ["optim.lr=0.02"]), **fields)
+
+
+def test_the_typed_checkpoint_is_stored_in_the_version_1_layout_and_reads_back(tmp_path):
+    saved = _checkpoint(classes=[{"index": 0, "wnid": "n0", "name": "a"}], epoch=3, batch=2, step=17,
+                        parallel="data", rng=[{"torch": torch.zeros(2, dtype=torch.uint8)}] * 2,
+                        history=[{"epoch": 0, "val_top1_error": 0.5}], running=torch.ones(4, dtype=torch.float64),
+                        seconds=12.5, best_top1=0.5, stats={"mean": torch.zeros(2), "scale": "0-255"})
+    ck.save_checkpoint(tmp_path / "a.pt", saved)
+    raw = ck.load_checkpoint(tmp_path / "a.pt")
+    assert list(raw) == V1_KEYS and raw["version"] == 1 and raw["recipe_name"] == "tiny"
+    assert raw["recipe"]["optim"]["lr"] == 0.02 and raw["metrics"]["seconds"] == 12.5
+    back = ck.read_checkpoint(tmp_path / "a.pt")
+    assert (back.epoch, back.batch, back.step, back.parallel, back.best_top1) == (3, 2, 17, "data", 0.5)
+    assert back.recipe.to_dict() == saved.recipe.to_dict() and back.classes == saved.classes and back.history == saved.history
+    assert len(back.rng) == 2 and torch.equal(back.running, torch.ones(4, dtype=torch.float64))
+    assert torch.equal(back.model["w"], torch.arange(3.0)) and back.stats["scale"] == "0-255"
+
+
+def test_a_hand_made_payload_takes_the_defaults_and_refuses_without_weights_or_recipe(tmp_path):
+    payload = _checkpoint().to_payload()
+    for key in ("classes", "batch", "parallel", "optimizer", "metrics", "best_top1", "stats", "recipe_name"):
+        del payload[key]
+    payload["rng"] = {"torch": torch.zeros(2, dtype=torch.uint8)}  # one state, not a list per rank
+    back = ck.Checkpoint.from_payload(payload)
+    assert back.classes == [] and back.batch == 0 and back.parallel == "none" and back.best_top1 == float("inf")
+    assert back.history == [] and back.running is None and back.seconds == 0.0 and len(back.rng) == 1
+    assert back.recipe.name == "checkpoint"
+    model, recipe, classes = ck.model_from_checkpoint(_tiny_payload())
+    assert recipe.name == "tiny" and classes == [] and not model.training
+    ck.save_checkpoint(tmp_path / "no_recipe.pt", {"model": {"w": torch.zeros(1)}, "epoch": 1})
+    with pytest.raises(UserError, match="no_recipe.pt holds no model weights and recipe"):
+        ck.read_checkpoint(tmp_path / "no_recipe.pt")
+
+
+def _tiny_payload():
+    from alexrepro.nets.alexnet import build_model
+    from alexrepro.recipe import load_recipe
+
+    recipe = load_recipe("tiny", ["model.num_classes=4", "model.width=0.125", "model.fc_width=32"])
+    return {"model": build_model(recipe.model, recipe.data.crop_size).state_dict(), "recipe": recipe.to_dict(),
+            "recipe_name": "tiny"}

@@ -4,9 +4,9 @@ import pytest
 import torch
 from test_train import SMALL, make_set  # tests/ is on sys.path under pytest
 
-from alexrepro.training import checkpoint as ck
 from alexrepro import distributed as D
 from alexrepro.errors import UserError
+from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alexrepro.training import checkpoint as ck
-from alexrepro.data import prepared
 from alexrepro.cli.app import main
+from alexrepro.data import prepared
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.recipe import load_recipe, recipe_from_dict
+from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 from alexrepro.training.watchdog import StallWatch, is_stalled, stall_message
 
@@ -133,6 +133,27 @@ def test_resume_mid_epoch_gives_bitwise_equal_weights(data, tmp_path, monkeypatc
     _assert_equal(_weights(straight), _weights(crashed))
     steps = [json.loads(x)["step"] for x in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # nothing logged twice
+
+
+def test_a_checkpoint_holding_the_velocity_itself_resumes_the_run(data, tmp_path):
+    # Version-1 checkpoints written before PaperSGD kept u = −v/ε hold §5's v itself ("velocity", no
+    # "buffer_lr"); such a file loads through the typed Checkpoint and continues the run it came from.
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    _train(data, straight)
+    _train(data, old, "schedule.epochs=1")
+    last = ck.checkpoint_dir(old) / "last.pt"
+    payload = ck.load_checkpoint(last)
+    for group in payload["optimizer"]["param_groups"]:
+        lr = group.pop("buffer_lr")
+        for p in group["params"]:
+            state = payload["optimizer"]["state"][p]
+            state["velocity"] = -lr * state.pop("buffer")  # §5: v = −ε·u
+    torch.save(payload, last)
+    assert ck.read_checkpoint(last).epoch == 1
+    _train(data, old, resume="")
+    a, b = _weights(straight), _weights(old)
+    for k in a:  # v → u divides by ε again: equal up to rounding, not bitwise
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
 
 
 def test_resume_refuses_a_different_recipe_unless_forced_and_then_uses_the_new_lr(data, tmp_path):
@@ -263,7 +284,7 @@ def test_work_failed_is_the_divergence_type():
 def test_step_uses_the_gradient_averaged_over_the_global_batch():
     # §5: ⟨∂L/∂w⟩ is the average over the batch. Alone: the mean of the per-image gradients. In a group of
     # W ranks each rank scales its sum by W/G, so DDP's average over ranks is again the mean over all G images.
-    from alexrepro.training.loop import backward_and_update
+    from alexrepro.training.step import backward_and_update
 
     torch.manual_seed(0)
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
@@ -301,7 +322,8 @@ def test_a_training_step_never_waits_for_the_device():
     # On a GPU every host read of a device value (.item(), float(), bool()) stalls the queue until the
     # device catches up. A step, NaN watchdog included, must queue its work and return without one.
     from alexrepro.training.optim import PaperSGD
-    from alexrepro.training.loop import StepGuard, train_step
+    from alexrepro.training.step import train_step
+    from alexrepro.training.watchdog import StepGuard
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
@@ -324,7 +346,8 @@ def test_a_cuda_training_step_never_synchronises():
     # CUDA's own check: in "error" mode any synchronising call (item, .cpu(), a blocking copy) raises.
     from alexrepro.nets.alexnet import build_model
     from alexrepro.training.optim import make_optimizer
-    from alexrepro.training.loop import StepGuard, train_step
+    from alexrepro.training.step import train_step
+    from alexrepro.training.watchdog import StepGuard
 
     r = load_recipe("tiny", ["model.num_classes=10"])
     dev = torch.device("cuda")
@@ -348,7 +371,7 @@ def test_nan_watchdog_between_checks_keeps_the_state_before_the_bad_step(data, t
     # The host looks at the watchdog only every run.log_every steps; the device refuses every update from the
     # first non-finite loss on, so the checkpoint holds the weights from before it: those a clean run has after
     # step 2 when step 3's loss is made NaN and the host only looks at step 4.
-    import alexrepro.training.loop as T
+    import alexrepro.training.step as T
 
     real_step, real_forward = T.train_step, T.forward_and_tally
     after: dict[int, dict] = {}

@@ -2,7 +2,7 @@
 
 `profile_train` builds the recipe's net and optimiser as `alexrepro bench train` does (same seed, memory
 format, compile and precision), runs warm-up steps, times `steps` steps without the profiler (the step
-time and images/s), then profiles `steps` more. Every step is `alexrepro.training.loop.train_step`, the step
+time and images/s), then profiles `steps` more. Every step is `alexrepro.training.step.train_step`, the step
 `alexrepro train` runs: forward, loss, top-k tally, the NaN watchdog's device-side check, backward and
 §5's update.
 
@@ -35,10 +35,10 @@ import torch
 
 from alexrepro.atomic import atomic_write_bytes, writable_file
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.train import AMP, check_step_options, synthetic_batch
+from alexrepro.bench.train import check_step_options, step_bench
 from alexrepro.errors import UserError
 from alexrepro.progress import make_progress
-from alexrepro.recipe import load_recipe
+from alexrepro.runtime import resolve_device, synchronize
 
 # (category, pattern): searched case-insensitively in a name; the first row that matches decides, so
 # the order matters (a conv kernel named ..._implicit_gemm_... must meet "conv" before "matmul").
@@ -237,11 +237,6 @@ def _label_layers(model: torch.nn.Module) -> Callable[[], None]:
     return undo
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, label: torch.nn.Module | None,
          progress: bool) -> tuple[Any, float, float]:
     """Warm up, time `steps` steps, profile `steps` more: (profile, s per step, profiled s per step).
@@ -264,10 +259,10 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
         bar.start()
     try:
         run(warmup, "warm-up")
-        _sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         run(steps, "timed")
-        _sync(dev)
+        synchronize(dev)
         seconds = (time.perf_counter() - t0) / steps
         undo = _label_layers(label) if label is not None else (lambda: None)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -277,7 +272,7 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
             with profile(activities=activities) as prof:
                 t1 = time.perf_counter()
                 run(steps, "profiled")
-                _sync(dev)
+                synchronize(dev)
                 profiled_seconds = (time.perf_counter() - t1) / steps
         finally:
             undo()
@@ -302,11 +297,6 @@ def profile_train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Step time, images/s, and a torch.profiler breakdown of `steps` profiled training steps."""
-    from alexrepro.runtime import resolve_device
-    from alexrepro.nets import build_net
-    from alexrepro.training.optim import make_optimizer
-    from alexrepro.training.loop import StepGuard, train_step
-
     check_step_options(precision, batch_size, steps)
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
@@ -315,47 +305,35 @@ def profile_train(
     if trace is not None:
         writable_file(trace, "--trace")  # before the work, so that a typo does not throw the profile away
     dev = resolve_device(device)
-    r = load_recipe(recipe, list(overrides))
-    n = batch_size or r.optim.batch_size
-    crop, classes = r.data.crop_size, r.model.num_classes
-    amp = AMP[precision]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    images, labels = synthetic_batch(n, crop, classes, dev, channels_last)
-
-    torch.manual_seed(0)  # as alexrepro.bench.train builds "ours"
-    model = build_net(r.model, crop).to(dev).to(memory_format=fmt)
-    net = torch.compile(model) if compile_ else model
-    optimizer = make_optimizer(model, r.optim)
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    topk = (1, min(5, classes))
-    guard = StepGuard(dev)
+    bench = step_bench(recipe, overrides, batch_size, dev, precision, channels_last, compile_)  # as bench train
     count = 0
 
     def step() -> None:
         nonlocal count
         count += 1
-        train_step(net, images, labels, optimizer, scaler, amp, topk, dev, 1, guard, count)
+        bench.harness.step(bench.images, bench.labels, count)
 
     benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.loop sets it on GPUs
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.run sets it on GPUs
     try:
         with contextlib.ExitStack() as stack:
             if compile_ and dev.type == "cpu":  # inductor's C++ kernels reach the profiler only with this
                 import torch._inductor.config as inductor_config
 
                 stack.enter_context(inductor_config.patch({"cpp.enable_kernel_profile": True}))
-            labelled = None if compile_ else model
+            labelled = None if compile_ else bench.harness.model
             prof, seconds, profiled_seconds = _run(step, steps, warmup, dev, labelled, progress)
     finally:
         torch.backends.cudnn.benchmark = benchmark
 
-    if guard.bad_step() is not None:
+    if bench.harness.guard.bad_step() is not None:
         raise UserError("the profiled steps' loss is not finite; check the recipe's learning rate")
     timed = timed_events(prof.events(), device=dev.type == "cuda")
     summary = summarise(timed, steps, top)
+    n = bench.batch_size
     report: dict[str, Any] = {
-        "recipe": r.name, "batch_size": n, "crop_size": crop, "device": str(dev), "precision": precision,
-        "channels_last": channels_last, "compile": compile_, "warmup": warmup, "steps": steps,
+        "recipe": bench.recipe.name, "batch_size": n, "crop_size": bench.recipe.data.crop_size, "device": str(dev),
+        "precision": precision, "channels_last": channels_last, "compile": compile_, "warmup": warmup, "steps": steps,
         "seconds_per_step": float(f"{seconds:.4g}"), "images_per_s": float(f"{n / seconds:.4g}"),
         "profiled_seconds_per_step": float(f"{profiled_seconds:.4g}"),
         "time_counted": "kernel time on the GPU" if dev.type == "cuda" else "self CPU time of ops",

@@ -1,7 +1,7 @@
 """Benchmark a training step: ours beside plain loops, and against the device's compute ceiling.
 
 Three timings on the same synthetic batches, in one process:
-  ours       the recipe's net and optimiser through alexrepro.training.loop.train_step (autocast, loss, top-k tally,
+  ours       the recipe's net and optimiser through alexrepro.training.step (autocast, loss, top-k tally,
              the NaN watchdog's device-side check, the paper's update rule as one fused kernel): what
              `alexrepro train` runs between two metric reads
   plain      the same net with torch.optim.SGD in the plainest loop (forward, loss, backward, step):
@@ -14,10 +14,10 @@ of about twice its cost; the report says what fraction of it each loop reaches.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,36 +25,30 @@ import torch.nn.functional as F
 
 from alexrepro.bench.machine import machine_info
 from alexrepro.errors import UserError
-from alexrepro.progress import emit_json
-from alexrepro.recipe import load_recipe
 from alexrepro.nets.summary import forward_macs
-
-AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from alexrepro.recipe import Recipe, load_recipe
+from alexrepro.runtime import autocast_dtype, resolve_device, synchronize
+from alexrepro.training.step import StepHarness, autocast, build_step, place_model
 
 
 def matmul_rate(device: torch.device, precision: str, n: int | None = None, seconds: float = 0.5) -> float:
     """Measured multiply-add rate (FLOP/s, 2 per multiply-add) of a square matmul in the precision."""
     n = n or (8192 if device.type == "cuda" else 1024)
-    dtype = AMP[precision] or torch.float32
+    dtype = autocast_dtype(precision) or torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    synchronize(device)
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         count += 1
         if device.type == "cuda" and count % 10:
             continue
-        _sync(device)
-    _sync(device)
+        synchronize(device)
+    synchronize(device)
     return 2.0 * n**3 * count / (time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_interleaved(loops: dict[str, Callable[[], Any]], steps: int, warmup: int, rounds: int,
@@ -70,19 +64,18 @@ def time_interleaved(loops: dict[str, Callable[[], Any]], steps: int, warmup: in
     best = {name: float("inf") for name in loops}
     for _ in range(rounds):
         for name, step in loops.items():
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
-            _sync(device)
+            synchronize(device)
             best[name] = min(best[name], (time.perf_counter() - t0) / steps)
     return best
 
 
 def check_step_options(precision: str, batch_size: int | None, steps: int) -> None:
     """The option checks `bench train` and `bench profile` share (a UserError for each bad one)."""
-    if precision not in AMP:
-        raise UserError(f"--precision must be one of {', '.join(AMP)}, got {precision!r}")
+    autocast_dtype(precision)  # a UserError for an unknown precision
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if steps < 1:
@@ -141,7 +134,7 @@ def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype |
     hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach().clone())))
              for m in model.modules() if isinstance(m, LocalResponseNorm)]
     try:
-        with torch.no_grad(), torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.no_grad(), autocast(images.device, amp):
             model.eval()(images)
     finally:
         for h in hooks:
@@ -175,6 +168,32 @@ def _cycle(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch += 1
 
 
+@dataclass
+class StepBench:
+    """The recipe's training step on a fixed synthetic batch: what `bench train` and `bench profile` time."""
+
+    recipe: Recipe
+    batch_size: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    harness: StepHarness  # built as `alexrepro train` builds it, with the benchmark's precision and format
+    precision: str
+    channels_last: bool
+    compile_: bool
+
+
+def step_bench(recipe: str, overrides: tuple[str, ...], batch_size: int | None, device: torch.device,
+               precision: str, channels_last: bool, compile_: bool) -> StepBench:
+    """The recipe (with overrides), a synthetic batch and the step harness seeded 0, as both benchmarks use."""
+    loaded = load_recipe(recipe, list(overrides))
+    n = batch_size or loaded.optim.batch_size
+    images, labels = synthetic_batch(n, loaded.data.crop_size, loaded.model.num_classes, device, channels_last)
+    torch.manual_seed(0)  # the plain loop's net is built from the same seed: the same initial weights
+    harness = build_step(loaded, device, precision=precision, channels_last=channels_last)
+    harness.wrap(compile_=compile_)
+    return StepBench(loaded, n, images, labels, harness, precision, channels_last, compile_)
+
+
 def bench_train(
     recipe: str = "paper",
     overrides: tuple[str, ...] = (),
@@ -192,13 +211,6 @@ def bench_train(
     workers: int | None = None,
 ) -> dict[str, Any]:
     """images/s of our step, the plain loop and torchvision's AlexNet; fractions of the compute ceiling."""
-    import torchvision
-
-    from alexrepro.runtime import resolve_device
-    from alexrepro.nets import build_net
-    from alexrepro.training.optim import make_optimizer
-    from alexrepro.training.loop import StepGuard, train_step
-
     check_step_options(precision, batch_size, steps)
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
@@ -209,21 +221,50 @@ def bench_train(
         from alexrepro.data.prepared import read_manifest
 
         read_manifest(data)  # before the synthetic timings, not after them
-    r = load_recipe(recipe, list(overrides))
-    n = batch_size or r.optim.batch_size
-    crop, classes = r.data.crop_size, r.model.num_classes
-    amp = AMP[precision]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    images, labels = synthetic_batch(n, crop, classes, dev, channels_last)
+    bench = step_bench(recipe, overrides, batch_size, dev, precision, channels_last, compile_)
+    loops, plain_model = plain_loops(bench, torchvision_baseline)
+    loops = {"ours": lambda: bench.harness.step(bench.images, bench.labels), **loops}
+    feed = None
+    if data is not None:  # end to end: the same step fed by our loader from a prepared set
+        from alexrepro.loaders import make_loader
 
-    def prepared(model: torch.nn.Module) -> torch.nn.Module:
-        model = model.to(dev).to(memory_format=fmt)
-        return torch.compile(model) if compile_ else model
+        data_cfg = bench.recipe.data
+        data_cfg = dataclasses.replace(data_cfg, workers=workers if workers is not None else data_cfg.workers)
+        feed = make_loader(data, "train", data_cfg, bench.batch_size, train=True, device=dev, seed=0, kind=loader,
+                           channels_last=channels_last)
+        batches = _cycle(feed)
+        loops["end_to_end"] = lambda: bench.harness.step(*next(batches))
+    try:
+        results = time_interleaved(loops, steps, warmup, rounds, dev)
+    finally:
+        if feed is not None:
+            feed.close()
+    if bench.harness.guard.bad_step() is not None:  # read once, after the timings, as the training loop reads it
+        raise UserError("the benchmark's loss is not finite; check the recipe's learning rate")
+    report = train_report(bench, results, steps, rounds)
+    report["optimizer"] = optimizer_timings(plain_model, bench.recipe.optim, dev, rounds=rounds)
+    report["lrn"] = lrn_timings(plain_model, bench.images, bench.harness.amp_dtype, rounds=rounds)
+    report["machine"] = machine_info()
+    return report
+
+
+def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str, Callable[[], None]], torch.nn.Module]:
+    """The plain loop on the recipe's net (same seed as ours) and, at crops of 63 or more, on torchvision's
+    AlexNet; and the plain loop's net (the optimiser and LRN timings run on it)."""
+    import torchvision
+
+    from alexrepro.nets import build_net
+
+    recipe, device, amp = bench.recipe, bench.harness.device, bench.harness.amp_dtype
+
+    def placed(model: torch.nn.Module) -> torch.nn.Module:
+        model = place_model(model, device, bench.channels_last)
+        return torch.compile(model) if bench.compile_ else model
 
     def plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[], None]:
         def step() -> None:
-            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = F.cross_entropy(model(images), labels)
+            with autocast(device, amp):
+                loss = F.cross_entropy(model(bench.images), bench.labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -231,50 +272,26 @@ def bench_train(
         return step
 
     torch.manual_seed(0)
-    ours_model = build_net(r.model, crop)
-    ours_net = prepared(ours_model)
-    ours_opt = make_optimizer(ours_model, r.optim)
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    topk = (1, min(5, classes))
+    plain_model = build_net(recipe.model, recipe.data.crop_size)
+    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
+                                weight_decay=recipe.optim.weight_decay)
+    loops = {"plain": plain_step(placed(plain_model), plain_opt)}
+    if torchvision_baseline and recipe.data.crop_size >= 63:
+        tv_model = torchvision.models.alexnet(num_classes=recipe.model.num_classes)
+        tv_opt = torch.optim.SGD(tv_model.parameters(), lr=recipe.optim.lr, momentum=0.9, weight_decay=5e-4)
+        loops["torchvision"] = plain_step(placed(tv_model), tv_opt)
+    return loops, plain_model
 
-    guard = StepGuard(dev)
 
-    def ours_step(x: torch.Tensor, y: torch.Tensor) -> None:  # alexrepro.training.loop's step, NaN watchdog included
-        train_step(ours_net, x, y, ours_opt, scaler, amp, topk, dev, 1, guard)
-
-    loops: dict[str, Callable[[], Any]] = {"ours": lambda: ours_step(images, labels)}
-    torch.manual_seed(0)
-    plain_model = build_net(r.model, crop)
-    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=r.optim.lr, momentum=r.optim.momentum,
-                                weight_decay=r.optim.weight_decay)
-    loops["plain"] = plain_step(prepared(plain_model), plain_opt)
-    if torchvision_baseline and crop >= 63:
-        tv_model = torchvision.models.alexnet(num_classes=classes)
-        tv_opt = torch.optim.SGD(tv_model.parameters(), lr=r.optim.lr, momentum=0.9, weight_decay=5e-4)
-        loops["torchvision"] = plain_step(prepared(tv_model), tv_opt)
-    feed = None
-    if data is not None:  # end to end: the same step fed by our loader from a prepared set
-        from alexrepro.loaders import make_loader
-
-        d_cfg = dataclasses.replace(r.data, workers=workers if workers is not None else r.data.workers)
-        feed = make_loader(data, "train", d_cfg, n, train=True, device=dev, seed=0, kind=loader,
-                           channels_last=channels_last)
-        batches = _cycle(feed)
-        loops["end_to_end"] = lambda: ours_step(*next(batches))
-    try:
-        results = time_interleaved(loops, steps, warmup, rounds, dev)
-    finally:
-        if feed is not None:
-            feed.close()
-    if guard.bad_step() is not None:  # read once, after the timings, as the training loop reads it
-        raise UserError("the benchmark's loss is not finite; check the recipe's learning rate")
-
-    macs = forward_macs(r.model, crop)
-    rate = matmul_rate(dev, precision)
+def train_report(bench: StepBench, results: dict[str, float], steps: int, rounds: int) -> dict[str, Any]:
+    """Each loop's step time, images/s and fraction of the ceiling, and the ratios between the loops."""
+    recipe, n, crop, device = bench.recipe, bench.batch_size, bench.recipe.data.crop_size, bench.harness.device
+    macs = forward_macs(recipe.model, crop)
+    rate = matmul_rate(device, bench.precision)
     ceiling = rate / (3 * 2 * macs)
     report: dict[str, Any] = {
-        "recipe": r.name, "batch_size": n, "crop_size": crop, "device": str(dev), "precision": precision,
-        "channels_last": channels_last, "compile": compile_, "steps": steps, "rounds": rounds,
+        "recipe": recipe.name, "batch_size": n, "crop_size": crop, "device": str(device), "precision": bench.precision,
+        "channels_last": bench.channels_last, "compile": bench.compile_, "steps": steps, "rounds": rounds,
         "forward_macs_per_image": macs, "matmul_gflops": round(rate / 1e9, 2),
         "ceiling_images_per_s": round(ceiling, 1), "loops": {},
     }
@@ -288,27 +305,4 @@ def bench_train(
         report["end_to_end_vs_synthetic"] = round(results["ours"] / results["end_to_end"], 4)
     if "torchvision" in results:
         report["ours_vs_torchvision"] = round(results["torchvision"] / results["ours"], 3)
-    report["optimizer"] = optimizer_timings(plain_model, r.optim, dev, rounds=rounds)
-    report["lrn"] = lrn_timings(plain_model, images, amp, rounds=rounds)
-    report["machine"] = machine_info()
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m alexrepro.bench.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="paper")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--data", default=None, help="a prepared set: also time the step fed by our loader")
-    a = parser.parse_args(argv)
-    emit_json(bench_train(a.recipe, tuple(a.overrides), batch_size=a.batch_size, steps=a.steps, device=a.device,
-                          precision=a.precision, channels_last=a.channels_last, compile_=a.compile, data=a.data))
-
-
-if __name__ == "__main__":
-    main()

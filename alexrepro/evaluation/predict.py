@@ -19,14 +19,15 @@ import torch
 
 from alexrepro.errors import UserError
 from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour, saved_mean, variant_for
+from alexrepro.training.checkpoint import Checkpoint, as_checkpoint
 
 
-def mean_from_checkpoint(ckpt: dict[str, Any], data: Path | None) -> MeanImage:
+def mean_from_checkpoint(ckpt: Checkpoint | dict[str, Any], data: Path | None) -> MeanImage:
     """The mean image and channel mean to subtract: the checkpoint's stats, else OUT's stats.h5."""
     if data is not None and not Path(data).is_dir():  # checked even where the checkpoint's mean wins
         what = "does not exist" if not Path(data).exists() else "is a file"
         raise UserError(f"--data {data} {what}; give the prepared set's folder (the OUT of alexrepro prep SRC OUT)")
-    return saved_mean(ckpt.get("stats"), data)
+    return saved_mean(as_checkpoint(ckpt).stats, data)
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -51,13 +52,13 @@ def predict_files(
     from alexrepro.evaluation.metrics import topk_classes
     from alexrepro.evaluation.test_time import TEST_TIME
     from alexrepro.runtime import resolve_device
-    from alexrepro.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
 
     variant = variant_for(crops)
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     model, recipe, classes = model_from_checkpoint(ckpt)
     model = model.to(dev).eval()
     mean = mean_from_checkpoint(ckpt, data)

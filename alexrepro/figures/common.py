@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 from alexrepro.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.errors import UserError  # noqa: E402
 from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
+from alexrepro.training.checkpoint import Checkpoint  # noqa: E402
 
 FIGURES = "figures"  # RUN/figures/ holds the default outputs
 DPI = 100  # every figure: its PNG is figsize × DPI pixels
@@ -61,22 +62,20 @@ def figure_path(run_dir: Path, name: str, out: str | os.PathLike[str] | None) ->
 
 @dataclass
 class Loaded:
-    """A checkpoint read for figures: the net in eval mode, its recipe, classes and raw dict."""
+    """A checkpoint read for figures: the net in eval mode, its recipe, classes and the checkpoint."""
 
     path: Path
     model: nn.Module
     recipe: Recipe
     classes: list[dict[str, Any]]
-    ckpt: dict[str, Any]
+    ckpt: Checkpoint
 
 
 def load_net(path: Path, device: torch.device) -> Loaded:
     """Load a checkpoint and its net; UserError if it is missing, corrupt or not an alexrepro net."""
-    from alexrepro.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
 
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("recipe"), dict):
-        raise UserError(f"{path} holds no model weights and recipe; give a checkpoint written by alexrepro train")
+    ckpt = read_checkpoint(path)  # refuses a file without weights and recipe
     model, recipe, classes = model_from_checkpoint(ckpt)
     if not hasattr(model, "forward_features"):
         raise UserError(f"{path}: this net has no fc7 features; give an AlexNet checkpoint")
@@ -111,7 +110,7 @@ def mean_image(loaded: Loaded, out: Path) -> np.ndarray:
     from alexrepro.loaders.augment import mean_image_for
     from alexrepro.loaders.presets import saved_mean
 
-    saved = saved_mean(loaded.ckpt.get("stats"), out)
+    saved = saved_mean(loaded.ckpt.stats, out)
     return mean_image_for(saved.mean, saved.channel_mean, loaded.recipe.data)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from alexrepro.errors import UserError
 from alexrepro.figures.common import figure_path, resolve_run, save_rgb
+from alexrepro.training.checkpoint import Checkpoint
 
 PAPER_COLS = 12  # the brief's layout of Figure 3: 48 kernels per GPU as 4 rows of 12
 BACKGROUND = 255  # white between kernels
@@ -81,30 +82,30 @@ def filter_mosaic(weights: np.ndarray, towers: int, cols: int | None = None,
     return out
 
 
-def conv1_weights(ckpt: dict[str, Any]) -> np.ndarray:
+def conv1_weights(ckpt: Checkpoint) -> np.ndarray:
     """conv1's kernels from a checkpoint's state_dict, as float32 C×3×k×k."""
-    state = ckpt.get("model")
+    state = ckpt.model
     if not isinstance(state, dict) or "conv1.weight" not in state:
         raise UserError("the checkpoint has no conv1.weight; give a checkpoint of an alexrepro AlexNet")
     return state["conv1.weight"].detach().float().cpu().numpy()
 
 
-def towers_of(ckpt: dict[str, Any]) -> int:
+def towers_of(ckpt: Checkpoint) -> int:
     """2 for the two-GPU net, 1 for the one-GPU ablation (from the checkpoint's recipe)."""
-    layout = (ckpt.get("recipe") or {}).get("model", {}).get("layout", "two-tower")
+    layout = ckpt.recipe.model.layout
     return 2 if layout == "two-tower" else 1
 
 
 def draw_filters(target: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
                  cols: int | None = None, scale: int = SCALE) -> dict[str, Any]:
     """Write Figure 3 for a run or checkpoint; returns {"path", "checkpoint", "kernels", "towers", "grid", ...}."""
-    from alexrepro.training.checkpoint import load_checkpoint
+    from alexrepro.training.checkpoint import read_checkpoint
 
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")
     run, ckpt_path = resolve_run(target)
     fig_path = figure_path(run, "filters.png", out)
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path)
     weights = conv1_weights(ckpt)
     towers = towers_of(ckpt)
     mosaic = filter_mosaic(weights, towers, cols, scale=scale)

@@ -1,1 +1,2 @@
-"""Training (§5): the plan, the loop, the step, the optimiser, the schedule, checkpoints, watchdogs, the run log."""
+"""Training (§5): plan → run (build, resume) → loop (epochs, validation, checkpoints) → step, with the
+optimiser, schedule, checkpoint format, random state, watchdogs, reporter and run log beside them."""

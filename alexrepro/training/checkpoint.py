@@ -1,10 +1,13 @@
-"""Checkpoints: one dict saved with torch.save, written atomically, enough to resume or to predict.
+"""Checkpoints: a typed `Checkpoint`, stored as one dict with torch.save, written atomically.
 
-Keys: format, version, model (state_dict unwrapped from DDP and torch.compile), recipe (sections),
-recipe_name, classes (the manifest's list), epoch, step, batch (position within the epoch),
-optimizer, scaler, schedule, rng (python, numpy, torch, cuda), loader, metrics (history and the
-running epoch), best_top1, stats (mean image float32 256×256×3, channel_mean, eigval, eigvec on
-the 0–255 scale). Every value is a tensor or plain Python, so `torch.load(weights_only=True)` reads it.
+The stored dict (`Checkpoint.to_payload`) has the keys format, version, model
+(state_dict unwrapped from DDP and torch.compile), recipe (sections), recipe_name, classes (the
+prepared set's list), epoch, batch (position within the epoch), step, parallel, optimizer, scaler,
+schedule, rng (python, numpy, torch, cuda; one entry per rank), loader, metrics (history, the
+running epoch's tally, seconds), best_top1, stats (mean image float32 256×256×3, channel_mean,
+eigval, eigvec on the 0–255 scale). Every value is a tensor or plain Python, so
+`torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the
+package gets a `Checkpoint` from `read_checkpoint` (or `Checkpoint.from_payload`).
 
 A run folder keeps RUN/checkpoints/last.pt (every save), epoch-NNN.pt (each epoch end; the newest
 `keep_last` kept) and best.pt (lowest validation top-1 error).
@@ -12,12 +15,12 @@ A run folder keeps RUN/checkpoints/last.pt (every save), epoch-NNN.pt (each epoc
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
-import random
 import re
 import zipfile
-from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,13 @@ import torch
 from torch import nn
 
 from alexrepro.atomic import atomic_path
-from alexrepro.errors import UserError
 from alexrepro.data.prepared import Stats
+from alexrepro.errors import UserError
 from alexrepro.progress import console
 from alexrepro.recipe import Recipe, recipe_from_dict
 
 FORMAT = "alexrepro-checkpoint"
-VERSION = 1
+VERSION = 1  # the layout of the stored dict; a new one converts older payloads in from_payload
 LAST, BEST = "last.pt", "best.pt"
 
 
@@ -43,6 +46,76 @@ def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
 def epoch_name(epoch: int) -> str:
     """File name of the checkpoint written when 0-based epoch `epoch` ends (epoch-001.pt for the first)."""
     return f"epoch-{epoch + 1:03d}.pt"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, typed: enough to resume a run bitwise, or to predict with its net."""
+
+    model: dict[str, torch.Tensor]  # the plain net's state_dict
+    recipe: Recipe  # the resolved recipe; its name is stored as recipe_name
+    classes: list[dict[str, Any]] = field(default_factory=list)  # the prepared set's classes, by index
+    epoch: int = 0  # the epoch to run next (0-based): epochs completed
+    batch: int = 0  # batches of that epoch already trained (a mid-epoch save)
+    step: int = 0  # updates applied so far
+    parallel: str = "none"  # none | data | model: the optimiser state's layout follows it
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None  # GradScaler's state (fp16 only)
+    schedule: dict[str, Any] | None = None
+    rng: list[dict[str, Any]] = field(default_factory=list)  # every rank's random state, by rank
+    loader: dict[str, Any] | None = None  # the training loader's position
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics record per finished epoch
+    running: torch.Tensor | None = None  # this epoch's (loss sum, top-1 hits, top-5 hits, images), float64
+    seconds: float = 0.0  # training time so far, over every session of the run
+    best_top1: float = math.inf  # lowest validation top-1 error so far
+    stats: dict[str, Any] | None = None  # the set's colour statistics (`stats_payload`)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict torch.save stores (format and version first)."""
+        return {
+            "format": FORMAT, "version": VERSION,
+            "model": self.model, "recipe": self.recipe.to_dict(), "recipe_name": self.recipe.name,
+            "classes": self.classes, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "parallel": self.parallel, "optimizer": self.optimizer, "scaler": self.scaler,
+            "schedule": self.schedule, "rng": self.rng, "loader": self.loader,
+            "metrics": {"history": self.history, "running": self.running, "seconds": self.seconds},
+            "best_top1": self.best_top1, "stats": self.stats,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str = "the checkpoint") -> Checkpoint:
+        """A stored dict (version 1, the only layout so far) as a Checkpoint; keys a hand-made file
+        lacks take their defaults, but the weights and the recipe must be there."""
+        if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("recipe"), dict):
+            raise UserError(f"{source} holds no model weights and recipe; give a checkpoint written by alexrepro train")
+        metrics = payload.get("metrics") or {}
+        rng = payload.get("rng") or []
+        return cls(
+            model=payload["model"],
+            recipe=recipe_from_dict(payload["recipe"], name=str(payload.get("recipe_name", "checkpoint"))),
+            classes=list(payload.get("classes", [])), epoch=int(payload.get("epoch", 0)),
+            batch=int(payload.get("batch", 0)), step=int(payload.get("step", 0)),
+            parallel=str(payload.get("parallel", "none")), optimizer=payload.get("optimizer"),
+            scaler=payload.get("scaler"), schedule=payload.get("schedule"),
+            rng=list(rng) if isinstance(rng, (list, tuple)) else [rng],  # one state: a single-process run
+            loader=payload.get("loader"), history=list(metrics.get("history", [])),
+            running=metrics.get("running"), seconds=float(metrics.get("seconds", 0.0)),
+            best_top1=float(payload.get("best_top1", math.inf)), stats=payload.get("stats"),
+        )
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
+    """A checkpoint file as a Checkpoint; a UserError if it is missing, corrupt or not an alexrepro checkpoint."""
+    return Checkpoint.from_payload(load_checkpoint(path, map_location), source=str(path))
+
+
+def as_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | os.PathLike[str]) -> Checkpoint:
+    """A Checkpoint from a Checkpoint, a stored dict (as load_checkpoint returns it) or a file path."""
+    if isinstance(ckpt, Checkpoint):
+        return ckpt
+    if isinstance(ckpt, dict):
+        return Checkpoint.from_payload(ckpt)
+    return read_checkpoint(ckpt)
 
 
 def to_safe(obj: Any) -> Any:
@@ -59,15 +132,18 @@ def to_safe(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike[str], payload: Checkpoint | dict[str, Any]) -> None:
     """Write a checkpoint atomically: a temporary file, fsync, rename; a failed write leaves the old file."""
+    if isinstance(payload, Checkpoint):
+        payload = payload.to_payload()
     payload = {"format": FORMAT, "version": VERSION, **to_safe(payload)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a UserError if it is missing, corrupt or not an alexrepro checkpoint."""
+    """The stored dict of a checkpoint file (what `read_checkpoint` types); a UserError if it is missing,
+    corrupt or not an alexrepro checkpoint."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder; give a .pt file, e.g. RUN/checkpoints/best.pt")
@@ -156,39 +232,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_from_checkpoint(
-    ckpt: dict[str, Any] | str | os.PathLike[str],
+    ckpt: Checkpoint | dict[str, Any] | str | os.PathLike[str],
 ) -> tuple[nn.Module, Recipe, list[dict[str, Any]]]:
-    """(model in eval mode on the CPU, Recipe, classes) from a checkpoint dict or path."""
+    """(model in eval mode on the CPU, Recipe, classes) from a Checkpoint, a stored dict or a path."""
     from alexrepro.nets import build_net
 
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    recipe = recipe_from_dict(ckpt["recipe"], name=str(ckpt.get("recipe_name", "checkpoint")))
-    model = build_net(recipe.model, recipe.data.crop_size)
+    saved = as_checkpoint(ckpt)
+    model = build_net(saved.recipe.model, saved.recipe.data.crop_size)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(saved.model)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"checkpoint weights do not fit the recipe's model ({first})") from None
     model.eval()
-    return model, recipe, list(ckpt.get("classes", []))
-
-
-def capture_rng() -> dict[str, Any]:
-    """Every random state a resumed run must continue from: python, numpy, torch, cuda."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Restore what capture_rng saved (CUDA states only on the same number of devices)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return model, saved.recipe, saved.classes
 
 
 def stats_payload(stats: Stats) -> dict[str, Any]:
@@ -198,22 +255,3 @@ def stats_payload(stats: Stats) -> dict[str, Any]:
             "eigval": None if stats.eigval is None else torch.from_numpy(np.asarray(stats.eigval, dtype=np.float64)),
             "eigvec": None if stats.eigvec is None else torch.from_numpy(np.asarray(stats.eigvec, dtype=np.float64)),
             "scale": stats.scale}
-
-
-def rng_isolated(batches: Iterable[Any]) -> Iterator[Any]:
-    """Yield from `batches` without letting the loader consume the global torch RNG.
-
-    A DataLoader draws its workers' base seed from the global generator whenever an iterator
-    starts; the loaders' own draws are keyed by (seed, epoch, batch), so undoing that draw keeps
-    the stream dropout sees the same whether a run was resumed mid-epoch or not.
-    """
-    it = iter(batches)
-    while True:
-        state = torch.get_rng_state()
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        finally:
-            torch.set_rng_state(state)
-        yield item

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexrepro.training import checkpoint as ck
-from alexrepro import distributed as D
 from alexrepro.atomic import writable_folder
+from alexrepro.data.prepared import open_split
+from alexrepro.distributed import resolve_launch
 from alexrepro.errors import UserError
-from alexrepro.data.prepared import open_split, read_manifest
-from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe, recipe_from_dict
+from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe
+from alexrepro.training.checkpoint import checkpoint_dir, find_resumable, read_checkpoint
 
 # Recipe fields that change how a run executes but not what it computes: a resume may change them
 # without --force (schedule.epochs extends or shortens the run).
@@ -61,51 +61,20 @@ class TrainPlan:
 
 def plan_training(opts: TrainOptions) -> TrainPlan:
     """Check the request and resolve the recipe and devices; every bad input is a UserError here."""
-    manifest = read_manifest(opts.out)  # a UserError unless OUT is a prepared set
-    device, world, parallel = D.resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
-
+    train_split = open_split(opts.out, "train")  # a UserError unless OUT is a prepared set
+    device, world, parallel = resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
     notes: list[str] = []
     resume_path = None
     if opts.resume is not None:
-        resume_path = Path(opts.resume) if opts.resume else ck.find_resumable(opts.run_dir)
-        if resume_path is None:
-            raise UserError(f"no checkpoint to resume in {ck.checkpoint_dir(opts.run_dir)}; start without --resume")
-        saved = ck.load_checkpoint(resume_path)
-        saved_recipe = recipe_from_dict(saved["recipe"], name=str(saved.get("recipe_name", "checkpoint")))
-        base = load_recipe(opts.recipe) if opts.recipe else saved_recipe
-        recipe = apply_overrides(base, opts.overrides)
-        changed = diff_recipes(saved_recipe, recipe)
-        blocking = [k for k in changed if k not in RESUME_MAY_CHANGE]
-        if blocking and not opts.force:
-            raise UserError(
-                f"the recipe differs from the checkpoint's in {', '.join(blocking)}; resume with the same "
-                "recipe, or add --force to continue with the new values"
-            )
-        if changed:
-            notes.append(f"resuming with changed recipe values: {', '.join(changed)}")
-        if saved.get("parallel", "none") == "model" and parallel != "model" or (
-            parallel == "model" and saved.get("parallel", "none") != "model"
-        ):
-            raise UserError("resume with the same --parallel mode as the checkpoint (the optimiser state differs)")
+        resume_path, recipe = resumed_recipe(opts, parallel, notes)
     else:
         if opts.recipe is None:
             raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
         recipe = load_recipe(opts.recipe, opts.overrides)
-        if ck.find_resumable(opts.run_dir) is not None:
+        if find_resumable(opts.run_dir) is not None:
             raise UserError(f"{opts.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run")
-    have = len(manifest.classes)
-    if recipe.model.num_classes != have:
-        if resume_path is not None:
-            raise UserError(
-                f"{resume_path} is a net for {recipe.model.num_classes} classes but {opts.out} has {have}; "
-                "resume on the set it was trained on, or start a new --run"
-            )
-        raise UserError(
-            f"the recipe has model.num_classes = {recipe.model.num_classes} but {opts.out} has {have} classes; "
-            f"add --set model.num_classes={have}"
-        )
-    num_train = len(open_split(opts.out, "train"))
-    batch = recipe.optim.batch_size
+    check_class_count(recipe, len(train_split.classes), opts.out, resume_path)
+    num_train, batch = len(train_split), recipe.optim.batch_size
     if num_train < batch and recipe.data.drop_last or num_train == 0:
         raise UserError(
             f"{opts.out} has {num_train} training images, fewer than one batch of {batch} (partial batches are "
@@ -116,4 +85,44 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
         out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
         parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
         show_progress=opts.show_progress, notes=notes,
+    )
+
+
+def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple[Path, Recipe]:
+    """(checkpoint to resume, the recipe to continue with): the checkpoint's, or --recipe, with the overrides.
+
+    A change outside RESUME_MAY_CHANGE needs --force; every change is added to `notes`.
+    """
+    resume_path = Path(opts.resume) if opts.resume else find_resumable(opts.run_dir)
+    if resume_path is None:
+        raise UserError(f"no checkpoint to resume in {checkpoint_dir(opts.run_dir)}; start without --resume")
+    saved = read_checkpoint(resume_path)
+    base = load_recipe(opts.recipe) if opts.recipe else saved.recipe
+    recipe = apply_overrides(base, opts.overrides)
+    changed = diff_recipes(saved.recipe, recipe)
+    blocking = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if blocking and not opts.force:
+        raise UserError(
+            f"the recipe differs from the checkpoint's in {', '.join(blocking)}; resume with the same "
+            "recipe, or add --force to continue with the new values"
+        )
+    if changed:
+        notes.append(f"resuming with changed recipe values: {', '.join(changed)}")
+    if (saved.parallel == "model") != (parallel == "model"):
+        raise UserError("resume with the same --parallel mode as the checkpoint (the optimiser state differs)")
+    return resume_path, recipe
+
+
+def check_class_count(recipe: Recipe, have: int, out: Path, resume_path: Path | None) -> None:
+    """UserError unless the recipe's net has one output per class of the prepared set (the one check of it)."""
+    if recipe.model.num_classes == have:
+        return
+    if resume_path is not None:
+        raise UserError(
+            f"{resume_path} is a net for {recipe.model.num_classes} classes but {out} has {have}; "
+            "resume on the set it was trained on, or start a new --run"
+        )
+    raise UserError(
+        f"the recipe has model.num_classes = {recipe.model.num_classes} but {out} has {have} classes; "
+        f"add --set model.num_classes={have}"
     )

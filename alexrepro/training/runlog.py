@@ -38,6 +38,13 @@ def epoch_line(epoch: int, i: int, n: int, loss: float, top1: float, top5: float
     )
 
 
+def val_line(record: dict[str, Any], next_lr: float) -> str:
+    """The log line of an epoch's validation (an epoch record of metrics.jsonl); the new lr when it was cut."""
+    return (f"Epoch: [{record['epoch']}] val  top-1 error {100 * record['val_top1_error']:.2f}%  top-5 error "
+            f"{100 * record['val_top5_error']:.2f}%{'  (best)' if record['best'] else ''}"
+            f"{f'  lr -> {next_lr:g}' if record['lr_reduced'] else ''}")
+
+
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)

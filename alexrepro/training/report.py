@@ -1,0 +1,146 @@
+"""What a training run tells while it runs, behind one object: `RunReporter`.
+
+The run folder's metrics.jsonl and log.txt (rank 0, through RunLog), the progress bar on stderr,
+TensorBoard scalars (--tensorboard) and the paper-init stall warning. The training loop hands it
+each step's tally (a device tensor, never read here between log points) and the records to write.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexrepro.errors import UserError
+from alexrepro.progress import console, make_progress
+from alexrepro.recipe import Recipe
+from alexrepro.training.runlog import RunLog, epoch_line, val_line
+from alexrepro.training.watchdog import StallWatch, stall_message
+
+
+def tensorboard_writer(run_dir: Path | None):  # noqa: ANN201
+    """A SummaryWriter under RUN/tensorboard (None for run_dir None: only check that TensorBoard imports),
+    or a UserError saying how to install TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return None if run_dir is None else SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+
+def step_record(window: torch.Tensor, epoch: int, batch: int, step: int, lr: float, secs: float,
+                total_secs: float) -> dict[str, Any]:
+    """The metrics.jsonl record of the steps since the last one: `window` is their summed tally (on the CPU)."""
+    n = float(window[3]) or 1.0
+    return {"kind": "step", "epoch": epoch, "batch": batch, "step": step, "lr": lr,
+            "train_loss": float(window[0]) / n, "train_top1_error": 1 - float(window[1]) / n,
+            "train_top5_error": 1 - float(window[2]) / n, "images_per_s": float(window[3]) / max(secs, 1e-9),
+            "seconds": total_secs}
+
+
+def epoch_record(epoch: int, step: int, lr: float, tally: torch.Tensor, val: dict[str, float], seconds: float,
+                 is_best: bool, lr_reduced: bool) -> dict[str, Any]:
+    """The metrics.jsonl record of a finished epoch: its training tally (on the CPU) and its validation."""
+    return {
+        "kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
+        "train_loss": float(tally[0] / tally[3]), "train_top1_error": float(1 - tally[1] / tally[3]),
+        "train_top5_error": float(1 - tally[2] / tally[3]), "val_top1_error": val["top1_error"],
+        "val_top5_error": val["top5_error"], "val_images": val["images"],
+        "seconds": seconds, "best": is_best, "lr_reduced": lr_reduced,
+    }
+
+
+class RunReporter:
+    """Step records, epoch lines, the progress bar, TensorBoard and stall warnings of one training process.
+
+    Files are written on rank 0 only (`is_main`); the stall check runs on every rank, as its warning is
+    about that rank's loss. `warnings` collects the warnings given, for the run's summary.
+    """
+
+    def __init__(self, run_dir: Path, device: torch.device, *, is_main: bool, show_progress: bool,
+                 tensorboard: bool, stall: StallWatch, init: str) -> None:
+        self.log = RunLog(run_dir, enabled=is_main)
+        self.device = device
+        self.writer = tensorboard_writer(run_dir) if tensorboard and is_main else None
+        self.stall, self.init = stall, init
+        self.is_main = is_main
+        self.warnings: list[str] = []
+        self.progress = make_progress() if show_progress and is_main else None
+        if self.progress is not None:
+            self.progress.start()
+        self.task: Any = None
+        self._new_window()
+
+    def begin(self, recipe: Recipe, devices: list[str], all_devices: list[str], world_size: int,
+              resumed_from: Path | None, epoch: int, step: int) -> None:
+        """Record the run in its folder: recipe.toml, environment.json (`all_devices`: every process's), metrics
+        cut back to `step`, and a log line naming this process's `devices`."""
+        if not self.is_main:
+            return
+        self.log.write_recipe(recipe)
+        self.log.write_environment(all_devices, world_size)
+        self.log.truncate_metrics(step)
+        self.log.line(f"{'resumed from ' + str(resumed_from) if resumed_from else 'started'} at epoch {epoch} "
+                      f"step {step}: recipe {recipe.name}, devices {devices}, world {world_size}")
+
+    def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
+        """A progress task for the epoch's `total` batches, `done` of them already (a mid-epoch resume)."""
+        self._new_window()
+        if self.progress is not None:
+            self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, completed=done,
+                                               unit="batch")
+
+    def add(self, tally: torch.Tensor) -> None:
+        """One step's tally, added on the device (no host read); the bar advances."""
+        self.window += tally
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1)
+
+    def log_step(self, epoch: int, batch: int, total: int, step: int, lr: float, seconds: float,
+                 epoch_tally: torch.Tensor) -> None:
+        """Write the record and log line of the steps since the last call (reads the device), check the stall."""
+        record = step_record(self.window.cpu(), epoch, batch, step, lr, time.time() - self.window_started, seconds)
+        loss = record["train_loss"]
+        self.log.metrics(record)
+        self.log.line(epoch_line(epoch, batch, total, loss, 100 * (1 - record["train_top1_error"]),
+                                 100 * (1 - record["train_top5_error"]), lr, record["images_per_s"]))
+        if self.progress is not None:
+            tally = epoch_tally.cpu()
+            self.progress.update(self.task, status=f"step {step} loss {loss:.3f} lr {lr:.3g} top-1 err "
+                                 f"{float(1 - tally[1] / max(float(tally[3]), 1.0)):.1%} "
+                                 f"{record['images_per_s']:,.0f} img/s")
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+        if self.stall.check(step, loss):
+            self.warnings.append(stall_message(step, loss, self.stall.num_classes, self.init))
+            console.print(f"[yellow]warning:[/yellow] {self.warnings[-1]}")
+            self.log.line(f"warning: {self.warnings[-1]}")
+        self._new_window()
+
+    def end_epoch(self) -> None:
+        if self.progress is not None:
+            self.progress.remove_task(self.task)
+
+    def log_epoch(self, record: dict[str, Any], next_lr: float) -> None:
+        """Write a finished epoch's record and its validation line (also on the console)."""
+        self.log.metrics(record)
+        line = val_line(record, next_lr)
+        self.log.line(line)
+        if self.is_main:
+            console.print(line, highlight=False)
+        if self.writer is not None:
+            self.writer.add_scalar("val/top1_error", record["val_top1_error"], record["epoch"] + 1)
+            self.writer.add_scalar("val/top5_error", record["val_top5_error"], record["epoch"] + 1)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _new_window(self) -> None:
+        self.window = torch.zeros(4, dtype=torch.float64, device=self.device)
+        self.window_started = time.time()
