@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from alexrepro.errors import UserError
 from alexrepro.prepared import IMAGE_SIZE
 
 if TYPE_CHECKING:  # torch is imported lazily so that DALI's worker processes stay light
@@ -136,6 +137,12 @@ def resize_mean(mean: np.ndarray, size: int) -> np.ndarray:
 def mean_image_for(mean: np.ndarray, channel_mean: np.ndarray, data: DataConfig) -> np.ndarray:
     """The S×S×3 image to subtract (§2): the per-pixel mean image, or the channel mean everywhere."""
     size = data.image_size
+    if data.mean == "channel-std":
+        # Never a mean image: subtracting one here would silently feed the net the wrong input.
+        raise UserError(
+            'data.mean = "channel-std" (torchvision\'s normalisation) is not read by the loaders yet; '
+            'use mean = "image" or "channel"'
+        )
     if data.mean == "channel":
         return np.broadcast_to(np.asarray(channel_mean, np.float32), (size, size, 3)).copy()
     if mean.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
