@@ -55,7 +55,7 @@ def caffemodel(weights, v1: bool, legacy: bool, packed: bool = True, order: str 
     """bvlc_alexnet's layer sequence (deploy.prototxt) as a NetParameter in either format."""
     replace = replace or {}
     layers = [cw.layer("data", "Data", v1)]
-    for name, shape, stride, pad, group in CAFFE_LAYERS:
+    for name, _shape, stride, pad, group in CAFFE_LAYERS:
         w, b = replace.get(name, weights[name])
         blobs = [cw.blob(w, legacy, packed), cw.blob(b, legacy, packed)]
         if name.startswith("conv"):

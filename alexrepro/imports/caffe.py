@@ -49,7 +49,7 @@ def import_caffe(model_path: str | Path, mean_path: str | Path | None = None) ->
     try:
         net = parse_net(raw)
     except ProtoError as e:
-        raise UserError(f"{path} is not a readable caffemodel: {e}") from None
+        raise UserError(f"{path} is not a readable caffemodel ({e}); give Caffe's bvlc_alexnet.caffemodel") from None
     layers = _layers_by_name(net, path)
     lrn = _check_order_and_lrn(net, path)
     model, data = caffe_recipe(layers, lrn)

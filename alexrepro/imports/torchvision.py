@@ -32,6 +32,7 @@ CROP, RESIZE = 224, 256  # torchvision's eval preset for these weights: Resize 2
 PUBLISHED = {"top1_acc": 56.522, "top5_acc": 79.066, "protocol": "centre crop, Resize 256 + CenterCrop 224",
              "reference": "torchvision AlexNet_Weights.IMAGENET1K_V1"}
 NET = "torchvision's alexnet"
+GIVE = "give the alexnet .pth torchvision downloads (alexnet-owt-7be5be79.pth in ~/.cache/torch/hub/checkpoints)"
 
 
 def import_torchvision(path: str | Path) -> ImportedWeights:
@@ -77,12 +78,16 @@ def _load_state_dict(raw: bytes, path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError,
-            AttributeError, TypeError, IndexError, OSError) as e:
-        reason = " ".join(str(e).split())[:160] or type(e).__name__
-        raise UserError(f"{path} is not a PyTorch weights file torch.load can read ({reason})") from None
+            AttributeError, TypeError, IndexError, OSError):
+        if raw[:4] == b"PK\x03\x04":  # torch.save's zip format
+            why = "a zip archive that cannot be read (truncated or corrupt)"
+        elif raw[:1] == b"\x80":  # a legacy torch.save pickle
+            why = "a pickle that cannot be read as tensors (truncated, or it holds code)"
+        else:
+            why = "neither torch.save's zip format nor a pickle"
+        raise UserError(f"{path} is not a PyTorch weights file: {why}; {GIVE}") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; give the "
-                        "alexnet .pth file torchvision downloads (e.g. alexnet-owt-7be5be79.pth)")
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; {GIVE}")
     return obj
 
 
