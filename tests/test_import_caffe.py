@@ -19,7 +19,7 @@ from alexrepro.augment import Colour, center_offset, eval_params, finish_batch
 from alexrepro.errors import UserError
 from alexrepro.imports.caffe import import_caffe, read_caffe_mean
 from alexrepro.imports.caffe_proto import ProtoError, next_field, parse_blob, read_varint
-from alexrepro.model import build_model
+from alexrepro.model import build_model, model_parallel
 from alexrepro.recipe import ModelConfig
 
 FC = 64  # fc6/fc7 width of the test nets (bvlc_alexnet: 4096); every conv layer has bvlc_alexnet's shape
@@ -203,6 +203,19 @@ def test_conv1_padding_sets_the_nets_geometry():
     net = build_model(m, 227)
     assert net.conv1.padding == (0, 0) and net.fc6.in_features == 256 * 6 * 6
     assert build_model(dataclasses.replace(m, conv1_padding=2), 224).conv1.padding == (2, 2)
+
+
+def test_model_parallel_keeps_conv1_padding_and_refuses_lrn_across_towers():
+    """§3.2's two-GPU split uses the recipe's conv1 padding; it cannot run Caffe's LRN, which needs both towers."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=0.25, fc_width=32, num_classes=10, conv1_padding=0)
+    grouped = build_model(cfg, 131).eval()  # 131 → 31 → 15 → 7 → 3 without padding
+    mp = model_parallel(grouped, (torch.device("cpu"), torch.device("cpu"))).eval()
+    x = torch.randn(2, 3, 131, 131) * 30
+    torch.testing.assert_close(mp(x), grouped(x))
+    caffe_like = build_model(dataclasses.replace(cfg, lrn_across_towers=True), 131)
+    with pytest.raises(UserError, match="use data parallelism"):
+        model_parallel(caffe_like, (torch.device("cpu"), torch.device("cpu")))
 
 
 # ---------------------------------------------------------------------------------------------- wrong files

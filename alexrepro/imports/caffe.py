@@ -22,8 +22,8 @@ import torch
 
 from alexrepro.errors import UserError
 from alexrepro.imports.caffe_proto import Layer, Net, ProtoError, parse_blob, parse_net
-from alexrepro.imports.weights import ImportedWeights, check_shape, read_weight_file, sha256
-from alexrepro.model import LAYERS, build_model, conv_geometry
+from alexrepro.imports.weights import ImportedWeights, bare_net, check_shape, read_weight_file, sha256
+from alexrepro.model import LAYERS, conv_geometry
 from alexrepro.recipe import DataConfig, ModelConfig
 
 CAFFE_CROP = 227  # bvlc_alexnet's train_val.prototxt: crop_size 227
@@ -171,8 +171,7 @@ def _check_order_and_lrn(net: Net, path: Path) -> dict[str, float]:
 
 def _state_dict(layers: dict[str, Layer], model: ModelConfig, path: Path) -> dict[str, torch.Tensor]:
     """Every blob checked against our net's shapes (legacy leading 1s dropped) and copied as float32."""
-    with torch.device("meta"):
-        want = build_model(model, CAFFE_CROP).state_dict()
+    want = bare_net(model, CAFFE_CROP).state_dict()
     geometry = conv_geometry(model)
     state = {}
     for name in LAYERS:

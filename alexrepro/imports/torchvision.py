@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.imports.weights import ImportedWeights, check_shape, read_weight_file, sha256
-from alexrepro.nets.torchvision_alexnet import build_torchvision_alexnet
+from alexrepro.imports.weights import ImportedWeights, bare_net, check_shape, read_weight_file, sha256
 from alexrepro.recipe import DataConfig, ModelConfig
 
 # torchvision's keys (features.N / classifier.N) → ours; the numbers are positions in its Sequentials.
@@ -49,8 +48,7 @@ def import_torchvision(path: str | Path) -> ImportedWeights:
         raise UserError(f"{p}: unexpected key {extra[0]}: the file holds another net than {NET}")
     fc8 = state["classifier.6.weight"]
     model = torchvision_model_config(num_classes=int(fc8.shape[0]) if fc8.dim() == 2 else 1000)
-    with torch.device("meta"):
-        want = build_torchvision_alexnet(model, CROP).state_dict()
+    want = bare_net(model, CROP).state_dict()
     ours = {}
     for theirs, name in KEYS.items():
         for part in ("weight", "bias"):

@@ -28,12 +28,20 @@ class ImportedWeights:
 
     def build(self) -> nn.Module:
         """The net the recipe describes with these weights loaded (strictly), in eval mode."""
-        from alexrepro.model import build_model
-
-        with torch.device("meta"):
-            net = build_model(self.model, self.data.crop_size)
+        net = bare_net(self.model, self.data.crop_size)
         net.load_state_dict(self.state_dict, strict=True, assign=True)
         return net.eval()
+
+
+def bare_net(model: ModelConfig, crop_size: int) -> nn.Module:
+    """The recipe's net with its tensors on the meta device: shapes only, never initialised (no cost)."""
+    from alexrepro.model import AlexNet
+    from alexrepro.nets.torchvision_alexnet import build_torchvision_alexnet
+
+    with torch.device("meta"):
+        if model.arch == "torchvision-alexnet":
+            return build_torchvision_alexnet(model, crop_size)
+        return AlexNet(model, crop_size)
 
 
 def read_weight_file(path: str | Path, what: str) -> bytes:
