@@ -14,6 +14,7 @@ image is cut and mirrored at the same view, so the subtraction stays per-pixel (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -152,11 +153,28 @@ def resize_mean(mean: np.ndarray, size: int) -> np.ndarray:
 def mean_image_for(mean: np.ndarray, channel_mean: np.ndarray, data: DataConfig) -> np.ndarray:
     """The S×S×3 image to subtract (§2): the per-pixel mean image, or the channel mean everywhere."""
     size = data.image_size
+    if data.mean == "channel-std":
+        # Never a mean image: subtracting one here would silently feed the net the wrong input.
+        raise UserError(
+            'data.mean = "channel-std" (torchvision\'s normalisation) is not read by the loaders yet; '
+            'use mean = "image" or "channel"'
+        )
     if data.mean == "channel":
         return np.broadcast_to(np.asarray(channel_mean, np.float32), (size, size, 3)).copy()
     if mean.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(f"mean image must be {IMAGE_SIZE}×{IMAGE_SIZE}×3, got {mean.shape}")
     return resize_mean(mean, size)
+
+
+# torchvision's normalisation (data.mean = "channel-std"): RGB on 0–1, minus a channel mean, over a channel
+# std. On our 0–255 pixels that is the subtraction of 255·mean_rgb, then a per-channel scale 1 / (255·std_rgb).
+def channel_std_mean_and_scale(
+    mean_rgb: Sequence[float], std_rgb: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(m, s) on the 0–255 scale with (x − m)·s = (x / 255 − mean_rgb) / std_rgb: m = 255·mean, s = 1 / (255·std)."""
+    mean = np.asarray(mean_rgb, np.float64) * 255.0
+    scale = 1.0 / (np.asarray(std_rgb, np.float64) * 255.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
