@@ -2,7 +2,8 @@
 
 Field numbers as in Caffe's caffe.proto (listed in alexrepro/imports/caffe_proto.py). It writes the two
 layer formats (LayerParameter in NetParameter field 100, V1LayerParameter in field 2) and the two blob
-shape encodings (legacy num/channels/height/width, BlobShape), packed or unpacked floats.
+shape encodings (legacy num/channels/height/width, BlobShape), packed or unpacked floats; and a whole
+bvlc_alexnet (deploy.prototxt's layer sequence) with random weights, fc6/fc7 and fc8 of any width.
 """
 
 from __future__ import annotations
@@ -96,3 +97,60 @@ def layer(name: str, type_: str, v1: bool, blobs: list[bytes] = (), conv: bytes 
 def net(name: str, layers: list[bytes], v1: bool) -> bytes:
     """A NetParameter holding the layers in field 2 (V1) or 100."""
     return f_string(1, name) + b"".join(f_len(2 if v1 else 100, x) for x in layers)
+
+
+# bvlc_alexnet's conv layers: (name, Caffe weight shape, stride, pad, group); shapes are out × in/group × k × k.
+CONV_LAYERS = [
+    ("conv1", (96, 3, 11, 11), 4, 0, 1),
+    ("conv2", (256, 48, 5, 5), 1, 2, 2),
+    ("conv3", (384, 256, 3, 3), 1, 1, 1),
+    ("conv4", (384, 192, 3, 3), 1, 1, 2),
+    ("conv5", (256, 192, 3, 3), 1, 1, 2),
+]
+CONV = {name: (stride, pad, group) for name, _, stride, pad, group in CONV_LAYERS}
+LAYER_NAMES = [name for name, *_ in CONV_LAYERS] + ["fc6", "fc7", "fc8"]
+
+
+def random_weights(fc: int, classes: int, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """bvlc_alexnet's shapes (fc6/fc7 `fc` wide, fc8 `classes`), random weights scaled (He) so activations stay
+    in the tens: LRN's α/n·Σa² term then matters."""
+    shapes = {name: shape for name, shape, *_ in CONV_LAYERS}
+    shapes.update(fc6=(fc, 256 * 6 * 6), fc7=(fc, fc), fc8=(classes, fc))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in LAYER_NAMES:
+        shape = shapes[name]
+        fan_in = int(np.prod(shape[1:]))
+        std = 0.05 if name == "conv1" else np.sqrt(2.0 / fan_in)
+        out[name] = (rng.normal(0, std, shape).astype(np.float32), rng.normal(0, 0.5, shape[0]).astype(np.float32))
+    return out
+
+
+def alexnet_caffemodel(weights, v1: bool, legacy: bool, packed: bool = True, order: str = "norm-pool",
+                       replace: dict | None = None) -> bytes:
+    """bvlc_alexnet's layer sequence (deploy.prototxt) as a NetParameter in either format."""
+    replace = replace or {}
+    layers = [layer("data", "Data", v1)]
+    for name in LAYER_NAMES:
+        w, b = replace.get(name, weights[name])
+        blobs = [blob(w, legacy, packed), blob(b, legacy, packed)]
+        if name.startswith("conv"):
+            conv = conv_param(w.shape[0], w.shape[-1], *CONV[name])
+            layers.append(layer(name, "Convolution", v1, blobs, conv=conv))
+        else:
+            layers.append(layer(name, "InnerProduct", v1, blobs))
+        layers.append(layer(f"relu{name[-1]}", "ReLU", v1))
+        if name in ("conv1", "conv2"):
+            norm = layer(f"norm{name[-1]}", "LRN", v1, lrn=lrn_param(5, 1e-4, 0.75, k=1.0))
+            pool = layer(f"pool{name[-1]}", "Pooling", v1)
+            layers += [norm, pool] if order == "norm-pool" else [pool, norm]
+        if name == "conv5":
+            layers.append(layer("pool5", "Pooling", v1))
+    layers.append(layer("prob", "Softmax", v1))
+    return net("AlexNet", layers, v1)
+
+
+def bgr_mean() -> np.ndarray:
+    """A 3×256×256 BGR mean as imagenet_mean.binaryproto holds it: a distinct level and gradient per channel."""
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    return np.stack([100 + 0.1 * xx, 115 + 0.1 * yy, 125 - 0.05 * xx]).astype(np.float32)  # B, G, R

@@ -24,60 +24,14 @@ from alexrepro.recipe import ModelConfig
 
 FC = 64  # fc6/fc7 width of the test nets (bvlc_alexnet: 4096); every conv layer has bvlc_alexnet's shape
 CLASSES = 10
-# bvlc_alexnet's layers: (name, Caffe weight shape, stride, pad, group); conv shapes are out × in/group × k × k.
-CAFFE_LAYERS = [
-    ("conv1", (96, 3, 11, 11), 4, 0, 1),
-    ("conv2", (256, 48, 5, 5), 1, 2, 2),
-    ("conv3", (384, 256, 3, 3), 1, 1, 1),
-    ("conv4", (384, 192, 3, 3), 1, 1, 2),
-    ("conv5", (256, 192, 3, 3), 1, 1, 2),
-    ("fc6", (FC, 256 * 6 * 6), 0, 0, 0),
-    ("fc7", (FC, FC), 0, 0, 0),
-    ("fc8", (CLASSES, FC), 0, 0, 0),
-]
 LRN = {"local_size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}  # bvlc_alexnet's deploy.prototxt
+caffemodel = cw.alexnet_caffemodel
+bgr_mean = cw.bgr_mean
 
 
 @pytest.fixture(scope="module")
 def caffe_weights() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Random weights scaled (He) so activations stay in the tens: LRN's α/n·Σa² term then matters."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, shape, *_ in CAFFE_LAYERS:
-        fan_in = int(np.prod(shape[1:]))
-        std = 0.05 if name == "conv1" else np.sqrt(2.0 / fan_in)
-        out[name] = (rng.normal(0, std, shape).astype(np.float32), rng.normal(0, 0.5, shape[0]).astype(np.float32))
-    return out
-
-
-def caffemodel(weights, v1: bool, legacy: bool, packed: bool = True, order: str = "norm-pool",
-               replace: dict | None = None) -> bytes:
-    """bvlc_alexnet's layer sequence (deploy.prototxt) as a NetParameter in either format."""
-    replace = replace or {}
-    layers = [cw.layer("data", "Data", v1)]
-    for name, _shape, stride, pad, group in CAFFE_LAYERS:
-        w, b = replace.get(name, weights[name])
-        blobs = [cw.blob(w, legacy, packed), cw.blob(b, legacy, packed)]
-        if name.startswith("conv"):
-            conv = cw.conv_param(w.shape[0], w.shape[-1], stride, pad, group)
-            layers.append(cw.layer(name, "Convolution", v1, blobs, conv=conv))
-        else:
-            layers.append(cw.layer(name, "InnerProduct", v1, blobs))
-        layers.append(cw.layer(f"relu{name[-1]}", "ReLU", v1))
-        if name in ("conv1", "conv2"):
-            norm = cw.layer(f"norm{name[-1]}", "LRN", v1, lrn=cw.lrn_param(5, 1e-4, 0.75, k=1.0))
-            pool = cw.layer(f"pool{name[-1]}", "Pooling", v1)
-            layers += [norm, pool] if order == "norm-pool" else [pool, norm]
-        if name == "conv5":
-            layers.append(cw.layer("pool5", "Pooling", v1))
-    layers.append(cw.layer("prob", "Softmax", v1))
-    return cw.net("AlexNet", layers, v1)
-
-
-def bgr_mean() -> np.ndarray:
-    """A 3×256×256 BGR mean as imagenet_mean.binaryproto holds it: a distinct level and gradient per channel."""
-    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
-    return np.stack([100 + 0.1 * xx, 115 + 0.1 * yy, 125 - 0.05 * xx]).astype(np.float32)  # B, G, R
+    return cw.random_weights(FC, CLASSES)
 
 
 def caffe_lrn(a: torch.Tensor) -> torch.Tensor:

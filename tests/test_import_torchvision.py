@@ -17,13 +17,15 @@ from PIL import Image
 
 from alexrepro.data.imaging import prepare_image
 from alexrepro.errors import UserError
-from alexrepro.imports.torchvision import import_torchvision
+from alexrepro.imports.torchvision import import_torchvision, torchvision_data_config
 from alexrepro.loaders.augment import center_offset, channel_std_mean_and_scale, mean_image_for
+from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour, saved_mean
 from alexrepro.nets import build_net
 from alexrepro.nets.torchvision_alexnet import build_torchvision_alexnet
 from alexrepro.recipe import DataConfig, ModelConfig
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # torchvision's ImageNet normalisation
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +99,21 @@ def test_channel_std_normalisation_is_torchvisions_formula():
     torch.testing.assert_close((x.float() - torch.from_numpy(m)) * torch.from_numpy(s), want, rtol=1e-5, atol=1e-5)
 
 
-def test_loaders_refuse_channel_std_until_they_apply_it():
-    with pytest.raises(UserError, match="channel-std"):
-        mean_image_for(np.zeros((256, 256, 3), np.float32), np.zeros(3), DataConfig(mean="channel-std"))
+def test_the_preset_applies_channel_std_as_torchvision_normalizes():
+    """The loaders' float step (finish_batch through the preset's colour) with mean = "channel-std": the
+    centre crop, then (x / 255 − mean) / std, whatever the set's mean image (it is not used)."""
+    data = DataConfig(mean="channel-std", image_size=256, crop_size=224)
+    images = [np.random.default_rng(k).integers(0, 256, (256, 256, 3), dtype=np.uint8) for k in range(2)]
+    set_mean = MeanImage(np.full((256, 256, 3), 99.0, np.float32), np.full(3, 99.0), "stats.h5")
+    got = EvalPreset.for_data(data)(images, make_colour(set_mean, data, CPU), CPU)
+    o = center_offset(256, 224)
+    want = torch.stack([torchvision_normalize(torch.from_numpy(im[o:o + 224, o:o + 224])).permute(2, 0, 1)
+                        for im in images])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert mean_image_for(set_mean.mean, set_mean.channel_mean, data)[0, 0].tolist() == pytest.approx(
+        [255 * m for m in MEAN])
+    # predict and the figures need no mean image for such a recipe: its constants are in the recipe
+    assert saved_mean(None, None, data).source.startswith("recipe")
 
 
 def torchvision_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -115,12 +129,13 @@ def photo_png(name: str) -> tuple[bytes, Image.Image]:
 
 
 def our_input(png: bytes, encoding: str) -> torch.Tensor:
-    """Our path: prep's resize (and its quality-95 JPEG as stored), the centre 224 crop, channel-std → 3×224×224."""
+    """Our path: prep's resize (and its quality-95 JPEG as stored), then the eval preset of the imported
+    recipe (the centre 224 crop, channel-std in the loaders' float step) → 3×224×224."""
     stored = prepare_image(png, encoding=encoding)
     pixels = stored if encoding == "raw" else np.asarray(Image.open(io.BytesIO(stored)).convert("RGB"))
-    o = center_offset(256, 224)
-    crop = torch.from_numpy(np.ascontiguousarray(pixels[o:o + 224, o:o + 224]))
-    return torchvision_normalize(crop).permute(2, 0, 1)
+    data = torchvision_data_config()
+    colour = make_colour(saved_mean(None, None, data), data, CPU)
+    return EvalPreset.for_data(data)([pixels], colour, CPU)[0]
 
 
 TORCHVISION_EVAL = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])

@@ -30,8 +30,10 @@ CAFFE_CROP = 227  # bvlc_alexnet's train_val.prototxt: crop_size 227
 CAFFE_IMAGE = 256  # its images and mean: 256×256
 # bvlc_alexnet's deploy.prototxt LRN values, used when a file carries no LRN layer parameters.
 CAFFE_LRN = {"local_size": 5, "alpha": 1e-4, "beta": 0.75, "norm_region": 0, "k": 1.0}
-# Published accuracy of bvlc_alexnet on ILSVRC-2012 val (models/bvlc_alexnet/readme.md in Caffe's model zoo).
-PUBLISHED = {"top1_acc": 57.1, "top5_acc": 80.2, "protocol": "centre crop, 227 of the 256×256 warped image",
+# Published accuracy of bvlc_alexnet on ILSVRC-2012 val (models/bvlc_alexnet/readme.md in Caffe's model zoo):
+# the centre 227 crop of each image warped to 256×256 (convert_imageset), minus the mean image.
+PUBLISHED = {"top1_acc": 57.1, "top5_acc": 80.2, "crops": 1, "resize": "warp",
+             "protocol": "centre crop, 227 of the 256×256 warped image",
              "reference": "Caffe model zoo, bvlc_alexnet"}
 LAYER_TYPES = {name: "Convolution" if name.startswith("conv") else "InnerProduct" for name in LAYERS}
 BGR_TO_RGB = [2, 1, 0]

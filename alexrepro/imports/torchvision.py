@@ -28,7 +28,8 @@ MEAN_RGB = [0.485, 0.456, 0.406]  # torchvision's ImageNet normalisation, RGB on
 STD_RGB = [0.229, 0.224, 0.225]
 CROP, RESIZE = 224, 256  # torchvision's eval preset for these weights: Resize 256, CenterCrop 224
 # AlexNet_Weights.IMAGENET1K_V1.meta["_metrics"] (shipped with torchvision), ILSVRC-2012 val.
-PUBLISHED = {"top1_acc": 56.522, "top5_acc": 79.066, "protocol": "centre crop, Resize 256 + CenterCrop 224",
+PUBLISHED = {"top1_acc": 56.522, "top5_acc": 79.066, "crops": 1, "resize": "shorter-side",
+             "protocol": "centre crop, Resize 256 + CenterCrop 224",
              "reference": "torchvision AlexNet_Weights.IMAGENET1K_V1"}
 NET = "torchvision's alexnet"
 GIVE = "give the alexnet .pth torchvision downloads (alexnet-owt-7be5be79.pth in ~/.cache/torch/hub/checkpoints)"
@@ -46,8 +47,11 @@ def import_torchvision(path: str | Path) -> ImportedWeights:
     extra = sorted(set(state) - {f"{k}.{part}" for k in KEYS for part in ("weight", "bias")})
     if extra:
         raise UserError(f"{p}: unexpected key {extra[0]}: the file holds another net than {NET}")
-    fc8 = state["classifier.6.weight"]
-    model = torchvision_model_config(num_classes=int(fc8.shape[0]) if fc8.dim() == 2 else 1000)
+    fc6, fc8 = state["classifier.1.weight"], state["classifier.6.weight"]
+    # fc8's classes (a fine-tuned alexnet may have other than 1000) and fc6's width (4096; narrower in
+    # tests) are read from the file; every other shape must be torchvision's.
+    model = torchvision_model_config(num_classes=int(fc8.shape[0]) if fc8.dim() == 2 else 1000,
+                                     fc_width=int(fc6.shape[0]) if fc6.dim() == 2 else 4096)
     want = bare_net(model, CROP).state_dict()
     ours = {}
     for theirs, name in KEYS.items():
@@ -60,9 +64,10 @@ def import_torchvision(path: str | Path) -> ImportedWeights:
     return ImportedWeights(ours, model, torchvision_data_config(), None, source)
 
 
-def torchvision_model_config(num_classes: int = 1000) -> ModelConfig:
-    """[model] for torchvision's alexnet: its arch, classes and dropout (the LRN keys do not apply: off)."""
-    return ModelConfig(arch="torchvision-alexnet", num_classes=num_classes, dropout=0.5, lrn=False)
+def torchvision_model_config(num_classes: int = 1000, fc_width: int = 4096) -> ModelConfig:
+    """[model] for torchvision's alexnet: its arch, classes, fc width and dropout (the LRN keys do not apply: off)."""
+    return ModelConfig(arch="torchvision-alexnet", num_classes=num_classes, fc_width=fc_width, dropout=0.5,
+                       lrn=False)
 
 
 def torchvision_data_config() -> DataConfig:
