@@ -5,8 +5,8 @@ The stored dict (`Checkpoint.to_payload`) has the keys format, version, model
 prepared set's list), epoch, batch (position within the epoch), step, parallel, optimizer, scaler,
 schedule, rng (python, numpy, torch, cuda; one entry per rank), loader, metrics (history, the
 running epoch's tally, seconds), best_top1, stats (mean image float32 256×256×3, channel_mean,
-eigval, eigvec on the 0–255 scale), origin (imported weights only: format, file, sha256, net, published;
-absent or None otherwise). Every value is a tensor or plain Python, so
+eigval, eigvec on the 0–255 scale), and, for imported weights only (alexrepro import), origin (format, file, sha256,
+net, published). Every value is a tensor or plain Python, so
 `torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the
 package gets a `Checkpoint` from `read_checkpoint` (or `Checkpoint.from_payload`).
 
@@ -97,6 +97,7 @@ class Checkpoint:
 
     def to_payload(self) -> dict[str, Any]:
         """The dict torch.save stores (format and version first)."""
+        origin = {} if self.origin is None else {"origin": self.origin.to_payload()}  # imported weights only
         return {
             "format": FORMAT, "version": VERSION,
             "model": self.model, "recipe": self.recipe.to_dict(), "recipe_name": self.recipe.name,
@@ -104,8 +105,7 @@ class Checkpoint:
             "parallel": self.parallel, "optimizer": self.optimizer, "scaler": self.scaler,
             "schedule": self.schedule, "rng": self.rng, "loader": self.loader,
             "metrics": {"history": self.history, "running": self.running, "seconds": self.seconds},
-            "best_top1": self.best_top1, "stats": self.stats,
-            "origin": None if self.origin is None else self.origin.to_payload(),
+            "best_top1": self.best_top1, "stats": self.stats, **origin,
         }
 
     @classmethod
