@@ -33,8 +33,11 @@ LoaderKind = Literal[tuple(sorted(KINDS))]  # type: ignore[valid-type]
 class ModelConfig:
     """The net of §3: which layout, how wide, and every ambiguity named."""
 
-    # "alexnet" = the paper's net of §3 in any layout; the registry (alexrepro.nets.NETS) is ready for
-    # reference nets, e.g. torchvision's variant. Recipes and checkpoints without it mean "alexnet".
+    # Which net: "alexnet" is the paper's net of §3, which every other key here describes;
+    # "torchvision-alexnet" is torchvision's "one weird trick" variant (64-192-384-256-256 kernels,
+    # no LRN, no groups, 6×6 adaptive pooling), for its published weights; it reads only
+    # num_classes, width, fc_width and dropout. Recipes and checkpoints without it mean "alexnet";
+    # the names are those of alexrepro.nets.NETS.
     arch: NetName = "alexnet"
     num_classes: int = 1000  # §2: ILSVRC's 1000 classes
     layout: Literal["two-tower", "one-tower"] = "two-tower"  # §3.2 two-GPU net | §3.2's one-GPU ablation
@@ -49,6 +52,12 @@ class ModelConfig:
     # §3.3 as printed: α multiplies the sum of squares. "divided-by-n" is the reading of PyTorch,
     # Caffe and cuda-convnet (α/n multiplies the sum: an effective 2e-5).
     lrn_alpha_convention: Literal["printed", "divided-by-n"] = "printed"
+    # §3.2/§3.3: each GPU normalises its own kernel maps. Caffe's LRN layer has no groups, so in
+    # bvlc_alexnet the window of n maps crosses the towers' boundary (true for its imported weights).
+    lrn_across_towers: bool = False
+    # conv1's zero padding: 2 so that 224 crops give §3.5's 55×55 maps; Caffe's bvlc_alexnet uses
+    # 227 crops and no padding (also 55×55).
+    conv1_padding: int = 2
     pool_size: int = 3  # §3.4: overlapping pooling, z = 3
     pool_stride: int = 2  # §3.4: s = 2
     dropout: float = 0.5  # §4.2: fc6 and fc7
@@ -64,7 +73,11 @@ class DataConfig:
 
     image_size: int = 256  # §2: images stored 256×256; smaller values rescale them first (tiny)
     crop_size: int = 224  # §4.1: random 224×224 patches
-    mean: Literal["image", "channel"] = "image"  # §2: subtract the per-pixel mean image
+    # §2 "image": subtract the per-pixel mean image; "channel": its per-channel mean; "channel-std":
+    # torchvision's convention, RGB scaled to 0–1, minus mean_rgb, divided by std_rgb.
+    mean: Literal["image", "channel", "channel-std"] = "image"
+    mean_rgb: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # 0–1 scale; "channel-std" only
+    std_rgb: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # 0–1 scale; "channel-std" only
     mirror: bool = True  # §4.1: horizontal reflections
     lighting: bool = True  # §4.1: PCA lighting
     lighting_std: float = 0.1  # §4.1: α_i ~ N(0, 0.1)
@@ -215,6 +228,9 @@ def validate(recipe: Recipe) -> None:
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (m.lrn_size >= 1 and m.lrn_size % 2 == 1, "model.lrn_size must be a positive odd number"),
         (m.pool_size >= 1 and m.pool_stride >= 1, "model.pool_size and pool_stride must be positive"),
+        (m.conv1_padding >= 0, "model.conv1_padding must be 0 or more"),
+        (len(d.mean_rgb) == 3 and len(d.std_rgb) == 3, "data.mean_rgb and data.std_rgb need 3 values (R, G, B)"),
+        (all(v > 0 for v in d.std_rgb), "data.std_rgb values must be positive"),
         (d.crop_size <= d.image_size, "data.crop_size must not exceed data.image_size"),
         (d.image_size <= 256, "data.image_size is at most 256, the size prep stores"),
         (d.workers >= 0, "data.workers must be 0 or more"),

@@ -123,6 +123,18 @@ def test_the_typed_checkpoint_is_stored_in_the_version_1_layout_and_reads_back(t
     assert torch.equal(back.model["w"], torch.arange(3.0)) and back.stats["scale"] == "0-255"
 
 
+def test_an_imported_checkpoint_adds_its_origin_and_a_trained_one_reads_without(tmp_path):
+    origin = ck.Origin("caffe", "bvlc_alexnet.caffemodel", "ab" * 32, "AlexNet",
+                       {"top1_acc": 57.1, "top5_acc": 80.2, "crops": 1, "resize": "warp"})
+    ck.save_checkpoint(tmp_path / "imported.pt", _checkpoint(origin=origin))
+    raw = ck.load_checkpoint(tmp_path / "imported.pt")
+    assert list(raw) == V1_KEYS + ["origin"] and raw["version"] == 1  # the same layout, one key added
+    assert ck.read_checkpoint(tmp_path / "imported.pt").origin == origin
+    ck.save_checkpoint(tmp_path / "trained.pt", _checkpoint())
+    assert "origin" not in ck.load_checkpoint(tmp_path / "trained.pt")
+    assert ck.read_checkpoint(tmp_path / "trained.pt").origin is None
+
+
 def test_a_hand_made_payload_takes_the_defaults_and_refuses_without_weights_or_recipe(tmp_path):
     payload = _checkpoint().to_payload()
     for key in ("classes", "batch", "parallel", "optimizer", "metrics", "best_top1", "stats", "recipe_name"):

@@ -4,8 +4,8 @@ Nets (alexrepro.nets.NETS), at a reduced width (the full nets are slow on a CPU)
 scores, backward reaches every parameter, the state dict round-trips, the summary counts every
 parameter. Loader backends (alexrepro.loaders.BACKENDS): a training batch is exactly §2/§4.1's
 crop − mean + lighting for the one sampler's draws (on a raw set: no decoder differences), a
-mid-epoch resume gives what the uninterrupted epoch gave, and the ten test views are §4.1's in
-TenCrop order. test_loaders.py runs the rest of the loaders' behaviour on every backend too.
+mid-epoch resume gives what the uninterrupted epoch gave, the ten test views are §4.1's in
+TenCrop order, and a recipe with torchvision's normalisation (mean = "channel-std") gets it. test_loaders.py runs the rest of the loaders' behaviour on every backend too.
 """
 
 from __future__ import annotations
@@ -167,6 +167,32 @@ def test_training_tensor_is_exactly_crop_minus_mean_plus_lighting(raw_set, kind)
         shift = EIGVEC @ (params.alpha[k] * EIGVAL / 255.0)  # §4.1, "unit" scale: m = λ/255
         np.testing.assert_allclose(images[k].numpy(), (img - mu + shift).transpose(2, 0, 1), atol=2e-4)
     assert images.dtype == torch.float32 and labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("kind", backend_params())
+def test_channel_std_is_torchvisions_normalisation_of_the_views(raw_set, kind):
+    """mean = "channel-std" (imported torchvision weights): each view is (x / 255 − mean_rgb) / std_rgb,
+    written out here, for the centre patch and the ten views and for training crops (the set's mean image
+    is not used; lighting, off in this recipe, would be added before the scale)."""
+    mean_rgb, std_rgb = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    cfg = DataConfig(workers=0, mean="channel-std", lighting=False)
+    ds = open_split(raw_set, "val")
+    ((center, labels),) = load(raw_set, N_VAL, split="val", train=False, kind=kind, data_cfg=cfg)
+    ((ten, _),) = load(raw_set, N_VAL, split="val", train=False, crops="ten", kind=kind, data_cfg=cfg)
+    for k, i in enumerate(labels.tolist()):
+        norm = (ds[i][0].astype(np.float64) / 255.0 - mean_rgb) / std_rgb
+        want = norm[16 : 16 + 224, 16 : 16 + 224].transpose(2, 0, 1)
+        np.testing.assert_allclose(center[k].numpy(), want, atol=1e-5)
+        np.testing.assert_allclose(ten[k, 9].numpy(), norm[16 : 16 + 224, 16 : 16 + 224][:, ::-1].transpose(2, 0, 1),
+                                   atol=1e-5)  # view 9: the centre of the mirrored image
+    (images, labels), *_ = load(raw_set, 8, epoch=1, seed=3, data_cfg=cfg, kind=kind)
+    train, params = open_split(raw_set, "train"), draw_train_params(cfg, 3, 1, 0, 8)
+    for k, i in enumerate(labels.tolist()):
+        y, x = params.y[k], params.x[k]
+        patch = train[i][0][y : y + 224, x : x + 224]
+        patch = patch[:, ::-1] if params.flip[k] else patch
+        want = ((patch.astype(np.float64) / 255.0 - mean_rgb) / std_rgb).transpose(2, 0, 1)
+        np.testing.assert_allclose(images[k].numpy(), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", backend_params())

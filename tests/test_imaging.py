@@ -131,3 +131,40 @@ def test_bad_files_give_a_reason(data, reason):
 def test_quality_option():
     data = encode(smooth_image(400, 300), quality=98)
     assert len(prepare_image(data, quality=95)) > len(prepare_image(data, quality=50))
+
+
+# ------------------------------------------------------------------------------------------ Caffe's warp
+def test_warp_keeps_the_whole_image_and_squashes_it():
+    """Caffe's convert_imageset --resize_height 256 --resize_width 256: all four quarters survive, each
+    squashed to a quarter of the width (aspect ratio not kept), where §2's crop drops the outer two."""
+    arr = np.zeros((512, 1024, 3), dtype=np.uint8)
+    arr[:, :256] = (0, 255, 0)
+    arr[:, 256:512] = (255, 0, 0)
+    arr[:, 512:768] = (0, 0, 255)
+    arr[:, 768:] = (255, 255, 255)
+    out = prepare_image(encode(Image.fromarray(arr), "PNG"), encoding="raw", resize="warp").astype(int)
+    assert out.shape == (SIZE, SIZE, 3)
+    # 1024 → 256 columns: source quarter q lands on columns 64q..64q+63 (blending 1-2 columns at each border)
+    assert np.all(out[:, 2:62, 1] > 240) and np.all(out[:, 2:62, 0] < 15)  # green
+    assert np.all(out[:, 66:126, 0] > 240) and np.all(out[:, 66:126, 1] < 15)  # red
+    assert np.all(out[:, 130:190, 2] > 240) and np.all(out[:, 130:190, 0] < 15)  # blue
+    assert np.all(out[:, 194:254] > 240)  # white
+    cropped = prepare_image(encode(Image.fromarray(arr), "PNG"), encoding="raw").astype(int)
+    assert np.all(cropped[:, 2:124, 0] > 240)  # the shorter-side crop starts inside the red quarter
+
+
+@pytest.mark.parametrize("w, h", [(300, 400), (640, 480), (120, 90), (2000, 1030)])
+def test_warp_is_a_direct_resize_to_256_square(w, h):
+    src = smooth_image(w, h, seed=w)
+    data = encode(src, quality=98)
+    got = prepare_image(data, encoding="raw", resize="warp").astype(np.float64)
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR), np.float64)
+    # equal but for libjpeg's DCT-scaled decode of large files (draft mode), as in §2's path above
+    assert np.abs(got - ref).mean() < (2.0 if min(w, h) >= 2 * SIZE else 1e-9)
+    stored = np.asarray(Image.open(io.BytesIO(prepare_image(data, resize="warp"))))
+    assert stored.shape == (SIZE, SIZE, 3)
+
+
+def test_unknown_resize_mode():
+    with pytest.raises(ValueError, match="shorter-side, warp"):
+        prepare_image(encode(smooth_image(300, 300)), resize="stretch")

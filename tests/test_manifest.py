@@ -19,8 +19,8 @@ from alexrepro.data.prep import PrepOptions, prep
 from alexrepro.errors import UserError
 
 # The keys of manifest.json in the order prep writes them (docs/FORMAT.md), and those of a split.
-TOP_KEYS = ["format", "format_version", "source", "encoding", "quality", "image_size", "shard_size", "classes",
-            "splits", "skipped", "notes", "prep"]
+TOP_KEYS = ["format", "format_version", "source", "encoding", "quality", "image_size", "resize", "shard_size",
+            "classes", "splits", "skipped", "notes", "prep"]
 SPLIT_KEYS = ["count", "found", "skipped", "layout", "shards", "skipped_files"]
 
 
@@ -45,6 +45,7 @@ def test_typed_fields_match_what_prep_reported(prepared, synth_summary):
     out, summary = prepared
     m = read_manifest(out)
     assert m.format_version == 2 and m.encoding == "jpeg" and m.quality == 95 and m.image_size == 256
+    assert m.resize == "shorter-side" and m.prep.identity["resize"] == "shorter-side"  # §2, the default
     assert m.shard_size == 8 and m.skipped == summary["skipped"] == synth_summary["counts"]["skipped"]
     assert [c.wnid for c in m.classes] == sorted(synth_summary["wnids"])
     assert [c.index for c in m.classes] == list(range(len(synth_summary["wnids"])))
@@ -65,6 +66,7 @@ def test_a_hand_written_manifest_takes_the_defaults(tmp_path):
                                                  "skipped_files": [{"path": "a.JPEG", "reason": "empty file"}]}}})
     m = read_manifest(tmp_path)
     assert m.format_version == 2 and m.quality is None and m.shard_size is None and m.prep is None
+    assert m.resize == "shorter-side"  # a manifest from before prep --resize: §2's resize
     assert m.skipped == 1 and m.notes == [] and m.classes == [ClassInfo(0, "n00000000", "")]
     assert m.splits["val"] == SplitEntry(count=2, shards=[ShardEntry("val/00000.h5", 2)], found=None, skipped=0,
                                          layout="", skipped_files=[SkippedFile("a.JPEG", "empty file")])

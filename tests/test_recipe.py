@@ -29,6 +29,8 @@ def test_paper_recipe_has_the_papers_numbers():
     assert (m.pool_size, m.pool_stride) == (3, 2)
     assert m.dropout == 0.5 and m.init == "paper" and m.num_classes == 1000
     assert m.layout == "two-tower" and m.activation == "relu"
+    # §3.5: padding 2 gives 224 crops 55×55 maps; §3.2/§3.3: each GPU normalises its own maps
+    assert m.arch == "alexnet" and m.conv1_padding == 2 and not m.lrn_across_towers
     # §2 / §4.1: 256 images, 224 crops, mirror, PCA lighting with σ = 0.1 on the [0, 1] scale
     d = r.data
     assert (d.image_size, d.crop_size, d.mean) == (256, 224, "image")
@@ -93,6 +95,21 @@ def test_overrides_coerce_types():
 def test_range_checks():
     with pytest.raises(UserError, match="crop_size"):
         load_recipe("paper", ["data.crop_size=300"])
+
+
+def test_imported_weights_keys_are_checked():
+    """The keys alexrepro import writes (conv1_padding, lrn_across_towers, channel-std) take overrides and
+    refuse what cannot run."""
+    r = load_recipe("paper", ["model.conv1_padding=0", "model.lrn_across_towers=true", "data.mean=channel-std",
+                              "model.arch=torchvision-alexnet"])
+    assert (r.model.conv1_padding, r.model.lrn_across_towers, r.data.mean) == (0, True, "channel-std")
+    assert r.data.mean_rgb == [0.485, 0.456, 0.406] and r.data.std_rgb == [0.229, 0.224, 0.225]  # torchvision's
+    with pytest.raises(UserError, match="conv1_padding must be 0 or more"):
+        load_recipe("paper", ["model.conv1_padding=-1"])
+    with pytest.raises(UserError, match="need 3 values"):
+        load_recipe("paper", ["data.mean_rgb=[0.5, 0.5]"])
+    with pytest.raises(UserError, match="std_rgb values must be positive"):
+        load_recipe("paper", ["data.std_rgb=[0.2, 0.0, 0.2]"])
 
 
 def test_toml_round_trip(tmp_path):

@@ -15,6 +15,7 @@ from alexrepro.data.prep import SHARD_SIZE, PrepOptions, prep
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."
+RESIZE_TEXT = {"shorter-side": "shorter side scaled, central crop", "warp": "warped, aspect ratio not kept"}
 
 
 @app.command("prep")
@@ -32,14 +33,20 @@ def prep_cmd(
     synset_mapping: Path = typer.Option(None, "--synset-mapping", help="Class names: LOC_synset_mapping.txt."),
     encoding: str = typer.Option("jpeg", "--encoding", help="How images are stored: jpeg or raw (uint8 arrays)."),
     quality: int = typer.Option(JPEG_QUALITY, "--quality", help="JPEG quality of the stored images."),
+    resize: str = typer.Option(
+        "shorter-side", "--resize", help="shorter-side: §2's shorter side to 256 and central 256×256 crop; "
+        "warp: the whole image to 256×256 (Caffe's convert_imageset), to match bvlc_alexnet's protocol."
+    ),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: all cores)."),
     shard_size: int = typer.Option(SHARD_SIZE, "--shard-size", help="Images per HDF5 shard."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Resize every image (shorter side 256, central 256×256 crop) into HDF5 shards; compute the mean image."""
+    """Resize every image (shorter side 256, central 256×256 crop; or --resize warp) into HDF5 shards; compute
+    the mean image."""
     options = PrepOptions(
         encoding=encoding,
         quality=quality,
+        resize=resize,
         shard_size=shard_size,
         workers=workers,
         splits=list(split) or None,
@@ -86,7 +93,8 @@ def _render_info(out: Path, info: dict[str, Any]) -> None:
     """What `describe` (and `verify`, under info["verify"]) found, for people."""
     quality = f" (quality {info['quality']})" if info["encoding"] == "jpeg" else ""
     console.print(f"[bold]{out}[/bold] from {info['source']}: {info['encoding']}{quality}, "
-                  f"{info['image_size']}×{info['image_size']}, {info['bytes'] / 2**20:,.1f} MiB")
+                  f"{info['image_size']}×{info['image_size']} ({RESIZE_TEXT.get(info['resize'], info['resize'])}), "
+                  f"{info['bytes'] / 2**20:,.1f} MiB")
     table = Table("split", "images", "skipped", "shards", "MiB", "layout")
     for name, split in info["splits"].items():
         table.add_row(name, f"{split['count']:,}", str(split["skipped"]), str(split["shards"]),

@@ -51,6 +51,8 @@ def eval_command(
         emit_json(report)
     else:
         console.print(eval_table(report))
+        if report.get("published"):
+            render_published(report)
         console.print(
             f"{report['images']:,} images in {report['seconds']:.1f} s ({report['images_per_s'] or 0:,.1f} images/s) "
             f"on {report['device']} × {report['world_size']}"
@@ -83,10 +85,50 @@ def eval_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def render_published(report: dict[str, Any]) -> None:
+    """Imported weights: this evaluation beside their published row (Δ only under the same protocol)."""
+    pub = report["published"]
+    table = Table("", "top-1 err %", "top-5 err %", "top-1 acc %", "top-5 acc %",
+                  title=f"{pub['weights']} beside its published accuracy (ILSVRC-2012 val)")
+    ours1, ours5 = report["top1_error_pct"], report["top5_error_pct"]
+    crops = _crops(report["crops"])
+    table.add_row(f"[bold]this run[/bold] ({crops})", _fmt2(ours1), _fmt2(ours5), _fmt2(_acc(ours1)),
+                  _fmt2(_acc(ours5)))
+    table.add_row(f"published ({_crops(pub['crops'])})", _fmt2(pub["top1_error_pct"]), _fmt2(pub["top5_error_pct"]),
+                  _fmt2(pub["top1_acc_pct"]), _fmt2(pub["top5_acc_pct"]))
+    if pub["same_protocol"]:  # Δ only between the same protocol
+        table.add_row("Δ this run − published", _diff2(pub["top1_diff_pct"]), _diff2(pub["top5_diff_pct"]), "", "",
+                      style="bold cyan")
+    console.print(table)
+    console.print(f"published: {pub['reference']}; {pub['protocol']}", soft_wrap=True)
+    console.print(f"this run: {crops} of {report['out']} ({report['split']}), prepared with --resize "
+                  f"{pub['resize']['this_set']}", soft_wrap=True)
+    for note in pub["notes"]:
+        console.print(f"note: {note}", soft_wrap=True)
+
+
+def _crops(n: int) -> str:
+    return "centre crop" if n == 1 else f"{n} crops"
+
+
+def _acc(error: float | None) -> float | None:
+    return None if error is None else 100.0 - error
+
+
+def _fmt2(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _diff2(x: float | None) -> str:
+    return "—" if x is None else f"{x:+.2f}"
+
+
 @app.command("predict")
 def predict_command(
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files (any format PIL reads)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint .pt from alexrepro train."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="A checkpoint .pt from alexrepro train or alexrepro import."
+    ),
     crops: int = typer.Option(10, "--crops", help="10: §4.1's ten patches averaged; 1: the centre patch."),
     data: Path | None = typer.Option(None, "--data", help="The prepared set, for its mean image if the checkpoint lacks one."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),

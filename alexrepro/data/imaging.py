@@ -5,6 +5,10 @@ rescaled the image such that the shorter side was of length 256, and then croppe
 256×256 patch". The paper names no resampling filter; we use an antialiased bilinear filter (as
 torchvision's Resize on PIL images), resample only the part of the image the central crop keeps, and let
 libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (draft mode, never below 256 on the shorter side).
+
+The "warp" resize is Caffe's ImageNet preparation instead (`convert_imageset --resize_height 256
+--resize_width 256`): the whole image to 256×256, the aspect ratio not kept. Caffe resamples with
+OpenCV's bilinear filter, without antialiasing; we use the same antialiased filter as for §2's resize.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from alexrepro.data.shards import IMAGE_SIZE
 JPEG_QUALITY = 95  # default quality of the stored JPEGs (libjpeg's 4:2:0 chroma subsampling)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when reducing (PIL's filters scale their support)
 REDUCING_GAP = 3.0  # PIL: reduce by an integer factor first when the scale is ≥ 3×; "indistinguishable"
+RESIZE_MODES = ("shorter-side", "warp")  # §2's rescale and central crop | Caffe's warp to size×size
 
 
 class BadImage(Exception):
@@ -90,18 +95,35 @@ def resize_center_crop(im: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     return im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
 
 
+def warp_resize(im: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """Caffe's preparation: the whole image to size×size (antialiased), its aspect ratio not kept."""
+    if im.size == (size, size):
+        return im
+    return im.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+
+
 def prepare_image(
-    data: bytes, encoding: str = "jpeg", quality: int = JPEG_QUALITY, size: int = IMAGE_SIZE
+    data: bytes,
+    encoding: str = "jpeg",
+    quality: int = JPEG_QUALITY,
+    size: int = IMAGE_SIZE,
+    resize: str = "shorter-side",
 ) -> bytes | np.ndarray:
-    """Source bytes to the stored image: JPEG bytes (encoding "jpeg") or a size×size×3 uint8 array ("raw")."""
+    """Source bytes to the stored image: JPEG bytes (encoding "jpeg") or a size×size×3 uint8 array ("raw").
+
+    resize "shorter-side" is §2's rescale and central crop; "warp" is Caffe's whole-image warp.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize {resize!r}; use one of {', '.join(RESIZE_MODES)}")
+    resample = resize_center_crop if resize == "shorter-side" else warp_resize
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings would break the progress display
         im = open_image(data, size)
         try:
             if im.mode in ("RGB", "L"):  # resample first: fewer channels (L), and RGB is a no-op
-                im = to_rgb(resize_center_crop(im, size))
+                im = to_rgb(resample(im, size))
             else:  # palette must not be resampled as indices; CMYK/alpha convert first
-                im = resize_center_crop(to_rgb(im), size)
+                im = resample(to_rgb(im), size)
         except (OSError, ValueError) as e:
             raise BadImage(f"truncated or corrupt image ({_one_line(e)})") from None
     if encoding == "raw":

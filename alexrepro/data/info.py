@@ -56,6 +56,7 @@ def describe(out: Path) -> dict[str, Any]:
         "encoding": manifest.encoding,
         "quality": manifest.quality,
         "image_size": manifest.image_size,
+        "resize": manifest.resize,
         "splits": splits,
         "bytes": sum(s["bytes"] for s in splits.values()),
         "classes": {"count": len(classes), "first": classes[:FIRST]},

@@ -131,6 +131,9 @@ class Manifest:
     source: str | None = None  # SRC, resolved
     quality: int | None = None  # JPEG quality; None for raw
     image_size: int = IMAGE_SIZE
+    # prep --resize: "shorter-side" (§2: shorter side to 256, central crop) or "warp" (Caffe's
+    # convert_imageset: the whole image to 256×256); manifests written before the option read as §2's.
+    resize: str = "shorter-side"
     shard_size: int | None = None  # images per shard (--shard-size)
     skipped: int = 0  # source files not written, all splits together
     notes: list[str] = field(default_factory=list)  # what prep noticed about the source
@@ -146,6 +149,7 @@ class Manifest:
             "encoding": self.encoding,
             "quality": self.quality,
             "image_size": self.image_size,
+            "resize": self.resize,
             "shard_size": self.shard_size,
             "classes": self.class_list(),
             "splits": {name: split.to_payload() for name, split in self.splits.items()},
@@ -182,6 +186,7 @@ class Manifest:
             source=None if payload.get("source") is None else str(payload["source"]),
             quality=None if quality is None else int(quality),
             image_size=int(payload.get("image_size", IMAGE_SIZE)),
+            resize=str(payload.get("resize", "shorter-side")),
             shard_size=None if shard_size is None else int(shard_size),
             skipped=int(payload.get("skipped", listed)),
             notes=[str(n) for n in payload.get("notes", [])],

@@ -22,7 +22,7 @@ import h5py
 
 from alexrepro.atomic import atomic_write_text, writable_folder
 from alexrepro.data import sources
-from alexrepro.data.imaging import JPEG_QUALITY, BadImage, prepare_image
+from alexrepro.data.imaging import JPEG_QUALITY, RESIZE_MODES, BadImage, prepare_image
 from alexrepro.data.manifest import (
     SKIPPED,
     Manifest,
@@ -47,6 +47,7 @@ class PrepOptions:
 
     encoding: str = "jpeg"
     quality: int = JPEG_QUALITY
+    resize: str = "shorter-side"  # §2's rescale and central crop | "warp": Caffe's (imaging.RESIZE_MODES)
     shard_size: int = SHARD_SIZE
     workers: int = 0  # 0: all cores
     splits: list[str] | None = None  # None: every split found
@@ -64,6 +65,7 @@ class ShardTask:
     items: list[sources.Item]
     encoding: str
     quality: int
+    resize: str = "shorter-side"
 
 
 @dataclass
@@ -113,7 +115,7 @@ def build_shard(task: ShardTask, report: Any = None) -> ShardResult:
     for n, item in enumerate(task.items, 1):
         try:
             data = sources.read_item(item)
-            images.append(prepare_image(data, task.encoding, task.quality))
+            images.append(prepare_image(data, task.encoding, task.quality, resize=task.resize))
             labels.append(item.label)
             keys.append(item.key)
         except BadImage as e:
@@ -201,6 +203,8 @@ def check_options(options: PrepOptions) -> None:
         raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {options.encoding!r}")
     if not 1 <= options.quality <= 100:
         raise UserError(f"--quality must be between 1 and 100, got {options.quality}")
+    if options.resize not in RESIZE_MODES:
+        raise UserError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {options.resize!r}")
     if options.shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {options.shard_size}")
     if options.workers < 0:
@@ -215,7 +219,7 @@ def plan_tasks(out: Path, source: sources.Source, options: PrepOptions) -> dict[
         for stale in (out / name).glob(".*.tmp-*"):
             stale.unlink()
         tasks[name] = [
-            ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality)
+            ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality, options.resize)
             for i, chunk in enumerate(plan_shards(split.items, options.shard_size))
         ]
     return tasks
@@ -332,6 +336,7 @@ def _finish(
         encoding=options.encoding,
         quality=record.identity["quality"],
         image_size=IMAGE_SIZE,
+        resize=options.resize,
         shard_size=options.shard_size,
         classes=list(source.classes),
         splits={k: splits[k] for k in sources.SPLITS if k in splits},

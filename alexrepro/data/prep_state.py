@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from alexrepro.data.prep import PrepOptions
 
 PREP_STATE = ".prep.json"  # what an unfinished prep in OUT is preparing (removed once the manifest lands)
+UNRECORDED = {"resize": "shorter-side"}  # identity keys older preps did not record: what they did
 
 
 def split_digest(split: sources.SplitSource) -> str:
@@ -42,6 +43,7 @@ def identity(src: Path, options: PrepOptions, source: sources.Source) -> dict[st
         "encoding": options.encoding,
         "quality": options.quality if options.encoding == "jpeg" else None,
         "image_size": IMAGE_SIZE,
+        "resize": options.resize,
         "shard_size": options.shard_size,
         "classes": classes,
     }
@@ -83,7 +85,7 @@ def check_out(out: Path, ident: dict[str, Any], digests: dict[str, str]) -> Mani
     records = [("prepared set", manifest.prep or unrecorded)] if manifest is not None else []
     records += [("unfinished prep", state)] if state is not None else []
     for what, before in records:
-        changed = [k for k, v in ident.items() if before.identity.get(k) != v]
+        changed = [k for k, v in ident.items() if before.identity.get(k, UNRECORDED.get(k)) != v]
         if changed:
             raise UserError(
                 f"{out} holds a {what} with a different {', '.join(changed)}; "

@@ -22,11 +22,11 @@ from torch import nn
 from alexrepro.atomic import writable_file
 from alexrepro.distributed import all_reduce_sum, gather_objects, max_over_ranks, rank_and_world
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.evaluation.classes import class_ids
+from alexrepro.evaluation.classes import class_ids, same_classes
 from alexrepro.evaluation.metrics import TOP_KS, ErrorCounts, topk_classes
 from alexrepro.evaluation.report import PREDICTIONS_K, make_report, write_per_class, write_predictions
 from alexrepro.evaluation.test_time import predict_ensemble
-from alexrepro.loaders.presets import TEN_CROPS, variant_for
+from alexrepro.loaders.presets import TEN_CROPS, saved_mean, variant_for
 from alexrepro.runtime import resolve_device
 
 
@@ -39,18 +39,21 @@ class Member:
     model: nn.Module
     recipe: Any  # alexrepro.recipe.Recipe
     classes: list[dict[str, Any]]
+    stats: dict[str, Any] | None = None  # the colour statistics the checkpoint carries (its mean image)
+    origin: Any = None  # alexrepro.training.checkpoint.Origin of imported weights; None for a trained net
 
 
 def load_members(paths: list[Path], device: torch.device) -> list[Member]:
     """Load every checkpoint; UserError if the members disagree on classes or input size."""
-    from alexrepro.training.checkpoint import model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
 
     if not paths:
         raise UserError("give at least one --checkpoint")
     members = []
     for p in paths:
-        model, recipe, classes = model_from_checkpoint(Path(p))
-        members.append(Member(Path(p), model.to(device).eval(), recipe, classes))
+        ckpt = read_checkpoint(Path(p))
+        model, recipe, classes = model_from_checkpoint(ckpt)
+        members.append(Member(Path(p), model.to(device).eval(), recipe, classes, ckpt.stats, ckpt.origin))
     first = members[0]
     for m in members[1:]:
         if class_ids(m.classes) != class_ids(first.classes):
@@ -68,14 +71,15 @@ def load_members(paths: list[Path], device: torch.device) -> list[Member]:
 
 
 def check_classes(member: Member, set_classes: list[dict[str, Any]], out: Path) -> None:
-    """UserError unless a checkpoint was trained on the prepared set's classes."""
+    """UserError unless a checkpoint was trained on the prepared set's classes (imported weights without
+    WNIDs: the same number of classes, indexed as ILSVRC's sorted WNIDs)."""
     n_model = member.recipe.model.num_classes
     if n_model != len(set_classes) or len(member.classes) != len(set_classes):
         raise UserError(
             f"{member.path} was trained for {n_model} classes but {out} has {len(set_classes)}; "
             "evaluate it on the set it was trained on"
         )
-    if class_ids(member.classes) != class_ids(set_classes):
+    if not same_classes(member.classes, set_classes):
         raise UserError(
             f"{member.path} was trained on different classes than {out} (the WNIDs differ); "
             "evaluate it on the set it was trained on"
@@ -192,9 +196,11 @@ def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     n = len(dataset)
     if n == 0:
         raise UserError(f"{opts.out} split {opts.split!r} holds no images; prepare it again")
+    data = members[0].recipe.data
     loader = make_loader(
-        opts.out, opts.split, members[0].recipe.data, opts.batch_size, train=False, device=device,
+        opts.out, opts.split, data, opts.batch_size, train=False, device=device,
         rank=rank, world_size=world, crops=variant, kind=opts.loader,
+        stats=saved_mean(members[0].stats, Path(opts.out), data),  # the net's own mean, else OUT's stats.h5
     )
     models = [m.model for m in members]
     progress = make_progress(transient=True)

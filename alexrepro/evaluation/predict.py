@@ -3,8 +3,9 @@
 Each file goes through prep's §2 path (decode → RGB → shorter side 256 → central 256×256), then
 the loaders' test-time preset (`alexrepro.loaders.presets.EvalPreset`: resize to the recipe's
 image_size, the centre patch or §4.1's ten patches, minus the mean image cut at the same view). The
-mean image comes from the checkpoint's `stats` when it carries them (alexrepro train stores them),
-else from `--data OUT`'s stats.h5.
+mean image comes from the checkpoint's `stats` when it carries them (alexrepro train stores them, and
+alexrepro import when it was given a mean), else from `--data OUT`'s stats.h5; a recipe whose mean is
+"channel-std" (torchvision's weights) needs none.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def mean_from_checkpoint(ckpt: Checkpoint | dict[str, Any], data: Path | None) -
     if data is not None and not Path(data).is_dir():  # checked even where the checkpoint's mean wins
         what = "does not exist" if not Path(data).exists() else "is a file"
         raise UserError(f"--data {data} {what}; give the prepared set's folder (the OUT of alexrepro prep SRC OUT)")
-    return saved_mean(as_checkpoint(ckpt).stats, data)
+    saved = as_checkpoint(ckpt)
+    return saved_mean(saved.stats, data, saved.recipe.data)  # a "channel-std" recipe needs no mean image
 
 
 def load_image(path: Path) -> np.ndarray:

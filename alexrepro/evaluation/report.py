@@ -77,9 +77,20 @@ def make_report(
             "top5_diff_pct": difference(ours5, paper_top5) if ours5 is not None else None,
             "rows": [r.as_dict() for r in table_rows(table)],
         },
+        # imported weights (alexrepro import): their published row beside ours (evaluation/published.py)
+        "published": published_for(members, opts.crops, ours1, ours5, dataset.manifest.resize),
         "per_class": str(opts.per_class) if opts.per_class else None,
         "predictions": str(opts.predictions) if opts.predictions else None,
     }
+
+
+def published_for(
+    members: list[Member], crops: int, top1: float | None, top5: float | None, resize: str
+) -> dict[str, Any] | None:
+    """The published row of a single imported checkpoint; None for trained nets and ensembles."""
+    from alexrepro.evaluation.published import published_row
+
+    return published_row(members[0].origin, crops, top1, top5, resize) if len(members) == 1 else None
 
 
 def write_per_class(path: Path, counts: ErrorCounts, classes: list[dict[str, Any]]) -> None:

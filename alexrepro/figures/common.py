@@ -24,6 +24,7 @@ from torch import nn  # noqa: E402
 
 from alexrepro.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.errors import UserError  # noqa: E402
+from alexrepro.loaders.augment import Colour  # noqa: E402
 from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
 from alexrepro.training.checkpoint import Checkpoint  # noqa: E402
 
@@ -95,9 +96,9 @@ def class_names(classes: list[dict[str, Any]], num_classes: int) -> list[str]:
 
 def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: Path) -> None:
     """UserError unless the net was trained on the prepared set's classes (labels would mean other things)."""
-    from alexrepro.evaluation.classes import class_ids
+    from alexrepro.evaluation.classes import same_classes
 
-    if loaded.recipe.model.num_classes != len(set_classes) or class_ids(loaded.classes) != class_ids(set_classes):
+    if loaded.recipe.model.num_classes != len(set_classes) or not same_classes(loaded.classes, set_classes):
         raise UserError(
             f"{loaded.path} was trained on other classes than {out} ({loaded.recipe.model.num_classes} vs "
             f"{len(set_classes)}, or other WNIDs); give the prepared set the run was trained on"
@@ -105,13 +106,12 @@ def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: P
 
 
 # --------------------------------------------------------------------------------------------- inputs
-def mean_image(loaded: Loaded, out: Path) -> np.ndarray:
-    """§2's mean image to subtract, at the recipe's image size: from the checkpoint, else OUT/stats.h5."""
-    from alexrepro.loaders.augment import mean_image_for
-    from alexrepro.loaders.presets import saved_mean
+def input_colour(loaded: Loaded, out: Path, device: torch.device) -> Colour:
+    """The recipe's colour set-up (the preset's): §2's mean image from the checkpoint, else OUT/stats.h5
+    (or torchvision's channel mean and std for a "channel-std" recipe), on `device`."""
+    from alexrepro.loaders.presets import make_colour, saved_mean
 
-    saved = saved_mean(loaded.ckpt.stats, out)
-    return mean_image_for(saved.mean, saved.channel_mean, loaded.recipe.data)
+    return make_colour(saved_mean(loaded.ckpt.stats, out, loaded.recipe.data), loaded.recipe.data, device)
 
 
 def center_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray:
@@ -122,23 +122,23 @@ def center_patches(images: Sequence[np.ndarray], data: DataConfig) -> np.ndarray
 
 
 def center_batch(
-    images: Sequence[np.ndarray], data: DataConfig, mean: np.ndarray, device: torch.device
+    images: Sequence[np.ndarray], data: DataConfig, colour: Colour, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
     """(net input N×3×c×c, uint8 centre patches N×c×c×3) of stored 256² images, as `eval --crops 1` sees them."""
-    from alexrepro.loaders.presets import EvalPreset, mean_colour
+    from alexrepro.loaders.presets import EvalPreset
 
     preset = EvalPreset.for_data(data)
     patches = preset.cut_all(images)
-    return preset.finish(torch.from_numpy(patches), mean_colour(mean, device), device), patches
+    return preset.finish(torch.from_numpy(patches), colour, device), patches
 
 
 def iter_center_batches(
-    dataset: Any, indices: Sequence[int], data: DataConfig, mean: np.ndarray, device: torch.device, batch_size: int
+    dataset: Any, indices: Sequence[int], data: DataConfig, colour: Colour, device: torch.device, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
     """(inputs, uint8 patches, labels) for the dataset's `indices`, in order, `batch_size` at a time."""
     for lo in range(0, len(indices), batch_size):
         chunk = [dataset[int(i)] for i in indices[lo : lo + batch_size]]
-        x, patches = center_batch([im for im, _ in chunk], data, mean, device)
+        x, patches = center_batch([im for im, _ in chunk], data, colour, device)
         yield x, patches, np.array([y for _, y in chunk], dtype=np.int64)
 
 

@@ -91,9 +91,9 @@ def conv1_weights(ckpt: Checkpoint) -> np.ndarray:
 
 
 def towers_of(ckpt: Checkpoint) -> int:
-    """2 for the two-GPU net, 1 for the one-GPU ablation (from the checkpoint's recipe)."""
-    layout = ckpt.recipe.model.layout
-    return 2 if layout == "two-tower" else 1
+    """2 for the two-GPU net, 1 for the one-GPU ablation and other nets (torchvision's has one tower)."""
+    model = ckpt.recipe.model
+    return 2 if model.arch == "alexnet" and model.layout == "two-tower" else 1
 
 
 def draw_filters(target: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,

@@ -29,14 +29,15 @@ from alexrepro.figures.common import (
     check_same_classes,
     class_names,
     figure_path,
+    input_colour,
     iter_center_batches,
     load_net,
-    mean_image,
     new_figure,
     pick_indices,
     resolve_run,
     save_figure,
 )
+from alexrepro.loaders.augment import Colour
 from alexrepro.progress import console, make_progress
 
 INDEX_VERSION = 1
@@ -118,18 +119,18 @@ def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) ->
     return json.dumps(key, sort_keys=True)
 
 
-def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], mean: np.ndarray, device: torch.device,
+def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], colour: Colour, device: torch.device,
                 batch_size: int, on_batch: Any = None):  # noqa: ANN201 - a generator of (feats, labels)
     """(fc7 vectors as float32 numpy, labels) for the dataset's `indices`, batch by batch."""
     with torch.inference_mode():
-        for x, _, labels in iter_center_batches(dataset, indices, loaded.recipe.data, mean, device, batch_size):
+        for x, _, labels in iter_center_batches(dataset, indices, loaded.recipe.data, colour, device, batch_size):
             feats = loaded.model.forward_features(x).float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(labels))
             yield feats, labels
 
 
-def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.ndarray, mean: np.ndarray,
+def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.ndarray, colour: Colour,
                 device: torch.device, batch_size: int, show_progress: bool = True) -> None:
     """Extract the fc7 vectors of `indices` and write the index file atomically, rows filled as batches finish."""
     progress = make_progress(transient=True)
@@ -139,7 +140,7 @@ def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.
         feats_ds = None
         labels_out = np.zeros(len(indices), dtype=np.int64)
         row = 0
-        for feats, labels in fc7_batches(loaded, dataset, indices, mean, device, batch_size,
+        for feats, labels in fc7_batches(loaded, dataset, indices, colour, device, batch_size,
                                          on_batch=lambda n: progress.advance(task, n)):
             if feats_ds is None:
                 feats_ds = f.create_dataset("features", shape=(len(indices), feats.shape[1]), dtype=INDEX_DTYPE,
@@ -153,7 +154,7 @@ def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.
         f.attrs["split"] = dataset.split
 
 
-def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size: int, mean: np.ndarray,
+def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size: int, colour: Colour,
                  device: torch.device, batch_size: int) -> tuple[Path, bool]:
     """(the index file, whether it was reused): reuse RUN/fc7-index-<split>.h5 when its key matches, else build it."""
     from alexrepro.data.prepared import open_split
@@ -176,7 +177,7 @@ def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size:
             pass  # an unreadable cache is rebuilt below
         console.print(f"rebuilding {path.name}: the checkpoint, the set or the options changed")
     writable_file(path, "the fc7 index cache", "it is kept in the run folder: make that writable, or copy the run")
-    build_index(path, key, loaded, dataset, indices, mean, device, batch_size)
+    build_index(path, key, loaded, dataset, indices, colour, device, batch_size)
     return path, False
 
 
@@ -186,8 +187,8 @@ def draw_neighbors(
     out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
 ) -> dict[str, Any]:
     """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}."""
-    from alexrepro.runtime import resolve_device
     from alexrepro.data.prepared import open_split
+    from alexrepro.runtime import resolve_device
 
     if not 1 <= queries <= 32:
         raise UserError(f"--queries must be between 1 and 32, got {queries}")
@@ -204,11 +205,11 @@ def draw_neighbors(
     loaded = load_net(ckpt_path, dev)
     check_same_classes(loaded, train_set.classes, out_set)
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
-    mean = mean_image(loaded, out_set)
-    path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, mean, dev, batch_size)
+    colour = input_colour(loaded, out_set, dev)
+    path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, colour, dev, batch_size)
 
     q_idx = pick_indices(len(query_set), queries, seed)
-    q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, mean, dev, batch_size), strict=True)
+    q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, colour, dev, batch_size), strict=True)
     q = np.concatenate(q_feats).astype(INDEX_DTYPE)  # the index's rounding (see above)
     with h5py.File(path_idx, "r") as f:
         feats = f["features"]

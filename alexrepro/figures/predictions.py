@@ -20,9 +20,9 @@ from alexrepro.figures.common import (
     check_same_classes,
     class_names,
     figure_path,
+    input_colour,
     iter_center_batches,
     load_net,
-    mean_image,
     new_figure,
     pick_indices,
     resolve_run,
@@ -54,8 +54,8 @@ def draw_predictions(
     seed: int = 0, out: str | os.PathLike[str] | None = None, device: str = "auto",
 ) -> dict[str, Any]:
     """Write the top-5 figure for n images of a split; returns {"path", "images": [{"index", "label", "top5"}]}."""
-    from alexrepro.runtime import resolve_device
     from alexrepro.data.prepared import open_split
+    from alexrepro.runtime import resolve_device
 
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
@@ -67,8 +67,8 @@ def draw_predictions(
     check_same_classes(loaded, dataset.classes, Path(out_set))
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
     indices = pick_indices(len(dataset), n, seed)
-    mean = mean_image(loaded, Path(out_set))
-    x, patches, labels = next(iter_center_batches(dataset, indices, loaded.recipe.data, mean, dev, len(indices)))
+    colour = input_colour(loaded, Path(out_set), dev)
+    x, patches, labels = next(iter_center_batches(dataset, indices, loaded.recipe.data, colour, dev, len(indices)))
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x).float(), dim=1)
     top, top_p = top_classes(probs)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from alexrepro.loaders.base import Loader, LoaderSpec
+    from alexrepro.loaders.presets import MeanImage
     from alexrepro.recipe import DataConfig
 
 _SAID: set[tuple[str, str]] = set()
@@ -106,13 +107,15 @@ def make_loader(
     crops: str = "center",
     kind: str = "auto",
     channels_last: bool = False,
+    stats: MeanImage | None = None,
 ) -> Loader:
     """A loader of (float32 N×3×c×c images on `device`, int64 labels) for this rank; batch_size is GLOBAL.
 
     train: shuffled epochs with §4.1's random crops, mirrors and PCA lighting; else the centre crop,
     or with crops="ten" the ten views (N×10×3×c×c). kind="auto" defers to data_cfg.loader, and if
     that is "auto" too takes DALI on a CUDA device with nvidia-dali installed, else PyTorch,
-    printing one line on stderr saying which and why.
+    printing one line on stderr saying which and why. stats: the colour statistics to use instead of
+    OUT's stats.h5 (evaluation passes the checkpoint's mean).
     """
     import torch
 
@@ -122,7 +125,7 @@ def make_loader(
     dev = torch.device(device)
     spec = LoaderSpec(out=Path(out), split=split, data=data_cfg, batch_size=batch_size, train=train,
                       device=dev, seed=seed, rank=rank, world_size=world_size, crops=crops,
-                      channels_last=channels_last)
+                      channels_last=channels_last, stats=stats)
     backend, why = choose_kind(kind, data_cfg.loader, dev)
     if why != "as asked" and rank == 0 and (backend, why) not in _SAID:
         _SAID.add((backend, why))  # once per process, not once per split or per rank

@@ -14,6 +14,7 @@ image is cut and mirrored at the same view, so the subtraction stays per-pixel (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -150,13 +151,28 @@ def resize_mean(mean: np.ndarray, size: int) -> np.ndarray:
 
 
 def mean_image_for(mean: np.ndarray, channel_mean: np.ndarray, data: DataConfig) -> np.ndarray:
-    """The S×S×3 image to subtract (§2): the per-pixel mean image, or the channel mean everywhere."""
+    """The S×S×3 image to subtract (§2): the per-pixel mean image, or a channel mean everywhere (the set's,
+    or torchvision's 255·mean_rgb for "channel-std")."""
     size = data.image_size
+    if data.mean == "channel-std":  # torchvision's constant channel mean; the set's statistics are not used
+        m, _ = channel_std_mean_and_scale(data.mean_rgb, data.std_rgb)
+        return np.broadcast_to(m, (size, size, 3)).copy()
     if data.mean == "channel":
         return np.broadcast_to(np.asarray(channel_mean, np.float32), (size, size, 3)).copy()
     if mean.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(f"mean image must be {IMAGE_SIZE}×{IMAGE_SIZE}×3, got {mean.shape}")
     return resize_mean(mean, size)
+
+
+# torchvision's normalisation (data.mean = "channel-std"): RGB on 0–1, minus a channel mean, over a channel
+# std. On our 0–255 pixels that is the subtraction of 255·mean_rgb, then a per-channel scale 1 / (255·std_rgb).
+def channel_std_mean_and_scale(
+    mean_rgb: Sequence[float], std_rgb: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(m, s) on the 0–255 scale with (x − m)·s = (x / 255 − mean_rgb) / std_rgb: m = 255·mean, s = 1 / (255·std)."""
+    mean = np.asarray(mean_rgb, np.float64) * 255.0
+    scale = 1.0 / (np.asarray(std_rgb, np.float64) * 255.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
@@ -185,11 +201,13 @@ def lighting_shift(alpha: np.ndarray, eigvec: np.ndarray, magnitudes: np.ndarray
 
 @dataclass(frozen=True)
 class Colour:
-    """What `finish_batch` subtracts and adds: the S×S×3 mean on the device, and the lighting basis."""
+    """What `finish_batch` subtracts, adds and scales by: the S×S×3 mean on the device, the lighting basis,
+    and the per-channel scale of "channel-std" (None: pixels stay on the 0–255 scale, as §2)."""
 
     mean: torch.Tensor  # float32 S×S×3 on the target device
     eigvec: np.ndarray | None  # 3×3, columns p_i; None when lighting is off
     magnitudes: np.ndarray | None  # (3,) m from lighting_magnitudes
+    scale: torch.Tensor | None = None  # float32 (3,) on the target device: 1 / (255·std_rgb)
 
 
 def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
@@ -233,7 +251,8 @@ def finish_batch(
 ) -> torch.Tensor:
     """The one float step of both backends: uint8 N×c×c×3 (or N×V×c×c×3) crops → float32 NCHW.
 
-    out = crop - mean crop + lighting shift, on the 0–255 scale, centred (§2), on `device`.
+    out = crop - mean crop + lighting shift, on the 0–255 scale, centred (§2), on `device`; with a colour
+    scale ("channel-std") that sum is then multiplied per channel, giving torchvision's (x/255 − m)/s.
     Several views per image (ten crops: V = 10) give N×V×3×c×c (params then hold N·V views, image-major).
     """
     import torch
@@ -249,6 +268,8 @@ def finish_batch(
         shift = lighting_shift(params.alpha, colour.eigvec, colour.magnitudes)
         (shift_t,) = to_device(device, shift.astype(np.float32))
         x = x + shift_t[:, None, None, :]
+    if colour.scale is not None:
+        x = x * colour.scale  # channels last here: one factor per RGB channel
     x = x.permute(0, 3, 1, 2)  # NHWC memory permuted to NCHW is already channels_last
     x = x if channels_last else x.contiguous()
     if views:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from alexrepro.data.prepared import SplitDataset, read_stats
 from alexrepro.errors import UserError
 from alexrepro.loaders.augment import Colour
 from alexrepro.loaders.order import BatchPlan
-from alexrepro.loaders.presets import EvalPreset, make_colour
+from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour
 from alexrepro.recipe import DataConfig
 
 
@@ -33,6 +33,8 @@ class LoaderSpec:
     world_size: int = 1
     crops: str = "center"
     channels_last: bool = False
+    # Colour statistics to use instead of OUT's stats.h5 (eval: the mean the checkpoint carries).
+    stats: MeanImage | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         EvalPreset.for_data(self.data, self.crops)  # a UserError naming the variants if crops is none of them
@@ -49,8 +51,11 @@ class LoaderSpec:
 
 
 def load_colour(spec: LoaderSpec) -> Colour:
-    """The mean image to subtract (resized to image_size) and, for training with lighting, its basis."""
+    """The mean image to subtract (resized to image_size) and, for training with lighting, its basis: from
+    the spec's stats when given, else OUT's stats.h5."""
     lighting = spec.train and spec.data.lighting
+    if spec.stats is not None and not lighting:
+        return make_colour(spec.stats, spec.data, spec.device)
     return make_colour(read_stats(spec.out, need_pca=lighting), spec.data, spec.device, lighting)
 
 

@@ -2,7 +2,8 @@
 
 A stored image (uint8 256×256×3, as prep writes it) is resized to the recipe's image_size, cut at
 each view of the variant (the centre patch, or §4.1's ten patches in torchvision's TenCrop order),
-and after `finish_batch` has the mean image, cut at the same view, subtracted (§2). Both loader
+and after `finish_batch` has the mean image, cut at the same view, subtracted (§2; or torchvision's
+channel mean and std for a recipe with mean = "channel-std", its imported weights' input). Both loader
 backends, `alexrepro predict` and the figures take their views from `EvalPreset` and their colour
 set-up (the mean image, and for training the lighting basis) from `make_colour`, so each sees the
 same tensor for the same image. A preset holds no tensor: the PyTorch backend's worker processes
@@ -28,6 +29,7 @@ from alexrepro.loaders.augment import (
     CropParams,
     View,
     center_views,
+    channel_std_mean_and_scale,
     crop_flip,
     finish_batch,
     lighting_magnitudes,
@@ -132,10 +134,15 @@ class MeanImage:
     source: str  # "checkpoint", or the stats.h5 they were read from
 
 
-def saved_mean(saved: Mapping[str, Any] | None, out: Path | None) -> MeanImage:
-    """The mean a checkpoint saved with its net (train stores it), else OUT's stats.h5; UserError if neither."""
+def saved_mean(saved: Mapping[str, Any] | None, out: Path | None, data: DataConfig | None = None) -> MeanImage:
+    """The mean a checkpoint saved with its net (train and import store it), else OUT's stats.h5; UserError
+    if neither. A recipe whose mean is "channel-std" needs neither: its constants are in the recipe."""
     import torch
 
+    if data is not None and data.mean == "channel-std":
+        m, _ = channel_std_mean_and_scale(data.mean_rgb, data.std_rgb)
+        image = np.broadcast_to(m, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
+        return MeanImage(image, m.astype(np.float64), "recipe (channel-std)")
     mean = saved.get("mean") if isinstance(saved, Mapping) else None
     if mean is not None:
         mean = torch.as_tensor(mean).float().numpy()
@@ -156,19 +163,22 @@ def saved_mean(saved: Mapping[str, Any] | None, out: Path | None) -> MeanImage:
     return MeanImage(np.asarray(s.mean, np.float32), np.asarray(s.channel_mean, np.float64), source)
 
 
-def mean_colour(mean: np.ndarray, device: torch.device) -> Colour:
+def mean_colour(mean: np.ndarray, device: torch.device, scale: np.ndarray | None = None) -> Colour:
     """The Colour of a mean image already at the recipe's image size, without lighting (test time)."""
     import torch
 
-    return Colour(torch.as_tensor(mean, dtype=torch.float32).to(device), None, None)
+    scale_t = None if scale is None else torch.as_tensor(scale, dtype=torch.float32).to(device)
+    return Colour(torch.as_tensor(mean, dtype=torch.float32).to(device), None, None, scale_t)
 
 
 def make_colour(
     stats: Stats | MeanImage, data: DataConfig, device: torch.device, lighting: bool = False
 ) -> Colour:
-    """The recipe's colour set-up on `device`: §2's mean image (or channel mean); if `lighting`, §4.1's basis."""
-    colour = mean_colour(mean_image_for(stats.mean, stats.channel_mean, data), device)
+    """The recipe's colour set-up on `device`: §2's mean image (or a channel mean, and for "channel-std"
+    torchvision's per-channel scale); if `lighting`, §4.1's basis."""
+    scale = channel_std_mean_and_scale(data.mean_rgb, data.std_rgb)[1] if data.mean == "channel-std" else None
+    colour = mean_colour(mean_image_for(stats.mean, stats.channel_mean, data), device, scale)
     if not lighting:
         return colour
     magnitudes = lighting_magnitudes(stats, data.lighting_scale)
-    return Colour(colour.mean, np.asarray(stats.eigvec, np.float64), magnitudes)
+    return Colour(colour.mean, np.asarray(stats.eigvec, np.float64), magnitudes, colour.scale)

@@ -25,10 +25,18 @@ def _alexnet(model_cfg: ModelConfig, crop_size: int) -> nn.Module:
     return build_model(model_cfg, crop_size)
 
 
+def _torchvision_alexnet(model_cfg: ModelConfig, crop_size: int) -> nn.Module:
+    from alexrepro.nets.torchvision_alexnet import build_torchvision_alexnet
+
+    return build_torchvision_alexnet(model_cfg, crop_size)
+
+
 # THE list of nets: recipe validation (model.arch) derives its choices from it. Each builder takes the
 # recipe's [model] section and the crop size and returns the net initialised as the section says.
 NETS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "alexnet": _alexnet,  # §3's net, in either layout (two-tower or one-tower) and any width
+    # torchvision's "one weird trick" variant (no LRN, no groups), for its published weights
+    "torchvision-alexnet": _torchvision_alexnet,
 }
 
 

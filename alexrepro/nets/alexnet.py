@@ -25,7 +25,8 @@ from alexrepro.recipe import ModelConfig
 TWO_TOWER_KERNELS = (96, 256, 384, 384, 256)
 ONE_TOWER_KERNELS = (48, 128, 192, 192, 256)
 # (kernel, stride, padding) per conv layer. §3.5: 11×11 stride 4, 5×5, 3×3; padding 2 on conv1 so that
-# 224 inputs give §3.5's 55×55 maps (docs/FAITHFULNESS.md), "same" padding on conv2-conv5.
+# 224 inputs give §3.5's 55×55 maps (docs/FAITHFULNESS.md; the recipe's model.conv1_padding may change it; see
+# conv_geometry), "same" padding on conv2-conv5.
 CONV_GEOMETRY = {
     "conv1": (11, 4, 2),
     "conv2": (5, 1, 2),
@@ -50,13 +51,20 @@ def conv_channels(cfg: ModelConfig) -> tuple[int, ...]:
     return tuple(max(2, 2 * round(c * cfg.width / 2)) for c in base)
 
 
+def conv_geometry(cfg: ModelConfig) -> dict[str, tuple[int, int, int]]:
+    """(kernel, stride, padding) of conv1..conv5 for a recipe: CONV_GEOMETRY with conv1's padding from cfg."""
+    k, stride, _ = CONV_GEOMETRY["conv1"]
+    return {**CONV_GEOMETRY, "conv1": (k, stride, cfg.conv1_padding)}
+
+
 def feature_sizes(cfg: ModelConfig, crop_size: int) -> dict[str, int]:
     """Spatial side of each stage's output for square `crop_size` inputs (224 → 55, 27, 27, 13, 13, 13, 13, 6)."""
     sizes: dict[str, int] = {}
+    geometry = conv_geometry(cfg)
     s = crop_size
     for stage in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"):
         if stage.startswith("conv"):
-            k, stride, pad = CONV_GEOMETRY[stage]
+            k, stride, pad = geometry[stage]
             s = (s + 2 * pad - k) // stride + 1
         elif s >= cfg.pool_size:
             s = (s - cfg.pool_size) // cfg.pool_stride + 1  # §3.4: max-pool z×z, stride s, no padding
@@ -81,15 +89,16 @@ class AlexNet(nn.Module):
         c1, c2, c3, c4, c5 = conv_channels(cfg)
         towers = 2 if cfg.layout == "two-tower" else 1
         flat = c5 * feature_sizes(cfg, crop_size)["pool5"] ** 2
-        self.conv1 = _conv("conv1", 3, c1)
+        geometry = conv_geometry(cfg)
+        self.conv1 = _conv(geometry["conv1"], 3, c1)
         self.norm1 = _norm(cfg, towers)  # §3.3: LRN after the ReLU of conv1 and conv2, per tower
         self.pool1 = nn.MaxPool2d(cfg.pool_size, cfg.pool_stride)
-        self.conv2 = _conv("conv2", c1, c2, towers)
+        self.conv2 = _conv(geometry["conv2"], c1, c2, towers)
         self.norm2 = _norm(cfg, towers)
         self.pool2 = nn.MaxPool2d(cfg.pool_size, cfg.pool_stride)
-        self.conv3 = _conv("conv3", c2, c3)  # §3.5: conv3 sees all kernel maps of conv2
-        self.conv4 = _conv("conv4", c3, c4, towers)
-        self.conv5 = _conv("conv5", c4, c5, towers)
+        self.conv3 = _conv(geometry["conv3"], c2, c3)  # §3.5: conv3 sees all kernel maps of conv2
+        self.conv4 = _conv(geometry["conv4"], c3, c4, towers)
+        self.conv5 = _conv(geometry["conv5"], c4, c5, towers)
         self.pool5 = nn.MaxPool2d(cfg.pool_size, cfg.pool_stride)
         self.fc6 = nn.Linear(flat, cfg.fc_width)
         self.drop6 = nn.Dropout(cfg.dropout)  # §4.2: dropout on the outputs of fc6 and fc7
@@ -116,14 +125,16 @@ class AlexNet(nn.Module):
         return self.fc8(self.drop7(self.forward_features(x)))
 
 
-def _conv(name: str, c_in: int, c_out: int, groups: int = 1) -> nn.Conv2d:
-    k, stride, pad = CONV_GEOMETRY[name]
+def _conv(geometry: tuple[int, int, int], c_in: int, c_out: int, groups: int = 1) -> nn.Conv2d:
+    k, stride, pad = geometry
     return nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, groups=groups)
 
 
 def _norm(cfg: ModelConfig, groups: int) -> nn.Module:
     if not cfg.lrn:
         return nn.Identity()
+    if cfg.lrn_across_towers:
+        groups = 1  # Caffe's LRN layer: one window over all maps, across the towers' boundary
     return LocalResponseNorm(
         cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn_alpha_convention, groups=groups
     )
@@ -276,11 +287,12 @@ class ModelParallelAlexNet(nn.Module):
 def _tower_layers(model: AlexNet, tower: int, device: torch.device) -> nn.ModuleDict:
     """Tower `tower`'s slice of every learned layer: its share of the outputs, the inputs it sees."""
     layers = {}
+    geometry = conv_geometry(model.cfg)
     for name in LAYERS:
         w = getattr(model, name).weight  # conv: out × in/groups × k × k; linear: out × in
         n_out = _halves(w.shape[0])[tower]
-        if name in CONV_GEOMETRY:
-            k, stride, pad = CONV_GEOMETRY[name]
+        if name in geometry:
+            k, stride, pad = geometry[name]
             layers[name] = nn.Conv2d(w.shape[1], n_out, k, stride=stride, padding=pad, device=device)
         else:
             layers[name] = nn.Linear(w.shape[1], n_out, device=device)
@@ -297,6 +309,11 @@ def model_parallel(model: AlexNet, devices: tuple[torch.device, torch.device]) -
         raise UserError(
             f"model parallelism splits the two-tower net; this model's layout is {model.cfg.layout!r}: "
             "use --set model.layout=two-tower or data parallelism"
+        )
+    if model.cfg.lrn and model.cfg.lrn_across_towers:
+        raise UserError(
+            "model parallelism normalises each tower's maps on its own GPU (§3.3); this model's LRN crosses "
+            "the towers (model.lrn_across_towers, as Caffe's): use data parallelism"
         )
     if len(devices) != 2:
         raise UserError(f"model parallelism needs exactly two devices, got {len(devices)}")

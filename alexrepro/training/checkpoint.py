@@ -5,7 +5,8 @@ The stored dict (`Checkpoint.to_payload`) has the keys format, version, model
 prepared set's list), epoch, batch (position within the epoch), step, parallel, optimizer, scaler,
 schedule, rng (python, numpy, torch, cuda; one entry per rank), loader, metrics (history, the
 running epoch's tally, seconds), best_top1, stats (mean image float32 256×256×3, channel_mean,
-eigval, eigvec on the 0–255 scale). Every value is a tensor or plain Python, so
+eigval, eigvec on the 0–255 scale), and, for imported weights only (alexrepro import), origin (format, file, sha256,
+net, published). Every value is a tensor or plain Python, so
 `torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the
 package gets a `Checkpoint` from `read_checkpoint` (or `Checkpoint.from_payload`).
 
@@ -48,6 +49,29 @@ def epoch_name(epoch: int) -> str:
     return f"epoch-{epoch + 1:03d}.pt"
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an imported checkpoint's weights came from (alexrepro import): eval shows its published row."""
+
+    format: str  # "caffe" or "torchvision"
+    file: str  # the weights file's name
+    sha256: str  # of the file's bytes: names the exact weights
+    net: str  # the net's name in the file (Caffe's NetParameter name; "alexnet" for torchvision)
+    # The published accuracy and its protocol: top1_acc, top5_acc (percent), crops, resize, protocol, reference.
+    published: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"format": self.format, "file": self.file, "sha256": self.sha256, "net": self.net,
+                "published": dict(self.published)}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any] | None) -> Origin | None:
+        if not isinstance(payload, dict):
+            return None
+        return cls(str(payload.get("format", "")), str(payload.get("file", "")), str(payload.get("sha256", "")),
+                   str(payload.get("net", "")), dict(payload.get("published") or {}))
+
+
 @dataclass
 class Checkpoint:
     """What a checkpoint holds, typed: enough to resume a run bitwise, or to predict with its net."""
@@ -69,9 +93,11 @@ class Checkpoint:
     seconds: float = 0.0  # training time so far, over every session of the run
     best_top1: float = math.inf  # lowest validation top-1 error so far
     stats: dict[str, Any] | None = None  # the set's colour statistics (`stats_payload`)
+    origin: Origin | None = None  # imported weights only (alexrepro import); None for a trained net
 
     def to_payload(self) -> dict[str, Any]:
         """The dict torch.save stores (format and version first)."""
+        origin = {} if self.origin is None else {"origin": self.origin.to_payload()}  # imported weights only
         return {
             "format": FORMAT, "version": VERSION,
             "model": self.model, "recipe": self.recipe.to_dict(), "recipe_name": self.recipe.name,
@@ -79,7 +105,7 @@ class Checkpoint:
             "parallel": self.parallel, "optimizer": self.optimizer, "scaler": self.scaler,
             "schedule": self.schedule, "rng": self.rng, "loader": self.loader,
             "metrics": {"history": self.history, "running": self.running, "seconds": self.seconds},
-            "best_top1": self.best_top1, "stats": self.stats,
+            "best_top1": self.best_top1, "stats": self.stats, **origin,
         }
 
     @classmethod
@@ -101,6 +127,7 @@ class Checkpoint:
             loader=payload.get("loader"), history=list(metrics.get("history", [])),
             running=metrics.get("running"), seconds=float(metrics.get("seconds", 0.0)),
             best_top1=float(payload.get("best_top1", math.inf)), stats=payload.get("stats"),
+            origin=Origin.from_payload(payload.get("origin")),
         )
 
 

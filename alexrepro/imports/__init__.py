@@ -1,0 +1,1 @@
+"""Published AlexNet weights brought into alexrepro: Caffe's bvlc_alexnet and torchvision's alexnet."""
