@@ -6,6 +6,7 @@ Layout of a prepared set OUT:
     stats.h5               mean image (256×256×3 float32, RGB, 0–255), channel mean, pixel count,
                            and after `alexrepro pca`: eigval (3,), eigvec (3×3, columns), same scale
     skipped.tsv            path <TAB> reason for every source file not written
+    converted.tsv          split <TAB> path <TAB> kinds, for every source image with a quirk prep converted
 
 A shard holds `labels` (int64, n), `keys` (source path of each image, UTF-8 strings), `crc32`
 (uint32, n: zlib.crc32 of each image's stored bytes, the JPEG bytes or the raw array's C-order bytes)
@@ -58,6 +59,7 @@ IMAGE_SIZE = 256  # §2: every image is stored as its central 256×256 patch
 MANIFEST = "manifest.json"
 STATS = "stats.h5"
 SKIPPED = "skipped.tsv"
+CONVERTED = "converted.tsv"  # split, path and kinds of every source image prep converted (alexrepro.imaging.QUIRKS)
 ENCODINGS = ("jpeg", "raw")
 # Shard handles one process keeps open at once (each ~0.5 MB RSS and a descriptor): 256 stays well under
 # the common `ulimit -n` of 1024 per worker; ImageNet has ~1,250 shards, so shuffled batches still reopen

@@ -91,6 +91,20 @@ def read_item(item: Item) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- listing
+Problem = tuple[str, str]  # (key, reason): a file found and not read, reported in skipped.tsv
+OUTSIDE = "outside the archive (an absolute path or '..'): not read"
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of a file name that are not UTF-8 (which Python decodes to lone
+    surrogates) become `\\xNN` escapes, so keys, skipped.tsv and the manifest always encode."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _is_image_name(name: str) -> bool:
     return not os.path.basename(name).startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
@@ -99,54 +113,134 @@ def _stem(name: str) -> str:
     return os.path.splitext(os.path.basename(name))[0]
 
 
-def list_folder(folder: Path, root: Path) -> list[_Entry]:
-    """Images directly in `folder` (flat) and one level down (class folders), sorted by key."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        depth = len(Path(dirpath).relative_to(folder).parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth == 0 else []
-        class_folder = Path(dirpath).name if depth == 1 else None
-        for name in filenames:
-            if _is_image_name(name):
-                p = Path(dirpath) / name
-                entries.append(_Entry(p.relative_to(root).as_posix(), _stem(name), class_folder, str(p)))
-    return sorted(entries, key=lambda e: e.key)
+def _key(path: Path, root: Path) -> str:
+    return printable(path.relative_to(root).as_posix())
 
 
-def list_tar(path: Path, root: Path) -> list[_Entry]:
-    """Images inside an uncompressed tar, read in place: members, or members of one tar per class."""
-    base = path.relative_to(root).as_posix()
+def _class_folders(folder: Path, root: Path) -> tuple[list[Path], list[Problem]]:
+    """The class folders of a split folder, symlinked ones followed; links that loop or lead nowhere reported.
+
+    A class folder that resolves to the split folder or one above it would list the split's own files
+    again (a loop), so it is reported and not read.
+    """
+    here = folder.resolve()
+    folders, problems = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir()  # follows symlinks
+            target = path.resolve(strict=True) if entry.is_symlink() else None
+        except (OSError, RuntimeError) as e:  # ELOOP, a dangling link; RuntimeError: a loop (Python < 3.13)
+            reason = "a symbolic link that loops" if "loop" in str(e).lower() else "a broken symbolic link"
+            problems.append((_key(path, root) + "/", f"{reason} ({printable(str(e.strerror or e))}): not read"))
+            continue
+        if not is_dir:
+            continue
+        if target is not None and (target == here or target in here.parents):
+            problems.append((_key(path, root) + "/", f"a symbolic link to {printable(str(target))}, which holds "
+                                                     "this split (a loop): not read"))
+            continue
+        folders.append(path)
+    return folders, problems
+
+
+def list_folder(folder: Path, root: Path) -> tuple[list[_Entry], list[Problem]]:
+    """Images directly in `folder` (flat) and in its class folders (symlinks followed), sorted by key;
+    and the links that could not be followed."""
     entries = []
+    for path in sorted(folder.iterdir()):
+        if _is_image_name(path.name) and not path.is_dir():
+            entries.append(_Entry(_key(path, root), _stem(path.name), None, str(path)))
+    folders, problems = _class_folders(folder, root)
+    for class_folder in folders:
+        wnid = printable(class_folder.name)
+        try:
+            names = sorted(os.listdir(class_folder))  # a symlinked file is read through its link
+        except OSError as e:
+            problems.append((_key(class_folder, root) + "/", f"cannot be listed ({e.strerror or e}): not read"))
+            continue
+        for name in names:
+            p = class_folder / name
+            if _is_image_name(name) and not p.is_dir():
+                entries.append(_Entry(_key(p, root), _stem(name), wnid, str(p)))
+    return sorted(entries, key=lambda e: e.key), problems
+
+
+def _member_parts(name: str) -> list[str] | None:
+    """A tar member's path as its parts, or None if it points outside the archive (absolute, or '..')."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts or not parts:
+        return None
+    return parts
+
+
+def _not_a_file(m: tarfile.TarInfo) -> str | None:
+    """What a tar member is when it is not a regular file (a link, a device, ...); None for a file."""
+    if m.isfile():
+        return None
+    for test, what in ((m.issym, "a symbolic link"), (m.islnk, "a hard link"), (m.ischr, "a device"),
+                       (m.isblk, "a device"), (m.isfifo, "a FIFO")):
+        if test():
+            return what
+    return "not a regular file"
+
+
+def _class_tar_entries(outer: tarfile.TarFile, m: tarfile.TarInfo, path: Path, base: str,
+                       problems: list[Problem]) -> list[_Entry]:
+    """The images of one class tar (<wnid>.tar) inside the outer tar, read in place."""
+    wnid, entries = printable(_stem(m.name)), []
+    try:
+        with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
+            for im in inner:
+                key = f"{base}/{printable(m.name)}/{printable(im.name)}"
+                if im.isdir():
+                    continue
+                what = _not_a_file(im)
+                if what is not None or _member_parts(im.name) is None:
+                    problems.append((key, f"{what} in a class tar, not an image file: not read" if what else OUTSIDE))
+                elif _is_image_name(im.name):
+                    entries.append(_Entry(key, _stem(im.name), wnid, str(path), m.offset_data + im.offset_data,
+                                          im.size))
+    except (tarfile.TarError, EOFError) as e:
+        problems.append((f"{base}/{printable(m.name)}", f"not a readable tar ({printable(str(e))}): not read"))
+    return entries
+
+
+def list_tar(path: Path, root: Path) -> tuple[list[_Entry], list[Problem]]:
+    """Images inside an uncompressed tar, read in place: <image> (flat), <class>/<image>, or the images of
+    one <class>.tar per class; and the members outside that structure (links, devices, absolute or '..'
+    paths, deeper folders), which are reported and never read, so they can never become a class."""
+    base = printable(path.relative_to(root).as_posix())
+    entries: list[_Entry] = []
+    problems: list[Problem] = []
     try:
         with tarfile.open(path, "r:") as outer:
             for m in outer:
-                if not m.isfile():
+                if m.isdir():
                     continue
-                if m.name.lower().endswith(".tar"):
-                    inner_file = outer.extractfile(m)
-                    with tarfile.open(fileobj=inner_file, mode="r:") as inner:
-                        for im in inner:
-                            if im.isfile() and _is_image_name(im.name):
-                                entries.append(
-                                    _Entry(
-                                        f"{base}/{m.name}/{im.name}",
-                                        _stem(im.name),
-                                        _stem(m.name),
-                                        str(path),
-                                        m.offset_data + im.offset_data,
-                                        im.size,
-                                    )
-                                )
+                key, parts, what = f"{base}/{printable(m.name)}", _member_parts(m.name), _not_a_file(m)
+                if what is not None:
+                    problems.append((key, f"{what} in the tar, not an image file: not read"))
+                elif parts is None:
+                    problems.append((key, OUTSIDE))
+                elif m.name.lower().endswith(".tar"):
+                    if len(parts) == 1:
+                        entries += _class_tar_entries(outer, m, path, base, problems)
+                    else:
+                        problems.append((key, "a class tar inside a folder of the archive: not read"))
                 elif _is_image_name(m.name):
-                    parent = os.path.basename(os.path.dirname(m.name)) or None
-                    entries.append(
-                        _Entry(f"{base}/{m.name}", _stem(m.name), parent, str(path), m.offset_data, m.size)
-                    )
-    except tarfile.ReadError as e:
+                    if len(parts) <= 2:
+                        folder = printable(parts[0]) if len(parts) == 2 else None
+                        entries.append(_Entry(key, _stem(m.name), folder, str(path), m.offset_data, m.size))
+                    else:
+                        problems.append((key, "deeper than <class>/<image> in the archive: not read"))
+    except (tarfile.ReadError, EOFError) as e:
         raise UserError(
             f"{path} is not an uncompressed tar ({e}); prep reads .tar files in place, so decompress it first"
         ) from None
-    return sorted(entries, key=lambda e: e.key)
+    return sorted(entries, key=lambda e: e.key), problems
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -278,21 +372,29 @@ def _locate_split(src: Path, image_root: Path, split: str) -> Path | None:
     return tars[0] if tars else None
 
 
-def _list_split(src: Path, location: Path) -> list[_Entry]:
+def _list_split(src: Path, location: Path) -> tuple[list[_Entry], list[Problem]]:
     return list_folder(location, src) if location.is_dir() else list_tar(location, src)
 
 
 def _train_classes(location: Path) -> list[str]:
-    """Class names of a training split from its folder names (or class tars), without listing images."""
+    """Class names of a training split, without listing images: the class folders list_folder reads, or the
+    class tars and <class>/ folders of a tar that list_tar reads (the same rules, so the two agree)."""
     if location.is_dir():
-        return sorted(d.name for d in location.iterdir() if d.is_dir() and not d.name.startswith("."))
-    with tarfile.open(location, "r:") as tar:
-        names = set()
-        for m in tar:
-            if m.isfile() and m.name.lower().endswith(".tar"):
-                names.add(_stem(m.name))
-            elif m.isfile() and _is_image_name(m.name) and os.path.dirname(m.name):
-                names.add(os.path.basename(os.path.dirname(m.name)))
+        return sorted(printable(p.name) for p in _class_folders(location, location)[0])
+    names = set()
+    try:
+        with tarfile.open(location, "r:") as tar:
+            for m in tar:
+                parts = _member_parts(m.name)
+                if not m.isfile() or parts is None:
+                    continue
+                if len(parts) == 1 and m.name.lower().endswith(".tar"):
+                    names.add(printable(_stem(m.name)))
+                elif len(parts) == 2 and _is_image_name(m.name):
+                    names.add(printable(parts[0]))
+    except (tarfile.ReadError, EOFError) as e:
+        raise UserError(f"{location} is not an uncompressed tar ({e}); prep reads .tar files in place, so "
+                        "decompress it first") from None
     return sorted(names)
 
 
@@ -337,7 +439,9 @@ def find_sources(
         raise UserError(f"{src} has no {missing[0]} split (found: {', '.join(located)}); check SRC or --split")
 
     labelling = _find_labelling(src, devkit, val_labels, test_labels)
-    listed = {s: _list_split(src, located[s]) for s in wanted}
+    listed, problems = {}, {}
+    for s in wanted:
+        listed[s], problems[s] = _list_split(src, located[s])
     wnids, origin = _class_wnids(located, listed, labelling)
     names = _class_names(src, labelling, synset_mapping)
     classes = [ClassInfo(i, w, names.get(w, w)) for i, w in enumerate(wnids)]
@@ -347,7 +451,11 @@ def find_sources(
     result: dict[str, SplitSource] = {}
     for split in wanted:
         where = located[split].relative_to(src).as_posix() + ("/" if located[split].is_dir() else "")
-        entries = listed[split]
+        entries, unlabelled = listed[split], list(problems[split])
+        if split == "train":  # training images are labelled by their class folder or tar, never by name
+            stray = [e for e in entries if e.folder is None]
+            unlabelled += [(e.key, "not inside a class folder or class tar: not read") for e in stray]
+            entries = [e for e in entries if e.folder is not None]
         flat = [e for e in entries if e.folder is None]
         by_stem = labelling.stem_to_wnid(split, [e.stem for e in flat]) if flat else {}
         if flat and by_stem is None:
@@ -359,7 +467,7 @@ def find_sources(
                 raise UserError(f"{msg}; give --{split}-labels FILE or --devkit DIR")
             notes.append(f"{split} not prepared: {msg}")
             continue
-        items, unlabelled = [], []
+        items = []
         for e in entries:
             wnid = e.folder if e.folder is not None else by_stem.get(e.stem)
             if wnid is None:
@@ -369,7 +477,7 @@ def find_sources(
             else:
                 items.append(Item(e.key, index[wnid], e.path, e.offset, e.size))
         layout = "class folders" if not flat else ("flat" if len(flat) == len(entries) else "mixed")
-        result[split] = SplitSource(split, f"{layout} in {where}", items, unlabelled)
+        result[split] = SplitSource(split, f"{layout} in {where}", items, sorted(unlabelled))
     if not result:
         raise UserError(f"{src} has no split that can be labelled: {'; '.join(notes)}")
     return Source(src, classes, result, notes)
