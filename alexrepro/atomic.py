@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import os
 import re
 import shutil
+import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,11 +166,46 @@ def is_write_error(error: BaseException) -> bool:
 def described_write_errors(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     """Within the block, a failed write becomes `write_failure(path, ...)`: one line, no traceback.
 
-    Wrap only code that writes (to `path`): every OSError inside is taken for a write error.
+    Wrap only code that writes (to `path`): every OSError inside is taken for a write error. HDF5 objects
+    of a file that could not be written fail again as they are freed, and h5py prints each of those
+    failures as a traceback on stderr; within the block, and while the failed writer is freed, those are
+    not printed (every other unraisable error is, as before).
     """
+    with _quiet_hdf5_cleanup():
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            if not is_write_error(e):
+                raise
+            failure = write_failure(path, e, hint)
+            for err in (e, e.__context__):  # free the failed writer's objects now, while they are not printed
+                if err is not None and err.__traceback__ is not None:
+                    traceback.clear_frames(err.__traceback__)
+            del e
+            gc.collect()
+            raise failure from None
+
+
+def _hdf5_cleanup_failure(error: BaseException | None) -> bool:
+    """h5py's report of an object that could not be flushed as it was freed (an errno in the text)."""
+    return isinstance(error, RuntimeError) and error_number(error) is not None
+
+
+@contextlib.contextmanager
+def _quiet_hdf5_cleanup() -> Iterator[None]:
+    # h5py (Cython) prints a failed deallocation twice: through sys.excepthook, then sys.unraisablehook.
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not _hdf5_cleanup_failure(value):
+            excepthook(kind, value, tb)
+
+    def on_unraisable(unraisable: Any) -> None:
+        if not _hdf5_cleanup_failure(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
     try:
         yield
-    except (OSError, RuntimeError) as e:
-        if not is_write_error(e):
-            raise
-        raise write_failure(path, e, hint) from None
+    finally:
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook

@@ -31,10 +31,10 @@ QUIRKS = {
     "cmyk": "CMYK, converted to RGB",
     "greyscale": "greyscale, converted to RGB",
     "palette": "palette colours, converted to RGB",
-    "alpha": "transparency dropped (as torchvision's loader)",
-    "not-jpeg": "not a JPEG despite its name (PNG, GIF, ...), decoded as what it is",
+    "alpha": "transparency dropped, as torchvision's loader does",
+    "not-jpeg": "named .JPEG but another format (PNG, GIF, ...), decoded as what it is",
     "tiny": "shorter side under 64, enlarged 4× or more",
-    "huge": "over 4 megapixels, slow to decode (JPEGs are decoded at reduced scale)",
+    "huge": "over 4 megapixels, decoded at reduced scale where JPEG",
 }
 JPEG_NAMES = (".jpeg", ".jpg")
 TINY_SIDE = IMAGE_SIZE // 4

@@ -95,8 +95,9 @@ class FolderLock:
         self._fd = fd
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8", "backslashreplace"), 0)
+        with contextlib.suppress(OSError):  # the holder's name is for messages; a full disk fails the next write
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8", "backslashreplace"), 0)
         return self
 
     def _is_current(self, fd: int) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from alexrepro import lifetime, sources
-from alexrepro.atomic import atomic_write_json, described_write_errors, writable_folder
+from alexrepro.atomic import atomic_write_json, atomic_write_text, described_write_errors, writable_folder
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.imaging import JPEG_QUALITY, QUIRKS, BadImage, prepare_and_describe
 from alexrepro.locking import command_line, lock_folder
@@ -191,13 +191,18 @@ def _plan(out: Path, source: sources.Source, options: PrepOptions) -> dict[str, 
     tasks: dict[str, list[ShardTask]] = {}
     for name, split in source.splits.items():
         (out / name).mkdir(exist_ok=True)
-        for stale in (out / name).glob(".*.tmp-*"):
-            stale.unlink()
+        remove_temp_files(out / name)
         tasks[name] = [
             ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality)
             for i, chunk in enumerate(plan_shards(split.items, options.shard_size))
         ]
     return tasks
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Remove the half-written files of a killed or stopped writer (atomic.temp_name); OUT must be locked."""
+    for stale in folder.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def _check_options(options: PrepOptions) -> None:
@@ -230,18 +235,21 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
             raise UserError(f"the {name} split ({split.layout}) has no labelled image; check SRC and the labels")
     ident = identity(src, options, source)
     digests = {name: split_digest(s) for name, s in source.splits.items()}
-    check_out(out, ident, digests)  # refused before anything is created
-    writable_folder(out, "OUT")
-    with lock_folder(out, "OUT"):
-        previous = check_out(out, ident, digests)  # again: another prep may have changed OUT before the lock
+    writable_folder(out, "OUT")  # creates only a missing OUT, where check_out has nothing to refuse
+    with lock_folder(out, "OUT"):  # first: a prep running in OUT is named, not its half-made set judged
+        previous = check_out(out, ident, digests)
         tasks = _plan(out, source, options)
         try:
             summary = _prep_locked(src, out, options, source, ident, digests, previous, tasks, progress)
-        except Stopped as e:
+        except BaseException as e:
+            for name in tasks:  # the workers are gone (stop_pool): what they left half-written goes too
+                remove_temp_files(out / name)
+            if not isinstance(e, Stopped):
+                raise
             done = sum(t.path.is_file() for split_tasks in tasks.values() for t in split_tasks)
             total = sum(len(split_tasks) for split_tasks in tasks.values())
-            raise Stopped(e.signum, f"{done} of {total} shards are complete in {out} and kept (the manifest and "
-                                    f"mean image come when prep finishes); resume with: {command_line()}") from None
+            raise Stopped(e.signum, f"complete shards kept in {out}: {done} of {total} (the manifest and mean "
+                                    f"image come when prep finishes); resume with: {command_line()}") from None
     summary["seconds"] = round(time.monotonic() - start, 3)
     return summary
 
@@ -372,7 +380,9 @@ def _finish(
     }
     rows = [(s["path"], s["reason"]) for sp in manifest["splits"].values() for s in sp["skipped_files"]]
     write_rows(out / SKIPPED, rows, header="path\treason\n")
-    write_rows(out / CONVERTED, [(f"{sp}\t{clean_field(k)}", v) for sp, k, v in converted], header="split\tpath\tquirks\n")
+    with described_write_errors(out / CONVERTED, RESUME_HINT):
+        atomic_write_text(out / CONVERTED, "split\tpath\tquirks\n" + "".join(
+            f"{sp}\t{clean_field(k)}\t{clean_field(v)}\n" for sp, k, v in converted))
     with described_write_errors(out / MANIFEST, RESUME_HINT):
         write_manifest(out, manifest)
     summary["skipped"] = total_skipped

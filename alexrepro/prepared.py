@@ -310,6 +310,7 @@ class Shard:
         self._checksums_read = False
         self._fd: int | None = None
         self._fd_pid = -1
+        self.stored_count: int | None = None  # the shard's own `count`, once labels() has read it
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -439,9 +440,19 @@ class Shard:
             done += n
 
     def labels(self) -> np.ndarray:
-        """Every label of the shard, read with a handle closed right after (not the cached one)."""
+        """Every label of the shard, read with a handle closed right after (not the cached one).
+
+        Also reads the shard's `count` attribute into `stored_count`, for the checks of SplitDataset.
+        """
         with open_shard_file(self.path) as f:
-            return f["labels"][:]
+            try:
+                self.stored_count = int(f.attrs["count"])
+                return f["labels"][:]
+            except (KeyError, OSError, ValueError) as e:
+                raise UserError(
+                    f"shard {self.path} is damaged ({' '.join(str(e).split())}); check the set with alexrepro info "
+                    f"{self.path.parent.parent} --verify and run alexrepro prep again to rebuild it"
+                ) from None
 
     def keys(self) -> list[str]:
         """The source path of every image, read with a handle closed right after."""
@@ -486,6 +497,8 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is corrupt ({e}); run alexrepro prep again to rebuild it") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not an alexrepro manifest; prepare the set with alexrepro prep")
     if manifest.get("format_version") not in READABLE_VERSIONS:
@@ -532,7 +545,7 @@ def read_stats(out: str | os.PathLike[str], need_pca: bool = False) -> Stats:
     """Read stats.h5; a UserError naming the command to run if it (or the PCA) is missing."""
     path = Path(out) / STATS
     if not path.is_file():
-        raise UserError(f"{out} has no {STATS}; run alexrepro prep {out} to completion first")
+        raise UserError(f"{out} has no {STATS} (the mean image); finish preparing it first: alexrepro prep SRC {out}")
     try:
         with h5py.File(path, "r") as f:
             stats = Stats(
@@ -571,6 +584,29 @@ class SplitDataset:
         counts = np.array([int(e["count"]) for e in entries], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self._labels: np.ndarray | None = None
+        self._labels = self._checked_labels(counts)
+
+    def _checked_labels(self, counts: np.ndarray) -> np.ndarray:
+        """Every label, read once, after checking each shard's count against the manifest and every label
+        against the classes: a set that disagrees with itself is refused here, in one line, rather than
+        failing (or silently mislabelling) deep inside training. Reads no image."""
+        hint = f"find every problem with alexrepro info {self.out} --verify and rebuild the set with alexrepro prep"
+        parts = []
+        for shard, expected in zip(self.shards, counts, strict=True):
+            labels = shard.labels()
+            count = shard.stored_count
+            if count != expected or len(labels) != count:
+                raise UserError(f"shard {shard.path} holds {count} images and {len(labels)} labels, but the "
+                                f"manifest says {int(expected)}; {hint}")
+            parts.append(labels)
+        labels = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+        if len(bad):
+            s, j = self.locate(int(bad[0]))
+            raise UserError(f"{len(bad)} labels of the {self.split} split lie outside the manifest's "
+                            f"{self.num_classes} classes (first: {int(labels[bad[0]])} at {self.shards[s].path} "
+                            f"#{j}); {hint}")
+        return labels
 
     def __len__(self) -> int:
         return int(self.starts[-1])

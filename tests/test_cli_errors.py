@@ -187,7 +187,9 @@ CASES = [
     # predict
     ("predict-top-0", ["predict", "-c", "{ck}", "{file}", "--top", "0"], 2, "--top"),
     ("predict-missing-data", ["predict", "-c", "{ck}", "{file}", "--data", "{root}/nope"], 2, "does not exist"),
-    ("predict-unreadable-image", ["predict", "-c", "{ck}", "{file}", "--crops", "1"], 1, "first: "),
+    ("predict-unreadable-image", ["predict", "-c", "{ck}", "{file}", "--crops", "1"], 2, "first: "),
+    ("predict-missing-image", ["predict", "-c", "{ck}", "{root}/nope.jpg"], 2, "does not exist"),
+    ("predict-image-is-a-folder", ["predict", "-c", "{ck}", "{empty}"], 2, "is a folder"),
     # viz
     ("viz-filters-text-file", ["viz", "filters", "{file}"], 2, "not a PyTorch checkpoint"),
     ("viz-filters-empty-run", ["viz", "filters", "{empty}"], 2, "has no checkpoints"),

@@ -115,8 +115,8 @@ def test_too_many_open_files_says_ulimit_not_corrupt(many_shards, monkeypatch):
         raise OSError(errno.EMFILE, "Unable to synchronously open file (unable to open file: errno = 24, "
                       "error message = 'Too many open files')")
 
+    shard = open_split(many_shards, "train").shards[0]  # opening reads every shard's labels once
     monkeypatch.setattr(prepared.h5py, "File", emfile)
-    shard = open_split(many_shards, "train").shards[0]
     for read in (lambda: shard.file, shard.labels):
         with pytest.raises(UserError, match="too many open files") as e:
             read()

@@ -10,8 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from alexrepro.cli.app import app
-from alexrepro.errors import UserError, WorkFailed
+from alexrepro.errors import UserError
+from alexrepro.locking import command_line
 from alexrepro.progress import console, emit_json
+from alexrepro.signals import Stopped
 
 JSON_HELP = "Print one JSON object on stdout."
 
@@ -45,17 +47,20 @@ def eval_command(
         device=device, loader=loader, paper_table=paper_table, per_class=per_class, predictions=predictions,
     )
     check_options(opts)  # before spawning --procs processes
-    if procs > 1:
-        from alexrepro.distributed import launch
+    try:
+        if procs > 1:
+            from alexrepro.distributed import launch
 
-        report = launch(evaluate_in_group, procs, (opts, not json_out))
-    else:
-        from alexrepro.distributed import torchrun_env
+            report = launch(evaluate_in_group, procs, (opts, not json_out))
+        else:
+            from alexrepro.distributed import torchrun_env
 
-        report = evaluate_in_group(opts, show_progress=True)
-        info = torchrun_env()  # under torchrun every rank gets the report; rank 0 prints it
-        if info is not None and not info.is_main:
-            return
+            report = evaluate_in_group(opts, show_progress=True)
+            info = torchrun_env()  # under torchrun every rank gets the report; rank 0 prints it
+            if info is not None and not info.is_main:
+                return
+    except Stopped as e:  # eval writes only at the end, so nothing was
+        raise Stopped(e.signum, f"nothing was written; run it again: {command_line()}") from None
     if json_out:
         emit_json(report)
     else:
@@ -117,7 +122,7 @@ def predict_command(
             console.print(t)
         for f in report["failed"]:
             console.print(Text.assemble(("could not read ", "red"), f"{f['path']}: {f['reason']}"), soft_wrap=True)
-    if report["failed"]:
+    if report["failed"]:  # bad input (exit 2), after the images that could be read were reported
         first = report["failed"][0]
-        raise WorkFailed(f"{len(report['failed'])} of {len(images)} images could not be read (first: {first['path']}: "
-                         f"{first['reason']}); give image files PIL can read")
+        raise UserError(f"{len(report['failed'])} of {len(images)} images could not be read (first: {first['path']}: "
+                        f"{first['reason']}); give image files PIL can read")
