@@ -229,7 +229,7 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
         src, options.splits, options.devkit, options.val_labels, options.test_labels, options.synset_mapping
     )
     for note in source.notes:
-        console.print(f"note: {sources.printable(note)}")
+        console.print(f"note: {sources.printable(note)}", soft_wrap=True, markup=False)
     for name, split in source.splits.items():
         if not split.items:
             raise UserError(f"the {name} split ({split.layout}) has no labelled image; check SRC and the labels")
@@ -279,7 +279,7 @@ def _prep_locked(
                     results[name][t.index] = resumed_shard(t, earlier)
                     continue
                 except ShardDamaged as e:
-                    console.print(f"note: {t.path} is damaged ({e}); preparing it again")
+                    console.print(f"note: {t.path} is damaged ({e}); preparing it again", soft_wrap=True, markup=False)
                     for path in (t.path, *(sidecar(t.path, suffix) for suffix in SIDECARS)):
                         path.unlink(missing_ok=True)
             pending.append(t)

@@ -14,6 +14,7 @@ Class indices are the sorted WNIDs (folder names) of the training split.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 import tarfile
@@ -133,8 +134,9 @@ def _class_folders(folder: Path, root: Path) -> tuple[list[Path], list[Problem]]
             is_dir = entry.is_dir()  # follows symlinks
             target = path.resolve(strict=True) if entry.is_symlink() else None
         except (OSError, RuntimeError) as e:  # ELOOP, a dangling link; RuntimeError: a loop (Python < 3.13)
-            reason = "a symbolic link that loops" if "loop" in str(e).lower() else "a broken symbolic link"
-            problems.append((_key(path, root) + "/", f"{reason} ({printable(str(e.strerror or e))}): not read"))
+            loops = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
+            reason = "a symbolic link that loops" if loops else f"a broken symbolic link ({e.strerror or e})"
+            problems.append((_key(path, root) + "/", f"{printable(reason)}: not read"))
             continue
         if not is_dir:
             continue
