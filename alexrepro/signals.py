@@ -80,6 +80,15 @@ def _end_now(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _as_before(signum: int, handler: Any, frame: FrameType | None) -> None:
+    """Handle `signum` as the handler replaced by stop_on_signals would have (KeyboardInterrupt for SIGINT)."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
 @contextlib.contextmanager
 def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS, at_once: bool = True) -> Iterator[StopRequest]:
     """Within the block, the first of `signums` raises Stopped (at_once) or only records itself in the
@@ -92,14 +101,19 @@ def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS, at_once: bool = Tru
         yield request
         return
 
+    owner = os.getpid()
+    previous: dict[int, Any] = {}
+
     def handle(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:  # a forked child (a DataLoader worker) inherited this: behave as it did before
+            _as_before(signum, previous.get(signum), frame)
+            return
         if request.signum is not None:
             _end_now(signum)
         request.signum = signum
         if at_once:
             raise Stopped(signum)
 
-    previous: dict[int, Any] = {}
     try:
         for s in signums:
             previous[s] = signal.signal(s, handle)

@@ -85,10 +85,11 @@ def child_env(hooks: Path, slow: str = "", delay: float = 0.0, mark: Path | None
 @contextlib.contextmanager
 def started(args: list[object], env: dict[str, str], log: Path,
             preexec: Callable[[], None] | None = None) -> Iterator[subprocess.Popen]:
-    """`python -m alexrepro ARGS`, stdout and stderr to `log` (a pipe could fill and block it); always ended."""
+    """`python -m alexrepro ARGS` in a process group of its own (as a terminal's foreground job), stdout and
+    stderr to `log` (a pipe could fill and block it); always ended."""
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "alexrepro", *map(str, args)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=preexec)
+                                stderr=subprocess.STDOUT, preexec_fn=preexec, start_new_session=True)
         try:
             yield proc
         finally:
@@ -196,15 +197,20 @@ def start_slow_prep(stack: contextlib.ExitStack, hooks: Path, src: Path, out: Pa
 
 # --------------------------------------------------------------------------------------------- prep
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_stopped_prep_says_what_it_kept_and_resumes_to_the_same_set(signum, code, synth_src, reference, hooks,
+@pytest.mark.parametrize(("signum", "code", "to"), [(signal.SIGTERM, 143, "pid"), (signal.SIGINT, 130, "pid"),
+                                                    (signal.SIGINT, 130, "group")])
+def test_a_stopped_prep_says_what_it_kept_and_resumes_to_the_same_set(signum, code, to, synth_src, reference, hooks,
                                                                      tmp_path):
+    """`group`: Ctrl-C in a terminal, which reaches prep and its workers at once; still one line."""
     out = tmp_path / "out"
     with contextlib.ExitStack() as stack:
         proc = start_slow_prep(stack, hooks, synth_src, out, tmp_path)
         wait_for(lambda: any((out / "train").glob("*.h5")), "a first complete shard")
         workers = pool_workers(proc.pid)
-        proc.send_signal(signum)
+        if to == "group":
+            os.killpg(proc.pid, signum)  # the group we started: prep leads it
+        else:
+            proc.send_signal(signum)
         assert finish(proc) == code
     (line,) = error_lines(tmp_path / "prep.log")
     name = signal.Signals(signum).name
@@ -223,13 +229,14 @@ def test_a_stopped_prep_says_what_it_kept_and_resumes_to_the_same_set(signum, co
 def test_kill_9_of_prep_leaves_no_worker_and_nothing_written_after(synth_src, reference, hooks, tmp_path):
     out = tmp_path / "out"
     with contextlib.ExitStack() as stack:
-        proc = start_slow_prep(stack, hooks, synth_src, out, tmp_path)
+        proc = start_slow_prep(stack, hooks, synth_src, out, tmp_path, delay=2.0)  # each worker mid-read for 2 s
         workers = pool_workers(proc.pid)
         proc.kill()
         finish(proc)
-        wait_for(lambda: not any(alive(w) for w in workers), "prep's workers to die with it", timeout=10)
+        # at once, not at their next write (the check before each write is tested on its own below)
+        wait_for(lambda: not any(alive(w) for w in workers), "prep's workers to die with it", timeout=1.0)
     before = listing(out)
-    time.sleep(1.0)  # four more slowed reads per worker, had one lived on
+    time.sleep(2.5)  # past the read each worker was in, had one lived on
     assert listing(out) == before
     assert (out / LOCK_FILE).exists()  # left by the killed prep, locked by nobody: no stale lock
     prep(synth_src, out, PrepOptions(workers=2, shard_size=SHARD), progress=False)
@@ -248,6 +255,21 @@ def test_a_second_prep_into_a_locked_out_is_refused_naming_the_holder(synth_src,
         (line,) = error_lines(tmp_path / "second.log")
         assert f"OUT {out} is in use by another alexrepro: pid {proc.pid} on " in line and "alexrepro prep" in line
         assert proc.poll() is None and read_holder(out) == holder  # the first goes on, its lock untouched
+
+
+@pytest.mark.slow
+def test_a_prep_worker_killed_alone_fails_the_prep_in_one_line(synth_src, hooks, tmp_path):
+    """What the kernel's out-of-memory killer does: one worker dies; prep says so, and keeps what is complete."""
+    out = tmp_path / "out"
+    with contextlib.ExitStack() as stack:
+        proc = start_slow_prep(stack, hooks, synth_src, out, tmp_path)
+        victim, *others = pool_workers(proc.pid)
+        os.kill(victim, signal.SIGKILL)
+        assert finish(proc) == 1
+    (line,) = error_lines(tmp_path / "prep.log")
+    assert line.startswith("failed: a prep worker died (killed, or out of memory?); the complete shards are kept")
+    assert not any(alive(w) for w in others) and not list(out.rglob(".*.tmp-*"))
+    assert not (out / LOCK_FILE).exists() and (out / ".prep.json").exists()  # resumable
 
 
 def test_a_prep_worker_whose_parent_is_gone_writes_nothing(tmp_path):
@@ -353,3 +375,48 @@ def test_the_lock_record_is_json_with_pid_host_command_and_since(tmp_path):
     with FolderLock(tmp_path, "--run"):
         record = json.loads((tmp_path / LOCK_FILE).read_text())
     assert set(record) == {"pid", "host", "command", "since"} and record["pid"] == os.getpid()
+
+
+def test_stop_on_signals_raises_at_once_or_only_records_and_restores_the_handlers():
+    from alexrepro.signals import Stopped, stop_on_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as e, stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises as soon as the signal lands
+    assert (e.value.signum, e.value.exit_code, e.value.name) == (signal.SIGTERM, 143, "SIGTERM")
+    with stop_on_signals(at_once=False) as request:  # a loop that stops at its next safe point
+        os.kill(os.getpid(), signal.SIGINT)
+        assert request.requested and request.signum == signal.SIGINT
+        with pytest.raises(Stopped, match="stopped by SIGINT: kept step 7") as e:
+            request.check("kept step 7")
+    assert e.value.exit_code == 130 and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_second_signal_ends_the_process_at_once(tmp_path):
+    code = ("import os, signal; from alexrepro.signals import stop_on_signals\n"
+            "with stop_on_signals(at_once=False):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    print('survived')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGINT and "survived" not in done.stdout
+    assert "SIGINT again: ending at once" in done.stderr
+
+
+def test_a_forked_child_keeps_the_handling_it_had():
+    """A DataLoader worker forked inside the block gets KeyboardInterrupt on SIGINT, as it would without it."""
+    from alexrepro.signals import stop_on_signals
+
+    with stop_on_signals() as request:
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                os._exit(7)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7 and not request.requested

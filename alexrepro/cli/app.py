@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     except Stopped as e:
         if debug_enabled():  # where it stopped; the exit status still says which signal
             traceback.print_exc()
-        said = e.message or "it did not finish; run the same command again"
+        said = e.message or "it did not finish"
         console.print(Text.assemble((f"stopped by {e.name}: ", "yellow"), said), soft_wrap=True)
         sys.exit(e.exit_code)
     except UserError as e:
