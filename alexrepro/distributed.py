@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from alexrepro import lifetime
 from alexrepro.errors import UserError, WorkFailed
 
 
@@ -157,8 +158,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple, outdir: str) -> None:
+def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple, outdir: str, parent: int) -> None:
     """One spawned process: set the torchrun-style environment, run fn, record its result or error."""
+    lifetime.bind_to_parent(parent)  # ends with the launching process, however that ends
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -173,6 +175,18 @@ def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple
         Path(outdir, "result.json").write_text(json.dumps(result, default=str))
 
 
+def _end_processes(processes: list[Any], grace: float = 5.0) -> None:
+    """Terminate (then kill) spawned processes still alive, and wait for them."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def launch(fn: Callable[..., Any], world_size: int, args: tuple = ()) -> Any:
     """Run fn(*args) in world_size spawned processes; rank 0's return value (JSON-able) comes back.
 
@@ -180,10 +194,16 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = ()) -> Any:
     """
     with tempfile.TemporaryDirectory(prefix="alexrepro-spawn-") as outdir:
         try:
-            mp.start_processes(
-                _entry, args=(fn, world_size, free_port(), args, outdir), nprocs=world_size,
-                join=True, start_method="spawn",
+            context = mp.start_processes(
+                _entry, args=(fn, world_size, free_port(), args, outdir, os.getpid()), nprocs=world_size,
+                join=False, start_method="spawn",
             )
+            try:
+                while not context.join():
+                    pass
+            except BaseException:  # a stop signal here, or a rank failed: end the others now, not at exit
+                _end_processes(context.processes)
+                raise
         except mp.ProcessExitedException:
             pass  # the error file says why; checked below
         except mp.ProcessRaisedException as e:

@@ -9,7 +9,7 @@ import typer
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError
 from alexrepro.loaders import KINDS, kinds_text
-from alexrepro.progress import console, emit_json
+from alexrepro.progress import console, count_noun, emit_json
 
 SET_HELP = "Override a recipe value: section.key=value (repeatable), e.g. --set optim.lr=0.02"
 
@@ -86,10 +86,11 @@ def train_command(
         return
     best, last = summary["best_val_top1_error"], summary["last_val_top1_error"]
     if best is None:
-        console.print(f"nothing to train: {run} has already run {summary['epochs']} epochs")
+        console.print(f"nothing to train: {run} has already run {count_noun(summary['epochs'], 'epoch')}")
         return
     console.print(
-        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.0f} s; "
+        f"done: {count_noun(summary['epochs'], 'epoch')}, {count_noun(summary['steps'], 'step')} in "
+        f"{summary['seconds']:.0f} s; "
         f"validation top-1 error best {100 * best:.2f}% (epoch {summary['best_epoch'] + 1}), last {100 * last:.2f}%; "
         f"checkpoints in {run / 'checkpoints'}"
     )

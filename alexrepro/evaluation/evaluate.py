@@ -243,10 +243,15 @@ def run_evaluation(opts: EvalOptions, show_progress: bool = True) -> dict[str, A
     bar is always drawn, on stderr.
     """
     from alexrepro.distributed import launch, torchrun_env
+    from alexrepro.locking import command_line
+    from alexrepro.signals import Stopped
 
     check_options(opts)  # before spawning opts.procs processes
-    if opts.procs > 1:
-        return launch(evaluate_in_group, opts.procs, (opts, show_progress))
-    report = evaluate_in_group(opts, show_progress=True)
+    try:
+        if opts.procs > 1:
+            return launch(evaluate_in_group, opts.procs, (opts, show_progress))
+        report = evaluate_in_group(opts, show_progress=True)
+    except Stopped as e:  # eval writes only at the end, so nothing was
+        raise Stopped(e.signum, f"nothing was written; run it again: {command_line()}") from None
     info = torchrun_env()  # under torchrun every rank gets the report; rank 0 returns it
     return None if info is not None and not info.is_main else report
