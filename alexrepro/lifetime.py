@@ -66,6 +66,23 @@ def init_worker(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+LOADER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def init_loader_worker(parent_pid: int, *_: object) -> None:
+    """A loader's worker (DataLoader `worker_init_fn`, DALI's Python workers): bind to the parent, and leave
+    every stop signal to it.
+
+    Ctrl-C in a terminal, and a scheduler's SIGTERM or SIGUSR1 (SLURM signals every process of a job), reach
+    the workers too; a worker that died of one would break the loader before training reaches the step where
+    it checkpoints and stops. The parent ends its workers itself, and the parent-death signal ends them if
+    it dies.
+    """
+    bind_to_parent(parent_pid)
+    for signum in LOADER_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def stop_pool(pool: Executor, grace: float = 5.0) -> None:
     """End a ProcessPoolExecutor now: its workers are terminated (SIGTERM, then SIGKILL after `grace` s) and
     waited for; work in flight is lost, which is why every write is atomic.

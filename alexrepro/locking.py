@@ -30,12 +30,19 @@ from alexrepro.errors import UserError
 LOCK_FILE = ".alexrepro.lock"
 
 _command: str | None = None  # the command line this process runs (set by the CLI)
+_args: list[str] | None = None  # its arguments after `alexrepro`
 
 
 def set_command_line(args: list[str]) -> None:
     """Record the command this process runs (`alexrepro ARGS`), for lock holders and resume hints."""
-    global _command
+    global _command, _args
     _command = "alexrepro " + shlex.join(args)
+    _args = list(args)
+
+
+def command_args() -> list[str] | None:
+    """The arguments after `alexrepro` of the command this process runs; None unless the CLI recorded them."""
+    return None if _args is None else list(_args)
 
 
 def command_line() -> str:

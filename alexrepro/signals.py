@@ -26,6 +26,9 @@ from types import FrameType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGUSR1 is what SLURM sends before a pre-emption (`sbatch --signal=USR1@120`): the job ends as the SIGTERM
+# that would follow ends it, so it exits as that would, 143.
+EXIT_CODES = {signal.SIGUSR1: 128 + signal.SIGTERM}
 
 
 def signal_name(signum: int) -> str:
@@ -37,17 +40,21 @@ def signal_name(signum: int) -> str:
 
 
 class Stopped(BaseException):
-    """A stop asked for by a signal; `message` says what was kept and how to go on (one line)."""
+    """A stop asked for by a signal; `message` says what was kept and how to go on (one line).
 
-    def __init__(self, signum: int, message: str = "") -> None:
+    `quiet`: another process of the same job says it (a training rank other than 0), so the CLI only exits.
+    """
+
+    def __init__(self, signum: int, message: str = "", quiet: bool = False) -> None:
         super().__init__(signum, message)
         self.signum = int(signum)
         self.message = message
+        self.quiet = quiet
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.signum
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM); 143 for SIGUSR1 (EXIT_CODES)."""
+        return EXIT_CODES.get(self.signum, 128 + self.signum)
 
     @property
     def name(self) -> str:

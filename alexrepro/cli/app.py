@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     except Stopped as e:
         if debug_enabled():  # where it stopped; the exit status still says which signal
             traceback.print_exc()
-        said = e.message or "it did not finish"
-        console.print(Text.assemble((f"stopped by {e.name}: ", "yellow"), said), soft_wrap=True)
+        if not e.quiet:
+            said = e.message or "it did not finish"
+            console.print(Text.assemble((f"stopped by {e.name}: ", "yellow"), said), soft_wrap=True)
         sys.exit(e.exit_code)
     except UserError as e:
         if debug_enabled():
