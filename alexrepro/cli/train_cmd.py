@@ -94,5 +94,5 @@ def train_command(
         f"done: {count_noun(summary['epochs'], 'epoch')}, {count_noun(summary['steps'], 'step')} in "
         f"{summary['seconds']:.0f} s; "
         f"validation top-1 error best {100 * best:.2f}% (Epoch: [{summary['best_epoch']}]), last {100 * last:.2f}%; "
-        f"checkpoints in {run / 'checkpoints'}"
+        f"checkpoints in {run / 'checkpoints'}", soft_wrap=True,
     )

@@ -186,8 +186,8 @@ def draw_neighbors(
     out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
 ) -> dict[str, Any]:
     """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}."""
-    from alexrepro.runtime import resolve_device
     from alexrepro.data.prepared import open_split
+    from alexrepro.runtime import resolve_device
 
     if not 1 <= queries <= 32:
         raise UserError(f"--queries must be between 1 and 32, got {queries}")

@@ -54,8 +54,8 @@ def draw_predictions(
     seed: int = 0, out: str | os.PathLike[str] | None = None, device: str = "auto",
 ) -> dict[str, Any]:
     """Write the top-5 figure for n images of a split; returns {"path", "images": [{"index", "label", "top5"}]}."""
-    from alexrepro.runtime import resolve_device
     from alexrepro.data.prepared import open_split
+    from alexrepro.runtime import resolve_device
 
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
