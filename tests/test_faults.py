@@ -63,8 +63,9 @@ if _delay and "decode" in _what:
     alexrepro.data.shards.decode_jpeg = _slowed(alexrepro.data.shards.decode_jpeg)
     alexrepro.data.stats.decode_jpeg = _slowed(alexrepro.data.stats.decode_jpeg)
 if _delay and "batch" in _what:
-    import alexrepro.loaders.torch_loader
+    import alexrepro.loaders.torch_loader, alexrepro.loaders.dali_source
     alexrepro.loaders.torch_loader.read_batch = _slowed(alexrepro.loaders.torch_loader.read_batch)
+    alexrepro.loaders.dali_source.read_batch = _slowed(alexrepro.loaders.dali_source.read_batch)
 '''
 
 

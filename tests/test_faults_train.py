@@ -24,7 +24,18 @@ import pytest
 import torch
 from loader_data import jpeg_bytes, structured_image
 from loader_data import make_set as make_jpeg_set
-from test_faults import LINUX_PROC, ROOT, SITECUSTOMIZE, child_env, error_lines, finish, started, wait_for
+from test_faults import (
+    LINUX_PROC,
+    ROOT,
+    SITECUSTOMIZE,
+    alive,
+    child_env,
+    children,
+    error_lines,
+    finish,
+    started,
+    wait_for,
+)
 from test_train import make_set
 
 from alexrepro.cli import main
@@ -163,6 +174,25 @@ def test_sigusr1_checkpoints_and_exits_143_and_a_second_ctrl_c_ends_at_once(data
         os.killpg(proc.pid, signal.SIGINT)  # mid-read: the first would wait for the step to end
         assert finish(proc, timeout=30) == -signal.SIGINT
     assert "SIGINT again: ending at once" in (tmp_path / "twice.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_kill_9_of_train_leaves_no_loader_worker(loader, data, hooks, tmp_path):
+    from alexrepro.loaders import dali_available
+
+    if loader == "dali" and not dali_available():
+        pytest.skip("DALI is not installed")
+    run, mark = tmp_path / "run", tmp_path / "reading"
+    args = train_args(data, run, "--loader", loader, "--set", "data.workers=1")
+    with started(args, child_env(hooks, "batch", 2.0, mark), tmp_path / "train.log") as proc:
+        wait_for(lambda: mark.exists() or proc.poll() is not None, "a loader worker to read")
+        me = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        workers = [c for c in children(proc.pid) if Path(f"/proc/{c}/cmdline").read_bytes() == me]  # forked
+        assert workers, (tmp_path / "train.log").read_text()
+        proc.kill()
+        finish(proc)
+        wait_for(lambda: not any(alive(w) for w in workers), "the loader workers to die with train", timeout=2.0)
 
 
 def test_the_resume_command_is_the_command_with_resume():
