@@ -42,6 +42,7 @@ from alexrepro.cli import main
 from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError
 from alexrepro.locking import LOCK_FILE, FolderLock, read_holder
+from alexrepro.signals import Stopped
 from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 from alexrepro.training.stopping import resume_command
@@ -116,7 +117,7 @@ def resume_from_line(line: str, tmp: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "procs", "to"), [
     (signal.SIGTERM, 1, "pid"), (signal.SIGINT, 1, "group"),  # one process: a scheduler's stop, Ctrl-C
-    (signal.SIGTERM, 2, "pid"), (signal.SIGINT, 2, "group"),  # two gloo ranks: to the launcher, Ctrl-C
+    (signal.SIGINT, 2, "group"),  # two gloo ranks: Ctrl-C reaches the launcher (the ranks have sessions of their own)
     (signal.SIGTERM, 2, "rank 1"),  # one rank only (as torchrun or a scheduler may): the ranks still agree
 ])
 def test_a_stopped_train_checkpoints_mid_epoch_and_resumes_bitwise(signum, procs, to, data, straight, hooks,
@@ -193,6 +194,37 @@ def test_kill_9_of_train_leaves_no_loader_worker(loader, data, hooks, tmp_path):
         proc.kill()
         finish(proc)
         wait_for(lambda: not any(alive(w) for w in workers), "the loader workers to die with train", timeout=2.0)
+
+
+@pytest.mark.parametrize("when", ["building", "validating"])
+def test_a_signal_while_building_or_validating_stops_there_and_resumes_bitwise(when, data, straight, tmp_path,
+                                                                             monkeypatch):
+    """The signal is real (to this process), sent from inside the step named: the run is built, or epoch 0's
+    validation begins."""
+    from alexrepro.training import loop
+
+    name = {"building": "build_run", "validating": "validate"}[when]
+    real = getattr(loop, name)
+
+    def signalled(*args, **kwargs):
+        monkeypatch.setattr(loop, name, real)  # once
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, name, signalled)
+    run = tmp_path / "run"
+    opts = TrainOptions(out=data, run_dir=run, recipe="tiny", overrides=SETS, device="cpu", show_progress=False)
+    with pytest.raises(Stopped) as e:
+        run_training(opts)
+    batch = 0 if when == "building" else STEPS_PER_EPOCH  # validating: the epoch's training is kept
+    assert e.value.exit_code == 143 and f"holds epoch [0] batch {batch}/{STEPS_PER_EPOCH} (step {batch})" in str(e.value)
+    assert ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST)["step"] == batch
+    monkeypatch.undo()
+    run_training(TrainOptions(out=data, run_dir=run, recipe="tiny", overrides=SETS, device="cpu", resume="",
+                              show_progress=False))
+    assert_same_state(ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST), straight(1))
+    steps = metrics_steps(run)
+    assert steps == sorted(steps)  # nothing logged twice
 
 
 def test_the_resume_command_is_the_command_with_resume():
@@ -275,12 +307,12 @@ def test_with_every_checkpoint_damaged_a_new_run_needs_force_which_keeps_the_old
     code, err = cli(train_args(data, run, "--epochs", 2), capsys)  # what that used to advise: no silent overwrite
     assert code == 2 and f"{run} already holds checkpoints of an earlier run (3 files)" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE} == before
-    code, err = cli(train_args(data, run, "--epochs", 2, "--force"), capsys)
+    code, err = cli(train_args(data, run, "--epochs", 1, "--force"), capsys)
     assert code == 0, err
     (kept,) = run.glob("previous-*")
     assert {name: (kept / name).read_bytes() for name in before} == before  # moved aside, unchanged
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["best.pt", "epoch-001.pt", "last.pt"]
-    assert metrics_steps(run)[-1] == 2 * STEPS_PER_EPOCH and metrics_steps(run)[0] == 2  # a new history
+    assert metrics_steps(run)[-1] == STEPS_PER_EPOCH and metrics_steps(run)[0] == 2  # a new history
     best = [int(e) for e in re.findall(r"Epoch: \[(\d+)\] val .*\(best\)", err)][-1]
     assert f"(Epoch: [{best}])" in " ".join(err.split())  # the summary numbers epochs as the epoch lines do
 
