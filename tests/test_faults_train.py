@@ -260,6 +260,22 @@ def test_a_refused_train_leaves_no_run_folder(data, tmp_path, capsys):
     assert code == 2 and "num_classes = 5" in err and not run.exists()
 
 
+def test_train_and_eval_check_the_set_before_any_work(data, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "set"
+    shutil.copytree(data, bad)
+    with h5py.File(bad / "val" / "00000.h5", "r+") as f:
+        f["labels"][1] = 4  # the set has classes 0-3
+    code, err = cli(train_args(bad, tmp_path / "run"), capsys)
+    assert code == 2 and "labels of the val split lie outside the manifest's 4 classes" in err
+    assert not (tmp_path / "run").exists()
+    code, err = cli(["eval", bad, "-c", tmp_path / "none.pt", "--procs", 2, "--device", "cpu"], capsys)
+    assert code == 2 and "labels of the val split lie outside" in err  # before the processes start
+
+
 def flip_a_weight_byte(path: Path) -> None:
     """Flip one bit in the middle of the largest tensor stored in a torch.save zip (a weight's bytes)."""
     with zipfile.ZipFile(path) as z:
