@@ -7,6 +7,7 @@ MASTER_ADDR and MASTER_PORT, which `from_env` reads. Only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,7 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from alexrepro import lifetime
 from alexrepro.errors import UserError, WorkFailed
+from alexrepro.signals import Stopped, stop_on_signals
+
+FAILED_RANK_GRACE = 5.0  # s the other ranks get to end on their own when one fails, before SIGTERM, then SIGKILL
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple, outdir: str) -> None:
-    """One spawned process: set the torchrun-style environment, run fn, record its result or error."""
+def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple, outdir: str, parent: int) -> None:
+    """One spawned process: set the torchrun-style environment, run fn, record its result, error or stop."""
+    lifetime.bind_to_parent(parent)  # ends with the launching process, however that ends
+    with contextlib.suppress(OSError):  # a session of its own, as torchrun gives its workers: a terminal's
+        os.setsid()  # Ctrl-C reaches the launcher alone, which ends or signals the ranks itself, once
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -169,30 +177,90 @@ def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple
         kind = "user" if isinstance(e, UserError) else "work"
         Path(outdir, f"error-{rank}.json").write_text(json.dumps({"kind": kind, "message": str(e)}))
         raise SystemExit(1) from None
+    except Stopped as e:  # exit 0: a failed rank would make the launcher end the others, mid-checkpoint
+        Path(outdir, f"stopped-{rank}.json").write_text(json.dumps({"signum": e.signum, "message": e.message}))
+        return
     if rank == 0:
         Path(outdir, "result.json").write_text(json.dumps(result, default=str))
 
 
-def launch(fn: Callable[..., Any], world_size: int, args: tuple = ()) -> Any:
+def _end_processes(processes: list[Any], grace: float = 5.0) -> None:
+    """Terminate (then kill) spawned processes still alive, and wait for them."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def launch(fn: Callable[..., Any], world_size: int, args: tuple = (), forward: tuple[int, ...] = ()) -> Any:
     """Run fn(*args) in world_size spawned processes; rank 0's return value (JSON-able) comes back.
 
-    A UserError or WorkFailed in any rank is raised again here (the first rank's, by rank order).
+    A UserError or WorkFailed in any rank is raised again here (the first rank's, by rank order). A stop
+    signal that reaches this process ends the ranks at once (evaluation: nothing to keep); a signal in
+    `forward` (training) is passed on to every rank instead, which stop together and say what they kept:
+    their `Stopped` is raised again here. A second signal ends this process at once, and with it the ranks.
     """
     with tempfile.TemporaryDirectory(prefix="alexrepro-spawn-") as outdir:
+        context = mp.start_processes(
+            _entry, args=(fn, world_size, free_port(), args, outdir, os.getpid()), nprocs=world_size,
+            join=False, start_method="spawn",
+        )
+        sent = _wait_forwarding(context, forward) if forward else _wait(context)
+        return _outcome(Path(outdir), sent)
+
+
+def _wait(context: Any) -> None:
+    """Wait for the ranks; a stop signal here, or a failed rank, ends the others now (not at exit)."""
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException:
+        pass  # the error file says why; checked by _outcome
+    except mp.ProcessRaisedException as e:
+        raise WorkFailed(f"a training process crashed: {str(e).strip().splitlines()[-1]}") from None
+    except BaseException:
+        _end_processes(context.processes)
+        raise
+
+
+def _wait_forwarding(context: Any, forward: tuple[int, ...]) -> int | None:
+    """Wait for the ranks, passing the first of `forward` that reaches this process on to each; that signal."""
+    with stop_on_signals(forward, at_once=False) as request:
+        sent: int | None = None
         try:
-            mp.start_processes(
-                _entry, args=(fn, world_size, free_port(), args, outdir), nprocs=world_size,
-                join=True, start_method="spawn",
-            )
+            while not context.join(timeout=0.2, grace_period=FAILED_RANK_GRACE):
+                if request.signum is not None and sent is None:
+                    sent = request.signum
+                    for p in context.processes:
+                        if p.is_alive():
+                            os.kill(p.pid, sent)
         except mp.ProcessExitedException:
-            pass  # the error file says why; checked below
+            pass
         except mp.ProcessRaisedException as e:
             raise WorkFailed(f"a training process crashed: {str(e).strip().splitlines()[-1]}") from None
-        errors = sorted(Path(outdir).glob("error-*.json"))
-        if errors:
-            err = json.loads(errors[0].read_text())
-            raise (UserError if err["kind"] == "user" else WorkFailed)(err["message"])
-        result = Path(outdir, "result.json")
-        if not result.is_file():
-            raise WorkFailed("a training process exited without a result; rerun with --debug for its traceback")
-        return json.loads(result.read_text())
+        except BaseException:
+            _end_processes(context.processes)
+            raise
+        return sent if sent is not None else request.signum
+
+
+def _outcome(outdir: Path, sent: int | None) -> Any:
+    """Rank 0's result; else the first rank's error, or the ranks' stop (rank 0's line), raised again."""
+    errors = sorted(outdir.glob("error-*.json"))
+    if errors:
+        err = json.loads(errors[0].read_text())
+        raise (UserError if err["kind"] == "user" else WorkFailed)(err["message"])
+    stops = sorted(outdir.glob("stopped-*.json"))
+    if stops:
+        said = json.loads(stops[0].read_text())
+        raise Stopped(int(said["signum"]), str(said["message"]))
+    result = outdir / "result.json"
+    if not result.is_file():
+        if sent is not None:  # the ranks were signalled before they could say what they kept
+            raise Stopped(sent, "the processes ended before their first step; nothing new was written")
+        raise WorkFailed("a training process exited without a result; rerun with --debug for its traceback")
+    return json.loads(result.read_text())

@@ -23,6 +23,11 @@ from rich.text import Text
 console = Console(stderr=True)
 
 
+def count_noun(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 epoch', '2 epochs', '1,024 images': a count with its noun in the right number."""
+    return f"{n:,} {noun if n == 1 else (plural or noun + 's')}"
+
+
 class RateColumn(ProgressColumn):
     """Items per second, with the unit the task names (images/s, steps/s)."""
 

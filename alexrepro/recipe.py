@@ -386,10 +386,21 @@ def _coerce_text(key: str, text: str, tp: Any) -> Any:
     except tomllib.TOMLDecodeError:
         value = text
     if typing.get_origin(tp) is list and isinstance(value, (str, int, float)):
-        value = [tomllib.loads(f"v = {x.strip()}")["v"] for x in str(value).split(",") if x.strip()]
+        value = [_list_item(key, text, x.strip(), tp) for x in str(value).split(",") if x.strip()]
     if tp is str or (typing.get_origin(tp) is Literal and isinstance(value, (int, float, bool))):
         value = text
     return _check_type(key, value, tp)
+
+
+def _list_item(key: str, text: str, item: str, tp: Any) -> Any:
+    """One comma-separated item of a --set list value, as TOML (a bare word stays a string in a list of str)."""
+    try:
+        return tomllib.loads(f"v = {item}")["v"]
+    except tomllib.TOMLDecodeError:
+        if typing.get_args(tp) == (str,):
+            return item
+        raise UserError(f"--set {key}={text}: {item!r} is not {_type_name(typing.get_args(tp)[0])}; "
+                        f"{key} must be {_type_name(tp)}, comma-separated (e.g. --set {key}=30,60)") from None
 
 
 def _toml_value(v: Any) -> str:

@@ -14,16 +14,17 @@ import pickle
 import shutil
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 from loader_data import jpeg_bytes, make_set, structured_image
 
-from alexrepro.training.checkpoint import save_checkpoint
 from alexrepro.cli import main
+from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.nets.alexnet import build_model
-from alexrepro.data.prepared import write_shard
 from alexrepro.recipe import load_recipe
+from alexrepro.training.checkpoint import save_checkpoint
 
 NUM_CLASSES = 3  # make_set(labels_are_indices=False) labels i % 3
 SMALL = ["--set", f"model.num_classes={NUM_CLASSES}", "--set", "data.image_size=72", "--set", "data.crop_size=64",
@@ -81,9 +82,16 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "trunc.pt").write_bytes(w["ck"].read_bytes()[:5000])
     w["trunc_pt"] = root / "trunc.pt"
 
-    for name in ("json_list", "garbage_stats", "trunc_shard", "no_shard", "bad_jpeg"):
+    for name in ("json_list", "garbage_stats", "trunc_shard", "no_shard", "bad_jpeg", "bad_label", "count_off",
+                 "no_stats"):
         shutil.copytree(data, root / name)
         w[name] = root / name
+    with h5py.File(root / "bad_label" / "train" / "00001.h5", "r+") as f:
+        f["labels"][0] = NUM_CLASSES  # outside the 3 classes
+    manifest = json.loads((root / "count_off" / "manifest.json").read_text())
+    manifest["splits"]["val"]["shards"][0]["count"] += 1  # more than the shard holds
+    (root / "count_off" / "manifest.json").write_text(json.dumps(manifest))
+    (root / "no_stats" / "stats.h5").unlink()
     (root / "json_list" / "manifest.json").write_text("[1, 2]\n")
     (root / "garbage_stats" / "stats.h5").write_text("garbage\n")
     shard = root / "trunc_shard" / "train" / "00000.h5"
@@ -137,6 +145,10 @@ CASES = [
     ("recipe-checkpoint-every-neg", ["recipe", "show", "tiny", "--set", "run.checkpoint_every=-1"], 2,
      "run.checkpoint_every"),
     ("recipe-lighting-std-neg", ["recipe", "show", "tiny", "--set", "data.lighting_std=-1"], 2, "lighting_std"),
+    ("recipe-list-item-not-a-number", ["recipe", "show", "tiny", "--set", "schedule.milestones=30,x"], 2,
+     "'x' is not an integer"),
+    ("recipe-list-brackets-broken", ["recipe", "show", "tiny", "--set", "schedule.milestones=[30, x]"], 2,
+     "schedule.milestones must be a list of int"),
     # train
     ("train-epochs-0", ["train", "{data}", "--recipe", "tiny", *SMALL, "--run", "{root}/t1", "--epochs", "0"], 2,
      "schedule.epochs"),
@@ -169,6 +181,16 @@ CASES = [
                                          "--set", "data.loader=torch", "--epochs", "1", "--run", "{root}/t6",
                                          "--device", "cpu", "--no-progress"], 2, "#3 does not decode"),
     ("pca-damaged-image", ["pca", "{bad_jpeg}"], 2, "#3 does not decode"),
+    ("pca-no-stats", ["pca", "{no_stats}"], 2, "finish preparing it first: alexrepro prep SRC "),
+    ("train-no-stats", ["train", "{no_stats}", "--recipe", "tiny", *SMALL, "--epochs", "1", "--run", "{root}/t7",
+                        "--device", "cpu", "--no-progress"], 2, "alexrepro prep SRC "),
+    ("train-label-out-of-range", ["train", "{bad_label}", "--recipe", "tiny", *SMALL, "--epochs", "1",
+                                 "--run", "{root}/t8", "--device", "cpu", "--no-progress"], 2,
+     "lie outside the manifest's 3 classes"),
+    ("eval-count-off", ["eval", "{count_off}", "-c", "{ck}", "--crops", "1"], 2, "--verify"),
+    ("eval-label-out-of-range", ["eval", "{bad_label}", "-c", "{ck}", "--split", "train", "--crops", "1"], 2,
+     "--verify"),
+    ("eval-missing-set", ["eval", "{root}/nope", "-c", "{ck}"], 2, "does not exist"),
     ("eval-damaged-image", ["eval", "{bad_jpeg}", "-c", "{ck}", "--split", "train", "--crops", "1"], 2,
      "does not decode"),
     # eval
@@ -187,7 +209,9 @@ CASES = [
     # predict
     ("predict-top-0", ["predict", "-c", "{ck}", "{file}", "--top", "0"], 2, "--top"),
     ("predict-missing-data", ["predict", "-c", "{ck}", "{file}", "--data", "{root}/nope"], 2, "does not exist"),
-    ("predict-unreadable-image", ["predict", "-c", "{ck}", "{file}", "--crops", "1"], 1, "first: "),
+    ("predict-unreadable-image", ["predict", "-c", "{ck}", "{file}", "--crops", "1"], 2, "first: "),
+    ("predict-missing-image", ["predict", "-c", "{ck}", "{root}/nope.jpg"], 2, "does not exist"),
+    ("predict-image-is-a-folder", ["predict", "-c", "{ck}", "{empty}"], 2, "is a folder"),
     # viz
     ("viz-filters-text-file", ["viz", "filters", "{file}"], 2, "not a PyTorch checkpoint"),
     ("viz-filters-empty-run", ["viz", "filters", "{empty}"], 2, "has no checkpoints"),

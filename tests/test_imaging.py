@@ -168,3 +168,21 @@ def test_warp_is_a_direct_resize_to_256_square(w, h):
 def test_unknown_resize_mode():
     with pytest.raises(ValueError, match="shorter-side, warp"):
         prepare_image(encode(smooth_image(300, 300)), resize="stretch")
+
+
+def test_exif_orientation_is_ignored_like_imagenets_tools_and_torchvision():
+    """A photo tagged "rotate 90° to display" (EXIF orientation 6) is stored as its pixels lie in the file,
+    as torchvision's loader (PIL without exif_transpose) and ImageNet's own tools read it."""
+    im = smooth_image(400, 300, seed=3)  # landscape as stored; displayed, it would be portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    tagged = encode(im, quality=95, exif=exif.tobytes())
+    assert Image.open(io.BytesIO(tagged)).getexif()[0x0112] == 6
+    plain = encode(im, quality=95)
+    got = prepare_image(tagged, encoding="raw")
+    assert np.array_equal(got, prepare_image(plain, encoding="raw"))  # the tag changes nothing
+    torchvision_view = Image.open(io.BytesIO(tagged)).convert("RGB")  # torchvision.datasets.folder.pil_loader
+    assert torchvision_view.size == (400, 300)
+    assert np.abs(got - reference(torchvision_view)).mean() < 2.0
+    rotated = reference(Image.open(io.BytesIO(tagged)).transpose(Image.Transpose.ROTATE_270))
+    assert np.abs(got - rotated).mean() > 10  # honouring the tag would have stored another picture

@@ -21,7 +21,7 @@ from alexrepro.errors import UserError
 # The keys of manifest.json in the order prep writes them (docs/FORMAT.md), and those of a split.
 TOP_KEYS = ["format", "format_version", "source", "encoding", "quality", "image_size", "resize", "shard_size",
             "classes", "splits", "skipped", "notes", "prep"]
-SPLIT_KEYS = ["count", "found", "skipped", "layout", "shards", "skipped_files"]
+SPLIT_KEYS = ["count", "found", "skipped", "layout", "shards", "skipped_files", "quirks"]
 
 
 @pytest.fixture(scope="module")

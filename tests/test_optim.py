@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from alexrepro.recipe import OptimConfig
 from alexrepro.training.optim import (
     PaperSGD,
     apply_hyperparameters,
@@ -12,7 +13,6 @@ from alexrepro.training.optim import (
     paper_update,
     set_lr,
 )
-from alexrepro.recipe import OptimConfig
 
 MU, WD = 0.9, 0.0005  # §5: momentum 0.9, weight decay 0.0005
 

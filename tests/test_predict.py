@@ -65,7 +65,7 @@ def test_predict_photos_and_report_broken_files(photos, capsys):
     names = ["astronaut.jpg", "broken.jpg", "chelsea.png", "empty.png", "coffee_grey.jpg"]
     args = ["predict", "-c", str(photos / "with_mean.pt"), *[str(photos / n) for n in names], "--json"]
     code, stdout, err = run_cli(args, capsys)
-    assert code == 1  # some files failed; the others were still predicted
+    assert code == 2  # some files are not images (bad input); the others were still predicted
     r = json.loads(stdout)
     assert [p["path"].rsplit("/", 1)[1] for p in r["images"]] == ["astronaut.jpg", "chelsea.png", "coffee_grey.jpg"]
     assert [f["path"].rsplit("/", 1)[1] for f in r["failed"]] == ["broken.jpg", "empty.png"]

@@ -2,7 +2,10 @@
 
 import csv
 import json
+import os
 import shutil
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -187,3 +190,82 @@ def test_split_with_no_readable_image(tmp_path):
     with pytest.raises(UserError, match="no image of the train split"):
         prep(tmp_path / "src", tmp_path / "out", PrepOptions(workers=1), progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# What each synth quirk is (synth's own record of the file it wrote: format and mode) and what prep must
+# therefore report it as; written out here, not taken from alexrepro.imaging.
+QUIRK_KINDS = {"cmyk": {"cmyk"}, "greyscale": {"greyscale"}, "png": {"not-jpeg"}, "rgba_png": {"not-jpeg", "alpha"},
+               "palette": {"not-jpeg", "palette"}, "tiny": {"tiny"}, "huge": {"huge"}}
+
+
+def test_the_quirk_files_it_converted_are_listed_by_kind(prepared, synth_summary):
+    out, summary = prepared
+    with open(out / "converted.tsv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["split", "path", "quirks"]
+    listed = {path: set(kinds.split(",")) for _, path, kinds in rows[1:]}
+    for q in synth_summary["quirks"]:
+        if q["expected"] == "converted":
+            assert QUIRK_KINDS[q["kind"]] <= listed[q["path"]], q
+            for kind in QUIRK_KINDS[q["kind"]] - {"tiny"}:  # a quirk's path is among the first of its kind
+                assert q["path"] in summary["quirks"][kind]["first"] or summary["quirks"][kind]["count"] > 5
+    for kind, entry in summary["quirks"].items():
+        assert entry["count"] == sum(kind in kinds for kinds in listed.values()) and entry["what"]
+    m = read_manifest(out).to_payload()  # the manifest as written, in its JSON form
+    assert sum(m["splits"]["train"]["quirks"].values()) + sum(m["splits"]["val"]["quirks"].values()) == sum(
+        len(kinds) for kinds in listed.values())
+
+
+def test_no_per_shard_sidecar_outlives_a_finished_prep(prepared, synth_src, tmp_path):
+    out, _ = prepared
+    assert not list(out.glob("*/*.tsv")) and not (out / ".prep.json").exists() and not (out / ".alexrepro.lock").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = prep(synth_src, copy, PrepOptions(workers=1, shard_size=8), progress=False)  # every shard resumed
+    assert again["splits"]["train"]["resumed_shards"] == again["splits"]["train"]["shards"]
+    for name in ("skipped.tsv", "converted.tsv"):  # the reasons and kinds came back from the finished set
+        assert (copy / name).read_text() == (out / name).read_text()
+    assert again["quirks"] == prepared[1]["quirks"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "count"])
+def test_a_damaged_complete_shard_is_made_again_on_resume(prepared, synth_src, tmp_path, capsys, damage):
+    out0, _ = prepared
+    out = tmp_path / "out"
+    shutil.copytree(out0, out)
+    shard = out / "train" / "00001.h5"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:3000])
+    else:
+        with h5py.File(shard, "r+") as f:
+            f.attrs["count"] = int(f.attrs["count"]) - 1
+    with pytest.raises(SystemExit) as e:
+        main(["prep", str(synth_src), str(out), "--workers", "1", "--shard-size", "8"])
+    err = capsys.readouterr().err
+    assert e.value.code in (0, None)
+    assert "Traceback" not in err
+    (note,) = [ln for ln in err.splitlines() if "00001.h5 is damaged" in ln]
+    assert note.endswith("preparing it again")
+    for split in ("train", "val"):
+        assert shard_contents(out, split) == shard_contents(out0, split)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file names of any bytes need a Linux file system")
+def test_names_that_are_not_utf8_are_prepared_under_an_escaped_key(tmp_path):
+    from loader_data import jpeg_bytes, structured_image
+
+    src = os.fsencode(tmp_path / "src")
+    for folder in (b"/train/n01440764", b"/train/n0144\xff"):
+        os.makedirs(src + folder)
+        for i in range(2):
+            Path(os.fsdecode(src + folder + b"/im%d.JPEG" % i)).write_bytes(jpeg_bytes(structured_image(i)))
+    Path(os.fsdecode(src + b"/train/n01440764/caf\xe9.JPEG")).write_bytes(jpeg_bytes(structured_image(5)))
+    Path(os.fsdecode(src + b"/train/n01440764/bro\xefken.JPEG")).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    summary = prep(Path(os.fsdecode(src)), out, PrepOptions(workers=1), progress=False)
+    assert summary["splits"]["train"]["written"] == 5 and summary["skipped"] == 1
+    keys = open_split(out, "train").keys()
+    assert "train/n01440764/caf\\xe9.JPEG" in keys and "train/n0144\\xff/im1.JPEG" in keys
+    assert [c["wnid"] for c in read_manifest(out).class_list()] == ["n01440764", "n0144\\xff"]
+    rows = (out / "skipped.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[1].startswith("train/n01440764/bro\\xefken.JPEG\tnot an image")

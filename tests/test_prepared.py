@@ -118,8 +118,8 @@ def test_too_many_open_files_says_ulimit_not_corrupt(many_shards, monkeypatch):
         raise OSError(errno.EMFILE, "Unable to synchronously open file (unable to open file: errno = 24, "
                       "error message = 'Too many open files')")
 
+    shard = open_split(many_shards, "train").shards[0]  # opening reads every shard's labels once
     monkeypatch.setattr(shard_files.h5py, "File", emfile)
-    shard = open_split(many_shards, "train").shards[0]
     for read in (lambda: shard.file, shard.labels):
         with pytest.raises(UserError, match="too many open files") as e:
             read()
@@ -169,4 +169,34 @@ def test_a_newer_format_version_is_refused(tmp_path):
     manifest["format_version"] = 3
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="format version 3, this alexrepro reads 1, 2"):
+        open_split(out, "train")
+
+
+# --------------------------------------------------------------------------------------------- checked when opened
+def test_a_label_outside_the_classes_is_refused_when_the_split_is_opened(tmp_path):
+    out = make_set(tmp_path / "set", n_train=8, n_val=3, per_shard=4, labels_are_indices=False)  # labels i % 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    classes = len(manifest["classes"])
+    with h5py.File(out / manifest["splits"]["train"]["shards"][1]["file"], "r+") as f:
+        f["labels"][2] = classes  # one past the last class
+    with pytest.raises(UserError) as e:
+        open_split(out, "train")
+    msg = str(e.value)
+    assert f"1 labels of the train split lie outside the manifest's {classes} classes (first: {classes} at " in msg
+    assert "00001.h5 #2" in msg and f"alexrepro info {out} --verify" in msg and "\n" not in msg
+    assert len(open_split(out, "val")) == 3  # the other split is fine
+
+
+@pytest.mark.parametrize("where", ["manifest", "shard"])
+def test_counts_that_disagree_with_the_shards_are_refused_when_the_split_is_opened(tmp_path, where):
+    out = make_set(tmp_path / "set", n_train=8, n_val=3, per_shard=4, labels_are_indices=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if where == "manifest":  # a manifest that promises more images than the shard holds
+        manifest["splits"]["train"]["shards"][0]["count"] += 1
+        (out / "manifest.json").write_text(json.dumps(manifest))
+    else:  # a shard whose own count disagrees with its labels
+        with h5py.File(out / manifest["splits"]["train"]["shards"][0]["file"], "r+") as f:
+            f.attrs["count"] = 3
+    with pytest.raises(UserError, match=rf"00000\.h5 holds \d images and 4 labels, but the manifest says \d; "
+                                        rf"find every problem with alexrepro info {out} --verify"):
         open_split(out, "train")

@@ -1,6 +1,8 @@
 """Sources: every layout is found and labelled by the sorted training WNIDs, never by devkit order."""
 
 import io
+import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -197,3 +199,115 @@ def test_refusals(tmp_path):
         find_sources(tmp_path, splits=["val"])
     with pytest.raises(UserError, match="unknown split"):
         find_sources(tmp_path, splits=["holdout"])
+
+
+# --------------------------------------------------------------------------------------------- sources as found
+def test_symlinked_class_folders_and_files_are_followed(tmp_path):
+    store = tmp_path / "store"  # where the images really are, e.g. another disk
+    make_train(store)
+    src = tmp_path / "src"
+    (src / "train").mkdir(parents=True)
+    (src / "train" / WNIDS[0]).symlink_to(store / "train" / WNIDS[0], target_is_directory=True)
+    (src / "train" / WNIDS[1]).symlink_to(store / "train" / WNIDS[1], target_is_directory=True)
+    (src / "train" / WNIDS[2]).mkdir()  # a real folder holding a symlinked file and a real one
+    write(src / "train" / WNIDS[2] / "real.JPEG", jpeg_bytes(99))
+    (src / "train" / WNIDS[2] / "linked.JPEG").symlink_to(store / "train" / WNIDS[2] / f"{WNIDS[2]}_0.JPEG")
+    s = find_sources(src)
+    assert [c.wnid for c in s.classes] == WNIDS
+    train = labels_by_key(s.splits["train"])
+    assert len(train) == 2 + 2 + 2 and train[f"train/{WNIDS[1]}/{WNIDS[1]}_1.JPEG"] == 1
+    assert train[f"train/{WNIDS[2]}/linked.JPEG"] == 2 and s.splits["train"].unlabelled == []
+    by_key = {it.key: it for it in s.splits["train"].items}
+    assert read_item(by_key[f"train/{WNIDS[2]}/linked.JPEG"]) == jpeg_bytes(20)  # make_train: class 2, image 0
+    assert read_item(by_key[f"train/{WNIDS[0]}/{WNIDS[0]}_1.JPEG"]) == jpeg_bytes(1)
+
+
+def test_symlink_loops_are_reported_and_never_classes(tmp_path):
+    make_train(tmp_path)
+    train = tmp_path / "train"
+    (train / "n00000001").symlink_to(train, target_is_directory=True)  # the split itself
+    (train / "n00000002").symlink_to(tmp_path, target_is_directory=True)  # the folder above it
+    (train / "n00000003").symlink_to(train / "n00000004")  # a loop of two links
+    (train / "n00000004").symlink_to(train / "n00000003")
+    (train / "n00000005").symlink_to(tmp_path / "nowhere")  # leads nowhere
+    (train / WNIDS[0] / "self.JPEG").symlink_to(train / WNIDS[0] / "self.JPEG")  # a file that loops
+    s = find_sources(tmp_path)
+    assert [c.wnid for c in s.classes] == WNIDS
+    reasons = dict(s.splits["train"].unlabelled)
+    assert set(reasons) == {f"train/n0000000{i}/" for i in range(1, 6)}
+    assert "(a loop): not read" in reasons["train/n00000001/"] and "(a loop)" in reasons["train/n00000002/"]
+    assert reasons["train/n00000003/"].startswith("a symbolic link that loops")
+    assert reasons["train/n00000005/"].startswith("a broken symbolic link")
+    items = labels_by_key(s.splits["train"])
+    assert f"train/{WNIDS[0]}/self.JPEG" in items and len(items) == 7  # listed; reading it fails (prep skips it)
+    with pytest.raises(OSError):
+        read_item(next(it for it in s.splits["train"].items if it.key.endswith("self.JPEG")))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes need a Linux file system")
+def test_names_that_are_not_utf8_get_an_escaped_key(tmp_path):
+    make_train(tmp_path)
+    folder = os.fsencode(tmp_path / "train")
+    os.mkdir(folder + b"/n0314\xff")  # a class folder whose name is not UTF-8
+    Path(os.fsdecode(folder + b"/n0314\xff/a.JPEG")).write_bytes(jpeg_bytes(7))
+    Path(os.fsdecode(folder + b"/" + WNIDS[0].encode() + b"/caf\xe9.JPEG")).write_bytes(jpeg_bytes(8))
+    s = find_sources(tmp_path)
+    assert [c.wnid for c in s.classes] == [*WNIDS, "n0314\\xff"]  # sorted; the key is the name, escaped
+    by_key = {it.key: it for it in s.splits["train"].items}
+    assert by_key["train/n0314\\xff/a.JPEG"].label == 3 and read_item(by_key["train/n0314\\xff/a.JPEG"]) == jpeg_bytes(7)
+    assert read_item(by_key[f"train/{WNIDS[0]}/caf\\xe9.JPEG"]) == jpeg_bytes(8)
+    for key in by_key:
+        key.encode("utf-8")  # every key is valid UTF-8
+
+
+def tar_member(tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **attrs) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def class_tar(wnid: str, members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as inner:
+        for name, data in members:
+            tar_member(inner, name, data)
+        tar_member(inner, "link.JPEG", kind=tarfile.SYMTYPE, linkname="/etc/passwd")
+    return buf.getvalue()
+
+
+def test_tar_members_outside_the_class_structure_are_reported_never_classes(tmp_path):
+    with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar", "w") as outer:
+        for c, w in enumerate(WNIDS):
+            tar_member(outer, f"{w}.tar", class_tar(w, [(f"{w}_0.JPEG", jpeg_bytes(c)), ("../up.JPEG", jpeg_bytes(9))]))
+        for name in ("../x.JPEG", "/abs/dir/x.JPEG", "stray.JPEG", "a/b/deep.JPEG", "sub/n09999999.tar", "../n0.tar"):
+            tar_member(outer, name, jpeg_bytes(5))
+        tar_member(outer, "n08888888/link.JPEG", kind=tarfile.SYMTYPE, linkname="/etc/passwd")
+        tar_member(outer, "n07777777/hard.JPEG", kind=tarfile.LNKTYPE, linkname="stray.JPEG")
+        tar_member(outer, "null", kind=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        tar_member(outer, "fifo.JPEG", kind=tarfile.FIFOTYPE)
+    s = find_sources(tmp_path)
+    assert [c.wnid for c in s.classes] == WNIDS  # no "..", "dir", "b", "sub", "n08888888" or "n07777777"
+    train = s.splits["train"]
+    assert sorted(labels_by_key(train).values()) == [0, 1, 2]
+    reasons = {k.removeprefix("ILSVRC2012_img_train.tar/"): r for k, r in train.unlabelled}
+    for name in ("../x.JPEG", "/abs/dir/x.JPEG", "../n0.tar", *(f"{w}.tar/../up.JPEG" for w in WNIDS)):
+        assert reasons.pop(name).startswith("outside the archive"), name
+    assert reasons.pop("stray.JPEG").startswith("not inside a class folder or class tar")
+    assert reasons.pop("a/b/deep.JPEG").startswith("deeper than <class>/<image>")
+    assert reasons.pop("sub/n09999999.tar").startswith("a class tar inside a folder")
+    assert reasons.pop("n08888888/link.JPEG").startswith("a symbolic link in the tar")
+    assert reasons.pop("n07777777/hard.JPEG").startswith("a hard link in the tar")
+    assert reasons.pop("null").startswith("a device in the tar") and reasons.pop("fifo.JPEG").startswith("a FIFO")
+    for w in WNIDS:
+        assert reasons.pop(f"{w}.tar/link.JPEG").startswith("a symbolic link in a class tar")
+    assert reasons == {} and train.found == 3 + len(train.unlabelled)
+
+
+def test_stray_images_beside_the_class_folders_are_reported_and_the_split_kept(tmp_path):
+    make_train(tmp_path)
+    write(tmp_path / "train" / "stray.JPEG", jpeg_bytes(3))
+    s = find_sources(tmp_path)  # before: one stray image made the whole train split unlabelled
+    assert "train" in s.splits and len(s.splits["train"].items) == 6
+    assert s.splits["train"].unlabelled == [("train/stray.JPEG", "not inside a class folder or class tar: not read")]

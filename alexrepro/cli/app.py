@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 from rich.text import Text
 
 from alexrepro import __version__
 from alexrepro.errors import UserError, WorkFailed
+from alexrepro.locking import set_command_line
 from alexrepro.progress import console
+from alexrepro.signals import Stopped, stop_on_signals
 
 app = typer.Typer(
     name="alexrepro",
@@ -47,13 +50,23 @@ def _global(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning our errors into one line and an exit code.
 
-    Usage errors (unknown option, missing argument) are Typer's own: message and exit 2.
+    Usage errors (unknown option, missing argument) are Typer's own: message and exit 2. SIGINT and SIGTERM
+    stop a command through alexrepro.signals: one line saying what was kept, exit 130 or 143.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in args:
         _state["debug"] = True
+    set_command_line(args)
     try:
-        app(args=args, prog_name="alexrepro")
+        with stop_on_signals():
+            app(args=args, prog_name="alexrepro")
+    except Stopped as e:
+        if debug_enabled():  # where it stopped; the exit status still says which signal
+            traceback.print_exc()
+        if not e.quiet:
+            said = e.message or "it did not finish"
+            console.print(Text.assemble((f"stopped by {e.name}: ", "yellow"), said), soft_wrap=True)
+        sys.exit(e.exit_code)
     except UserError as e:
         if debug_enabled():
             raise
@@ -64,6 +77,3 @@ def main(argv: list[str] | None = None) -> None:
             raise
         console.print(Text.assemble(("failed: ", "red"), str(e)), soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        sys.exit(130)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from alexrepro.cli.app import app
@@ -64,6 +65,10 @@ def prep_cmd(
         table.add_row(name, str(counts["found"]), str(counts["written"]), str(counts["skipped"]), str(counts["shards"]),
                       str(counts["resumed_shards"]))
     console.print(table)
+    if summary["quirks"]:  # the oddities real sources hold, each converted (docs/FORMAT.md, "Images")
+        console.print(f"converted, by kind (every file in {Path(out) / 'converted.tsv'}):", soft_wrap=True)
+        for kind, q in summary["quirks"].items():
+            console.print(f"  {kind}: {q['count']} ({q['what']}), e.g. {escape(q['first'][0])}", soft_wrap=True)
     rate = f", {summary['images_per_s']} images/s" if summary["images_per_s"] else ""
     console.print(f"prepared {out} in {summary['seconds']:.1f} s{rate}; {summary['skipped']} skipped "
                   f"(see {Path(out) / 'skipped.tsv'})")

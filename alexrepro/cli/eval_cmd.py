@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from alexrepro.cli.app import app
-from alexrepro.errors import UserError, WorkFailed
+from alexrepro.errors import UserError
 from alexrepro.loaders import KINDS, kinds_text
 from alexrepro.progress import console, emit_json
 
@@ -143,10 +143,10 @@ def predict_command(
         emit_json(report)
     else:
         _render_predictions(report)
-    if report["failed"]:
+    if report["failed"]:  # bad input (exit 2), after the images that could be read were reported
         first = report["failed"][0]
-        raise WorkFailed(f"{len(report['failed'])} of {len(images)} images could not be read (first: {first['path']}: "
-                         f"{first['reason']}); give image files PIL can read")
+        raise UserError(f"{len(report['failed'])} of {len(images)} images could not be read (first: {first['path']}: "
+                        f"{first['reason']}); give image files PIL can read")
 
 
 def _render_predictions(report: dict[str, Any]) -> None:

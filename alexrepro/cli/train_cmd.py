@@ -9,7 +9,7 @@ import typer
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError
 from alexrepro.loaders import KINDS, kinds_text
-from alexrepro.progress import console, emit_json
+from alexrepro.progress import console, count_noun, emit_json
 
 SET_HELP = "Override a recipe value: section.key=value (repeatable), e.g. --set optim.lr=0.02"
 
@@ -57,7 +57,9 @@ def train_command(
         None, "--checkpoint-every", help="Also checkpoint every N steps within an epoch (run.checkpoint_every)."),
     resume: bool = typer.Option(False, "--resume", help="Carry on from the run's newest loadable checkpoint."),
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Carry on from this checkpoint file."),
-    force: bool = typer.Option(False, "--force", help="Resume even though the recipe differs from the checkpoint's."),
+    force: bool = typer.Option(
+        False, "--force", help="With --resume: continue although the recipe differs from the checkpoint's. "
+        "Without: start a new run in a folder that holds an earlier one, whose files first move to RUN/previous-<time>/."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to RUN/tensorboard."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
@@ -86,10 +88,11 @@ def train_command(
         return
     best, last = summary["best_val_top1_error"], summary["last_val_top1_error"]
     if best is None:
-        console.print(f"nothing to train: {run} has already run {summary['epochs']} epochs")
+        console.print(f"nothing to train: {run} has already run {count_noun(summary['epochs'], 'epoch')}")
         return
     console.print(
-        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.0f} s; "
-        f"validation top-1 error best {100 * best:.2f}% (epoch {summary['best_epoch'] + 1}), last {100 * last:.2f}%; "
-        f"checkpoints in {run / 'checkpoints'}"
+        f"done: {count_noun(summary['epochs'], 'epoch')}, {count_noun(summary['steps'], 'step')} in "
+        f"{summary['seconds']:.0f} s; "
+        f"validation top-1 error best {100 * best:.2f}% (Epoch: [{summary['best_epoch']}]), last {100 * last:.2f}%; "
+        f"checkpoints in {run / 'checkpoints'}", soft_wrap=True,
     )

@@ -9,6 +9,10 @@ libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (draft mode, never below 256
 The "warp" resize is Caffe's ImageNet preparation instead (`convert_imageset --resize_height 256
 --resize_width 256`): the whole image to 256×256, the aspect ratio not kept. Caffe resamples with
 OpenCV's bilinear filter, without antialiasing; we use the same antialiased filter as for §2's resize.
+
+EXIF orientation is ignored: the pixels are used in the order the file stores them, as ImageNet's own
+tools, Krizhevsky's pipeline and torchvision's loader (PIL without `ImageOps.exif_transpose`) all do, so a
+set prepared here matches the images those models were trained and scored on (docs/FORMAT.md, "Images").
 """
 
 from __future__ import annotations
@@ -25,6 +29,21 @@ JPEG_QUALITY = 95  # default quality of the stored JPEGs (libjpeg's 4:2:0 chroma
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when reducing (PIL's filters scale their support)
 REDUCING_GAP = 3.0  # PIL: reduce by an integer factor first when the scale is ≥ 3×; "indistinguishable"
 RESIZE_MODES = ("shorter-side", "warp")  # §2's rescale and central crop | Caffe's warp to size×size
+
+
+# The oddities of real sources that prep converts and reports by kind (`quirks_of`), with what it did.
+QUIRKS = {
+    "cmyk": "CMYK, converted to RGB",
+    "greyscale": "greyscale, converted to RGB",
+    "palette": "palette colours, converted to RGB",
+    "alpha": "transparency dropped, as torchvision's loader does",
+    "not-jpeg": "named .JPEG but another format (PNG, GIF, ...), decoded as what it is",
+    "tiny": "shorter side under 64, enlarged 4× or more",
+    "huge": "over 4 megapixels, decoded at reduced scale where JPEG",
+}
+JPEG_NAMES = (".jpeg", ".jpg")
+TINY_SIDE = IMAGE_SIZE // 4
+HUGE_PIXELS = 4_000_000
 
 
 class BadImage(Exception):
@@ -50,6 +69,11 @@ def center_crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[fl
 
 def open_image(data: bytes, size: int = IMAGE_SIZE) -> Image.Image:
     """Decode image bytes (any mode); large JPEGs are DCT-scaled but keep the shorter side ≥ size."""
+    return _open_sized(data, size)[0]
+
+
+def _open_sized(data: bytes, size: int) -> tuple[Image.Image, tuple[int, int]]:
+    """open_image, and the size the file declares (draft decoding may have loaded it smaller)."""
     if not data:
         raise BadImage("empty file")
     try:
@@ -70,7 +94,7 @@ def open_image(data: bytes, size: int = IMAGE_SIZE) -> Image.Image:
         raise BadImage(f"image has no pixels ({im.size[0]}×{im.size[1]})")
     if min(im.size) < min(size, *original):  # draft must never take the shorter side below `size`
         raise AssertionError(f"draft decoded {original} at {im.size}, below {size}")
-    return im
+    return im, original
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -102,6 +126,26 @@ def warp_resize(im: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     return im.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
 
 
+def quirks_of(name: str, image_format: str | None, mode: str, size: tuple[int, int]) -> tuple[str, ...]:
+    """The QUIRKS kinds of a source image called `name` (its file name), as found before conversion."""
+    kinds = []
+    if mode == "CMYK":
+        kinds.append("cmyk")
+    if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16"):
+        kinds.append("greyscale")
+    if mode in ("P", "PA"):
+        kinds.append("palette")
+    if "A" in mode or mode == "RGBa":
+        kinds.append("alpha")
+    if image_format != "JPEG" and name.lower().endswith(JPEG_NAMES):
+        kinds.append("not-jpeg")
+    if min(size) < TINY_SIDE:
+        kinds.append("tiny")
+    elif size[0] * size[1] > HUGE_PIXELS:
+        kinds.append("huge")
+    return tuple(kinds)
+
+
 def prepare_image(
     data: bytes,
     encoding: str = "jpeg",
@@ -113,12 +157,21 @@ def prepare_image(
 
     resize "shorter-side" is §2's rescale and central crop; "warp" is Caffe's whole-image warp.
     """
+    return prepare_and_describe(data, encoding, quality, size, resize=resize)[0]
+
+
+def prepare_and_describe(
+    data: bytes, encoding: str = "jpeg", quality: int = JPEG_QUALITY, size: int = IMAGE_SIZE, name: str = "",
+    resize: str = "shorter-side",
+) -> tuple[bytes | np.ndarray, tuple[str, ...]]:
+    """prepare_image, and the QUIRKS kinds of the source (`name` is its file name, for "not-jpeg")."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown resize {resize!r}; use one of {', '.join(RESIZE_MODES)}")
     resample = resize_center_crop if resize == "shorter-side" else warp_resize
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings would break the progress display
-        im = open_image(data, size)
+        im, original = _open_sized(data, size)
+        kinds = quirks_of(name, im.format, im.mode, original)
         try:
             if im.mode in ("RGB", "L"):  # resample first: fewer channels (L), and RGB is a no-op
                 im = to_rgb(resample(im, size))
@@ -127,10 +180,10 @@ def prepare_image(
         except (OSError, ValueError) as e:
             raise BadImage(f"truncated or corrupt image ({_one_line(e)})") from None
     if encoding == "raw":
-        return np.asarray(im, dtype=np.uint8)
+        return np.asarray(im, dtype=np.uint8), kinds
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return buf.getvalue(), kinds
 
 
 def _one_line(e: BaseException) -> str:

@@ -21,6 +21,7 @@ from alexrepro.errors import UserError
 FORMAT_NAME = "alexrepro-prepared"
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.tsv"  # path <TAB> reason of every source file not written (the manifest lists them per split)
+CONVERTED = "converted.tsv"  # split, path and kinds of every source image prep converted (alexrepro.data.imaging.QUIRKS)
 
 
 R = TypeVar("R", bound="_FlatRecord")
@@ -74,7 +75,8 @@ class SkippedFile(_FlatRecord):
 
 @dataclass(frozen=True)
 class SplitEntry:
-    """One split: images written, files found and skipped, the source layout, the shards in order."""
+    """One split: images written, files found and skipped, the source layout, the shards in order, and the
+    source images prep converted, counted by kind (alexrepro.data.imaging.QUIRKS; converted.tsv lists them)."""
 
     count: int
     shards: list[ShardEntry]
@@ -82,6 +84,7 @@ class SplitEntry:
     skipped: int = 0
     layout: str = ""  # e.g. "class folders in train/"
     skipped_files: list[SkippedFile] = field(default_factory=list)
+    quirks: dict[str, int] = field(default_factory=dict)  # {QUIRKS kind: files}; empty where no prep recorded it
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class SplitEntry:
             "layout": self.layout,
             "shards": [s.to_payload() for s in self.shards],
             "skipped_files": [s.to_payload() for s in self.skipped_files],
+            "quirks": dict(self.quirks),
         }
 
     @classmethod
@@ -103,6 +107,7 @@ class SplitEntry:
             skipped=int(payload.get("skipped", 0)),
             layout=str(payload.get("layout", "")),
             skipped_files=[SkippedFile.from_payload(s) for s in payload.get("skipped_files", [])],
+            quirks={str(k): int(v) for k, v in payload.get("quirks", {}).items()},
         )
 
 
@@ -216,6 +221,8 @@ def read_manifest(out: str | os.PathLike[str]) -> Manifest:
         payload = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is corrupt ({e}); run alexrepro prep again to rebuild it") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not an alexrepro manifest; prepare the set with alexrepro prep")
     if payload.get("format_version") not in READABLE_VERSIONS:

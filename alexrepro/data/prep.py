@@ -2,9 +2,13 @@
 
 Images are assigned to shards deterministically (each split's items sorted by key, chunked by
 --shard-size), each worker builds whole shards, and a shard is renamed into place only when complete,
-so a killed prep started again skips the complete shards and produces the same set. Until the manifest
-is written, OUT/.prep.json records what is being prepared, so a different source or different options
-are refused instead of being mixed in (alexrepro.data.prep_state).
+so a killed prep started again skips the complete shards and produces the same set (a complete shard
+that no longer reads, or whose counts disagree, is made again). Until the manifest is written,
+OUT/.prep.json records what is being prepared, so a different source or different options are refused
+instead of being mixed in (alexrepro.data.prep_state).
+
+One prep at a time writes into OUT (alexrepro.locking). Its workers end with it however it ends
+(alexrepro.lifetime) and never write after; SIGINT or SIGTERM stops it at once, keeping the complete shards.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import os
 import queue as queue_mod
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
-
-from alexrepro.atomic import atomic_write_text, writable_folder
+from alexrepro import lifetime
+from alexrepro.atomic import atomic_write_text, described_write_errors, writable_folder
 from alexrepro.data import sources
-from alexrepro.data.imaging import JPEG_QUALITY, RESIZE_MODES, BadImage, prepare_image
+from alexrepro.data.imaging import JPEG_QUALITY, QUIRKS, RESIZE_MODES, BadImage, prepare_and_describe
 from alexrepro.data.manifest import (
+    CONVERTED,
+    MANIFEST,
     SKIPPED,
     Manifest,
     PrepRecord,
@@ -32,11 +38,32 @@ from alexrepro.data.manifest import (
     SplitEntry,
     write_manifest,
 )
-from alexrepro.data.prep_state import check_out, clear_state, identity, split_digest, write_state
+from alexrepro.data.prep_state import (
+    RESUME_HINT,
+    SIDECARS,
+    ShardDamaged,
+    ShardResult,
+    ShardTask,
+    check_out,
+    clean_field,
+    clear_state,
+    count_kinds,
+    earlier_records,
+    identity,
+    read_converted,
+    resumed_shard,
+    sidecar,
+    split_digest,
+    write_rows,
+    write_state,
+)
 from alexrepro.data.shards import ENCODINGS, IMAGE_SIZE, write_shard
+from alexrepro.data.source_files import printable
 from alexrepro.data.stats_file import STATS
 from alexrepro.errors import UserError, WorkFailed
+from alexrepro.locking import command_line, lock_folder
 from alexrepro.progress import console, make_progress
+from alexrepro.signals import Stopped
 
 SHARD_SIZE = 1024  # images per shard (default of --shard-size)
 
@@ -57,26 +84,6 @@ class PrepOptions:
     synset_mapping: Path | None = None
 
 
-@dataclass
-class ShardTask:
-    split: str
-    index: int
-    path: Path
-    items: list[sources.Item]
-    encoding: str
-    quality: int
-    resize: str = "shorter-side"
-
-
-@dataclass
-class ShardResult:
-    split: str
-    index: int
-    count: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    resumed: bool = False
-
-
 def available_cores() -> int:
     """Cores this process may use."""
     try:
@@ -95,42 +102,43 @@ def plan_shards(items: list[sources.Item], shard_size: int) -> list[list[sources
     return [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
 
 
-def _clean(text: str) -> str:
-    return " ".join(str(text).split())  # one TSV field: no tabs or newlines
-
-
 # --------------------------------------------------------------------------------------------- one shard
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, parent_pid: int) -> None:
     global _progress_queue
+    lifetime.init_worker(parent_pid)  # dies with prep, leaves Ctrl-C to it
     _progress_queue = progress_queue
 
 
 def build_shard(task: ShardTask, report: Any = None) -> ShardResult:
-    """Read, convert and encode one shard's images; write the shard (and its skipped list) atomically."""
-    images, labels, keys, skipped = [], [], [], []
+    """Read, convert and encode one shard's images; write the shard (and its sidecars) atomically."""
+    images, labels, keys, skipped, converted = [], [], [], [], []
     last = time.monotonic()
     for n, item in enumerate(task.items, 1):
         try:
             data = sources.read_item(item)
-            images.append(prepare_image(data, task.encoding, task.quality, resize=task.resize))
+            stored, kinds = prepare_and_describe(data, task.encoding, task.quality, name=item.key, resize=task.resize)
+            images.append(stored)
             labels.append(item.label)
             keys.append(item.key)
+            if kinds:
+                converted.append((item.key, ",".join(kinds)))
         except BadImage as e:
             skipped.append((item.key, str(e)))
         except OSError as e:
-            skipped.append((item.key, f"unreadable ({_clean(e)})"))
+            skipped.append((item.key, f"unreadable ({clean_field(e)})"))
         now = time.monotonic()
         if report is not None and (now - last > 0.2 or n == len(task.items)):
             report(task.split, task.index, n)
             last = now
-    sidecar = task.path.with_suffix(".skipped.tsv")
-    if skipped:  # written before the shard, whose rename marks the pair complete
-        atomic_write_text(sidecar, "".join(f"{_clean(k)}\t{_clean(r)}\n" for k, r in skipped))
-    write_shard(task.path, task.encoding, images, labels, keys)
-    return ShardResult(task.split, task.index, len(keys), skipped)
+    for suffix, rows in zip(SIDECARS, (skipped, converted), strict=True):
+        if rows:  # written before the shard, whose rename marks the shard and its sidecars complete
+            write_rows(sidecar(task.path, suffix), rows)
+    with described_write_errors(task.path, RESUME_HINT):
+        write_shard(task.path, task.encoding, images, labels, keys)
+    return ShardResult(task.split, task.index, len(keys), skipped, converted=converted)
 
 
 def _build_shard_in_worker(task: ShardTask) -> ShardResult:
@@ -138,23 +146,6 @@ def _build_shard_in_worker(task: ShardTask) -> ShardResult:
         _progress_queue.put((split, index, n))
 
     return build_shard(task, report)
-
-
-def resumed_shard(task: ShardTask) -> ShardResult:
-    """The result of a shard an earlier run completed: its count, and what it skipped (keys not stored)."""
-    with h5py.File(task.path, "r") as f:
-        count = int(f.attrs["count"])
-        stored = {k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in f["keys"][:]}
-    reasons: dict[str, str] = {}
-    sidecar = task.path.with_suffix(".skipped.tsv")
-    if sidecar.is_file():
-        for line in sidecar.read_text().splitlines():
-            key, _, reason = line.partition("\t")
-            reasons[key] = reason
-    skipped = [
-        (it.key, reasons.get(_clean(it.key), "skipped by an earlier run")) for it in task.items if it.key not in stored
-    ]
-    return ShardResult(task.split, task.index, count, skipped, resumed=True)
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -176,25 +167,49 @@ def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str,
         return results
     ctx = multiprocessing.get_context("spawn")  # fork-safety: no inherited h5py handles or bar threads
     progress_queue = ctx.Queue()
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(progress_queue, os.getpid()))
+    try:
         futures = {pool.submit(_build_shard_in_worker, t): t for t in pending}
         waiting = set(futures)
-        try:
-            while waiting:
-                finished, waiting = wait(waiting, timeout=0.25, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        report(*progress_queue.get_nowait())
-                    except queue_mod.Empty:
-                        break
-                for fut in finished:
-                    res = fut.result()
-                    report(res.split, res.index, len(futures[fut].items))
-                    results.append(res)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+        while waiting:
+            finished, waiting = wait(waiting, timeout=0.25, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    report(*progress_queue.get_nowait())
+                except queue_mod.Empty:
+                    break
+            for fut in finished:
+                res = fut.result()
+                report(res.split, res.index, len(futures[fut].items))
+                results.append(res)
+    except BaseException as e:  # a stop signal, a failed shard: the workers end now, their shards are redone
+        lifetime.stop_pool(pool)
+        if isinstance(e, BrokenProcessPool):
+            raise WorkFailed("a prep worker died (killed, or out of memory?); the complete shards are kept: run "
+                             "the same prep again to resume, with fewer --workers if memory is short") from None
+        raise
+    pool.shutdown(wait=True)
     return results
+
+
+def plan_tasks(out: Path, source: sources.Source, options: PrepOptions) -> dict[str, list[ShardTask]]:
+    """Every shard of every split, in order; makes the split folders and removes a killed run's half-written files."""
+    tasks: dict[str, list[ShardTask]] = {}
+    for name, split in source.splits.items():
+        (out / name).mkdir(exist_ok=True)
+        remove_temp_files(out / name)
+        tasks[name] = [
+            ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality, options.resize)
+            for i, chunk in enumerate(plan_shards(split.items, options.shard_size))
+        ]
+    return tasks
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Remove the half-written files of a killed or stopped writer (atomic.temp_name); OUT must be locked."""
+    for stale in folder.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def check_options(options: PrepOptions) -> None:
@@ -211,22 +226,11 @@ def check_options(options: PrepOptions) -> None:
         raise UserError(f"--workers must be at least 1 (or 0 for all cores), got {options.workers}")
 
 
-def plan_tasks(out: Path, source: sources.Source, options: PrepOptions) -> dict[str, list[ShardTask]]:
-    """Every shard of every split, in order; a killed run's half-written files are removed first."""
-    tasks: dict[str, list[ShardTask]] = {}
-    for name, split in source.splits.items():
-        (out / name).mkdir(exist_ok=True)
-        for stale in (out / name).glob(".*.tmp-*"):
-            stale.unlink()
-        tasks[name] = [
-            ShardTask(name, i, out / shard_file(name, i), chunk, options.encoding, options.quality, options.resize)
-            for i, chunk in enumerate(plan_shards(split.items, options.shard_size))
-        ]
-    return tasks
-
-
 def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: bool = True) -> dict[str, Any]:
-    """Prepare SRC into OUT (resuming an unfinished prep of the same set); returns the --json summary."""
+    """Prepare SRC into OUT (resuming an unfinished prep of the same set); returns the --json summary.
+
+    Holds OUT's lock throughout. Stopped by a signal, it raises Stopped saying how many shards it kept.
+    """
     options = options or PrepOptions()
     src, out = Path(src), Path(out)
     check_options(options)
@@ -235,27 +239,58 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
         src, options.splits, options.devkit, options.val_labels, options.test_labels, options.synset_mapping
     )
     for note in source.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {printable(note)}", soft_wrap=True, markup=False)
     for name, split in source.splits.items():
         if not split.items:
             raise UserError(f"the {name} split ({split.layout}) has no labelled image; check SRC and the labels")
     ident = identity(src, options, source)
     digests = {name: split_digest(s) for name, s in source.splits.items()}
-    previous = check_out(out, ident, digests)
-    writable_folder(out, "OUT")
-    earlier = previous.prep.splits if previous is not None and previous.prep is not None else {}
-    record = PrepRecord(ident, {**earlier, **digests})
-    write_state(out, record)
+    writable_folder(out, "OUT")  # creates only a missing OUT, where check_out has nothing to refuse
+    with lock_folder(out, "OUT"):  # first: a prep running in OUT is named, not its half-made set judged
+        previous = check_out(out, ident, digests)
+        earlier_digests = previous.prep.splits if previous is not None and previous.prep is not None else {}
+        record = PrepRecord(ident, {**earlier_digests, **digests})  # the splits prepared before stay recorded
+        tasks = plan_tasks(out, source, options)
+        try:
+            summary = _prep_locked(out, options, source, record, previous, tasks, progress)
+        except BaseException as e:
+            for name in tasks:  # the workers are gone (stop_pool): what they left half-written goes too
+                remove_temp_files(out / name)
+            if not isinstance(e, Stopped):
+                raise
+            done = sum(t.path.is_file() for split_tasks in tasks.values() for t in split_tasks)
+            total = sum(len(split_tasks) for split_tasks in tasks.values())
+            raise Stopped(e.signum, f"complete shards kept in {out}: {done} of {total} (the manifest and mean "
+                                    f"image come when prep finishes); resume with: {command_line()}") from None
+    summary["seconds"] = round(time.monotonic() - start, 3)
+    return summary
 
-    tasks = plan_tasks(out, source, options)
+
+def _prep_locked(
+    out: Path,
+    options: PrepOptions,
+    source: sources.Source,
+    record: PrepRecord,
+    previous: Manifest | None,
+    tasks: dict[str, list[ShardTask]],
+    progress: bool,
+) -> dict[str, Any]:
+    """The prep itself, OUT locked: build the missing shards, write the manifest, compute the mean image."""
+    write_state(out, record)
     results: dict[str, dict[int, ShardResult]] = {name: {} for name in tasks}
     pending = []
+    earlier = earlier_records(out, previous)
     for name, split_tasks in tasks.items():
         for t in split_tasks:
             if t.path.is_file():
-                results[name][t.index] = resumed_shard(t)
-            else:
-                pending.append(t)
+                try:
+                    results[name][t.index] = resumed_shard(t, earlier)
+                    continue
+                except ShardDamaged as e:
+                    console.print(f"note: {t.path} is damaged ({e}); preparing it again", soft_wrap=True, markup=False)
+                    for path in (t.path, *(sidecar(t.path, suffix) for suffix in SIDECARS)):
+                        path.unlink(missing_ok=True)
+            pending.append(t)
     workers = min(options.workers or available_cores(), max(1, len(pending)))
 
     bar = make_progress() if progress else None
@@ -270,8 +305,6 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
     try:
         for res in _run_tasks(pending, workers, bar, bars):
             results[res.split][res.index] = res
-    except OSError as e:
-        raise WorkFailed(f"writing shards under {out} failed ({_clean(e)}); free space or fix OUT, then resume") from None
     finally:
         if bar is not None:
             bar.stop()
@@ -286,9 +319,12 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
         stats = compute_mean(out, workers=options.workers or available_cores(), progress=progress)
         summary["channel_mean"] = [float(v) for v in stats.channel_mean]
     clear_state(out)
+    for split_tasks in tasks.values():  # the manifest, skipped.tsv and converted.tsv now hold what they held
+        for t in split_tasks:
+            for suffix in SIDECARS:
+                sidecar(t.path, suffix).unlink(missing_ok=True)
     converted = sum(len(t.items) for t in pending)
     summary.update(
-        seconds=round(time.monotonic() - start, 3),
         converted=converted,
         images_per_s=round(converted / run_seconds, 1) if run_seconds > 0 and converted else None,
         workers=workers,
@@ -305,8 +341,9 @@ def _finish(
     tasks: dict[str, list[ShardTask]],
     results: dict[str, dict[int, ShardResult]],
 ) -> dict[str, Any]:
-    """Check the counts, write the manifest and skipped.tsv; the summary of every split."""
+    """Check the counts, write the manifest, skipped.tsv and converted.tsv; the summary of every split."""
     splits = dict(previous.splits) if previous is not None else {}  # splits not prepared this time stay
+    converted = [row for row in read_converted(out / CONVERTED) if row[0] not in source.splits and row[0] in splits]
     summary: dict[str, Any] = {"out": str(out), "source": record.identity["source"], "splits": {}}
     for name, split in source.splits.items():
         res = [results[name][t.index] for t in tasks[name]]
@@ -323,13 +360,16 @@ def _finish(
             layout=split.layout,
             shards=[ShardEntry(shard_file(name, r.index), r.count) for r in res],
             skipped_files=[SkippedFile(k, r) for k, r in skipped],
+            quirks=count_kinds([kinds for r in res for _, kinds in r.converted]),
         )
+        converted += [(name, key, kinds) for r in res for key, kinds in r.converted]
         summary["splits"][name] = {
             "found": split.found,
             "written": written,
             "skipped": len(skipped),
             "shards": len(res),
             "resumed_shards": sum(r.resumed for r in res),
+            "quirks": splits[name].quirks,
         }
     manifest = Manifest(
         source=record.identity["source"],
@@ -345,8 +385,16 @@ def _finish(
         prep=record,
     )
     rows = [(f.path, f.reason) for sp in manifest.splits.values() for f in sp.skipped_files]
-    atomic_write_text(out / SKIPPED, "path\treason\n" + "".join(f"{_clean(p)}\t{_clean(r)}\n" for p, r in rows))
-    write_manifest(out, manifest)
+    write_rows(out / SKIPPED, rows, header="path\treason\n")
+    with described_write_errors(out / CONVERTED, RESUME_HINT):
+        atomic_write_text(out / CONVERTED, "split\tpath\tquirks\n" + "".join(
+            f"{sp}\t{clean_field(k)}\t{clean_field(v)}\n" for sp, k, v in converted))
+    with described_write_errors(out / MANIFEST, RESUME_HINT):
+        write_manifest(out, manifest)
     summary["skipped"] = manifest.skipped
     summary["classes"] = len(source.classes)
+    summary["quirks"] = {
+        kind: {"count": n, "what": QUIRKS[kind], "first": [k for _, k, v in converted if kind in v.split(",")][:5]}
+        for kind, n in count_kinds([v for _, _, v in converted]).items()
+    }
     return summary

@@ -6,6 +6,7 @@ Layout of a prepared set OUT (docs/FORMAT.md describes each file for people and 
     stats.h5               mean image (256×256×3 float32, RGB, 0–255), channel mean, pixel count,
                            and after `alexrepro pca`: eigval (3,), eigvec (3×3, columns), same scale
     skipped.tsv            path <TAB> reason for every source file not written
+    converted.tsv          split <TAB> path <TAB> kinds, for every source image with a quirk prep converted
 
 Where each part is defined:
     alexrepro.data.shards       the shard format: write_shard, checksums, decode_jpeg, the Shard reader
@@ -19,6 +20,7 @@ Where each part is defined:
 from __future__ import annotations
 
 from alexrepro.data.manifest import (
+    CONVERTED,
     FORMAT_NAME,
     MANIFEST,
     SKIPPED,
@@ -57,6 +59,7 @@ from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
 
 __all__ = [
     "CHECKSUMS",
+    "CONVERTED",
     "ENCODINGS",
     "FORMAT_NAME",
     "FORMAT_VERSION",

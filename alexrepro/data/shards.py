@@ -138,6 +138,7 @@ class Shard:
         self._layout_read = False
         self._checksums: np.ndarray | None = None
         self._checksums_read = False
+        self.stored_count: int | None = None  # the shard's own `count`, once labels() has read it
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -229,9 +230,19 @@ class Shard:
             done += n
 
     def labels(self) -> np.ndarray:
-        """Every label of the shard, read with a handle closed right after (not the cached one)."""
+        """Every label of the shard, read with a handle closed right after (not the cached one).
+
+        Also reads the shard's `count` attribute into `stored_count`, for the checks of SplitDataset.
+        """
         with open_shard_file(self.path) as f:
-            return f["labels"][:]
+            try:
+                self.stored_count = int(f.attrs["count"])
+                return f["labels"][:]
+            except (KeyError, OSError, ValueError) as e:
+                raise UserError(
+                    f"shard {self.path} is damaged ({' '.join(str(e).split())}); check the set with alexrepro info "
+                    f"{self.path.parent.parent} --verify and run alexrepro prep again to rebuild it"
+                ) from None
 
     def keys(self) -> list[str]:
         """The source path of every image, read with a handle closed right after."""

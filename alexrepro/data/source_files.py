@@ -1,11 +1,15 @@
 """Listing the images of a split in SRC: a folder (flat, or one folder per class) or an uncompressed tar.
 
 Tars are read in place: ILSVRC2012_img_train.tar holds one <wnid>.tar per class, ILSVRC2012_img_val.tar
-is flat; each image is found by its byte offset and size inside the outer tar.
+is flat; each image is found by its byte offset and size inside the outer tar. Sources are taken as they
+are found: symlinked class folders and files are followed (loops and dangling links reported), file
+names that are not UTF-8 get `\\xNN`-escaped keys, and tar members outside the class structure (absolute
+or '..' paths, links, devices, deeper folders) are reported, never read and never a class.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tarfile
 from dataclasses import dataclass
@@ -14,6 +18,8 @@ from pathlib import Path
 from alexrepro.errors import UserError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+Problem = tuple[str, str]  # (key, reason): a file found and not read, reported in skipped.tsv
+OUTSIDE = "outside the archive (an absolute path or '..'): not read"
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,16 @@ class ListedImage:
     size: int = -1
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of a file name that are not UTF-8 (which Python decodes to lone
+    surrogates) become `\\xNN` escapes, so keys, skipped.tsv and the manifest always encode."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def is_image_name(name: str) -> bool:
     return not os.path.basename(name).startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
@@ -36,62 +52,154 @@ def stem(name: str) -> str:
     return os.path.splitext(os.path.basename(name))[0]
 
 
-def list_folder(folder: Path, root: Path) -> list[ListedImage]:
-    """Images directly in `folder` (flat) and one level down (class folders), sorted by key."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        depth = len(Path(dirpath).relative_to(folder).parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth == 0 else []
-        class_folder = Path(dirpath).name if depth == 1 else None
-        for name in filenames:
-            if is_image_name(name):
-                file = Path(dirpath) / name
-                entries.append(ListedImage(file.relative_to(root).as_posix(), stem(name), class_folder, str(file)))
-    return sorted(entries, key=lambda e: e.key)
+def _key(path: Path, root: Path) -> str:
+    return printable(path.relative_to(root).as_posix())
 
 
-def list_tar(path: Path, root: Path) -> list[ListedImage]:
-    """Images inside an uncompressed tar, read in place: members, or members of one tar per class."""
-    base = path.relative_to(root).as_posix()
+def class_folders(folder: Path, root: Path) -> tuple[list[Path], list[Problem]]:
+    """The class folders of a split folder, symlinked ones followed; links that loop or lead nowhere reported.
+
+    A class folder that resolves to the split folder or one above it would list the split's own files
+    again (a loop), so it is reported and not read.
+    """
+    here = folder.resolve()
+    folders, problems = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir()  # follows symlinks
+            target = path.resolve(strict=True) if entry.is_symlink() else None
+        except (OSError, RuntimeError) as e:  # ELOOP, a dangling link; RuntimeError: a loop (Python < 3.13)
+            loops = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
+            reason = "a symbolic link that loops" if loops else f"a broken symbolic link ({e.strerror or e})"
+            problems.append((_key(path, root) + "/", f"{printable(reason)}: not read"))
+            continue
+        if not is_dir:
+            continue
+        if target is not None and (target == here or target in here.parents):
+            problems.append((_key(path, root) + "/", f"a symbolic link to {printable(str(target))}, which holds "
+                                                     "this split (a loop): not read"))
+            continue
+        folders.append(path)
+    return folders, problems
+
+
+def list_folder(folder: Path, root: Path) -> tuple[list[ListedImage], list[Problem]]:
+    """Images directly in `folder` (flat) and in its class folders (symlinks followed), sorted by key;
+    and the links that could not be followed."""
     entries = []
+    for path in sorted(folder.iterdir()):
+        if is_image_name(path.name) and not path.is_dir():
+            entries.append(ListedImage(_key(path, root), stem(path.name), None, str(path)))
+    folders, problems = class_folders(folder, root)
+    for class_folder in folders:
+        wnid = printable(class_folder.name)
+        try:
+            names = sorted(os.listdir(class_folder))  # a symlinked file is read through its link
+        except OSError as e:
+            problems.append((_key(class_folder, root) + "/", f"cannot be listed ({e.strerror or e}): not read"))
+            continue
+        for name in names:
+            file = class_folder / name
+            if is_image_name(name) and not file.is_dir():
+                entries.append(ListedImage(_key(file, root), stem(name), wnid, str(file)))
+    return sorted(entries, key=lambda e: e.key), problems
+
+
+def member_parts(name: str) -> list[str] | None:
+    """A tar member's path as its parts, or None if it points outside the archive (absolute, or '..')."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts or not parts:
+        return None
+    return parts
+
+
+def _not_a_file(m: tarfile.TarInfo) -> str | None:
+    """What a tar member is when it is not a regular file (a link, a device, ...); None for a file."""
+    if m.isfile():
+        return None
+    for test, what in ((m.issym, "a symbolic link"), (m.islnk, "a hard link"), (m.ischr, "a device"),
+                       (m.isblk, "a device"), (m.isfifo, "a FIFO")):
+        if test():
+            return what
+    return "not a regular file"
+
+
+def _list_class_tar(outer: tarfile.TarFile, m: tarfile.TarInfo, path: Path, base: str,
+                    problems: list[Problem]) -> list[ListedImage]:
+    """The images of one class tar (<wnid>.tar) inside the outer tar, located by their offsets in the outer file."""
+    wnid, entries = printable(stem(m.name)), []
     try:
-        with tarfile.open(path, "r:") as outer:
-            for member in outer:
-                if not member.isfile():
+        with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
+            for im in inner:
+                key = f"{base}/{printable(m.name)}/{printable(im.name)}"
+                if im.isdir():
                     continue
-                if member.name.lower().endswith(".tar"):
-                    entries += _list_class_tar(outer, member, f"{base}/{member.name}", str(path))
-                elif is_image_name(member.name):
-                    parent = os.path.basename(os.path.dirname(member.name)) or None
-                    entries.append(ListedImage(f"{base}/{member.name}", stem(member.name), parent, str(path),
-                                               member.offset_data, member.size))
-    except tarfile.ReadError as e:
-        raise UserError(
-            f"{path} is not an uncompressed tar ({e}); prep reads .tar files in place, so decompress it first"
-        ) from None
-    return sorted(entries, key=lambda e: e.key)
-
-
-def _list_class_tar(outer: tarfile.TarFile, member: tarfile.TarInfo, key: str, path: str) -> list[ListedImage]:
-    """The images of one class tar inside `outer`, located by their offsets in the outer file."""
-    entries = []
-    with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-        for image in inner:
-            if image.isfile() and is_image_name(image.name):
-                entries.append(ListedImage(f"{key}/{image.name}", stem(image.name), stem(member.name), path,
-                                           member.offset_data + image.offset_data, image.size))
+                what = _not_a_file(im)
+                if what is not None or member_parts(im.name) is None:
+                    problems.append((key, f"{what} in a class tar, not an image file: not read" if what else OUTSIDE))
+                elif is_image_name(im.name):
+                    entries.append(ListedImage(key, stem(im.name), wnid, str(path), m.offset_data + im.offset_data,
+                                               im.size))
+    except (tarfile.TarError, EOFError) as e:
+        problems.append((f"{base}/{printable(m.name)}", f"not a readable tar ({printable(str(e))}): not read"))
     return entries
 
 
+def list_tar(path: Path, root: Path) -> tuple[list[ListedImage], list[Problem]]:
+    """Images inside an uncompressed tar, read in place: <image> (flat), <class>/<image>, or the images of
+    one <class>.tar per class; and the members outside that structure (links, devices, absolute or '..'
+    paths, deeper folders), which are reported and never read, so they can never become a class."""
+    base = printable(path.relative_to(root).as_posix())
+    entries: list[ListedImage] = []
+    problems: list[Problem] = []
+    try:
+        with tarfile.open(path, "r:") as outer:
+            for m in outer:
+                if m.isdir():
+                    continue
+                key, parts, what = f"{base}/{printable(m.name)}", member_parts(m.name), _not_a_file(m)
+                if what is not None:
+                    problems.append((key, f"{what} in the tar, not an image file: not read"))
+                elif parts is None:
+                    problems.append((key, OUTSIDE))
+                elif m.name.lower().endswith(".tar"):
+                    if len(parts) == 1:
+                        entries += _list_class_tar(outer, m, path, base, problems)
+                    else:
+                        problems.append((key, "a class tar inside a folder of the archive: not read"))
+                elif is_image_name(m.name):
+                    if len(parts) <= 2:
+                        folder = printable(parts[0]) if len(parts) == 2 else None
+                        entries.append(ListedImage(key, stem(m.name), folder, str(path), m.offset_data, m.size))
+                    else:
+                        problems.append((key, "deeper than <class>/<image> in the archive: not read"))
+    except (tarfile.ReadError, EOFError) as e:
+        raise UserError(
+            f"{path} is not an uncompressed tar ({e}); prep reads .tar files in place, so decompress it first"
+        ) from None
+    return sorted(entries, key=lambda e: e.key), problems
+
+
 def train_classes(location: Path) -> list[str]:
-    """Class names of a training split from its folder names (or class tars), without listing images."""
+    """Class names of a training split, without listing images: the class folders list_folder reads, or the
+    class tars and <class>/ folders of a tar that list_tar reads (the same rules, so the two agree)."""
     if location.is_dir():
-        return sorted(d.name for d in location.iterdir() if d.is_dir() and not d.name.startswith("."))
-    with tarfile.open(location, "r:") as tar:
-        names = set()
-        for member in tar:
-            if member.isfile() and member.name.lower().endswith(".tar"):
-                names.add(stem(member.name))
-            elif member.isfile() and is_image_name(member.name) and os.path.dirname(member.name):
-                names.add(os.path.basename(os.path.dirname(member.name)))
+        return sorted(printable(p.name) for p in class_folders(location, location)[0])
+    names = set()
+    try:
+        with tarfile.open(location, "r:") as tar:
+            for m in tar:
+                parts = member_parts(m.name)
+                if not m.isfile() or parts is None:
+                    continue
+                if len(parts) == 1 and m.name.lower().endswith(".tar"):
+                    names.add(printable(stem(m.name)))
+                elif len(parts) == 2 and is_image_name(m.name):
+                    names.add(printable(parts[0]))
+    except (tarfile.ReadError, EOFError) as e:
+        raise UserError(f"{location} is not an uncompressed tar ({e}); prep reads .tar files in place, so "
+                        "decompress it first") from None
     return sorted(names)

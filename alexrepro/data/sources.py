@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexrepro.data.manifest import ClassInfo
-from alexrepro.data.source_files import ListedImage, list_folder, list_tar, train_classes
+from alexrepro.data.source_files import ListedImage, Problem, list_folder, list_tar, train_classes
 from alexrepro.data.source_labels import Labelling, find_labelling, read_synset_mapping
 from alexrepro.errors import UserError
 
@@ -79,7 +79,7 @@ def _locate_split(src: Path, image_root: Path, split: str) -> Path | None:
     return tars[0] if tars else None
 
 
-def _list_split(src: Path, location: Path) -> list[ListedImage]:
+def _list_split(src: Path, location: Path) -> tuple[list[ListedImage], list[Problem]]:
     return list_folder(location, src) if location.is_dir() else list_tar(location, src)
 
 
@@ -124,7 +124,9 @@ def find_sources(
         raise UserError(f"{src} has no {missing[0]} split (found: {', '.join(located)}); check SRC or --split")
 
     labelling = find_labelling(src, devkit, val_labels, test_labels)
-    listed = {s: _list_split(src, located[s]) for s in wanted}
+    listed, problems = {}, {}
+    for s in wanted:
+        listed[s], problems[s] = _list_split(src, located[s])
     wnids, origin = _class_wnids(located, listed, labelling)
     names = _class_names(src, labelling, synset_mapping)
     classes = [ClassInfo(i, w, names.get(w, w)) for i, w in enumerate(wnids)]
@@ -134,7 +136,11 @@ def find_sources(
     result: dict[str, SplitSource] = {}
     for split in wanted:
         where = located[split].relative_to(src).as_posix() + ("/" if located[split].is_dir() else "")
-        entries = listed[split]
+        entries, not_read = listed[split], list(problems[split])
+        if split == "train":  # training images are labelled by their class folder or tar, never by name
+            stray = [e for e in entries if e.folder is None]
+            not_read += [(e.key, "not inside a class folder or class tar: not read") for e in stray]
+            entries = [e for e in entries if e.folder is not None]
         flat = [e for e in entries if e.folder is None]
         by_stem = labelling.stem_to_wnid(split, [e.stem for e in flat]) if flat else {}
         if flat and by_stem is None:
@@ -148,7 +154,7 @@ def find_sources(
             continue
         items, unlabelled = _label_images(entries, by_stem or {}, index)
         layout = "class folders" if not flat else ("flat" if len(flat) == len(entries) else "mixed")
-        result[split] = SplitSource(split, f"{layout} in {where}", items, unlabelled)
+        result[split] = SplitSource(split, f"{layout} in {where}", items, sorted(not_read + unlabelled))
     if not result:
         raise UserError(f"{src} has no split that can be labelled: {'; '.join(notes)}")
     return Source(src, classes, result, notes)

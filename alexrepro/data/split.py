@@ -34,6 +34,29 @@ class SplitDataset:
         counts = np.array([e.count for e in entries], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self._labels: np.ndarray | None = None
+        self._labels = self._checked_labels(counts)
+
+    def _checked_labels(self, counts: np.ndarray) -> np.ndarray:
+        """Every label, read once, after checking each shard's count against the manifest and every label
+        against the classes: a set that disagrees with itself is refused here, in one line, rather than
+        failing (or silently mislabelling) deep inside training. Reads no image."""
+        hint = f"find every problem with alexrepro info {self.out} --verify and rebuild the set with alexrepro prep"
+        parts = []
+        for shard, expected in zip(self.shards, counts, strict=True):
+            labels = shard.labels()
+            count = shard.stored_count
+            if count != expected or len(labels) != count:
+                raise UserError(f"shard {shard.path} holds {count} images and {len(labels)} labels, but the "
+                                f"manifest says {int(expected)}; {hint}")
+            parts.append(labels)
+        labels = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+        if len(bad):
+            s, j = self.locate(int(bad[0]))
+            raise UserError(f"{len(bad)} labels of the {self.split} split lie outside the manifest's "
+                            f"{self.num_classes} classes (first: {int(labels[bad[0]])} at {self.shards[s].path} "
+                            f"#{j}); {hint}")
+        return labels
 
     def __len__(self) -> int:
         return int(self.starts[-1])

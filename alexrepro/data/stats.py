@@ -2,27 +2,33 @@
 
 Both are exact sums streamed over the stored images (decoded as stored), parallel over chunks
 of shards in a process pool; partial sums are integers, so the result does not depend on the
-number of workers or the order in which chunks finish.
+number of workers or the order in which chunks finish. The pool's workers end with their parent
+(alexrepro.lifetime) and write nothing; `alexrepro pca` holds OUT's lock (alexrepro.locking) while it runs.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alexrepro.atomic import writable_folder
+from alexrepro import lifetime
+from alexrepro.atomic import described_write_errors, writable_folder
 from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
 from alexrepro.data.split import open_split
-from alexrepro.data.stats_file import Stats, read_stats, write_stats
-from alexrepro.errors import UserError
+from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
+from alexrepro.errors import UserError, WorkFailed
 from alexrepro.loaders.augment import PIXEL_MAX, lighting_magnitudes  # §4.1 lighting on the 0–255 scale
+from alexrepro.locking import command_line, lock_folder
 from alexrepro.progress import make_progress
+from alexrepro.signals import Stopped
 
 # Published ImageNet PCA (fb.resnet.torch, datasets/imagenet.lua `pca`), pixels on [0, 1]:
 # eigenvalues descending; eigenvector matrix with rows R, G, B and one eigenvector per column
@@ -178,7 +184,9 @@ def _run(
         else:
             # spawn: h5py handles and the progress bar's thread must not be forked.
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=lifetime.init_worker,
+                                       initargs=(os.getpid(),))
+            try:
                 todo = iter(tasks)
                 futures: dict[Future, int] = {}
 
@@ -198,6 +206,13 @@ def _run(
                             bar.advance(task_id, images)
                         submit_next()
                     del done, fut  # the finished futures hold their results
+            except BaseException as e:  # a stop signal, a damaged shard: the workers end now
+                lifetime.stop_pool(pool)
+                if isinstance(e, BrokenProcessPool):
+                    raise WorkFailed(f"a {label} worker died (killed, or out of memory?); run the command again, "
+                                     "with fewer --workers if memory is short") from None
+                raise
+            pool.shutdown(wait=True)
     finally:
         if bar is not None:
             bar.stop()
@@ -225,7 +240,9 @@ def compute_mean(out: Path, workers: int = 1, progress: bool = True) -> Stats:
         old = read_stats(out)
         eigval, eigvec = old.eigval, old.eigvec
     stats = Stats(mean=mean, channel_mean=channel_mean, pixel_count=pixel_count, eigval=eigval, eigvec=eigvec)
-    write_stats(out, stats)
+    with described_write_errors(out / STATS, "free space on OUT's disk (or fix its permissions), then run the "
+                                             "same prep again: it resumes with the mean image"):
+        write_stats(out, stats)
     return stats
 
 
@@ -251,17 +268,27 @@ def pca_sums(
 def compute_pca(
     out: Path, sample: int | None = None, workers: int = 1, seed: int = 0, progress: bool = True
 ) -> Stats:
-    """§4.1's RGB covariance eigen-decomposition of the training pixels, stored in stats.h5 (0–255 scale)."""
+    """§4.1's RGB covariance eigen-decomposition of the training pixels, stored in stats.h5 (0–255 scale).
+
+    Holds OUT's lock; stopped by a signal, it raises Stopped saying that stats.h5 is as it was.
+    """
     out = Path(out)
-    if not (out / "stats.h5").is_file():
+    if not (out / STATS).is_file():
         open_split(out, "train")  # a clearer error first if OUT is not a prepared set at all
-        raise UserError(f"{out} has no stats.h5 (the mean image); run alexrepro prep on it to completion first")
-    stats = read_stats(out)
+        raise UserError(f"{out} has no {STATS} (the mean image); finish preparing it first: alexrepro prep SRC {out}")
     writable_folder(out, "OUT")  # before the pass, not after it
-    _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=seed, progress=progress)
-    stats.eigval, stats.eigvec = eigen_rgb(covariance_from_sums(pixels, s, ss))
-    stats.scale = "0-255"
-    write_stats(out, stats)
+    with lock_folder(out, "OUT"):
+        stats = read_stats(out)
+        try:
+            _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=seed, progress=progress)
+        except Stopped as e:
+            raise Stopped(e.signum, f"{out / STATS} is as it was (no PCA written); run it again: {command_line()}"
+                          ) from None
+        stats.eigval, stats.eigvec = eigen_rgb(covariance_from_sums(pixels, s, ss))
+        stats.scale = "0-255"
+        with described_write_errors(out / STATS, "free space on OUT's disk (or fix its permissions), then run "
+                                                 f"alexrepro pca {out} again"):
+            write_stats(out, stats)
     return stats
 
 

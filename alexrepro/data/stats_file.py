@@ -53,7 +53,7 @@ def read_stats(out: str | os.PathLike[str], need_pca: bool = False) -> Stats:
     """Read stats.h5; a UserError naming the command to run if it (or the PCA) is missing."""
     path = Path(out) / STATS
     if not path.is_file():
-        raise UserError(f"{out} has no {STATS}; run alexrepro prep {out} to completion first")
+        raise UserError(f"{out} has no {STATS} (the mean image); finish preparing it first: alexrepro prep SRC {out}")
     try:
         with h5py.File(path, "r") as f:
             stats = Stats(

@@ -248,11 +248,18 @@ def run_evaluation(opts: EvalOptions, show_progress: bool = True) -> dict[str, A
     show_progress is for the spawned processes (eval --json hides their bar); in this process the
     bar is always drawn, on stderr.
     """
+    from alexrepro.data.prepared import open_split
     from alexrepro.distributed import launch, torchrun_env
+    from alexrepro.locking import command_line
+    from alexrepro.signals import Stopped
 
     check_options(opts)  # before spawning opts.procs processes
-    if opts.procs > 1:
-        return launch(evaluate_in_group, opts.procs, (opts, show_progress))
-    report = evaluate_in_group(opts, show_progress=True)
+    open_split(opts.out, opts.split)  # the set's counts and labels checked before any work, too
+    try:
+        if opts.procs > 1:
+            return launch(evaluate_in_group, opts.procs, (opts, show_progress))
+        report = evaluate_in_group(opts, show_progress=True)
+    except Stopped as e:  # eval writes only at the end, so nothing was
+        raise Stopped(e.signum, f"nothing was written; run it again: {command_line()}") from None
     info = torchrun_env()  # under torchrun every rank gets the report; rank 0 returns it
     return None if info is not None and not info.is_main else report

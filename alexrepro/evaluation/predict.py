@@ -59,6 +59,11 @@ def predict_files(
     variant = variant_for(crops)
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    for path in images:  # before the net is loaded: a typo is bad input, not a failed prediction
+        if not Path(path).exists():
+            raise UserError(f"image {path} does not exist; give image files (any format PIL reads)")
+        if Path(path).is_dir():
+            raise UserError(f"image {path} is a folder; give image files (any format PIL reads)")
     dev = resolve_device(device)
     ckpt = read_checkpoint(checkpoint)
     model, recipe, classes = model_from_checkpoint(ckpt)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from alexrepro.data.shards import Shard
+from alexrepro.data.shards import Shard, decode_jpeg
 from alexrepro.data.split import SplitDataset
+from alexrepro.errors import UserError
 
 
 def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True, check: bool = True) -> list[np.ndarray]:
@@ -47,6 +48,28 @@ def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True, che
                 shard.check(int(i), item)
             out[int(k)] = item
     return out  # type: ignore[return-value]
+
+
+def decoded(split: SplitDataset, index: int, stored: np.ndarray) -> np.ndarray:
+    """A stored image as RGB uint8 H×W×3 (raw: as it is); a JPEG that does not decode is a UserError naming
+    the image, in the same words whichever backend found it."""
+    if split.encoding == "raw":
+        return stored
+    return decode_jpeg(stored, f"{split.out}/{split.split} #{index}")
+
+
+def first_damage(split: SplitDataset, indices: np.ndarray) -> UserError | None:
+    """The error of the first damaged image among `indices` (its crc32, then its decoding), or None.
+
+    What a backend that decodes elsewhere (DALI) calls when it fails, to name the image as the PyTorch
+    backend would have.
+    """
+    for i in np.asarray(indices, dtype=np.int64).tolist():
+        try:
+            decoded(split, i, read_batch(split, np.array([i]))[0])
+        except UserError as e:
+            return e
+    return None
 
 
 def _read_raw(shard: Shard, local_sorted: np.ndarray) -> list[np.ndarray]:

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 
 from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.errors import UserError, WorkFailed
 from alexrepro.loaders.augment import CropParams, finish_batch, to_device
 from alexrepro.loaders.base import Loader, LoaderSpec
+from alexrepro.loaders.batch_read import first_damage
 from alexrepro.loaders.dali_source import ShardSource, nonempty_batches
+from alexrepro.loaders.order import rank_batch
 
 PREFETCH = 2  # batches DALI prepares ahead, in the pipeline and in the Python workers
 
@@ -117,8 +120,11 @@ class DaliLoader(Loader):
         spec, preset = self.spec, self.spec.preset
         pipe = self._pipeline()
         self._next = None  # until this epoch is read to its end, the pipeline is mid-epoch
-        for _ in range(self.start_batch, nonempty_batches(self.plan)):
-            crops, labels, anchor, flip, alpha = pipe.run()
+        for b in range(self.start_batch, nonempty_batches(self.plan)):
+            try:
+                crops, labels, anchor, flip, alpha = pipe.run()
+            except Exception as e:  # DALI's own words for a damaged image, or a worker's traceback
+                raise self._failure(b, e) from None
             images = to_torch(crops, spec.device)
             if preset is not None:
                 params = preset.params(images.shape[0])
@@ -137,6 +143,22 @@ class DaliLoader(Loader):
         self._next = (self._first_epoch + self._epochs_built, 0)
         for _ in range(max(self.start_batch, nonempty_batches(self.plan)), self.plan.num_batches):
             yield self.empty_batch()
+
+    def _failure(self, batch: int, error: Exception) -> UserError | WorkFailed:
+        """The one-line error for a failed pipe.run() at `batch`: the damaged image the PyTorch backend would
+        name (sought in the batches the pipeline was preparing), else DALI's reason."""
+        try:  # DALI says the pipeline is no longer valid: end it (and its workers); it is not reused
+            self._shutdown()
+        except Exception:  # noqa: BLE001 - what a broken pipeline does as it ends is not this error
+            self._pipe, self._next = None, None
+        ahead = 1 + PREFETCH + max(PREFETCH, self.spec.data.workers)  # the batches in flight at the failure
+        for b in range(batch, min(batch + ahead, nonempty_batches(self.plan))):
+            damage = first_damage(self.dataset, rank_batch(self.plan, self.spec.data, self.epoch, b)[0])
+            if damage is not None:
+                return damage
+        reason = " ".join(str(error).split())[:300]
+        return WorkFailed(f"the DALI pipeline failed at batch {batch} of epoch {self.epoch} ({reason}); "
+                          "try --loader torch")
 
     def _shutdown(self) -> None:
         if self._pipe is not None:

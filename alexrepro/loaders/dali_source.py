@@ -9,15 +9,26 @@ be our epoch first_epoch + k from batch 0, rebuilding it when asked for anything
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from alexrepro import lifetime
 from alexrepro.data.prepared import SplitDataset
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import BatchPlan, rank_batch
 from alexrepro.recipe import DataConfig
+
+_bound: int | None = None  # the DALI worker process this module has bound to its parent
+
+
+def _bind_worker(parent: int) -> None:
+    """DALI has no worker initialiser: bind its worker at its first batch (lifetime.init_loader_worker)."""
+    global _bound
+    lifetime.init_loader_worker(parent)
+    _bound = os.getpid()
 
 
 def nonempty_batches(plan: BatchPlan) -> int:
@@ -38,8 +49,11 @@ class ShardSource:
     data: DataConfig
     first_epoch: int
     first_start: int
+    parent: int = field(default_factory=os.getpid)  # the process that built the pipeline
 
     def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
+        if os.getpid() not in (self.parent, _bound):  # first call in a DALI worker (forked or spawned)
+            _bind_worker(self.parent)
         epoch_idx, iteration = int(info.epoch_idx), int(info.iteration)
         epoch = self.first_epoch + epoch_idx
         batch = (self.first_start if epoch_idx == 0 else 0) + iteration

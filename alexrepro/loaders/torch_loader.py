@@ -9,6 +9,8 @@ drawn views when training, at the test-time preset's views otherwise), and colla
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alexrepro.data.prepared import SplitDataset, decode_jpeg
+from alexrepro import lifetime
+from alexrepro.data.prepared import SplitDataset
 from alexrepro.loaders.augment import CropParams, crop_flip, finish_batch, resize_image
 from alexrepro.loaders.base import Loader, LoaderSpec
-from alexrepro.loaders.batch_read import read_batch
+from alexrepro.loaders.batch_read import decoded, read_batch
 from alexrepro.loaders.order import rank_batch
 from alexrepro.loaders.presets import EvalPreset
 
@@ -52,8 +55,7 @@ class CropDataset(Dataset):
         shape = (c, c, 3) if self.preset is None else self.preset.crop_shape
         crops = np.empty((len(items), *shape), dtype=np.uint8)
         for k, stored in enumerate(read_batch(self.split, idx)):
-            image = stored if self.split.encoding == "raw" else decode_jpeg(
-                stored, f"{self.split.out}/{self.split.split} #{int(idx[k])}")
+            image = decoded(self.split, int(idx[k]), stored)
             if self.preset is not None:
                 crops[k] = self.preset.cut(image)
             else:
@@ -102,6 +104,7 @@ class TorchLoader(Loader):
             num_workers=workers,
             collate_fn=collate,
             pin_memory=spec.device.type == "cuda",
+            worker_init_fn=functools.partial(lifetime.init_loader_worker, os.getpid()),  # dies with this process
             **options,
         )
 

@@ -5,10 +5,15 @@ The stored dict (`Checkpoint.to_payload`) has the keys format, version, model
 prepared set's list), epoch, batch (position within the epoch), step, parallel, optimizer, scaler,
 schedule, rng (python, numpy, torch, cuda; one entry per rank), loader, metrics (history, the
 running epoch's tally, seconds), best_top1, stats (mean image float32 256×256×3, channel_mean,
-eigval, eigvec on the 0–255 scale), and, for imported weights only (alexrepro import), origin (format, file, sha256,
-net, published). Every value is a tensor or plain Python, so
-`torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the
-package gets a `Checkpoint` from `read_checkpoint` (or `Checkpoint.from_payload`).
+eigval, eigvec on the 0–255 scale), checksum, and, for imported weights only (alexrepro import), origin (format,
+file, sha256, net, published). Every value is a tensor (on the CPU) or plain Python, so
+`torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the package
+gets a `Checkpoint` from `read_checkpoint` (or `Checkpoint.from_payload`).
+
+`checksum` is "sha256:<hex>" of the contents (`contents_digest`: every other key and value, each tensor's
+dtype, shape and bytes), checked on every load: a file damaged after it was written (one flipped bit in a
+weight) is refused naming it, where torch.load alone would hand back the wrong numbers. Files written
+before checkpoints carried one load with a note.
 
 A run folder keeps RUN/checkpoints/last.pt (every save), epoch-NNN.pt (each epoch end; the newest
 `keep_last` kept) and best.pt (lowest validation top-1 error).
@@ -16,6 +21,7 @@ A run folder keeps RUN/checkpoints/last.pt (every save), epoch-NNN.pt (each epoc
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexrepro.atomic import atomic_path
+from alexrepro.atomic import atomic_path, described_write_errors
 from alexrepro.data.prepared import Stats
 from alexrepro.errors import UserError
 from alexrepro.progress import console
@@ -38,6 +44,10 @@ from alexrepro.recipe import Recipe, recipe_from_dict
 FORMAT = "alexrepro-checkpoint"
 VERSION = 1  # the layout of the stored dict; a new one converts older payloads in from_payload
 LAST, BEST = "last.pt", "best.pt"
+CHECKSUM = "checksum"  # the stored key of the contents' digest (contents_digest)
+WRITE_HINT = ("free space there (or fix its permissions); the checkpoints written before are intact, and "
+              "--resume continues from the newest")
+_unverified: set[str] = set()  # files without a checksum already noted in this process
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -146,7 +156,10 @@ def as_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | os.PathLike[str]) ->
 
 
 def to_safe(obj: Any) -> Any:
-    """Numpy arrays and scalars → tensors and Python numbers, recursively (for weights_only loading)."""
+    """Numpy arrays and scalars → tensors and Python numbers, tensors → the CPU, recursively (for
+    weights_only loading, and so that the checksum sees the bytes that are written)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, np.generic):
@@ -159,18 +172,60 @@ def to_safe(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: Checkpoint | dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a temporary file, fsync, rename; a failed write leaves the old file."""
+def contents_digest(payload: dict[str, Any]) -> str:
+    """"sha256:<hex>" of a stored dict's contents, its `checksum` key left out: keys in order, each value's
+    type and value, each tensor's dtype, shape and bytes. The same before torch.save and after torch.load."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != CHECKSUM})
+    return "sha256:" + h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes as stored, any dtype (bfloat16 too)
+    elif isinstance(obj, dict):
+        h.update(f"dict {len(obj)};".encode())
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__} {len(obj)};".encode())
+        for value in obj:
+            _feed(h, value)
+    else:  # None, bool, int, float (repr round-trips every float), str, bytes
+        h.update(f"{type(obj).__name__} {obj!r};".encode())
+
+
+def sealed(payload: Checkpoint | dict[str, Any]) -> dict[str, Any]:
+    """The dict to store: format and version first, tensors on the CPU, and the checksum of it all."""
     if isinstance(payload, Checkpoint):
         payload = payload.to_payload()
-    payload = {"format": FORMAT, "version": VERSION, **to_safe(payload)}
+    stored = {"format": FORMAT, "version": VERSION, **to_safe(payload)}
+    stored.pop(CHECKSUM, None)
+    stored[CHECKSUM] = contents_digest(stored)
+    return stored
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Checkpoint | dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a temporary file, fsync, rename; a failed write raises and leaves the
+    old file (a run's saves, `write_run_checkpoint`, turn it into one line)."""
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(sealed(payload), tmp)
+
+
+def _write(path: Path, stored: dict[str, Any]) -> None:
+    """Save a sealed dict atomically; a failed write is one line naming the file and the free space there
+    (a UserError when read-only or forbidden, else WorkFailed), and the old file stays."""
+    with described_write_errors(path, WRITE_HINT), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(stored, f)  # through a file object, so a failed write carries its errno (ENOSPC, EROFS)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The stored dict of a checkpoint file (what `read_checkpoint` types); a UserError if it is missing,
-    corrupt or not an alexrepro checkpoint."""
+    """The stored dict of a checkpoint file (what `read_checkpoint` types), its checksum verified and removed;
+    a UserError if it is missing, corrupt, damaged or not an alexrepro checkpoint."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder; give a .pt file, e.g. RUN/checkpoints/best.pt")
@@ -191,7 +246,22 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise UserError(f"{path} is not an alexrepro checkpoint; give one written by alexrepro train")
     if ckpt.get("version") != VERSION:
         raise UserError(f"{path} is checkpoint version {ckpt.get('version')}, this alexrepro reads {VERSION}")
+    verify(path, ckpt)
     return ckpt
+
+
+def verify(path: Path, ckpt: dict[str, Any]) -> None:
+    """Check (and remove) the stored checksum; a UserError naming the file if the contents differ from it."""
+    stored = ckpt.pop(CHECKSUM, None)
+    if stored is None:
+        if str(path) not in _unverified:
+            _unverified.add(str(path))
+            console.print(f"note: {path} carries no checksum (written before alexrepro checked checkpoints); "
+                          "loaded without verifying it", soft_wrap=True, markup=False, highlight=False)
+        return
+    if stored != contents_digest(ckpt):
+        raise UserError(f"checkpoint {path} is damaged: its contents do not match the checksum written with it; "
+                        "use another one (RUN/checkpoints keeps last.pt, best.pt and the last epochs' files)")
 
 
 def checkpoint_candidates(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -233,17 +303,18 @@ def write_run_checkpoint(
     """
     folder = checkpoint_dir(run_dir)
     written: dict[str, Path] = {}
+    stored = sealed(payload)  # one checksum for the files this save writes
     if epoch_end:
         written["epoch"] = folder / epoch_name(int(payload["epoch"]) - 1)
-        save_checkpoint(written["epoch"], payload)
+        _write(written["epoch"], stored)
         if is_best:
             written["best"] = folder / BEST
-            save_checkpoint(written["best"], payload)
+            _write(written["best"], stored)
         epochs = sorted(folder.glob("epoch-*.pt"))
         for old in epochs[: max(0, len(epochs) - max(keep_last, 1))]:
             old.unlink(missing_ok=True)
     written["last"] = folder / LAST
-    save_checkpoint(written["last"], payload)
+    _write(written["last"], stored)
     return written
 
 

@@ -5,6 +5,10 @@
 on the CPU) or in a process torchrun started. `train` builds the run (training/run.py), then for each
 epoch: `train_one_epoch`, `validate`, `record_epoch`, `save_run_state`. What the run tells on the way
 (metrics, log lines, progress, TensorBoard, stall warnings) goes through one `RunReporter`.
+
+The run folder is held for the whole run (training/run_folder.py). SIGINT, SIGTERM and SIGUSR1 stop the
+run after the step every rank agrees on, with a checkpoint written through `save_run_state`, the one save
+point, and one line saying how to resume (training/stopping.py); before training starts they stop it at once.
 """
 
 from __future__ import annotations
@@ -21,58 +25,91 @@ from alexrepro import distributed
 from alexrepro.errors import WorkFailed
 from alexrepro.evaluation.metrics import true_class_rank
 from alexrepro.progress import console
+from alexrepro.signals import Stopped, StopRequest, signal_name, stop_on_signals
 from alexrepro.training import checkpoint
 from alexrepro.training.optim import set_lr
 from alexrepro.training.plan import TrainOptions, TrainPlan, plan_training
 from alexrepro.training.report import RunReporter, epoch_record, tensorboard_writer
 from alexrepro.training.rng import capture_rng, rng_isolated
 from alexrepro.training.run import Run, RunState, build_run
+from alexrepro.training.run_folder import claim_run_folder, keep_aside
 from alexrepro.training.step import StepHarness, autocast
+from alexrepro.training.stopping import TRAIN_SIGNALS, StopVote, stop_line
 from alexrepro.training.watchdog import StallWatch, nonfinite_message
 
 __all__ = ["TrainOptions", "TrainPlan", "plan_training", "run_training", "train"]
 
 
 def run_training(opts: TrainOptions) -> dict[str, Any] | None:
-    """Plan, then train here, in spawned data-parallel processes, or under torchrun (None on ranks > 0)."""
-    plan = plan_training(opts)
+    """Plan, then train here, in spawned data-parallel processes, or under torchrun (None on ranks > 0).
+
+    This process (under torchrun, rank 0) holds the run folder from before the plan to the end.
+    """
+    env = distributed.torchrun_env()
+    owner = env is None or env.is_main
+    with stop_on_signals(TRAIN_SIGNALS):  # until a rank trains, a stop needs no checkpoint: at once
+        try:
+            with claim_run_folder(opts.run_dir, hold=owner):
+                plan = plan_training(opts)
+                prepare(plan, owner)
+                if plan.world_size > 1 and env is None:
+                    return distributed.launch(_process, plan.world_size, (plan,), forward=TRAIN_SIGNALS)
+                summary = _process(plan)
+        except Stopped as e:
+            if e.message or e.quiet:
+                raise
+            raise Stopped(e.signum, "before training began; nothing was written", quiet=not owner) from None
+    return summary if owner else None
+
+
+def prepare(plan: TrainPlan, owner: bool) -> None:
+    """What comes between the plan and the first process: the TensorBoard check, notes, an earlier run kept aside."""
     if plan.tensorboard:
         tensorboard_writer(None)  # a missing TensorBoard is a UserError before any process starts
     for note in plan.notes:
         console.print(f"note: {note}")
-    if plan.world_size > 1 and distributed.torchrun_env() is None:
-        return distributed.launch(_process, plan.world_size, (plan,))
-    summary = _process(plan)
-    env = distributed.torchrun_env()
-    return None if env is not None and not env.is_main else summary
+    if plan.keep_aside and owner:
+        kept = keep_aside(plan.run_dir)
+        console.print(f"note: the earlier run's files in {plan.run_dir} are now in {kept} (--force)", soft_wrap=True)
 
 
 def _process(plan: TrainPlan) -> dict[str, Any]:
-    """One training process: join the process group (if any), train, leave."""
+    """One training process: join the process group (if any), train, leave; stop signals only recorded."""
     info = distributed.torchrun_env() or distributed.DistInfo()
     if info.distributed and plan.parallel == "none":
         plan = replace(plan, parallel="data")
     if info.distributed and plan.device_type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
-    distributed.init_process_group(info, plan.device_type)
-    try:
-        return train(plan, info)
-    finally:
-        distributed.cleanup()
+    with stop_on_signals(TRAIN_SIGNALS, at_once=False) as request:
+        distributed.init_process_group(info, plan.device_type)
+        try:
+            return train(plan, info, request)
+        finally:
+            distributed.cleanup()
 
 
-def train(plan: TrainPlan, info: distributed.DistInfo) -> dict[str, Any]:
-    """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary."""
+def train(plan: TrainPlan, info: distributed.DistInfo, request: StopRequest | None = None) -> dict[str, Any]:
+    """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary.
+
+    `request` records stop signals (alexrepro.signals): the run then stops after the step every rank agrees
+    on, with a checkpoint, raising Stopped.
+    """
     run, state = build_run(plan, info, started=time.time())
     reporter = start_reporter(run, state)
+    vote = StopVote(request or StopRequest(), info.distributed)
     try:
+        if vote.now() is not None:  # a signal while the run was being built
+            stop_run(run, state, reporter, state.epoch, state.batch, vote.signum)
         for epoch in range(state.epoch, plan.recipe.schedule.epochs):
             lr = run.schedule.lr
-            train_one_epoch(run, state, reporter, epoch, lr)
-            val = validate(run.harness, run.val_loader, expected=run.num_val)  # on the centre crop
+            train_one_epoch(run, state, reporter, epoch, lr, vote)
+            val = validate(run.harness, run.val_loader, expected=run.num_val, vote=vote)  # on the centre crop
+            if val is None:  # stopped in validation: the epoch's training is kept, its validation comes again
+                stop_run(run, state, reporter, epoch, run.train_loader.plan.num_batches, vote.signum)
             is_best = record_epoch(run, state, reporter, epoch, lr, val)
             save_run_state(run, state, epoch + 1, 0, epoch_end=True, is_best=is_best)
     finally:
+        vote.close()
         reporter.close()
         run.close()
     return run_summary(run, state, reporter.warnings)
@@ -91,11 +128,13 @@ def start_reporter(run: Run, state: RunState) -> RunReporter:
     return reporter
 
 
-def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int, lr: float) -> None:
-    """§5's SGD over the training split from batch `state.batch` on; logs and checkpoints as the recipe says.
+def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int, lr: float,
+                    vote: StopVote | None = None) -> None:
+    """§5's SGD over the training split from batch `state.batch` on; logs and checkpoints as the recipe says,
+    and stops (a checkpoint, then Stopped) after the step at which `vote` agrees on a stop signal.
 
     Each step is queued without a host read; the host reads the device (the NaN guard, the metrics) only
-    every run.log_every steps, before a mid-epoch checkpoint and at the epoch's last batch.
+    every run.log_every steps, before a mid-epoch checkpoint, at the epoch's last batch and at a stop.
     """
     harness, loader, every = run.harness, run.train_loader, run.plan.recipe.run
     set_lr(harness.optimizer, lr)
@@ -111,13 +150,16 @@ def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int
         tally = harness.step(images, labels, state.step)  # queued: no wait for the device here
         state.epoch_tally += tally
         reporter.add(tally)
+        stop = vote.step() if vote is not None else None  # host-side only; the same on every rank
         log_now = state.step % every.log_every == 0 or i == total - 1
         save_now = bool(every.checkpoint_every) and state.step % every.checkpoint_every == 0 and i + 1 < total
-        if not (log_now or save_now):
+        if not (log_now or save_now or stop):
             continue
         stop_if_diverged(run, state, epoch, i, lr)
         if log_now:
             reporter.log_step(epoch, i + 1, total, state.step, lr, state.seconds(), state.epoch_tally)
+        if stop:
+            stop_run(run, state, reporter, epoch, i + 1, stop)
         if save_now:
             save_run_state(run, state, epoch, i + 1)
     state.batch = 0
@@ -140,6 +182,14 @@ def stop_if_diverged(run: Run, state: RunState, epoch: int, batch: int, lr: floa
     raise WorkFailed(nonfinite_message(bad_step, bad_loss, lr, str(where) if where else None))
 
 
+def stop_run(run: Run, state: RunState, reporter: RunReporter, epoch: int, batch: int, signum: int) -> None:
+    """Checkpoint the run at (epoch, batch) and raise Stopped with the line saying where and how to resume."""
+    where = save_run_state(run, state, epoch, batch).get("last")
+    line = stop_line(epoch, batch, run.train_loader.plan.num_batches, state.step, where, run.plan.resume_command)
+    reporter.note(f"stopped by {signal_name(signum)}: {line}")
+    raise Stopped(signum, line, quiet=not run.info.is_main)
+
+
 def save_run_state(run: Run, state: RunState, epoch: int, batch: int, *, epoch_end: bool = False,
                    is_best: bool = False) -> dict[str, Path]:
     """The one place the run is checkpointed: every rank's RNG is gathered, rank 0 writes, every rank waits.
@@ -157,13 +207,18 @@ def save_run_state(run: Run, state: RunState, epoch: int, batch: int, *, epoch_e
 
 
 @torch.no_grad()
-def validate(harness: StepHarness, loader: Any, expected: int) -> dict[str, float]:
-    """Centre-crop top-1/top-5 error over every rank's images; the image count must equal `expected`."""
+def validate(harness: StepHarness, loader: Any, expected: int, vote: StopVote | None = None) -> dict[str, float] | None:
+    """Centre-crop top-1/top-5 error over every rank's images; the image count must equal `expected`.
+
+    None when `vote` agrees on a stop signal before the last batch.
+    """
     device, topk = harness.device, harness.topk
     harness.net.eval()
     loader.set_epoch(0)
     hits = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images
     for images, labels in rng_isolated(loader):
+        if vote is not None and vote.step():
+            return None
         if len(labels) == 0:
             continue
         with autocast(device, harness.amp_dtype):

@@ -1,8 +1,9 @@
 """Planning a training run: what `alexrepro train` asked for (TrainOptions) resolved into a TrainPlan.
 
 The resolved recipe (a resumed run's recipe compared with the checkpoint's, --force to accept
-differences), the device type, the number of data-parallel processes and the checkpoint to resume
-from. Every bad request is a UserError here, before any process starts or any file is written.
+differences), the device type, the number of data-parallel processes, the checkpoint to resume
+from, and whether an earlier run in the folder is kept aside first (a new run with --force). Every bad
+request is a UserError here, before any process starts or any file is written.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexrepro.atomic import writable_folder
 from alexrepro.data.prepared import open_split
-from alexrepro.distributed import resolve_launch
+from alexrepro.distributed import resolve_launch, torchrun_env
 from alexrepro.errors import UserError
+from alexrepro.locking import command_args
 from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe
-from alexrepro.training.checkpoint import checkpoint_dir, find_resumable, read_checkpoint
+from alexrepro.training.checkpoint import (
+    checkpoint_candidates,
+    checkpoint_dir,
+    find_resumable,
+    read_checkpoint,
+)
+from alexrepro.training.run_folder import PREVIOUS, earlier_run, refuse_earlier_run
+from alexrepro.training.stopping import resume_command
 
 # Recipe fields that change how a run executes but not what it computes: a resume may change them
 # without --force (schedule.epochs extends or shortens the run).
@@ -38,7 +46,7 @@ class TrainOptions:
     procs: int = 1  # data-parallel gloo processes on the CPU
     parallel: str | None = None  # data | model; None = data when more than one GPU
     resume: str | None = None  # None = fresh run; "" = newest loadable checkpoint of the run; else a path
-    force: bool = False
+    force: bool = False  # resume: accept a changed recipe; a new run: keep an earlier run in RUN aside
     tensorboard: bool = False
     show_progress: bool = True
 
@@ -57,22 +65,29 @@ class TrainPlan:
     tensorboard: bool
     show_progress: bool
     notes: list[str] = field(default_factory=list)
+    keep_aside: bool = False  # a new run with --force: move the earlier run's files to RUN/previous-<time>/
+    resume_command: str = ""  # the command that continues this run (said when it stops on a signal)
 
 
 def plan_training(opts: TrainOptions) -> TrainPlan:
     """Check the request and resolve the recipe and devices; every bad input is a UserError here."""
-    train_split = open_split(opts.out, "train")  # a UserError unless OUT is a prepared set
+    train_split = open_split(opts.out, "train")  # a UserError unless OUT is a prepared set; its labels checked
+    open_split(opts.out, "val")  # validated each epoch: its labels and counts checked now, before any work
     device, world, parallel = resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
+    if Path(opts.run_dir).exists() and not Path(opts.run_dir).is_dir():
+        raise UserError(f"--run {opts.run_dir} is a file; give a folder for the run")
     notes: list[str] = []
-    resume_path = None
+    resume_path, keep_aside = None, False
     if opts.resume is not None:
         resume_path, recipe = resumed_recipe(opts, parallel, notes)
     else:
         if opts.recipe is None:
             raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
         recipe = load_recipe(opts.recipe, opts.overrides)
-        if find_resumable(opts.run_dir) is not None:
-            raise UserError(f"{opts.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run")
+        found = earlier_run(opts.run_dir)
+        if found and not opts.force:
+            raise refuse_earlier_run(opts.run_dir, found)
+        keep_aside = bool(found)
     check_class_count(recipe, len(train_split.classes), opts.out, resume_path)
     num_train, batch = len(train_split), recipe.optim.batch_size
     if num_train < batch and recipe.data.drop_last or num_train == 0:
@@ -80,11 +95,11 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
             f"{opts.out} has {num_train} training images, fewer than one batch of {batch} (partial batches are "
             f"dropped), so nothing would train; use a smaller batch, e.g. --set optim.batch_size={max(1, num_train)}"
         )
-    writable_folder(opts.run_dir, "--run")  # before any work, so a bad RUN fails at once
+    command = resume_command(command_args(), Path(opts.out), Path(opts.run_dir), torchrun_env() is not None)
     return TrainPlan(
         out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
         parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
-        show_progress=opts.show_progress, notes=notes,
+        show_progress=opts.show_progress, notes=notes, keep_aside=keep_aside, resume_command=command,
     )
 
 
@@ -95,7 +110,17 @@ def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple
     """
     resume_path = Path(opts.resume) if opts.resume else find_resumable(opts.run_dir)
     if resume_path is None:
+        damaged = checkpoint_candidates(opts.run_dir)
+        if damaged:  # every one refused (each named above): a new run, keeping them aside, is what is left
+            raise UserError(
+                f"every checkpoint in {checkpoint_dir(opts.run_dir)} is damaged ({len(damaged)} files); start "
+                f"a new run with --force instead of --resume (the run's files are first moved to "
+                f"{opts.run_dir}/{PREVIOUS}<time>/), or pick a new --run")
         raise UserError(f"no checkpoint to resume in {checkpoint_dir(opts.run_dir)}; start without --resume")
+    if not opts.resume:
+        newest = checkpoint_candidates(opts.run_dir)[0]
+        if newest != resume_path:
+            notes.append(f"resuming from {resume_path.name}: the newer checkpoints do not load (see the warnings)")
     saved = read_checkpoint(resume_path)
     base = load_recipe(opts.recipe) if opts.recipe else saved.recipe
     recipe = apply_overrides(base, opts.overrides)

@@ -82,14 +82,15 @@ class RunReporter:
         self.log.write_recipe(recipe)
         self.log.write_environment(all_devices, world_size)
         self.log.truncate_metrics(step)
-        self.log.line(f"{'resumed from ' + str(resumed_from) if resumed_from else 'started'} at epoch {epoch} "
+        self.log.line(f"{'resumed from ' + str(resumed_from) if resumed_from else 'started'} at epoch [{epoch}] "
                       f"step {step}: recipe {recipe.name}, devices {devices}, world {world_size}")
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         """A progress task for the epoch's `total` batches, `done` of them already (a mid-epoch resume)."""
         self._new_window()
         if self.progress is not None:
-            self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, completed=done,
+            # [epoch] as the log lines and the summary number it (0-based, like torchvision's)
+            self.task = self.progress.add_task(f"Epoch: [{epoch}] of {epochs}", total=total, completed=done,
                                                unit="batch")
 
     def add(self, tally: torch.Tensor) -> None:
@@ -119,6 +120,10 @@ class RunReporter:
             console.print(f"[yellow]warning:[/yellow] {self.warnings[-1]}")
             self.log.line(f"warning: {self.warnings[-1]}")
         self._new_window()
+
+    def note(self, text: str) -> None:
+        """One line in log.txt (rank 0)."""
+        self.log.line(text)
 
     def end_epoch(self) -> None:
         if self.progress is not None:

@@ -1,0 +1,100 @@
+"""Child processes end with their parent, however the parent ends (kill -9 included), and write nothing after.
+
+A worker calls `bind_to_parent(parent_pid)` first thing (pool initializers: `init_worker`). On Linux that
+arms the parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL): the kernel kills the worker the moment its
+parent dies. Everywhere, `exit_if_orphaned()` before each write (alexrepro.atomic calls it before creating a
+file and again before the rename that publishes it) ends a worker whose parent is gone, so nothing is
+written after the parent's death even where the signal is not available.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from concurrent.futures import Executor
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ORPHAN_EXIT = 1  # exit status of a worker that finds its parent gone
+
+_parent: int | None = None  # the pid this process was bound to; None: not a bound worker
+
+
+def _arm_parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send `signum` to this process when its parent dies (Linux only); whether it could."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def bind_to_parent(parent_pid: int) -> None:
+    """In a child: die (SIGKILL) when `parent_pid` dies; exit at once if it already has.
+
+    The death signal is tied to the thread that started the child, so start workers from the main thread
+    (ProcessPoolExecutor, multiprocessing and torch's spawn all do).
+    """
+    global _parent
+    _parent = int(parent_pid)
+    _arm_parent_death_signal(signal.SIGKILL)
+    exit_if_orphaned()  # the parent may have died before the signal was armed
+
+
+def parent_gone() -> bool:
+    """Whether this is a bound worker whose parent has ended (it was re-parented)."""
+    return _parent is not None and os.getppid() != _parent
+
+
+def exit_if_orphaned() -> None:
+    """End this process at once, writing nothing more, if it is a bound worker whose parent has ended."""
+    if parent_gone():
+        os._exit(ORPHAN_EXIT)
+
+
+def init_worker(parent_pid: int) -> None:
+    """Pool initializer: bind to the parent, and leave Ctrl-C to it.
+
+    A terminal sends SIGINT to every process in the foreground group; the parent stops its workers itself
+    and says what it kept, so a worker ignores SIGINT instead of dying with a traceback of its own.
+    """
+    bind_to_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+LOADER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def init_loader_worker(parent_pid: int, *_: object) -> None:
+    """A loader's worker (DataLoader `worker_init_fn`, DALI's Python workers): bind to the parent, and leave
+    every stop signal to it.
+
+    Ctrl-C in a terminal, and a scheduler's SIGTERM or SIGUSR1 (SLURM signals every process of a job), reach
+    the workers too; a worker that died of one would break the loader before training reaches the step where
+    it checkpoints and stops. The parent ends its workers itself, and the parent-death signal ends them if
+    it dies.
+    """
+    bind_to_parent(parent_pid)
+    for signum in LOADER_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def stop_pool(pool: Executor, grace: float = 5.0) -> None:
+    """End a ProcessPoolExecutor now: its workers are terminated (SIGTERM, then SIGKILL after `grace` s) and
+    waited for; work in flight is lost, which is why every write is atomic.
+    """
+    # Python 3.14 has pool.terminate_workers(); before it the workers are only reachable as `_processes`.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    pool.shutdown(wait=True, cancel_futures=True)

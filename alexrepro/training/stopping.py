@@ -1,0 +1,107 @@
+"""Stopping a run on a signal: every rank after the same step, a checkpoint, one line saying how to resume.
+
+SIGINT (Ctrl-C), SIGTERM (a scheduler's stop; torchrun passes it on to every rank) and SIGUSR1 (SLURM's
+warning before a pre-emption, `sbatch --signal=USR1@120`) only record themselves while a run trains
+(`alexrepro.signals.stop_on_signals(TRAIN_SIGNALS, at_once=False)`); the loop asks `StopVote.step()` after
+each step and, once every rank agrees, writes a mid-epoch checkpoint through its one save point and raises
+`Stopped` with the line to print. A second signal ends the process at once (alexrepro.signals).
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from alexrepro.signals import StopRequest
+
+TRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopVote:
+    """Whether to stop now: the same answer on every rank, so that every rank stops after the same step.
+
+    Alone, the answer is the request itself. Among several processes each rank's request (its signal
+    number, 0 for none) is all-reduced with MAX once per step, asynchronously, over a gloo group of
+    CPU tensors: a step sends its vote and uses the previous step's result, so the answer comes one
+    step after the signal and no step waits for the device (the vote never touches it) or for the other
+    ranks beyond the message itself. Every rank calls `step()` equally often (the loop calls it once
+    per batch, and every rank gets every batch, empty or not), so the votes pair up.
+    """
+
+    def __init__(self, request: StopRequest, distributed: bool) -> None:
+        self.request = request
+        self.group = dist.new_group(backend="gloo") if distributed else None
+        self._pending: tuple[dist.Work, torch.Tensor] | None = None
+        self.signum: int | None = None  # the signal agreed on, once agreed
+
+    def step(self) -> int | None:
+        """Called once per step on every rank: the signal every rank has agreed to stop on, or None."""
+        if self.group is None:
+            self.signum = self.request.signum
+            return self.signum
+        agreed = self._collect()
+        if agreed is None:
+            self._pending = self._send(async_op=True)
+        return agreed
+
+    def now(self) -> int | None:
+        """A vote answered at once (one blocking exchange): before the first step, after the run is built."""
+        if self.group is None:
+            return self.step()
+        agreed = self._collect()
+        if agreed is None:
+            self._pending = self._send(async_op=False)
+            agreed = self._collect()
+        return agreed
+
+    def close(self) -> None:
+        """Wait for the vote still in flight, so that none is left when the process group goes."""
+        self._collect()
+
+    def _send(self, async_op: bool) -> tuple[dist.Work, torch.Tensor]:
+        flag = torch.tensor([self.request.signum or 0], dtype=torch.int64)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=async_op)
+        return work, flag
+
+    def _collect(self) -> int | None:
+        if self._pending is None:
+            return None
+        work, flag = self._pending
+        self._pending = None
+        if work is not None:
+            work.wait()
+        agreed = int(flag[0])
+        if agreed:
+            self.signum = agreed
+        return agreed or None
+
+
+def resume_command(args: list[str] | None, out: Path, run_dir: Path, torchrun: bool) -> str:
+    """The command that continues this run: its own, with --resume (--resume-from and --force dropped).
+
+    `args` are the command's arguments after `alexrepro` (None when training was started from Python).
+    """
+    if args is None:
+        command = f"alexrepro train {out} --run {run_dir} --resume"
+    else:
+        kept, skip = [], False
+        for arg in args:
+            if skip:
+                skip = False
+            elif arg in ("--resume-from",):
+                skip = True
+            elif arg not in ("--resume", "--force") and not arg.startswith("--resume-from="):
+                kept.append(arg)
+        command = "alexrepro " + shlex.join([*kept, "--resume"])
+    return command + (" (started by torchrun, as this run was)" if torchrun else "")
+
+
+def stop_line(epoch: int, batch: int, batches: int, step: int, checkpoint: Path | None, command: str) -> str:
+    """What the stopped run kept and how to go on: the line the CLI prints after `stopped by SIGxxx: `."""
+    where = f"checkpoint {checkpoint}" if checkpoint is not None else "a checkpoint"
+    return (f"{where} holds epoch [{epoch}] batch {batch}/{batches} (step {step}); "
+            f"resume with: {command}")
