@@ -184,18 +184,6 @@ def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple
         Path(outdir, "result.json").write_text(json.dumps(result, default=str))
 
 
-def _end_processes(processes: list[Any], grace: float = 5.0) -> None:
-    """Terminate (then kill) spawned processes still alive, and wait for them."""
-    for p in processes:
-        if p.is_alive():
-            p.terminate()
-    for p in processes:
-        p.join(grace)
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
 def launch(fn: Callable[..., Any], world_size: int, args: tuple = (), forward: tuple[int, ...] = ()) -> Any:
     """Run fn(*args) in world_size spawned processes; rank 0's return value (JSON-able) comes back.
 
@@ -223,7 +211,7 @@ def _wait(context: Any) -> None:
     except mp.ProcessRaisedException as e:
         raise WorkFailed(f"a training process crashed: {str(e).strip().splitlines()[-1]}") from None
     except BaseException:
-        _end_processes(context.processes)
+        lifetime.end_processes(context.processes)
         raise
 
 
@@ -243,7 +231,7 @@ def _wait_forwarding(context: Any, forward: tuple[int, ...]) -> int | None:
         except mp.ProcessRaisedException as e:
             raise WorkFailed(f"a training process crashed: {str(e).strip().splitlines()[-1]}") from None
         except BaseException:
-            _end_processes(context.processes)
+            lifetime.end_processes(context.processes)
             raise
         return sent if sent is not None else request.signum
 

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from concurrent.futures import Executor
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 ORPHAN_EXIT = 1  # exit status of a worker that finds its parent gone
@@ -88,7 +89,12 @@ def stop_pool(pool: Executor, grace: float = 5.0) -> None:
     waited for; work in flight is lost, which is why every write is atomic.
     """
     # Python 3.14 has pool.terminate_workers(); before it the workers are only reachable as `_processes`.
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    end_processes(list((getattr(pool, "_processes", None) or {}).values()), grace)
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def end_processes(processes: list[Any], grace: float = 5.0) -> None:
+    """Terminate (SIGTERM, then SIGKILL after `grace` s) the processes still alive, and wait for them."""
     for p in processes:
         if p.is_alive():
             p.terminate()
@@ -97,4 +103,3 @@ def stop_pool(pool: Executor, grace: float = 5.0) -> None:
         if p.is_alive():
             p.kill()
             p.join()
-    pool.shutdown(wait=True, cancel_futures=True)
