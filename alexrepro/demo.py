@@ -1,8 +1,14 @@
 """`alexrepro demo`: the whole pipeline on generated data, in minutes on a CPU.
 
-synth → prep → pca → train (the tiny recipe) → eval with the centre crop and with ten crops →
-the paper's figures. Each stage is the same Python function its own command calls; the demo only
-chooses small sizes and prints where everything went and how to do the same on ImageNet.
+synth → prep → pca → train (the tiny recipe) → eval with the centre crop and with ten crops, and
+with the centre crop on greyscale copies of the val images → the paper's figures. Each stage is the
+same Python function its own command calls; the demo only chooses small sizes and prints where
+everything went and how to do the same on ImageNet.
+
+The greyscale line is the check that the net learned shapes and textures: synth's classes are
+families of shape, texture and layout in any colour, so a net that learned them keeps most of its
+accuracy without colour, and one that counts hues (or a pipeline that lost the geometry and kept
+the hue) falls to chance there.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from alexrepro.errors import UserError
 from alexrepro.progress import console
 
 MARKER = "demo.json"  # a folder holding this was made by the demo and may be replaced by it
+GREY = "data-grey"  # the greyscale copy of the prepared val split, beside the prepared set
 
 
 @dataclass
@@ -111,12 +118,13 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     assert trained is not None  # a single local process always returns its summary
     seconds["train"] = time.perf_counter() - t
 
-    t = _stage(5, total, "eval: centre crop, then the paper's ten crops (§4.1)")
+    t = _stage(5, total, "eval: centre crop, the paper's ten crops (§4.1), and the centre crop on greyscale val")
     best = Path(trained["checkpoints"].get("best") or trained["checkpoints"]["last"])
-    evals = {}
-    for crops in (1, 10):
-        evals[crops] = evaluate(EvalOptions(out=data, checkpoints=[best], crops=crops, device="cpu", loader="torch",
-                                            batch_size=64))
+    evals: dict[Any, dict[str, Any]] = {}
+    grey = greyscale_copy(data, folder / GREY)
+    for key, where, crops in ((1, data, 1), (10, data, 10), ("grey", grey, 1)):
+        evals[key] = evaluate(EvalOptions(out=where, checkpoints=[best], crops=crops, device="cpu", loader="torch",
+                                          batch_size=64))
     seconds["eval"] = time.perf_counter() - t
 
     figures: dict[str, str] = {}
@@ -133,24 +141,72 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         seconds["figures"] = time.perf_counter() - t
 
     chance = 100.0 * (1 - 1 / opts.classes)
-    one, ten = evals[1], evals[10]
+    one, ten, grey_one = evals[1], evals[10], evals["grey"]
     summary = {
         "command": "demo",
         "folder": str(folder),
-        "artefacts": {"source": str(src), "prepared": str(data), "run": str(run), "checkpoint": str(best),
-                      "metrics": str(run / "metrics.jsonl"), "figures": figures},
+        "artefacts": {"source": str(src), "prepared": str(data), "greyscale_val": str(grey), "run": str(run),
+                      "checkpoint": str(best), "metrics": str(run / "metrics.jsonl"), "figures": figures},
         "images": {s: v["written"] for s, v in prepared["splits"].items()},
         "classes": opts.classes,
         "chance_top1_error_pct": round(chance, 2),
         "center_crop": {"top1_error_pct": one["top1_error_pct"], "top5_error_pct": one["top5_error_pct"]},
         "ten_crops": {"top1_error_pct": ten["top1_error_pct"], "top5_error_pct": ten["top5_error_pct"]},
         "ten_crop_gain_top1_pct": round(one["top1_error_pct"] - ten["top1_error_pct"], 2),
+        "greyscale_center_crop": {"top1_error_pct": grey_one["top1_error_pct"],
+                                  "top5_error_pct": grey_one["top5_error_pct"]},
+        "greyscale_kept_accuracy": kept_accuracy(one["top1_error_pct"], grey_one["top1_error_pct"]),
         "below_chance": one["top1_error_pct"] < chance,
         "seconds": {k: round(v, 1) for k, v in seconds.items()} | {"total": round(time.perf_counter() - t_all, 1)},
         "imagenet_commands": imagenet_commands(),
     }
     atomic_write_json(folder / MARKER, {"complete": True, **summary})
     return summary
+
+
+def kept_accuracy(colour_error_pct: float, grey_error_pct: float) -> float | None:
+    """Top-1 accuracy on greyscale val as a fraction of the accuracy in colour (None if colour got none right)."""
+    colour_acc = 100.0 - colour_error_pct
+    return None if colour_acc <= 0 else round((100.0 - grey_error_pct) / colour_acc, 4)
+
+
+def greyscale_copy(data: Path, dest: Path, split: str = "val") -> Path:
+    """A prepared set at `dest` holding `split` of `data` with every image grey, and `data`'s statistics.
+
+    Grey is ITU-R 601 luma (PIL's "L" conversion) repeated in R, G and B, re-encoded like the set
+    (JPEG at its quality, or raw). The mean image and PCA stay the colour training set's, so the
+    net sees what it would see had the photographs been grey.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from alexrepro.atomic import atomic_write_bytes
+    from alexrepro.prepared import STATS, open_split, read_manifest, write_manifest, write_shard
+
+    manifest = read_manifest(data)
+    dataset = open_split(data, split)
+    quality = int(manifest.get("quality") or 95)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest / STATS, (data / STATS).read_bytes())
+    for entry, shard in zip(manifest["splits"][split]["shards"], dataset.shards, strict=True):
+        images: list[Any] = []
+        for i in range(len(shard)):
+            grey = Image.fromarray(shard.image(i)).convert("L").convert("RGB")
+            if dataset.encoding == "raw":
+                images.append(np.asarray(grey))
+            else:
+                buf = io.BytesIO()
+                grey.save(buf, "JPEG", quality=quality)
+                images.append(buf.getvalue())
+        (dest / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+        write_shard(dest / entry["file"], dataset.encoding, np.stack(images) if dataset.encoding == "raw" else images,
+                    shard.labels(), shard.keys())
+    keep = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "splits", "prep")}
+    write_manifest(dest, {**keep, "splits": {split: manifest["splits"][split]},
+                          "notes": [*manifest.get("notes", []), f"greyscale copy of {split} from {data}"]})
+    return dest
 
 
 def imagenet_commands() -> list[str]:
@@ -170,7 +226,8 @@ def render_summary(summary: dict[str, Any]) -> None:
 
     table = Table("", "top-1 error", "top-5 error", title="validation (generated data)")
     chance = summary["chance_top1_error_pct"]
-    for name, key in (("centre crop", "center_crop"), ("ten crops (§4.1)", "ten_crops")):
+    for name, key in (("centre crop", "center_crop"), ("ten crops (§4.1)", "ten_crops"),
+                      ("centre crop, greyscale val", "greyscale_center_crop")):
         r = summary[key]
         top5 = "—" if r["top5_error_pct"] is None else f"{r['top5_error_pct']:.1f}%"
         table.add_row(name, f"{r['top1_error_pct']:.1f}%", top5)
@@ -180,6 +237,10 @@ def render_summary(summary: dict[str, Any]) -> None:
     console.print(f"ten crops: top-1 error {summary['center_crop']['top1_error_pct']:.1f}% → "
                   f"{summary['ten_crops']['top1_error_pct']:.1f}% ({gain:.1f} points better; the paper: 39.0% → 37.5% "
                   "on ILSVRC-2010)")
+    grey, kept = summary["greyscale_center_crop"]["top1_error_pct"], summary["greyscale_kept_accuracy"]
+    console.print(f"top-1 error on greyscale val: {grey:.1f}% (in colour {summary['center_crop']['top1_error_pct']:.1f}%; "
+                  f"{'—' if kept is None else f'{100 * kept:.0f}%'} of the accuracy kept without colour: the classes "
+                  "differ only in shape, texture and layout)")
     if not summary["below_chance"]:
         console.print("[yellow]warning:[/yellow] the net did not get below chance; try more --epochs")
     a = summary["artefacts"]
