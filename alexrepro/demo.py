@@ -1,12 +1,19 @@
 """`alexrepro demo`: the whole pipeline on generated data, in minutes on a CPU.
 
-synth → prep → pca → train (the tiny recipe) → eval with the centre crop and with ten crops →
-the paper's figures. Each stage is the same Python function its own command calls; the demo only
-chooses small sizes and prints where everything went and how to do the same on ImageNet.
+synth → prep → pca → train (the tiny recipe) → eval with the centre crop and with ten crops, and
+with the centre crop on greyscale copies of the val images → the paper's figures. Each stage is the
+same Python function its own command calls; the demo only chooses small sizes and prints where
+everything went and how to do the same on ImageNet.
+
+The greyscale line is the check that the net learned shapes and textures: synth's classes are
+families of shape, texture and layout in any colour, so a net that learned them keeps most of its
+accuracy without colour, and one that counts hues (or a pipeline that lost the geometry and kept
+the hue) falls to chance there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -21,6 +28,7 @@ from alexrepro.errors import UserError
 from alexrepro.progress import console
 
 MARKER = "demo.json"  # a folder holding this was made by the demo and may be replaced by it
+GREY = "data-grey"  # the greyscale copy of the prepared val split, beside the prepared set
 
 
 @dataclass
@@ -140,15 +148,19 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                                             device="cpu"))
         assert trained is not None  # a single local process always returns its summary
     best = Path(trained["checkpoints"].get("best") or trained["checkpoints"]["last"])
-    with stages.stage("eval", "eval: centre crop, then the paper's ten crops (§4.1)"):
-        evals = {crops: evaluate(EvalOptions(out=data, checkpoints=[best], crops=crops, device="cpu",
-                                             loader="torch", batch_size=64)) for crops in (1, 10)}
+    grey = folder / GREY
+    with stages.stage("eval", "eval: centre crop, the paper's ten crops (§4.1), and the centre crop on greyscale val"):
+        greyscale_copy(data, grey)
+        evals: dict[Any, dict[str, Any]] = {
+            key: evaluate(EvalOptions(out=where, checkpoints=[best], crops=crops, device="cpu", loader="torch",
+                                      batch_size=64))
+            for key, where, crops in ((1, data, 1), (10, data, 10), ("grey", grey, 1))}
     figures: dict[str, str] = {}
     if opts.figures:
         with stages.stage("figures", "figures: conv1 kernels (Fig. 3), curves, predictions and fc7 neighbours "
                           "(Fig. 4)"):
             figures = draw_figures(run, data, prepared)
-    artefacts = {"source": str(src), "prepared": str(data), "run": str(run), "checkpoint": str(best),
+    artefacts = {"source": str(src), "prepared": str(data), "greyscale_val": str(grey), "run": str(run), "checkpoint": str(best),
                  "metrics": str(run / "metrics.jsonl"), "figures": figures}
     summary = demo_summary(opts, folder, artefacts, prepared, evals, stages.rounded())
     atomic_write_json(folder / MARKER, {"complete": True, **summary})
@@ -156,10 +168,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
 
 def demo_summary(opts: DemoOptions, folder: Path, artefacts: dict[str, Any], prepared: dict[str, Any],
-                 evals: dict[int, dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
+                 evals: dict[Any, dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
     """The closing summary (`alexrepro demo --json`): where everything went, both evaluations beside chance."""
     chance = 100.0 * (1 - 1 / opts.classes)
-    centre, ten = evals[1], evals[10]
+    center, ten, grey = evals[1], evals[10], evals["grey"]
     return {
         "command": "demo",
         "folder": str(folder),
@@ -167,13 +179,62 @@ def demo_summary(opts: DemoOptions, folder: Path, artefacts: dict[str, Any], pre
         "images": {s: v["written"] for s, v in prepared["splits"].items()},
         "classes": opts.classes,
         "chance_top1_error_pct": round(chance, 2),
-        "center_crop": {"top1_error_pct": centre["top1_error_pct"], "top5_error_pct": centre["top5_error_pct"]},
+        "center_crop": {"top1_error_pct": center["top1_error_pct"], "top5_error_pct": center["top5_error_pct"]},
         "ten_crops": {"top1_error_pct": ten["top1_error_pct"], "top5_error_pct": ten["top5_error_pct"]},
-        "ten_crop_gain_top1_pct": round(centre["top1_error_pct"] - ten["top1_error_pct"], 2),
-        "below_chance": centre["top1_error_pct"] < chance,
+        "ten_crop_gain_top1_pct": round(center["top1_error_pct"] - ten["top1_error_pct"], 2),
+        "greyscale_center_crop": {"top1_error_pct": grey["top1_error_pct"], "top5_error_pct": grey["top5_error_pct"]},
+        "greyscale_kept_accuracy": kept_accuracy(center["top1_error_pct"], grey["top1_error_pct"]),
+        "below_chance": center["top1_error_pct"] < chance,
         "seconds": seconds,
         "imagenet_commands": imagenet_commands(),
     }
+
+
+def kept_accuracy(colour_error_pct: float, grey_error_pct: float) -> float | None:
+    """Top-1 accuracy on greyscale val as a fraction of the accuracy in colour (None if colour got none right)."""
+    colour_acc = 100.0 - colour_error_pct
+    return None if colour_acc <= 0 else round((100.0 - grey_error_pct) / colour_acc, 4)
+
+
+def greyscale_copy(data: Path, dest: Path, split: str = "val") -> Path:
+    """A prepared set at `dest` holding `split` of `data` with every image grey, and `data`'s statistics.
+
+    Grey is ITU-R 601 luma (PIL's "L" conversion) repeated in R, G and B, re-encoded like the set
+    (JPEG at its quality, or raw). The mean image and PCA stay the colour training set's, so the
+    net sees what it would see had the photographs been grey.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from alexrepro.atomic import atomic_write_bytes
+    from alexrepro.data.manifest import read_manifest, write_manifest
+    from alexrepro.data.shards import write_shard
+    from alexrepro.data.split import open_split
+    from alexrepro.data.stats_file import STATS
+
+    manifest = read_manifest(data)
+    dataset = open_split(data, split)
+    quality = int(manifest.quality or 95)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest / STATS, (data / STATS).read_bytes())
+    for entry, shard in zip(manifest.splits[split].shards, dataset.shards, strict=True):
+        images: list[Any] = []
+        for i in range(len(shard)):
+            grey = Image.fromarray(shard.image(i)).convert("L").convert("RGB")
+            if dataset.encoding == "raw":
+                images.append(np.asarray(grey))
+            else:
+                buf = io.BytesIO()
+                grey.save(buf, "JPEG", quality=quality)
+                images.append(buf.getvalue())
+        (dest / entry.file).parent.mkdir(parents=True, exist_ok=True)
+        write_shard(dest / entry.file, dataset.encoding, np.stack(images) if dataset.encoding == "raw" else images,
+                    shard.labels(), shard.keys())
+    write_manifest(dest, dataclasses.replace(manifest, splits={split: manifest.splits[split]}, prep=None,
+                                             notes=[*manifest.notes, f"greyscale copy of {split} from {data}"]))
+    return dest
 
 
 def imagenet_commands() -> list[str]:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -184,7 +185,9 @@ def test_ensemble_center_crop_and_table_2010(tiny, capsys):
     assert code == 0
     r = json.loads(stdout)
     assert r["nets"] == 2 and r["test_time"] == "predict_center" and r["images"] == K * PER_CLASS
-    assert r["paper"]["table"] == "2010" and r["paper"]["comparable"] == "CNN (single centre patch)"
+    # Two nets are not Table 1's one CNN: the rows are shown, no difference is taken.
+    assert r["paper"]["table"] == "2010" and r["paper"]["comparable"] is None
+    assert r["paper"]["top1_diff_pct"] is None and "2 nets, centre patch" in r["paper"]["no_comparable"]
     first = json.loads((tiny / "p.jsonl").read_text().splitlines()[0])
     assert first["key"] == "val/img_000.JPEG" and len(first["top5"]) == 5
     assert sum(t["prob"] for t in first["top5"]) <= 1.0 + 1e-6
@@ -194,6 +197,12 @@ def test_human_output_shows_the_paper_rows(tiny, capsys):
     code, stdout, err = run_cli(["eval", str(tiny / "out"), "-c", str(tiny / "a.pt"), "--crops", "1"], capsys)
     assert code == 0 and stdout == ""
     assert "1 CNN" in err and "40.7" in err and "images/s" in err
+    # Table 2 has no centre-patch row: every row shows its protocol and none carries a Δ.
+    assert "10 patches" in err and "no Δ" in err and "centre patch" in err
+    assert not re.search(r"[+-]\d+\.\d / [+-]", err)
+    code, _, err = run_cli(["eval", str(tiny / "out"), "-c", str(tiny / "a.pt"), "--crops", "1",
+                            "--paper-table", "2010"], capsys)
+    assert code == 0 and "CNN (single centre patch)" in err and "Δ: this run − the row measured" in err
 
 
 def test_bad_inputs_exit_2(tiny, capsys):

@@ -163,3 +163,31 @@ def test_lrn_on_cuda_in_bf16_channels_last_matches_the_cpu():
         torch.testing.assert_close(y.float().cpu(), local_response_norm(x, N, ALPHA, BETA, K, "printed", 2),
                                    rtol=tol, atol=tol * 10)
         torch.testing.assert_close(xg.grad.float().cpu(), ref.grad, rtol=tol, atol=tol)
+
+
+def cmrnorm_kfcnorm(x: torch.Tensor, size: int, scale: float, pow_: float, min_div: float) -> torch.Tensor:
+    """cuda-convnet2's cross-map response norm written out as its kernel computes it (kFCNorm in
+    cudaconv3/src/conv_util.cu, with layer.py's `scale /= size` for a cmrnorm layer): for map f the sum of
+    squares over maps startF = f - size/2 (C integer division) to startF + size - 1, clipped to the maps
+    that exist; denominator minDiv + (scale / size) · sum; output a · denominator^(-pow)."""
+    channels = x.shape[1]
+    out = []
+    for f in range(channels):
+        start = f - size // 2
+        total = sum(x[:, j] ** 2 for j in range(max(0, start), min(channels, start + size)))
+        out.append(x[:, f] * (min_div + (scale / size) * total) ** (-pow_))
+    return torch.stack(out, 1)
+
+
+def test_cuda_convnet_recipe_computes_krizhevskys_imagenet_cmrnorm():
+    # layers/layer-params-223-ce2-1gpu.cfg of cuda-convnet2 (Krizhevsky's ImageNet net): [rnorm1] and
+    # [rnorm2] have scale=0.0001, pow=0.75, minDiv=2, size=5 (layers-223-1gpu.cfg). See
+    # docs/FAITHFULNESS.md, "LRN in Krizhevsky's released code".
+    from alexrepro.nets.alexnet import _norm
+    from alexrepro.recipe import load_recipe
+
+    cfg = load_recipe("cuda-convnet").model
+    x = activations(channels=10)
+    torch.testing.assert_close(_norm(cfg, groups=1)(x), cmrnorm_kfcnorm(x, 5, 1e-4, 0.75, 2.0))
+    # The hard-coded 1 of the 2011 cuda-convnet kernel (and of minDiv's default) is another function.
+    assert not torch.allclose(_norm(cfg, groups=1)(x), cmrnorm_kfcnorm(x, 5, 1e-4, 0.75, 1.0), rtol=1e-3, atol=0)

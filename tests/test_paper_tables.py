@@ -1,4 +1,4 @@
-"""The paper's tables carry the paper's numbers (PAPER.md "Results"), and comparisons pick the right row."""
+"""The paper's tables carry the paper's numbers (§6, Tables 1 and 2), and comparisons pick the row measured alike."""
 
 import pytest
 
@@ -9,8 +9,11 @@ from alexrepro.evaluation.paper_tables import (
     TABLE_2012,
     choose_table,
     comparable_row,
+    compare_with_paper,
     difference,
+    protocol,
     row,
+    row_protocol,
 )
 
 
@@ -65,10 +68,42 @@ def test_choose_table():
         choose_table("2011", "", "val")
 
 
-def test_comparable_row():
+def test_comparable_row_is_measured_the_same_way():
+    # §6: Table 1 has a ten-patch CNN row and, in the text, a single-centre-patch one (39.0 / 18.3).
     assert comparable_row("2010", crops=10, nets=1).model == "CNN"
     assert comparable_row("2010", crops=1, nets=1).model == "CNN (single centre patch)"
+    # Table 2's CNN rows are all ten-patch rows: 1 CNN, 5 CNNs (and the pre-trained * rows).
     assert comparable_row("2012", crops=10, nets=1).model == "1 CNN"
-    assert comparable_row("2012", crops=10, nets=3).model == "5 CNNs"
+    assert comparable_row("2012", crops=10, nets=5).model == "5 CNNs"
+    assert comparable_row("2012", crops=1, nets=1) is None  # no single-patch row in Table 2
+    assert comparable_row("2012", crops=10, nets=3) is None  # 3 nets are not the paper's 5
+    assert comparable_row("2012", crops=10, nets=7) is None  # 7 CNNs* were pre-trained on Fall 2011
+    assert comparable_row("2010", crops=10, nets=2) is None  # Table 1 has no ensemble
     assert difference(42.7, 40.7) == pytest.approx(2.0)
     assert difference(10.0, None) is None
+
+
+def test_every_cnn_row_states_its_protocol():
+    assert row_protocol(row("2012", "1 CNN")) == "1 net, 10 patches"
+    assert row_protocol(row("2012", "5 CNNs")) == "5 nets, 10 patches"
+    assert row_protocol(row("2012", "7 CNNs*")) == "7 nets, 10 patches, pre-trained on Fall 2011"
+    assert row_protocol(row("2010", "CNN (single centre patch)")) == "1 net, centre patch"
+    assert row_protocol(row("2010", "SIFT + FVs")).startswith("not a CNN")
+    assert protocol(2, 1) == "2 nets, centre patch"
+
+
+def test_centre_patch_against_table_2_gets_no_difference():
+    p = compare_with_paper("2012", "val", nets=1, crops=1, ours_top1=45.0, ours_top5=21.0)
+    assert p["comparable"] is None and p["top1_diff_pct"] is None and p["top5_diff_pct"] is None
+    assert p["top1_error_pct"] is None and p["protocol"] == "1 net, centre patch"
+    assert "no row measured as 1 net, centre patch" in p["no_comparable"] and "1 CNN: 1 net, 10 patches" in p["no_comparable"]
+    assert [r["protocol"] for r in p["rows"]][1:3] == ["1 net, 10 patches", "5 nets, 10 patches"]
+    # The same run against Table 1 compares with §6's single-patch row, 39.0 / 18.3.
+    p = compare_with_paper("2010", "val", nets=1, crops=1, ours_top1=45.0, ours_top5=21.0)
+    assert p["comparable"] == "CNN (single centre patch)" and p["no_comparable"] is None
+    assert p["top1_diff_pct"] == pytest.approx(45.0 - 39.0) and p["top5_diff_pct"] == pytest.approx(21.0 - 18.3)
+    # Ten patches against Table 2: 1 CNN's 40.7 / 18.2; on the test split only the top-5 test column exists.
+    p = compare_with_paper("2012", "val", nets=1, crops=10, ours_top1=41.7, ours_top5=19.2)
+    assert (p["comparable"], p["top1_diff_pct"], p["top5_diff_pct"]) == ("1 CNN", pytest.approx(1.0), pytest.approx(1.0))
+    p = compare_with_paper("2012", "test", nets=5, crops=10, ours_top1=40.0, ours_top5=17.4)
+    assert p["top1_error_pct"] is None and p["top5_error_pct"] == 16.4 and p["top5_diff_pct"] == pytest.approx(1.0)

@@ -12,7 +12,7 @@ import scipy.io
 from PIL import Image, UnidentifiedImageError
 
 from alexrepro.cli import main
-from alexrepro.data.synth import TRAIN_QUIRKS, TRAIN_STRIDE, VAL_QUIRK, devkit_ids, draw_image, make_synthetic
+from alexrepro.data.synth import TRAIN_QUIRKS, VAL_QUIRK, devkit_ids, draw_image, make_synthetic
 from alexrepro.data.synth_images import sample_size
 from alexrepro.errors import UserError
 
@@ -75,7 +75,9 @@ def test_devkit_labels_match_what_each_val_image_shows(synth_src, synth_summary)
                  for c in range(s["classes"])]
         best = int(np.argmin(diffs))
         assert s["wnids"][best] == id_to_wnid[sid], (k, diffs)
-        assert diffs[best] < 6 and sorted(diffs)[1] > 2 * diffs[best]
+        # the redraw differs from the stored pixels by JPEG's loss only; textured, structure-defined classes
+        # lose more to JPEG (about 6 levels of 255) than the old flat-coloured ones (under 6)
+        assert diffs[best] < 8 and sorted(diffs)[1] > 2 * diffs[best]
 
 
 def test_devkit_id_order_is_not_sorted_order(synth_src, synth_summary):
@@ -165,6 +167,11 @@ def test_cli_json_and_rerun_replaces_previous_output(tmp_path, capsys):
     summary = json.loads(out[0])
     assert summary["counts"]["train_files"] == 6 and summary["counts"]["val_files"] == 3 and summary["seed"] == 7
     assert summary["quirks"] == [] and Path(summary["src"]) == src.resolve()
+    # The class families (shape, texture, layout; never a colour), in sorted-WNID order.
+    assert [f["description"] for f in summary["families"]] == ["plain disc", "striped square", "checkered triangle"]
+    assert summary["families"][1] == {"shape": "square", "texture": "stripes", "layout": "single",
+                                      "description": "striped square"}
+    assert summary["distinct_families"] == 3
     # Rerunning over an earlier synth output (even an interrupted one) replaces it.
     marker = json.loads((src / "synth.json").read_text())
     (src / "synth.json").write_text(json.dumps({**marker, "complete": False}))
@@ -213,31 +220,3 @@ def test_sizes_are_imagenet_like():
     assert 0.15 < np.mean(sizes[:, 1] > sizes[:, 0]) < 0.35  # some portrait
     small = np.array([sample_size(rng, 40, 80) for _ in range(500)])
     assert small.min() >= 40 and small.max() <= 80 and len(np.unique(small)) > 20
-
-
-def hue_histogram(img: np.ndarray, bins: int = 24) -> np.ndarray:
-    """Histogram of the hue of strongly saturated pixels (HSV hue written out), normalised."""
-    x = img.reshape(-1, 3).astype(np.float64) / 255
-    mx, mn = x.max(axis=1), x.min(axis=1)
-    d = np.maximum(mx - mn, 1e-9)
-    r, g, b = x.T
-    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) / 6
-    saturated = (mx - mn) / np.maximum(mx, 1e-9) > 0.55
-    h = np.bincount((hue * bins).astype(int) % bins, weights=saturated, minlength=bins)
-    return h / max(h.sum(), 1.0)
-
-
-def test_classes_are_learnable_from_colour_alone_well_above_chance():
-    classes, seed = 4, 0
-    train = [(hue_histogram(draw_image(seed, "train", c * TRAIN_STRIDE + i, c, 48, 64)[0]), c)
-             for c in range(classes) for i in range(1, 21)]
-    x = np.array([f for f, _ in train])
-    y = np.array([c for _, c in train])
-    centroids = np.stack([x[y == c].mean(axis=0) for c in range(classes)])
-    val_y = np.arange(40) % classes
-    val_x = np.array([hue_histogram(draw_image(seed, "val", k + 1, int(val_y[k]), 48, 64)[0]) for k in range(40)])
-    pred = np.argmin(((val_x[:, None] - centroids[None]) ** 2).sum(axis=-1), axis=1)
-    assert np.mean(pred == val_y) > 2 / classes  # nearest centroid: over twice chance
-    shuffled = np.random.default_rng(1).permutation(y)
-    null = np.stack([x[shuffled == c].mean(axis=0) for c in range(classes)])
-    assert np.mean(np.argmin(((val_x[:, None] - null[None]) ** 2).sum(-1), 1) == val_y) < np.mean(pred == val_y)

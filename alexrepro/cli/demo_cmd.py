@@ -38,7 +38,8 @@ def render_summary(summary: dict[str, Any]) -> None:
     """The closing summary for people, on stderr (also with --json, which adds the object on stdout)."""
     table = Table("", "top-1 error", "top-5 error", title="validation (generated data)")
     chance = summary["chance_top1_error_pct"]
-    for name, key in (("centre crop", "center_crop"), ("ten crops (§4.1)", "ten_crops")):
+    for name, key in (("centre crop", "center_crop"), ("ten crops (§4.1)", "ten_crops"),
+                      ("centre crop, greyscale val", "greyscale_center_crop")):
         errors = summary[key]
         top5 = "—" if errors["top5_error_pct"] is None else f"{errors['top5_error_pct']:.1f}%"
         table.add_row(name, f"{errors['top1_error_pct']:.1f}%", top5)
@@ -48,6 +49,10 @@ def render_summary(summary: dict[str, Any]) -> None:
     console.print(f"ten crops: top-1 error {summary['center_crop']['top1_error_pct']:.1f}% → "
                   f"{summary['ten_crops']['top1_error_pct']:.1f}% ({gain:.1f} points better; the paper: 39.0% → 37.5% "
                   "on ILSVRC-2010)")
+    grey, kept = summary["greyscale_center_crop"]["top1_error_pct"], summary["greyscale_kept_accuracy"]
+    console.print(f"top-1 error on greyscale val: {grey:.1f}% (in colour {summary['center_crop']['top1_error_pct']:.1f}%; "
+                  f"{'—' if kept is None else f'{100 * kept:.0f}%'} of the accuracy kept without colour: the classes "
+                  "differ in shape, texture and layout, not colour)")
     if not summary["below_chance"]:
         console.print("[yellow]warning:[/yellow] the net did not get below chance; try more --epochs")
     artefacts = summary["artefacts"]

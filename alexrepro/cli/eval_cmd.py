@@ -68,20 +68,29 @@ def _diff(x: float | None) -> str:
 
 
 def eval_table(report: dict[str, Any]) -> Table:
-    """Our error rates (with 95% intervals) as the first row, then the paper's table, the comparable row marked."""
+    """Our error rates (with 95% intervals) as the first row, then the paper's table with each row's protocol.
+
+    A Δ appears only on the row measured the way this run was (same nets, same test patches); when the
+    table has none (Table 2 has no centre-patch row), the caption says so and no row carries a Δ.
+    """
     paper = report["paper"]
     title = f"{report['split']}: ILSVRC-{paper['table']} (Table {1 if paper['table'] == '2010' else 2} of the paper)"
-    table = Table("model", "top-1 %", "top-5 %", "top-5 test %", "vs this run", title=title)
+    caption = (f"Δ: this run − the row measured the same way ({paper['protocol']})" if paper["comparable"]
+               else f"no Δ: {paper['no_comparable']}")
+    table = Table(title=title, caption=caption)
+    table.add_column("model", no_wrap=True)  # row names are matched by eye (and by tests) whole
+    for column in ("protocol", "top-1 %", "top-5 %", "top-5 test %", "Δ top-1 / top-5"):
+        table.add_column(column)
     ci1, ci5 = report["top1_ci95_pct"], report["top5_ci95_pct"]
     top1 = f"{_fmt(report['top1_error_pct'])} [{ci1[0]:.1f}, {ci1[1]:.1f}]" if ci1 else "—"
     top5 = f"{_fmt(report['top5_error_pct'])} [{ci5[0]:.1f}, {ci5[1]:.1f}]" if ci5 else "—"
-    name = f"this run ({report['nets']} net{'s' if report['nets'] > 1 else ''}, {report['crops']} crops)"
-    table.add_row(f"[bold]{name}[/bold]", top1, top5, "", "")
+    table.add_row("[bold]this run[/bold]", paper["protocol"], top1, top5, "", "")
     for row in paper["rows"]:
         comparable = row["model"] == paper["comparable"]
-        diff = f"Δ {_diff(paper['top1_diff_pct'])} / {_diff(paper['top5_diff_pct'])}" if comparable else ""
+        diff = f"{_diff(paper['top1_diff_pct'])} / {_diff(paper['top5_diff_pct'])}" if comparable else ""
         style = "bold cyan" if comparable else None
-        table.add_row(row["model"], _fmt(row["top1"]), _fmt(row["top5"]), _fmt(row["top5_test"]), diff, style=style)
+        table.add_row(row["model"], row["protocol"], _fmt(row["top1"]), _fmt(row["top5"]), _fmt(row["top5_test"]), diff,
+                  style=style)
     return table
 
 

@@ -37,6 +37,9 @@ def synth(
     table.add_row("classes", f"{summary['classes']} ({summary['wnids'][0]} … {summary['wnids'][-1]})")
     table.add_row("train files", f"{counts['train_files']} ({counts['train_readable']} readable)")
     table.add_row("val files", str(counts["val_files"]))
+    families = [f["description"] for f in summary["families"]]
+    table.add_row("class families", ", ".join(families[:5]) + (f", … ({summary['distinct_families']} distinct)"
+                                                              if len(families) > 5 else ""))
     table.add_row("quirks", ", ".join(f"{q['kind']} ({q['expected']})" for q in summary["quirks"]) or "none")
     table.add_row("time", f"{summary['seconds']:.1f} s, {summary['images_per_s']} images/s")
     console.print(table)

@@ -1,5 +1,11 @@
 """`alexrepro synth`: a small ImageNet-layout source tree of generated, learnable images.
 
+Each class is a family of shape, texture and layout (`alexrepro.synth_images.class_family`); colour,
+background, lighting, scale, position and rotation are drawn independently of the class and a fifth
+of the images are greyscale, so only structure tells the classes apart. The summary lists the
+families (`families`) and how many of them are distinct (`distinct_families`: 120 at most; beyond
+that, classes c and c + 120 share a family and cannot be told apart).
+
 SRC/
   train/<wnid>/<wnid>_<i>.JPEG                       class-per-folder (ImageFolder reads it)
   val/ILSVRC2012_val_%08d.JPEG                       flat, classes shuffled across the numbers
@@ -39,7 +45,8 @@ from alexrepro.atomic import (
 from alexrepro.data.synth_images import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MIN_SIZE,
-    class_look,
+    DISTINCT_FAMILIES,
+    class_family,
     encode,
     quirk_bytes,
     render,
@@ -159,12 +166,12 @@ def draw_image(seed: int, split: str, index: int, class_index: int, min_size: in
     key = {"train": _TRAIN, "val": _VAL, "quirk": _QUIRK}[split]
     rng = np.random.default_rng([seed, key, index])
     w, h = size or sample_size(rng, min_size, max_size)
-    return render(rng, class_look(class_index), w, h)
+    return render(rng, class_family(class_index), w, h)
 
 
 def class_synsets(classes: int) -> list[tuple[str, str]]:
     """(WNID, words) of each class in sorted-WNID order: real ImageNet ones first, then made-up."""
-    made_up = [(f"n9{i:07d}", f"synthetic {class_look(i).description()}") for i in range(len(REAL_SYNSETS), classes)]
+    made_up = [(f"n9{i:07d}", f"synthetic {class_family(i).description()}") for i in range(len(REAL_SYNSETS), classes)]
     return list(REAL_SYNSETS[:classes]) + made_up
 
 
@@ -187,10 +194,10 @@ def meta_mat_bytes(synsets: list[tuple[str, str]], ids: np.ndarray, train_counts
     leaves: dict[int, tuple[Any, ...]] = {}
     by_shape: dict[str, list[int]] = {}
     for c, (wnid, words) in enumerate(synsets):
-        look = class_look(c)
-        gloss = f"generated images: a {look.description()} among distractor shapes"
+        family = class_family(c)
+        gloss = f"generated images: a {family.description()} among distractor shapes, in any colour"
         leaves[int(ids[c])] = _synset_row(int(ids[c]), wnid, words, gloss, [], 0, train_counts[c])
-        by_shape.setdefault(look.shape, []).append(c)
+        by_shape.setdefault(family.shape, []).append(c)
     rows = [leaves[i] for i in range(1, n + 1)]
     inner_ids = []
     for j, (shape, members) in enumerate(sorted(by_shape.items())):
@@ -349,7 +356,8 @@ def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val
         "wnids": wnids,
         "names": [words for _, words in synsets],
         "devkit_ids": [int(x) for x in ids],
-        "looks": [class_look(c).description() for c in range(classes)],
+        "families": [class_family(c).as_dict() for c in range(classes)],
+        "distinct_families": min(classes, DISTINCT_FAMILIES),
         "counts": {"train_files": n_train, "train_readable": n_train - len(broken), "val_files": n_val,
                    "val_readable": n_val, "skipped": len(broken)},
         "quirks": quirk_list,

@@ -1,10 +1,14 @@
-"""Drawing and encoding the images of `alexrepro synth`: one look per class, cluttered scenes.
+"""Drawing and encoding the images of `alexrepro synth`: classes of shape, texture and layout, never colour.
 
-Each class is a combination of a shape, a texture and a hue (`class_look`). An image of
-that class draws its object at a random position, scale, rotation and squash over a random
-colour gradient with noise and smaller distractor shapes of other kinds, then jitters
-brightness and contrast. Colour alone separates classes only partly (distractors and
-backgrounds take any hue), so a small CNN learns the set well above chance but not at once.
+Each class is a family (`class_family`): a shape, a texture and a layout (one object, a pair or a
+row of three). Everything else is drawn independently of the class: the object's colours, the
+background, the distractors, the lighting, the scale (the object's area, not its radius, so no
+shape covers more pixels than another), the position, the rotation and the squash; a fifth of the
+images are greyscale. The object's two colours (fill and texture) differ in luminance from each
+other and from the background around the object, and they are exchangeable (`colour_pair`), so every
+class reads the same in grey and no texture shifts the colour statistics. Colour statistics
+therefore say nothing about the class: a colour-histogram classifier stays near chance
+(`tests/test_synth_images.py`), and a net must learn edges, corners and texture to get above it.
 All drawing is vectorised numpy on float32 arrays; an image of about 450×340 takes a few ms.
 """
 
@@ -14,20 +18,34 @@ import colorsys
 import io
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 SHAPES = ("disc", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent")
-TEXTURES = ("plain", "stripes", "checker", "dots", "noise")
+TEXTURES = ("plain", "stripes", "checker", "dots", "blotches", "rings", "grid", "zigzag", "spokes", "split")
 TEXTURE_WORDS = {"plain": "plain", "stripes": "striped", "checker": "checkered", "dots": "dotted",
-                 "noise": "speckled"}
-HUE_WORDS = ("red", "orange", "yellow", "lime", "green", "spring green", "cyan", "azure", "blue",
-             "violet", "magenta", "rose")
-# Successive class hues step by 1 - 1/φ of the colour wheel, so the first few are far apart
-# and no two classes ever share a hue.
-HUE_STEP = (3 - math.sqrt(5)) / 2
+                 "blotches": "blotched", "rings": "ringed", "grid": "latticed", "zigzag": "zigzagged",
+                 "spokes": "spoked", "split": "split"}
+LAYOUTS = ("single", "pair", "row")  # one object; two copies side by side; three in a row
+LAYOUT_COPIES = {"single": 1, "pair": 2, "row": 3}
+LAYOUT_WORDS = {"single": "", "pair": "pair of ", "row": "row of three "}
+# Class c has shape c mod 8 and texture c mod 10, so classes 0..39 all have a different (shape, texture)
+# pair and the first ten differ in texture (and all but two pairs in shape too); the layout changes
+# every 40 classes. Classes c and c + DISTINCT_FAMILIES share a family.
+PAIRS = math.lcm(len(SHAPES), len(TEXTURES))
+DISTINCT_FAMILIES = PAIRS * len(LAYOUTS)
+
+GREYSCALE_P = 0.2  # fraction of images drawn without colour
+OBJECT_RADIUS = (0.25, 0.4)  # radius of a disc of the object's area, as a fraction of the shorter side
+DISTRACTOR_RADIUS = (0.05, 0.1)
+# Distractors are plain: a class's texture is never on another shape, so the scene has one textured
+# object to find (its shape, size and colours still vary, and clutter still covers the background).
+DISTRACTOR_TEXTURES = ("plain",)
+MIN_CONTRAST = 60.0  # luminance steps (of 255) between fill and background, and fill and texture colour
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's "L" conversion uses
 
 # Image sides, in px, before --min-size/--max-size remap them. Most ImageNet photos are about
 # 500×375 or 500×333; a tail runs from ~100 px thumbnails to multi-megapixel scans.
@@ -41,26 +59,27 @@ TEXT_BODY = b"<html><head><title>404 Not Found</title></head><body>Not Found</bo
 
 
 @dataclass(frozen=True)
-class ClassLook:
-    """What every image of one class shows: a shape, a texture and a hue in [0, 1)."""
+class ClassFamily:
+    """What every image of one class shows: a shape, a texture and a layout (no colour)."""
 
     shape: str
     texture: str
-    hue: float
+    layout: str = "single"
 
     def description(self) -> str:
-        """Words for the look, e.g. 'striped orange square'."""
-        colour = HUE_WORDS[int(round(self.hue * len(HUE_WORDS))) % len(HUE_WORDS)]
-        return f"{TEXTURE_WORDS[self.texture]} {colour} {self.shape}"
+        """Words for the family, e.g. 'striped square' or 'pair of dotted stars'."""
+        noun = self.shape + ("es" if self.shape.endswith("s") else "s") if self.layout != "single" else self.shape
+        return f"{LAYOUT_WORDS[self.layout]}{TEXTURE_WORDS[self.texture]} {noun}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"shape": self.shape, "texture": self.texture, "layout": self.layout,
+                "description": self.description()}
 
 
-def class_look(index: int) -> ClassLook:
-    """The look of class `index` (sorted-WNID order); the same for every seed.
-
-    8 shapes and 5 textures are coprime, so the first 40 classes all have a different
-    (shape, texture) pair, and the hue sequence never repeats.
-    """
-    return ClassLook(SHAPES[index % len(SHAPES)], TEXTURES[index % len(TEXTURES)], (index * HUE_STEP) % 1.0)
+def class_family(index: int) -> ClassFamily:
+    """The family of class `index` (sorted-WNID order); the same for every seed."""
+    return ClassFamily(SHAPES[index % len(SHAPES)], TEXTURES[index % len(TEXTURES)],
+                       LAYOUTS[(index // PAIRS) % len(LAYOUTS)])
 
 
 def sample_size(rng: np.random.Generator, min_size: int = DEFAULT_MIN_SIZE,
@@ -95,6 +114,37 @@ def hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32) * 255.0
 
 
+def random_colour(rng: np.random.Generator) -> np.ndarray:
+    """Any hue, saturation and value: the class never chooses a colour."""
+    return hsv_rgb(rng.random(), rng.uniform(0.0, 1.0), rng.uniform(0.1, 1.0))
+
+
+def with_luma(colour: np.ndarray, luma: float) -> np.ndarray:
+    """`colour` darkened (scaled) or lightened (blended towards white) to the given luminance, hue kept."""
+    current = float(colour @ LUMA)
+    if current > luma:
+        return colour * np.float32(luma / current)
+    t = (luma - current) / max(255.0 - current, 1e-6)
+    return colour + np.float32(t) * (np.float32(255.0) - colour)
+
+
+def colour_pair(rng: np.random.Generator, ground: float | None = None,
+                margin: float = MIN_CONTRAST) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours of any hue whose luminances differ by at least `margin`, and from `ground` too.
+
+    The luminances are drawn uniformly from what the margins allow and then put in a random order,
+    so the two colours are exchangeable: a texture that shows 30% of the second colour and a plain
+    fill give the same colour statistics on average, and only the pattern differs.
+    """
+    grid = np.arange(256, dtype=np.float64)
+    allowed = np.ones(256, bool) if ground is None else np.abs(grid - ground) >= margin
+    first = float(rng.choice(grid[allowed]))
+    second = float(rng.choice(grid[allowed & (np.abs(grid - first) >= margin)]))
+    if rng.random() < 0.5:
+        first, second = second, first
+    return with_luma(random_colour(rng), first), with_luma(random_colour(rng), second)
+
+
 def shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Signed distance-like field of a shape of radius 1 at the origin (< 0 inside)."""
     r = np.hypot(u, v)
@@ -120,8 +170,21 @@ def shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def texture_mix(texture: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """How much of the second colour each pixel takes (0..1), or None for a plain fill."""
+@lru_cache(maxsize=None)
+def unit_area(shape: str) -> float:
+    """Area of a shape of radius 1 (a disc: π), measured on a fine grid; scales keep areas equal."""
+    g = (np.arange(1024, dtype=np.float64) + 0.5) / 1024 * 2.6 - 1.3
+    inside = shape_distance(shape, g[None, :], g[:, None]) < 0
+    return float(inside.mean() * 2.6 * 2.6)
+
+
+def texture_mix(texture: str, u: np.ndarray, v: np.ndarray, waves: np.ndarray) -> np.ndarray | None:
+    """How much of the second colour each pixel takes (0..1), or None for a plain fill.
+
+    Every pattern lives in the object's own coordinates (radius 1), so it scales and turns with
+    the object and survives prep's downscaling to 256 px. `waves` (3×3: frequency, angle, phase)
+    shapes the blotches.
+    """
     if texture == "plain":
         return None
     if texture == "stripes":
@@ -131,30 +194,44 @@ def texture_mix(texture: str, u: np.ndarray, v: np.ndarray, rng: np.random.Gener
     if texture == "dots":
         fu, fv = np.mod(u * 3, 1.0) - 0.5, np.mod(v * 3, 1.0) - 0.5
         return (fu * fu + fv * fv < 0.09).astype(np.float32)
-    if texture == "noise":
-        return (rng.random(u.shape, dtype=np.float32) < 0.4).astype(np.float32)
+    if texture == "blotches":  # three crossing waves: irregular blobs about a third of the radius across
+        total = sum(np.sin(f * (math.cos(a) * u + math.sin(a) * v) + p) for f, a, p in waves)
+        return (total > 0).astype(np.float32)
+    if texture == "rings":  # concentric about the object's centre
+        return (np.sin(np.hypot(u, v) * 3.5 * math.pi) > 0).astype(np.float32)
+    if texture == "grid":  # lines a fifth of a cell wide
+        return ((np.mod(u * 2.5, 1.0) < 0.22) | (np.mod(v * 2.5, 1.0) < 0.22)).astype(np.float32)
+    if texture == "zigzag":  # stripes bent into chevrons
+        bend = np.abs(2 * np.mod(v * 2.0, 1.0) - 1)
+        return (np.sin((u + 0.3 * bend) * 3.5 * math.pi) > 0).astype(np.float32)
+    if texture == "spokes":  # ten sectors about the centre, a pinwheel
+        return (np.sin(np.arctan2(v, u) * 5) > 0).astype(np.float32)
+    if texture == "split":  # one straight edge through the middle
+        return (u > 0).astype(np.float32)
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def draw_shape(img: np.ndarray, rng: np.random.Generator, look: ClassLook, centre: tuple[float, float],
+def draw_shape(img: np.ndarray, rng: np.random.Generator, shape: str, texture: str, centre: tuple[float, float],
                radius: float, colour: np.ndarray, second: np.ndarray) -> tuple[int, int, int, int] | None:
     """Paint one rotated, squashed, textured shape into the 3×H×W `img` in place; its pixel box or None."""
     h, w = img.shape[1:]
     cx, cy = centre
-    x0, x1 = max(int(cx - radius * 1.3), 0), min(int(cx + radius * 1.3) + 1, w)
-    y0, y1 = max(int(cy - radius * 1.3), 0), min(int(cy + radius * 1.3) + 1, h)
-    if x1 <= x0 or y1 <= y0:
-        return None
     phi = rng.uniform(0, 2 * math.pi)
     squash = rng.uniform(0.8, 1.2)
+    waves = np.stack([rng.uniform(7.0, 11.0, 3), rng.uniform(0, 2 * math.pi, 3), rng.uniform(0, 2 * math.pi, 3)], 1)
+    reach = radius * 1.3
+    x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 1, w)
+    y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
     dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
     dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
     c, s = math.cos(phi), math.sin(phi)
     u = (c * dx + s * dy) / (radius * squash)
     v = (c * dy - s * dx) * (squash / radius)
-    dist = shape_distance(look.shape, u, v)
+    dist = shape_distance(shape, u, v)
     alpha = np.clip(0.5 - dist * radius, 0.0, 1.0)  # about one pixel of anti-aliased edge
-    mix = texture_mix(look.texture, u, v, rng)
+    mix = texture_mix(texture, u, v, waves)
     for k in range(3):  # channel planes: 2-D numpy ops are far faster than broadcasting over RGB
         fill = colour[k] if mix is None else colour[k] + mix * (second[k] - colour[k])
         plane = img[k, y0:y1, x0:x1]
@@ -186,26 +263,53 @@ def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return img
 
 
-def render(rng: np.random.Generator, look: ClassLook, w: int, h: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """One uint8 H×W×3 RGB image of a class and the pixel box (x0, y0, x1, y1) of its object."""
+def layout_centres(rng: np.random.Generator, layout: str, w: int, h: int, radius: float) -> list[tuple[float, float]]:
+    """Centres of the object's copies: one, or two/three in a line at a random angle, kept inside the image."""
+    n = LAYOUT_COPIES[layout]
+    angle = rng.uniform(0, math.pi)
+    step = 2.3 * radius  # copies never touch (the widest shape reaches 1.3 radii with squash)
+    offsets = [((i - (n - 1) / 2) * step * math.cos(angle), (i - (n - 1) / 2) * step * math.sin(angle))
+               for i in range(n)]
+    half_w = max(abs(ox) for ox, _ in offsets) + radius * 0.6
+    half_h = max(abs(oy) for _, oy in offsets) + radius * 0.6
+    cx = rng.uniform(min(half_w, w / 2), max(w - half_w, w / 2))
+    cy = rng.uniform(min(half_h, h / 2), max(h - half_h, h / 2))
+    return [(cx + ox, cy + oy) for ox, oy in offsets]
+
+
+def render(rng: np.random.Generator, family: ClassFamily, w: int, h: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """One uint8 H×W×3 RGB image of a class and the pixel box (x0, y0, x1, y1) of its object(s).
+
+    Every draw before the object's copies is independent of `family` (the tests redraw a val image
+    as another class and find the same scene with another object).
+    """
     img = background(rng, w, h)  # channel-first while drawing
     side = min(w, h)
-    others = [s for s in SHAPES if s != look.shape]
+    others = [s for s in SHAPES if s != family.shape]
     for _ in range(int(rng.integers(1, 4))):  # distractors, of other shapes, drawn underneath
-        d_look = ClassLook(others[int(rng.integers(len(others)))], TEXTURES[int(rng.integers(len(TEXTURES)))],
-                           float(rng.random()))
-        col = hsv_rgb(d_look.hue, rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0))
-        draw_shape(img, rng, d_look, (rng.uniform(0, w), rng.uniform(0, h)), side * rng.uniform(0.07, 0.2),
-                   col, col * np.float32(0.45))
-    radius = side * rng.uniform(0.2, 0.4)
-    centre = (rng.uniform(radius * 0.6, w - radius * 0.6), rng.uniform(radius * 0.6, h - radius * 0.6))
-    colour = hsv_rgb(look.hue + rng.uniform(-0.03, 0.03), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
-    box = draw_shape(img, rng, look, centre, radius, colour, colour * np.float32(rng.uniform(0.3, 0.55)))
-    if box is None:  # cannot happen with the centre kept inside, but never write a box-less image
-        box = (0, 0, w - 1, h - 1)
-    # Lighting: contrast about the mean, then brightness.
+        shape = others[int(rng.integers(len(others)))]
+        texture = DISTRACTOR_TEXTURES[int(rng.integers(len(DISTRACTOR_TEXTURES)))]
+        col, second = colour_pair(rng)
+        r_eq = side * rng.uniform(*DISTRACTOR_RADIUS)
+        draw_shape(img, rng, shape, texture, (rng.uniform(0, w), rng.uniform(0, h)),
+                   r_eq * math.sqrt(math.pi / unit_area(shape)), col, second)
+    copies = LAYOUT_COPIES[family.layout]
+    r_eq = side * rng.uniform(*OBJECT_RADIUS) / math.sqrt(copies)  # the copies share one area
+    radius = r_eq * math.sqrt(math.pi / unit_area(family.shape))
+    centres = layout_centres(rng, family.layout, w, h, radius)
+    x0, y0 = (max(int(min(cx for cx, _ in centres) - radius), 0), max(int(min(cy for _, cy in centres) - radius), 0))
+    x1, y1 = (min(int(max(cx for cx, _ in centres) + radius) + 1, w), min(int(max(cy for _, cy in centres) + radius) + 1, h))
+    ground = float(np.tensordot(LUMA, img[:, y0:y1, x0:x1].mean(axis=(1, 2)), 1))
+    colour, second = colour_pair(rng, ground)
+    boxes = [b for b in (draw_shape(img, rng, family.shape, family.texture, c, radius, colour, second)
+                         for c in centres) if b is not None]
+    box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)) \
+        if boxes else (0, 0, w - 1, h - 1)  # the centres are kept inside, but never write a box-less image
+    # Lighting: contrast about the mean, then brightness; then a fifth lose their colour.
     mean = float(img.mean())
     img = (img - mean) * np.float32(rng.uniform(0.75, 1.25)) + mean * np.float32(rng.uniform(0.75, 1.2))
+    if rng.random() < GREYSCALE_P:
+        img[:] = np.tensordot(LUMA, img, 1)[None]
     return np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8).transpose(1, 2, 0)), box
 
 

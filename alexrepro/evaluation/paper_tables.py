@@ -1,6 +1,8 @@
-"""The paper's result tables as data (§6: Tables 1 and 2), and which row a run compares with.
+"""The paper's result tables as data (§6, Tables 1 and 2), and which row a run compares with.
 
-Error rates are percentages as printed. `None` marks a cell the paper leaves empty.
+Error rates are percentages as printed. `None` marks a cell the paper leaves empty. Each row
+carries its protocol (how many nets, how many test patches, pre-trained or not), and a run is
+compared only with a row measured the same way (`comparable_row`).
 """
 
 from __future__ import annotations
@@ -101,19 +103,63 @@ def choose_table(requested: str | None, source: Any, split: str) -> str:
     return "2010" if split == "test" else "2012"
 
 
-def comparable_row(table: str, crops: int, nets: int) -> PaperRow:
-    """The paper's row closest to an evaluation with `crops` patches and `nets` averaged checkpoints.
+def protocol(nets: int, crops: int, pretrained: bool = False) -> str:
+    """How a result was measured, in words: '1 net, 10 patches', '5 nets, centre patch' (§4.1, §6)."""
+    if nets == 0:
+        return "not a CNN (the competition entry's own protocol)"
+    patches = f"{crops} patches" if crops != 1 else "centre patch"
+    text = f"{nets} net{'s' if nets != 1 else ''}, {patches}"
+    return text + ", pre-trained on Fall 2011" if pretrained else text
 
-    2010: ten patches → "CNN", one patch → "CNN (single centre patch)" (the paper has no ensemble
-    row there). 2012: one net → "1 CNN", several → "5 CNNs" (the paper's ensemble of nets trained
-    like ours; the * rows need pre-training on Fall 2011). Table 2 has no single-patch rows.
+
+def row_protocol(r: PaperRow) -> str:
+    """The protocol a row of the paper used."""
+    return protocol(r.nets, r.crops, r.pretrained)
+
+
+def comparable_row(table: str, crops: int, nets: int) -> PaperRow | None:
+    """The paper's row measured the way we measured (same patches, same number of nets), or None.
+
+    Our nets are never pre-trained on Fall 2011, so the * rows of Table 2 never match. Table 1
+    (2010) has a ten-patch and a single-centre-patch row of one CNN; Table 2 (2012) has only
+    ten-patch rows (1 CNN, 5 CNNs): a centre-patch evaluation there has no row to compare with.
     """
-    if table == "2010":
-        return row("2010", "CNN" if crops == 10 else "CNN (single centre patch)")
-    table_rows(table)
-    return row("2012", "1 CNN" if nets == 1 else "5 CNNs")
+    for r in table_rows(table):
+        if r.cnn and not r.pretrained and r.crops == crops and r.nets == nets:
+            return r
+    return None
+
+
+def no_comparable_reason(table: str, crops: int, nets: int) -> str:
+    """Why `comparable_row` found nothing, for the report: which protocols the table does have."""
+    have = "; ".join(f"{r.model}: {row_protocol(r)}" for r in table_rows(table) if r.cnn)
+    name = "Table 1 (ILSVRC-2010)" if table == "2010" else "Table 2 (ILSVRC-2012)"
+    return f"{name} has no row measured as {protocol(nets, crops)}; its CNN rows are {have}"
 
 
 def difference(ours_pct: float, paper_pct: float | None) -> float | None:
     """Ours minus the paper's, in percentage points (positive: we are worse)."""
     return None if paper_pct is None else round(ours_pct - paper_pct, 4)
+
+
+def compare_with_paper(table: str, split: str, nets: int, crops: int, ours_top1: float | None,
+                       ours_top5: float | None) -> dict[str, Any]:
+    """The `paper` part of an eval report: every row with its protocol, and differences (ours − the
+    paper's, in points) only against the row measured the same way; None where there is none."""
+    comp = comparable_row(table, crops, nets)
+    paper_top1 = paper_top5 = None
+    if comp is not None:
+        # Table 2's test column is top-5 only (the 2012 test labels are not public).
+        paper_top1 = comp.top1 if split == SPLIT_OF_TABLE[table] or table == "2010" else None
+        paper_top5 = comp.top5_test if (table == "2012" and split == "test") else comp.top5
+    return {
+        "table": table,
+        "protocol": protocol(nets, crops),
+        "comparable": comp.model if comp is not None else None,
+        "no_comparable": None if comp is not None else no_comparable_reason(table, crops, nets),
+        "top1_error_pct": paper_top1,
+        "top5_error_pct": paper_top5,
+        "top1_diff_pct": difference(ours_top1, paper_top1) if ours_top1 is not None else None,
+        "top5_diff_pct": difference(ours_top5, paper_top5) if ours_top5 is not None else None,
+        "rows": [r.as_dict() | {"protocol": row_protocol(r)} for r in table_rows(table)],
+    }

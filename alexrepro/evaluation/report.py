@@ -29,20 +29,15 @@ def make_report(
     opts: EvalOptions, variant: str, members: list[Member], dataset: Any, counts: ErrorCounts,
     seconds: float, world: int, device: torch.device,
 ) -> dict[str, Any]:
-    """The eval JSON object: error rates in percent (as the paper prints them) beside the paper's row."""
-    from alexrepro.evaluation.paper_tables import (
-        SPLIT_OF_TABLE,
-        choose_table,
-        comparable_row,
-        difference,
-        table_rows,
-    )
+    """The eval JSON object: error rates in percent (as the paper prints them) beside the paper's rows.
+
+    `paper.comparable` names the row measured with the same protocol (nets and test patches) and the
+    differences are taken against it only; with no such row (Table 2 has no centre-patch row) they are
+    None and `paper.no_comparable` says which protocols the table does have.
+    """
+    from alexrepro.evaluation.paper_tables import choose_table, compare_with_paper
 
     table = choose_table(opts.paper_table, dataset.manifest.source, opts.split)
-    comp = comparable_row(table, opts.crops, len(members))
-    # Table 2's test column is top-5 only (the 2012 test labels are not public).
-    paper_top1 = comp.top1 if opts.split == SPLIT_OF_TABLE[table] or table == "2010" else None
-    paper_top5 = comp.top5_test if (table == "2012" and opts.split == "test") else comp.top5
     result: dict[str, Any] = {}
     for k in TOP_KS:
         if k in counts.ks:
@@ -68,15 +63,7 @@ def make_report(
         "images_per_s": round(counts.total / seconds, 2) if seconds > 0 else None,
         "device": str(device),
         "world_size": world,
-        "paper": {
-            "table": table,
-            "comparable": comp.model,
-            "top1_error_pct": paper_top1,
-            "top5_error_pct": paper_top5,
-            "top1_diff_pct": difference(ours1, paper_top1) if ours1 is not None else None,
-            "top5_diff_pct": difference(ours5, paper_top5) if ours5 is not None else None,
-            "rows": [r.as_dict() for r in table_rows(table)],
-        },
+        "paper": compare_with_paper(table, opts.split, len(members), opts.crops, ours1, ours5),
         # imported weights (alexrepro import): their published row beside ours (evaluation/published.py)
         "published": published_for(members, opts.crops, ours1, ours5, dataset.manifest.resize),
         "per_class": str(opts.per_class) if opts.per_class else None,
