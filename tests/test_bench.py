@@ -48,7 +48,9 @@ def test_bench_train_reports_every_loop_and_the_ceiling(prepared):
     assert r["ceiling_images_per_s"] == pytest.approx(r["matmul_gflops"] * 1e9 / (6 * r["forward_macs_per_image"]),
                                                       rel=1e-2)
     ours, plain = r["loops"]["ours"]["seconds_per_step"], r["loops"]["plain"]["seconds_per_step"]
-    assert r["overhead_vs_plain"] == pytest.approx(ours / plain - 1, abs=1e-3)
+    # the step times are reported to 4 significant digits (up to 5e-4 relative each), the overhead from the
+    # unrounded ones: compare the ratio, not its difference from 1 (which a loaded machine makes large)
+    assert 1 + r["overhead_vs_plain"] == pytest.approx(ours / plain, rel=2e-3)
     assert r["machine"]["cpu_cores"] >= 1 and r["machine"]["torch"]
     from alexrepro.nets.alexnet import build_model
     from alexrepro.recipe import load_recipe
