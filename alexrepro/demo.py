@@ -39,7 +39,7 @@ class DemoOptions:
     classes: int = 10
     train_per_class: int = 200
     val_per_class: int = 50
-    epochs: int | None = None  # None: the recipe's (tiny: 20)
+    epochs: int | None = None  # None: the recipe's (tiny: 36)
     recipe: str = "tiny"
     seed: int = 0
     figures: bool = True

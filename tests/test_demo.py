@@ -34,6 +34,10 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     for name, path in summary["artefacts"]["figures"].items():
         with Image.open(path) as im:
             assert im.format == "PNG" and min(im.size) > 10, name
+    with Image.open(summary["artefacts"]["figures"]["filters"]) as im:
+        # Fig. 3's layout for the tiny net: 12 kernels per tower in 2 rows of 6, cells of at least 32 px,
+        # tower 1 above tower 2 (4 rows in all).
+        assert im.size[0] >= 6 * 32 and im.size[1] >= 4 * 32
     assert (folder / "run" / "checkpoints" / "best.pt").is_file()
     assert json.loads((folder / MARKER).read_text())["complete"] is True
     # A second demo into the same folder replaces the first; a foreign folder is refused.

@@ -187,7 +187,7 @@ def test_ensemble_center_crop_and_table_2010(tiny, capsys):
     assert r["nets"] == 2 and r["test_time"] == "predict_center" and r["images"] == K * PER_CLASS
     # Two nets are not Table 1's one CNN: the rows are shown, no difference is taken.
     assert r["paper"]["table"] == "2010" and r["paper"]["comparable"] is None
-    assert r["paper"]["top1_diff_pct"] is None and "2 nets, centre patch" in r["paper"]["no_comparable"]
+    assert r["paper"]["top1_diff_pct"] is None and "2 nets × centre patch" in r["paper"]["no_comparable"]
     first = json.loads((tiny / "p.jsonl").read_text().splitlines()[0])
     assert first["key"] == "val/img_000.JPEG" and len(first["top5"]) == 5
     assert sum(t["prob"] for t in first["top5"]) <= 1.0 + 1e-6
@@ -202,7 +202,8 @@ def test_human_output_shows_the_paper_rows(tiny, capsys):
     assert not re.search(r"[+-]\d+\.\d / [+-]", err)
     code, _, err = run_cli(["eval", str(tiny / "out"), "-c", str(tiny / "a.pt"), "--crops", "1",
                             "--paper-table", "2010"], capsys)
-    assert code == 0 and "CNN (single centre patch)" in err and "Δ: this run − the row measured" in err
+    assert code == 0 and "CNN (single centre patch)" in err and "Δ = this run − the row measured" in err
+    assert re.search(r"\+\d+\.\d / [+-]", err)  # the Δ on §6's single-patch row
 
 
 def test_bad_inputs_exit_2(tiny, capsys):

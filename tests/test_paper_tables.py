@@ -84,20 +84,21 @@ def test_comparable_row_is_measured_the_same_way():
 
 
 def test_every_cnn_row_states_its_protocol():
-    assert row_protocol(row("2012", "1 CNN")) == "1 net, 10 patches"
-    assert row_protocol(row("2012", "5 CNNs")) == "5 nets, 10 patches"
-    assert row_protocol(row("2012", "7 CNNs*")) == "7 nets, 10 patches, pre-trained on Fall 2011"
-    assert row_protocol(row("2010", "CNN (single centre patch)")) == "1 net, centre patch"
-    assert row_protocol(row("2010", "SIFT + FVs")).startswith("not a CNN")
-    assert protocol(2, 1) == "2 nets, centre patch"
+    assert row_protocol(row("2012", "1 CNN")) == "1 net × 10 patches"
+    assert row_protocol(row("2012", "5 CNNs")) == "5 nets × 10 patches"
+    assert row_protocol(row("2012", "7 CNNs*")) == "7 nets × 10 patches, pre-trained"
+    assert row_protocol(row("2010", "CNN (single centre patch)")) == "1 net × centre patch"
+    assert row_protocol(row("2010", "SIFT + FVs")) == "not a CNN"
+    assert protocol(2, 1) == "2 nets × centre patch"
 
 
 def test_centre_patch_against_table_2_gets_no_difference():
     p = compare_with_paper("2012", "val", nets=1, crops=1, ours_top1=45.0, ours_top5=21.0)
     assert p["comparable"] is None and p["top1_diff_pct"] is None and p["top5_diff_pct"] is None
-    assert p["top1_error_pct"] is None and p["protocol"] == "1 net, centre patch"
-    assert "no row measured as 1 net, centre patch" in p["no_comparable"] and "1 CNN: 1 net, 10 patches" in p["no_comparable"]
-    assert [r["protocol"] for r in p["rows"]][1:3] == ["1 net, 10 patches", "5 nets, 10 patches"]
+    assert p["top1_error_pct"] is None and p["protocol"] == "1 net × centre patch"
+    assert p["no_comparable"] == ("Table 2 has no row measured as 1 net × centre patch (its CNN rows: "
+                                  "1 net × 10 patches, 5 nets × 10 patches; the * rows were pre-trained)")
+    assert [r["protocol"] for r in p["rows"]][1:3] == ["1 net × 10 patches", "5 nets × 10 patches"]
     # The same run against Table 1 compares with §6's single-patch row, 39.0 / 18.3.
     p = compare_with_paper("2010", "val", nets=1, crops=1, ours_top1=45.0, ours_top5=21.0)
     assert p["comparable"] == "CNN (single centre patch)" and p["no_comparable"] is None

@@ -75,9 +75,9 @@ def test_devkit_labels_match_what_each_val_image_shows(synth_src, synth_summary)
                  for c in range(s["classes"])]
         best = int(np.argmin(diffs))
         assert s["wnids"][best] == id_to_wnid[sid], (k, diffs)
-        # the redraw differs from the stored pixels by JPEG's loss only; textured, structure-defined classes
-        # lose more to JPEG (about 6 levels of 255) than the old flat-coloured ones (under 6)
-        assert diffs[best] < 8 and sorted(diffs)[1] > 2 * diffs[best]
+        # The match differs only by JPEG's error (up to ~6 grey levels on these 48–96 px images with
+        # black-and-white patterns); any other class draws another object, 17+ levels away.
+        assert diffs[best] < 10 and sorted(diffs)[1] > 2 * diffs[best]
 
 
 def test_devkit_id_order_is_not_sorted_order(synth_src, synth_summary):

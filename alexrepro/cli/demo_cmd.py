@@ -19,7 +19,7 @@ def demo_command(
     classes: int = typer.Option(10, "--classes", help="Generated classes (the tiny recipe is sized for 10)."),
     train_per_class: int = typer.Option(200, "--train-per-class", help="Training images per class."),
     val_per_class: int = typer.Option(50, "--val-per-class", help="Validation images per class."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default: the tiny recipe's 20)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (default: the tiny recipe's 36)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the data, the initialisation and the augmentation."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the paper's figures at the end."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
@@ -56,10 +56,11 @@ def render_summary(summary: dict[str, Any]) -> None:
     if not summary["below_chance"]:
         console.print("[yellow]warning:[/yellow] the net did not get below chance; try more --epochs")
     artefacts = summary["artefacts"]
+    # paths and commands are printed whole (soft_wrap), so they can be copied from a narrow terminal
     console.print(f"source tree  {artefacts['source']}\nprepared set {artefacts['prepared']}\n"
-                  f"run          {artefacts['run']}\ncheckpoint   {artefacts['checkpoint']}")
+                  f"run          {artefacts['run']}\ncheckpoint   {artefacts['checkpoint']}", soft_wrap=True)
     for name, path in artefacts["figures"].items():
-        console.print(f"figure       {name}: {path}")
+        console.print(f"figure       {name}: {path}", soft_wrap=True)
     console.print(f"took {summary['seconds']['total']:.0f} s: " + json.dumps(
         {stage: seconds for stage, seconds in summary["seconds"].items() if stage != "total"}))
-    console.print("the same on ImageNet:\n  " + "\n  ".join(summary["imagenet_commands"]))
+    console.print("the same on ImageNet:\n  " + "\n  ".join(summary["imagenet_commands"]), soft_wrap=True)

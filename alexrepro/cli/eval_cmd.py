@@ -68,30 +68,33 @@ def _diff(x: float | None) -> str:
 
 
 def eval_table(report: dict[str, Any]) -> Table:
-    """Our error rates (with 95% intervals) as the first row, then the paper's table with each row's protocol.
+    """Our error rates as the first row, then the paper's table with the protocol of every row.
 
     A Δ appears only on the row measured the way this run was (same nets, same test patches); when the
-    table has none (Table 2 has no centre-patch row), the caption says so and no row carries a Δ.
+    table has none (Table 2 has no centre-patch row), the caption says so and no row carries a Δ. The
+    caption also gives this run's 95% intervals. Table 1 has no test-server column, so it is left out.
     """
     paper = report["paper"]
     title = f"{report['split']}: ILSVRC-{paper['table']} (Table {1 if paper['table'] == '2010' else 2} of the paper)"
-    caption = (f"Δ: this run − the row measured the same way ({paper['protocol']})" if paper["comparable"]
-               else f"no Δ: {paper['no_comparable']}")
-    table = Table(title=title, caption=caption)
-    table.add_column("model", no_wrap=True)  # row names are matched by eye (and by tests) whole
-    for column in ("protocol", "top-1 %", "top-5 %", "top-5 test %", "Δ top-1 / top-5"):
-        table.add_column(column)
-    ci1, ci5 = report["top1_ci95_pct"], report["top5_ci95_pct"]
-    top1 = f"{_fmt(report['top1_error_pct'])} [{ci1[0]:.1f}, {ci1[1]:.1f}]" if ci1 else "—"
-    top5 = f"{_fmt(report['top5_error_pct'])} [{ci5[0]:.1f}, {ci5[1]:.1f}]" if ci5 else "—"
-    table.add_row("[bold]this run[/bold]", paper["protocol"], top1, top5, "", "")
+    ci = [f"{name} {ci[0]:.1f}–{ci[1]:.1f}" for name, ci in (("top-1", report["top1_ci95_pct"]),
+                                                               ("top-5", report["top5_ci95_pct"])) if ci]
+    caption = "\n".join([
+        "Δ = this run − the row measured the same way" if paper["comparable"] else f"no Δ: {paper['no_comparable']}",
+        *(["this run's 95% intervals: " + ", ".join(ci)] if ci else []),
+    ])
+    test_column = paper["table"] == "2012"
+    t = Table(title=title, caption=caption)
+    t.add_column("model", no_wrap=True)
+    for header in ("protocol", "top-1 %", "top-5 %", *(["top-5 test %"] if test_column else []), "Δ"):
+        t.add_column(header)
+    t.add_row("[bold]this run[/bold]", paper["protocol"], _fmt(report["top1_error_pct"]),
+              _fmt(report["top5_error_pct"]), *([""] if test_column else []), "")
     for row in paper["rows"]:
         comparable = row["model"] == paper["comparable"]
         diff = f"{_diff(paper['top1_diff_pct'])} / {_diff(paper['top5_diff_pct'])}" if comparable else ""
-        style = "bold cyan" if comparable else None
-        table.add_row(row["model"], row["protocol"], _fmt(row["top1"]), _fmt(row["top5"]), _fmt(row["top5_test"]), diff,
-                  style=style)
-    return table
+        t.add_row(row["model"], row["protocol"], _fmt(row["top1"]), _fmt(row["top5"]),
+                  *([_fmt(row["top5_test"])] if test_column else []), diff, style="bold cyan" if comparable else None)
+    return t
 
 
 def render_published(report: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -299,48 +300,18 @@ def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val
     # Val labels: every class val_per_class times, shuffled across the numbering.
     val_labels = np.random.default_rng([seed, _VAL_ORDER]).permutation(np.repeat(np.arange(classes), val_per_class))
     val_quirk_at = int(np.random.default_rng([seed, _VAL_ORDER, 1]).integers(len(val_labels))) + 1 if quirks else 0
-    quirk_list: list[dict[str, Any]] = []
-    train_counts = [train_per_class] * classes
-    jobs = [("train", c, i) for c in range(classes) for i in range(1, train_per_class + 1)]
-    if quirks:
-        for q in range(len(TRAIN_QUIRKS)):
-            c = q % classes
-            train_counts[c] += 1
-            jobs.append(("quirk", c, q))
-    jobs += [("val", int(val_labels[k - 1]), k) for k in range(1, len(val_labels) + 1)]
-
+    jobs, train_counts = _plan_jobs(classes, train_per_class, val_labels, quirks)
     for c in range(classes):
         (src / "train" / wnids[c]).mkdir(parents=True, exist_ok=True)
     (src / "val").mkdir(exist_ok=True)
-    boxes: dict[int, tuple[int, int, int, int]] = {}
+    writer = _Writer(src, wnids, seed, min_size, max_size, val_quirk_at, next_index=[train_per_class + 1] * classes)
     display = make_progress() if progress else None
     task = display.add_task("synth", total=len(jobs), unit="images") if display else None
-    next_index = [train_per_class + 1] * classes
     try:
         if display:
             display.start()
         for split, c, i in jobs:
-            if split == "train":
-                img, _ = draw_image(seed, "train", c * TRAIN_STRIDE + i, c, min_size, max_size)
-                write_file(src / "train" / wnids[c] / f"{wnids[c]}_{i}.JPEG", encode(img))
-            elif split == "quirk":
-                kind = list(TRAIN_QUIRKS)[i]
-                size = TINY_SIZE if kind == "tiny" else HUGE_SIZE if kind == "huge" else None
-                img, _ = draw_image(seed, "quirk", i, c, min_size, max_size, size=size)
-                data, found = quirk_bytes(kind, img)
-                rel = f"train/{wnids[c]}/{wnids[c]}_{next_index[c]}.JPEG"
-                next_index[c] += 1
-                write_file(src / rel, data)
-                quirk_list.append(_quirk_entry(rel, "train", wnids[c], kind, found, img))
-            else:
-                img, boxes[i] = draw_image(seed, "val", i, c, min_size, max_size)
-                rel = f"val/ILSVRC2012_val_{i:08d}.JPEG"
-                if i == val_quirk_at:
-                    data, found = quirk_bytes(VAL_QUIRK, img)
-                    quirk_list.append(_quirk_entry(rel, "val", wnids[c], VAL_QUIRK, found, img))
-                else:
-                    data = encode(img)
-                write_file(src / rel, data)
+            writer.write(split, c, i)
             if display:
                 display.advance(task)
     finally:
@@ -348,8 +319,8 @@ def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val
             display.stop()
 
     write_devkit(src, synsets, ids, val_labels, train_counts)
-    write_kaggle(src, synsets, val_labels, boxes, seed)
-    broken = [q["path"] for q in quirk_list if q["expected"] == "skipped"]
+    write_kaggle(src, synsets, val_labels, writer.boxes, seed)
+    broken = [q["path"] for q in writer.quirks if q["expected"] == "skipped"]
     n_train, n_val = sum(train_counts), len(val_labels)
     summary.update({
         "complete": True,
@@ -360,7 +331,7 @@ def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val
         "distinct_families": min(classes, DISTINCT_FAMILIES),
         "counts": {"train_files": n_train, "train_readable": n_train - len(broken), "val_files": n_val,
                    "val_readable": n_val, "skipped": len(broken)},
-        "quirks": quirk_list,
+        "quirks": writer.quirks,
         "broken": broken,
         "paths": dict(PATHS),
     })
@@ -368,6 +339,63 @@ def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val
     seconds = time.perf_counter() - started
     return {"src": str(src.resolve()), **summary, "seconds": round(seconds, 3),
             "images_per_s": round(len(jobs) / seconds, 1) if seconds > 0 else None}
+
+
+def _plan_jobs(classes: int, train_per_class: int, val_labels: np.ndarray,
+               quirks: bool) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """Every image in writing order as (split, class, index), and each class's count of training files.
+
+    Training images first (class by class), then the training quirks (quirk q in class q mod N), then
+    val in its shuffled numbering; the order fixes nothing in the pixels (each image is drawn from its
+    own key), only the order of the progress bar.
+    """
+    train_counts = [train_per_class] * classes
+    jobs = [("train", c, i) for c in range(classes) for i in range(1, train_per_class + 1)]
+    if quirks:
+        for q in range(len(TRAIN_QUIRKS)):
+            train_counts[q % classes] += 1
+            jobs.append(("quirk", q % classes, q))
+    jobs += [("val", int(val_labels[k - 1]), k) for k in range(1, len(val_labels) + 1)]
+    return jobs, train_counts
+
+
+@dataclass
+class _Writer:
+    """Draws and writes one job of `_plan_jobs`; collects the val boxes and the quirk entries."""
+
+    src: Path
+    wnids: list[str]
+    seed: int
+    min_size: int
+    max_size: int
+    val_quirk_at: int  # the val number written as a quirk (0: none)
+    next_index: list[int]  # per class, the file number the next training quirk takes
+    boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    quirks: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, split: str, c: int, i: int) -> None:
+        wnid = self.wnids[c]
+        if split == "train":
+            img, _ = draw_image(self.seed, "train", c * TRAIN_STRIDE + i, c, self.min_size, self.max_size)
+            write_file(self.src / "train" / wnid / f"{wnid}_{i}.JPEG", encode(img))
+        elif split == "quirk":
+            kind = list(TRAIN_QUIRKS)[i]
+            size = TINY_SIZE if kind == "tiny" else HUGE_SIZE if kind == "huge" else None
+            img, _ = draw_image(self.seed, "quirk", i, c, self.min_size, self.max_size, size=size)
+            data, found = quirk_bytes(kind, img)
+            rel = f"train/{wnid}/{wnid}_{self.next_index[c]}.JPEG"
+            self.next_index[c] += 1
+            write_file(self.src / rel, data)
+            self.quirks.append(_quirk_entry(rel, "train", wnid, kind, found, img))
+        else:
+            img, self.boxes[i] = draw_image(self.seed, "val", i, c, self.min_size, self.max_size)
+            rel = f"val/ILSVRC2012_val_{i:08d}.JPEG"
+            if i == self.val_quirk_at:
+                data, found = quirk_bytes(VAL_QUIRK, img)
+                self.quirks.append(_quirk_entry(rel, "val", wnid, VAL_QUIRK, found, img))
+            else:
+                data = encode(img)
+            write_file(self.src / rel, data)
 
 
 def _quirk_entry(rel: str, split: str, wnid: str, kind: str, found: dict[str, Any], img: np.ndarray) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Drawing and encoding the images of `alexrepro synth`: classes of shape, texture and layout, never colour.
 
-Each class is a family (`class_family`): a shape, a texture and a layout (one object, a pair or a
-row of three). Everything else is drawn independently of the class: the object's colours, the
-background, the distractors, the lighting, the scale (the object's area, not its radius, so no
-shape covers more pixels than another), the position, the rotation and the squash; a fifth of the
-images are greyscale. The object's two colours (fill and texture) differ in luminance from each
+Each class is a family (`class_family`): one of 8 shapes, one of 10 textures (patterns in the
+object's own coordinates: stripes, checks, dots, rings, spokes ...) and a layout (one object, a pair
+or a row of three). Everything else is drawn independently of the class: the object's colours, the
+background, the 1–3 smaller plain distractor shapes, the lighting, the scale (the object's area, not
+its radius, so no shape covers more pixels than another), the position, the rotation and the
+squash; a fifth of the images are greyscale. The object's two colours (fill and texture) differ in luminance from each
 other and from the background around the object, and they are exchangeable (`colour_pair`), so every
 class reads the same in grey and no texture shifts the colour statistics. Colour statistics
 therefore say nothing about the class: a colour-histogram classifier stays near chance
@@ -18,17 +19,20 @@ import colorsys
 import io
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 SHAPES = ("disc", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent")
-TEXTURES = ("plain", "stripes", "checker", "dots", "blotches", "rings", "grid", "zigzag", "spokes", "split")
+# Ten patterns chosen to differ locally (a small receptive field tells them apart): no edge inside,
+# parallel bands, squares, spots, crossing lines, irregular patches, concentric bands, random cells, an
+# inner outline, one straight edge.
+TEXTURES = ("plain", "stripes", "checker", "dots", "blotches", "rings", "grid", "speckles", "frame", "split")
 TEXTURE_WORDS = {"plain": "plain", "stripes": "striped", "checker": "checkered", "dots": "dotted",
-                 "blotches": "blotched", "rings": "ringed", "grid": "latticed", "zigzag": "zigzagged",
-                 "spokes": "spoked", "split": "split"}
+                 "blotches": "blotched", "rings": "ringed", "grid": "latticed", "speckles": "speckled",
+                 "frame": "framed", "split": "split"}
 LAYOUTS = ("single", "pair", "row")  # one object; two copies side by side; three in a row
 LAYOUT_COPIES = {"single": 1, "pair": 2, "row": 3}
 LAYOUT_WORDS = {"single": "", "pair": "pair of ", "row": "row of three "}
@@ -41,8 +45,8 @@ DISTINCT_FAMILIES = PAIRS * len(LAYOUTS)
 GREYSCALE_P = 0.2  # fraction of images drawn without colour
 OBJECT_RADIUS = (0.25, 0.4)  # radius of a disc of the object's area, as a fraction of the shorter side
 DISTRACTOR_RADIUS = (0.05, 0.1)
-# Distractors are plain: a class's texture is never on another shape, so the scene has one textured
-# object to find (its shape, size and colours still vary, and clutter still covers the background).
+# Distractors are plain: no other shape in the scene carries a class's pattern, so the texture that
+# names the class is the object's (their shapes, sizes and colours still vary, as clutter).
 DISTRACTOR_TEXTURES = ("plain",)
 MIN_CONTRAST = 60.0  # luminance steps (of 255) between fill and background, and fill and texture colour
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's "L" conversion uses
@@ -170,7 +174,7 @@ def shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def unit_area(shape: str) -> float:
     """Area of a shape of radius 1 (a disc: π), measured on a fine grid; scales keep areas equal."""
     g = (np.arange(1024, dtype=np.float64) + 0.5) / 1024 * 2.6 - 1.3
@@ -178,12 +182,12 @@ def unit_area(shape: str) -> float:
     return float(inside.mean() * 2.6 * 2.6)
 
 
-def texture_mix(texture: str, u: np.ndarray, v: np.ndarray, waves: np.ndarray) -> np.ndarray | None:
+def texture_mix(texture: str, shape: str, u: np.ndarray, v: np.ndarray, waves: np.ndarray) -> np.ndarray | None:
     """How much of the second colour each pixel takes (0..1), or None for a plain fill.
 
     Every pattern lives in the object's own coordinates (radius 1), so it scales and turns with
-    the object and survives prep's downscaling to 256 px. `waves` (3×3: frequency, angle, phase)
-    shapes the blotches.
+    the object and survives prep's downscaling to 256 px. `waves` (3×3 numbers drawn per object:
+    frequency, angle, phase) shapes the blotches and seeds the speckles.
     """
     if texture == "plain":
         return None
@@ -194,18 +198,19 @@ def texture_mix(texture: str, u: np.ndarray, v: np.ndarray, waves: np.ndarray) -
     if texture == "dots":
         fu, fv = np.mod(u * 3, 1.0) - 0.5, np.mod(v * 3, 1.0) - 0.5
         return (fu * fu + fv * fv < 0.09).astype(np.float32)
-    if texture == "blotches":  # three crossing waves: irregular blobs about a third of the radius across
-        total = sum(np.sin(f * (math.cos(a) * u + math.sin(a) * v) + p) for f, a, p in waves)
+    if texture == "blotches":  # three crossing long waves: irregular patches about half the radius across
+        total = sum(np.sin(f * 0.6 * (math.cos(a) * u + math.sin(a) * v) + p) for f, a, p in waves)
         return (total > 0).astype(np.float32)
     if texture == "rings":  # concentric about the object's centre
         return (np.sin(np.hypot(u, v) * 3.5 * math.pi) > 0).astype(np.float32)
     if texture == "grid":  # lines a fifth of a cell wide
         return ((np.mod(u * 2.5, 1.0) < 0.22) | (np.mod(v * 2.5, 1.0) < 0.22)).astype(np.float32)
-    if texture == "zigzag":  # stripes bent into chevrons
-        bend = np.abs(2 * np.mod(v * 2.0, 1.0) - 1)
-        return (np.sin((u + 0.3 * bend) * 3.5 * math.pi) > 0).astype(np.float32)
-    if texture == "spokes":  # ten sectors about the centre, a pinwheel
-        return (np.sin(np.arctan2(v, u) * 5) > 0).astype(np.float32)
+    if texture == "speckles":  # cells a sixth of the radius across, each on with probability ~0.4
+        i, j = np.floor(u * 6), np.floor(v * 6)
+        noise = np.mod(np.sin(i * 12.9898 + j * 78.233 + float(waves[0, 2])) * 43758.5453, 1.0)
+        return (noise < 0.4).astype(np.float32)
+    if texture == "frame":  # the shape again at 0.6 of the size inside: an outlined shape
+        return (shape_distance(shape, u / 0.6, v / 0.6) < 0).astype(np.float32)
     if texture == "split":  # one straight edge through the middle
         return (u > 0).astype(np.float32)
     raise ValueError(f"unknown texture {texture!r}")
@@ -231,7 +236,7 @@ def draw_shape(img: np.ndarray, rng: np.random.Generator, shape: str, texture: s
     v = (c * dy - s * dx) * (squash / radius)
     dist = shape_distance(shape, u, v)
     alpha = np.clip(0.5 - dist * radius, 0.0, 1.0)  # about one pixel of anti-aliased edge
-    mix = texture_mix(texture, u, v, waves)
+    mix = texture_mix(texture, shape, u, v, waves)
     for k in range(3):  # channel planes: 2-D numpy ops are far faster than broadcasting over RGB
         fill = colour[k] if mix is None else colour[k] + mix * (second[k] - colour[k])
         plane = img[k, y0:y1, x0:x1]

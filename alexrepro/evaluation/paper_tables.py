@@ -104,12 +104,12 @@ def choose_table(requested: str | None, source: Any, split: str) -> str:
 
 
 def protocol(nets: int, crops: int, pretrained: bool = False) -> str:
-    """How a result was measured, in words: '1 net, 10 patches', '5 nets, centre patch' (§4.1, §6)."""
+    """How a result was measured, in words: '1 net × 10 patches', '5 nets × centre patch' (§4.1, §6)."""
     if nets == 0:
-        return "not a CNN (the competition entry's own protocol)"
+        return "not a CNN"
     patches = f"{crops} patches" if crops != 1 else "centre patch"
-    text = f"{nets} net{'s' if nets != 1 else ''}, {patches}"
-    return text + ", pre-trained on Fall 2011" if pretrained else text
+    text = f"{nets} net{'s' if nets != 1 else ''} × {patches}"
+    return text + ", pre-trained" if pretrained else text
 
 
 def row_protocol(r: PaperRow) -> str:
@@ -120,7 +120,7 @@ def row_protocol(r: PaperRow) -> str:
 def comparable_row(table: str, crops: int, nets: int) -> PaperRow | None:
     """The paper's row measured the way we measured (same patches, same number of nets), or None.
 
-    Our nets are never pre-trained on Fall 2011, so the * rows of Table 2 never match. Table 1
+    Our nets are never pre-trained on Fall 2011 ("pre-trained"), so the * rows of Table 2 never match. Table 1
     (2010) has a ten-patch and a single-centre-patch row of one CNN; Table 2 (2012) has only
     ten-patch rows (1 CNN, 5 CNNs): a centre-patch evaluation there has no row to compare with.
     """
@@ -132,9 +132,11 @@ def comparable_row(table: str, crops: int, nets: int) -> PaperRow | None:
 
 def no_comparable_reason(table: str, crops: int, nets: int) -> str:
     """Why `comparable_row` found nothing, for the report: which protocols the table does have."""
-    have = "; ".join(f"{r.model}: {row_protocol(r)}" for r in table_rows(table) if r.cnn)
-    name = "Table 1 (ILSVRC-2010)" if table == "2010" else "Table 2 (ILSVRC-2012)"
-    return f"{name} has no row measured as {protocol(nets, crops)}; its CNN rows are {have}"
+    rows = [r for r in table_rows(table) if r.cnn]
+    have = ", ".join(dict.fromkeys(row_protocol(r) for r in rows if not r.pretrained))
+    starred = "; the * rows were pre-trained" if any(r.pretrained for r in rows) else ""
+    name = "Table 1" if table == "2010" else "Table 2"
+    return f"{name} has no row measured as {protocol(nets, crops)} (its CNN rows: {have}{starred})"
 
 
 def difference(ours_pct: float, paper_pct: float | None) -> float | None:
