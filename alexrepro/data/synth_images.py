@@ -1,7 +1,7 @@
 """Drawing and encoding the images of `alexrepro synth`: classes of shape, texture and layout, never colour.
 
 Each class is a family (`class_family`): one of 8 shapes, one of 10 textures (patterns in the
-object's own coordinates: stripes, checks, dots, rings, spokes ...) and a layout (one object, a pair
+object's own coordinates: stripes, checks, dots, rings, speckles ...) and a layout (one object, a pair
 or a row of three). Everything else is drawn independently of the class: the object's colours, the
 background, the 1–3 smaller plain distractor shapes, the lighting, the scale (the object's area, not
 its radius, so no shape covers more pixels than another), the position, the rotation and the
