@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loader_data import N_TRAIN, N_VAL, make_set
 
 from alexrepro.data.synth import make_synthetic
 
@@ -32,3 +33,15 @@ def synth_src(synth_tree: tuple[Path, dict[str, Any]]) -> Path:
 def synth_summary(synth_tree: tuple[Path, dict[str, Any]]) -> dict[str, Any]:
     """The summary make_synthetic returned for `synth_src` (counts, wnids, quirks, paths)."""
     return synth_tree[1]
+
+
+@pytest.fixture(scope="session")
+def jpeg_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared set written directly (no prep): N_TRAIN train and N_VAL val images, JPEG; read-only."""
+    return make_set(tmp_path_factory.mktemp("jpeg"), n_train=N_TRAIN, n_val=N_VAL)
+
+
+@pytest.fixture(scope="session")
+def raw_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same images stored raw (lossless: no decoder differences between backends); read-only."""
+    return make_set(tmp_path_factory.mktemp("raw"), n_train=N_TRAIN, n_val=N_VAL, encoding="raw")

@@ -10,6 +10,9 @@ from PIL import Image
 
 from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
 
+# Sizes of the shared `jpeg_set` / `raw_set` fixtures (conftest.py): labels are the global indices.
+N_TRAIN, N_VAL = 20, 7
+
 # A fixed PCA basis (an orthonormal rotation) and eigenvalues on the 0–255 scale, ImageNet-like.
 EIGVAL = np.array([14145.0, 1223.0, 293.0])
 EIGVEC = np.linalg.qr(np.array([[0.58, -0.72, 0.38], [0.57, 0.02, -0.82], [0.58, 0.69, 0.42]]))[0]

@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from loader_data import EIGVAL, EIGVEC, make_set
+from loader_data import EIGVAL, EIGVEC, N_TRAIN, N_VAL
 
 from alexrepro.data.prepared import open_split, read_stats
 from alexrepro.errors import UserError
@@ -30,7 +30,6 @@ from alexrepro.recipe import DataConfig, ModelConfig, load_recipe, recipe_from_d
 CPU = torch.device("cpu")
 K = 10  # classes of the reduced nets
 CROP = 112  # the tiny recipe's crop (§4.1's 224 halved): every net must take it
-N_TRAIN, N_VAL = 20, 7
 
 
 def backend_params() -> list:
@@ -126,16 +125,6 @@ def test_net_summary_counts_every_parameter(arch):
 
 
 # --------------------------------------------------------------------------------------------- loaders
-@pytest.fixture(scope="module")
-def jpeg_set(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("jpeg"), n_train=N_TRAIN, n_val=N_VAL)
-
-
-@pytest.fixture(scope="module")
-def raw_set(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("raw"), n_train=N_TRAIN, n_val=N_VAL, encoding="raw")
-
-
 def load(out, batch_size, epoch=0, start=0, split="train", train=True, kind="torch", **kw):
     """Every (images, labels) batch of one pass, on the `kind` backend."""
     kw.setdefault("data_cfg", DataConfig(workers=0))

@@ -8,7 +8,7 @@ sampler's draws → the tensor, mid-epoch resume, the ten views) is in test_cont
 import numpy as np
 import pytest
 import torch
-from loader_data import make_set, structured_image
+from loader_data import N_TRAIN, N_VAL, make_set, structured_image
 from test_contracts import backend_params, labels_of, load
 
 from alexrepro.data.prepared import open_split, read_stats
@@ -19,17 +19,6 @@ from alexrepro.loaders.order import BatchPlan, epoch_order
 from alexrepro.recipe import DataConfig
 
 CPU = torch.device("cpu")
-N_TRAIN, N_VAL = 20, 7
-
-
-@pytest.fixture(scope="module")
-def jpeg_set(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("jpeg"), n_train=N_TRAIN, n_val=N_VAL)
-
-
-@pytest.fixture(scope="module")
-def raw_set(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("raw"), n_train=N_TRAIN, n_val=N_VAL, encoding="raw")
 
 
 @pytest.mark.parametrize("kind", backend_params())
