@@ -60,7 +60,7 @@ def _prepare_folder(folder: Path) -> None:
 def check_options(opts: DemoOptions) -> None:
     """UserError for sizes the demo cannot run with, before anything is written."""
     from alexrepro.data.synth import check_args
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     check_args(opts.classes, opts.train_per_class, opts.val_per_class, opts.seed, 100, 800)
     if opts.epochs is not None and opts.epochs < 1:
@@ -90,7 +90,7 @@ class Stages:
 
 def train_overrides(opts: DemoOptions, n_train: int) -> list[str]:
     """The recipe overrides the demo trains with: its seed and classes, and sizes that fit its small set."""
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     overrides = [f"run.seed={opts.seed}", f"model.num_classes={opts.classes}", "data.loader=torch"]
     batch = load_recipe(opts.recipe).optim.batch_size

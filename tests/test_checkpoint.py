@@ -102,7 +102,7 @@ V1_KEYS = ["format", "version", "model", "recipe", "recipe_name", "classes", "ep
 
 
 def _checkpoint(**fields):
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     return ck.Checkpoint(model={"w": torch.arange(3.0)}, recipe=load_recipe("tiny", ["optim.lr=0.02"]), **fields)
 
@@ -153,7 +153,7 @@ def test_a_hand_made_payload_takes_the_defaults_and_refuses_without_weights_or_r
 
 def _tiny_payload():
     from alexrepro.nets.alexnet import build_model
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     recipe = load_recipe("tiny", ["model.num_classes=4", "model.width=0.125", "model.fc_width=32"])
     return {"model": build_model(recipe.model, recipe.data.crop_size).state_dict(), "recipe": recipe.to_dict(),

@@ -23,7 +23,7 @@ from alexrepro.cli import main
 from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.training.checkpoint import save_checkpoint
 
 NUM_CLASSES = 3  # make_set(labels_are_indices=False) labels i % 3

@@ -25,7 +25,8 @@ from alexrepro.loaders.augment import draw_train_params
 from alexrepro.loaders.presets import VIEWS
 from alexrepro.nets import NETS, build_net
 from alexrepro.nets.summary import meta_model, summarize, summary_totals
-from alexrepro.recipe import DataConfig, ModelConfig, load_recipe, recipe_from_dict
+from alexrepro.recipe import DataConfig, ModelConfig
+from alexrepro.recipe_reader import load_recipe, recipe_from_dict
 
 CPU = torch.device("cpu")
 K = 10  # classes of the reduced nets

@@ -18,7 +18,7 @@ from alexrepro.loaders import dali_available
 from alexrepro.loaders.order import BatchPlan
 from alexrepro.loaders.presets import variant_for
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.training.checkpoint import save_checkpoint
 
 

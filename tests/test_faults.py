@@ -338,7 +338,7 @@ def test_a_stopped_eval_says_nothing_was_written(prepared_copy, hooks, tmp_path)
     import torch
 
     from alexrepro.nets.alexnet import build_model
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
     from alexrepro.training.checkpoint import save_checkpoint
 
     classes = read_manifest(prepared_copy).class_list()

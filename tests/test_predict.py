@@ -16,7 +16,7 @@ from alexrepro.errors import UserError
 from alexrepro.evaluation.predict import load_image, mean_from_checkpoint
 from alexrepro.loaders.presets import EvalPreset, mean_colour, variant_for
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.training.checkpoint import load_checkpoint, save_checkpoint
 
 K = 7

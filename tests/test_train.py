@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from alexrepro.cli.app import main
 from alexrepro.data import prepared
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.recipe import load_recipe, recipe_from_dict
+from alexrepro.recipe_reader import load_recipe, recipe_from_dict
 from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 from alexrepro.training.watchdog import StallWatch, is_stalled, stall_message

@@ -16,7 +16,7 @@ from alexrepro.figures.curves import read_epoch_records
 from alexrepro.figures.filters import filter_mosaic, grid_shape, normalise_kernel
 from alexrepro.figures.neighbors import nearest_neighbors
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
 
 N_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2, 1

@@ -22,7 +22,8 @@ from alexrepro.data.prepared import SKIPPED, read_stats
 from alexrepro.errors import UserError
 from alexrepro.loaders import BACKENDS
 from alexrepro.progress import console, make_progress
-from alexrepro.recipe import DataConfig, load_recipe
+from alexrepro.recipe import DataConfig
+from alexrepro.recipe_reader import load_recipe
 
 
 def _time(batches: Iterable[Any], count: int, label: str) -> dict[str, Any]:

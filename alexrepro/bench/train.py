@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from alexrepro.bench.machine import machine_info
 from alexrepro.errors import UserError
 from alexrepro.nets.summary import forward_macs
-from alexrepro.recipe import Recipe, load_recipe
+from alexrepro.recipe import Recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.runtime import autocast_dtype, resolve_device, synchronize
 from alexrepro.training.step import StepHarness, autocast, build_step, place_model
 

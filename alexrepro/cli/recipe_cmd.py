@@ -7,7 +7,8 @@ from rich.table import Table
 
 from alexrepro.cli.app import app
 from alexrepro.progress import console, emit_json
-from alexrepro.recipe import list_recipes, load_recipe, recipe_to_toml
+from alexrepro.recipe import recipe_to_toml
+from alexrepro.recipe_reader import list_recipes, load_recipe
 
 recipe_app = typer.Typer(help="List and show training recipes (TOML files in recipes/).", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")

@@ -134,7 +134,8 @@ def import_stats(imported: ImportedWeights, opts: ImportOptions) -> tuple[dict[s
 
 def imported_recipe(imported: ImportedWeights) -> Any:
     """The checkpoint's recipe: the import's [model] and [data], the other sections at their defaults."""
-    from alexrepro.recipe import Recipe, validate
+    from alexrepro.recipe import Recipe
+    from alexrepro.recipe_reader import validate
 
     src = imported.source
     name = f"{src['format']}-{src['net'] or 'alexnet'}".replace(" ", "_")

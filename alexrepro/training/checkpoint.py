@@ -39,7 +39,8 @@ from alexrepro.atomic import atomic_path, described_write_errors
 from alexrepro.data.prepared import Stats
 from alexrepro.errors import UserError
 from alexrepro.progress import console
-from alexrepro.recipe import Recipe, recipe_from_dict
+from alexrepro.recipe import Recipe
+from alexrepro.recipe_reader import recipe_from_dict
 
 FORMAT = "alexrepro-checkpoint"
 VERSION = 1  # the layout of the stored dict; a new one converts older payloads in from_payload
