@@ -123,10 +123,12 @@ def draw_figures(run: Path, data: Path, prepared: dict[str, Any]) -> dict[str, s
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run every stage in `opts.folder` and return the closing summary."""
-    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
     from alexrepro.data.stats import compute_pca
     from alexrepro.data.synth import make_synthetic
-    from alexrepro.evaluation.evaluate import EvalOptions, evaluate
+    from alexrepro.evaluation.evaluate import evaluate
+    from alexrepro.evaluation.options import EvalOptions
     from alexrepro.training.loop import TrainOptions, run_training
 
     check_options(opts)

@@ -10,7 +10,8 @@ import pytest
 
 from alexrepro.bench.train import bench_train, time_interleaved
 from alexrepro.cli import main
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.data.stats import compute_pca
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from alexrepro.data.manifest import read_manifest
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.errors import UserError
 from alexrepro.lifetime import ORPHAN_EXIT
 from alexrepro.locking import LOCK_FILE, FolderLock, read_holder

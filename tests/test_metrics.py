@@ -15,9 +15,9 @@ from alexrepro.evaluation.metrics import (
     topk_classes,
     topk_correct,
     topk_error,
-    true_class_rank,
     wilson_interval,
 )
+from alexrepro.topk import true_class_rank
 
 
 def test_topk_on_constructed_scores():

@@ -259,11 +259,13 @@ def test_tiny_recipe_learns_shapes_not_colours(tmp_path):
     # accuracy on greyscale copies of val, while one that counts hues (as on synth's former colour-coded
     # classes) falls to chance there. Criteria: below chance in colour; in grey at least half the colour
     # accuracy and at least three times chance.
-    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
     from alexrepro.data.stats import compute_pca
     from alexrepro.data.synth import make_synthetic
     from alexrepro.demo import greyscale_copy
-    from alexrepro.evaluation.evaluate import EvalOptions, evaluate
+    from alexrepro.evaluation.evaluate import evaluate
+    from alexrepro.evaluation.options import EvalOptions
 
     classes = 10
     make_synthetic(tmp_path / "src", classes=classes, train_per_class=200, val_per_class=30, seed=0, min_size=100,

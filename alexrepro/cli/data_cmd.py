@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from alexrepro.cli.app import app
-from alexrepro.data.imaging import JPEG_QUALITY
 from alexrepro.data.info import describe, verification_failed, verify
-from alexrepro.data.prep import SHARD_SIZE, PrepOptions, prep
+from alexrepro.data.options import JPEG_QUALITY, SHARD_SIZE, PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."

@@ -35,7 +35,8 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Top-1 and top-5 error of one checkpoint or an ensemble, beside the paper's results."""
-    from alexrepro.evaluation.evaluate import EvalOptions, run_evaluation
+    from alexrepro.evaluation.evaluate import run_evaluation
+    from alexrepro.evaluation.options import EvalOptions
 
     if loader not in KINDS:
         raise UserError(f"--loader must be {kinds_text()}, got {loader!r}")

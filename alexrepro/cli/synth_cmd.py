@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from alexrepro.cli.app import app
+from alexrepro.data.options import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
 from alexrepro.data.synth import make_synthetic
-from alexrepro.data.synth_images import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
 from alexrepro.progress import console, emit_json
 
 

@@ -19,14 +19,13 @@ import queue as queue_mod
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alexrepro import lifetime
 from alexrepro.atomic import atomic_write_text, described_write_errors, writable_folder
 from alexrepro.data import sources
-from alexrepro.data.imaging import JPEG_QUALITY, QUIRKS, RESIZE_MODES, BadImage, prepare_and_describe
+from alexrepro.data.imaging import QUIRKS, RESIZE_MODES, BadImage, prepare_and_describe
 from alexrepro.data.manifest import (
     CONVERTED,
     MANIFEST,
@@ -38,6 +37,7 @@ from alexrepro.data.manifest import (
     SplitEntry,
     write_manifest,
 )
+from alexrepro.data.options import PrepOptions
 from alexrepro.data.prep_state import (
     RESUME_HINT,
     SIDECARS,
@@ -64,24 +64,6 @@ from alexrepro.errors import UserError, WorkFailed
 from alexrepro.locking import command_line, lock_folder
 from alexrepro.progress import console, make_progress
 from alexrepro.signals import Stopped
-
-SHARD_SIZE = 1024  # images per shard (default of --shard-size)
-
-
-@dataclass
-class PrepOptions:
-    """What `alexrepro prep` does besides SRC and OUT (the command-line options)."""
-
-    encoding: str = "jpeg"
-    quality: int = JPEG_QUALITY
-    resize: str = "shorter-side"  # §2's rescale and central crop | "warp": Caffe's (imaging.RESIZE_MODES)
-    shard_size: int = SHARD_SIZE
-    workers: int = 0  # 0: all cores
-    splits: list[str] | None = None  # None: every split found
-    devkit: Path | None = None
-    val_labels: Path | None = None
-    test_labels: Path | None = None
-    synset_mapping: Path | None = None
 
 
 def available_cores() -> int:

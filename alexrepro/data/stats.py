@@ -25,7 +25,6 @@ from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.loaders.augment import PIXEL_MAX, lighting_magnitudes  # §4.1 lighting on the 0–255 scale
 from alexrepro.locking import command_line, lock_folder
 from alexrepro.progress import make_progress
 from alexrepro.signals import Stopped
@@ -43,6 +42,8 @@ IMAGENET_EIGVEC = np.array(
 )
 IMAGENET_PCA_SOURCE = "fb.resnet.torch datasets/imagenet.lua (pixels on [0, 1])"
 
+PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
+LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
 CHUNK = 64  # images per pool task: fine-grained progress and load balance, few round trips
 IN_FLIGHT = 2  # pool tasks submitted per worker at a time: the parent holds O(workers) partial sums
 
@@ -78,6 +79,25 @@ def eigen_rgb(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def eigval_on_unit_scale(eigval: np.ndarray) -> np.ndarray:
     """Eigenvalues of the [0, 1]-scale covariance, given those on 0–255: λ / 255²."""
     return np.asarray(eigval, dtype=np.float64) / PIXEL_MAX**2
+
+
+def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
+    """(3,) m such that §4.1's lighting shift of a 0–255 pixel is eigvec @ (alpha * m).
+
+    "unit": the paper's formula on [0, 1] pixels (eigenvalues λ/255², shift eigvec·(α⊙λ/255²)),
+    restated on 0–255 by multiplying by 255: m = λ / 255.
+    "cuda-convnet": Krizhevsky's released code, m = √λ with λ on the 0–255 scale.
+    """
+    if scale not in LIGHTING_SCALES:
+        raise ValueError(f"lighting scale must be one of {LIGHTING_SCALES}, got {scale!r}")
+    if stats.eigval is None:
+        raise UserError("the colour statistics have no PCA; run: alexrepro pca OUT")
+    if stats.scale != "0-255":
+        raise ValueError(f"statistics on scale {stats.scale!r}; expected '0-255'")
+    lam = np.clip(np.asarray(stats.eigval, dtype=np.float64), 0.0, None)  # rounding can give -0
+    if scale == "unit":
+        return lam / PIXEL_MAX
+    return np.sqrt(lam)
 
 
 def sample_indices(total: int, sample: int | None, seed: int) -> np.ndarray:

@@ -43,9 +43,8 @@ from alexrepro.atomic import (
     temp_name,
     writable_folder,
 )
+from alexrepro.data.options import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
 from alexrepro.data.synth_images import (
-    DEFAULT_MAX_SIZE,
-    DEFAULT_MIN_SIZE,
     DISTINCT_FAMILIES,
     class_family,
     encode,

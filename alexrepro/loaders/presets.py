@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.data.stats import lighting_magnitudes
 from alexrepro.errors import UserError
 from alexrepro.loaders.augment import (
     Colour,
@@ -32,7 +33,6 @@ from alexrepro.loaders.augment import (
     channel_std_mean_and_scale,
     crop_flip,
     finish_batch,
-    lighting_magnitudes,
     mean_image_for,
     resize_image,
     ten_crop_views,

@@ -23,9 +23,9 @@ import torch
 
 from alexrepro import distributed
 from alexrepro.errors import WorkFailed
-from alexrepro.evaluation.metrics import true_class_rank
 from alexrepro.progress import console
 from alexrepro.signals import Stopped, StopRequest, signal_name, stop_on_signals
+from alexrepro.topk import true_class_rank
 from alexrepro.training import checkpoint
 from alexrepro.training.optim import set_lr
 from alexrepro.training.plan import TrainOptions, TrainPlan, plan_training

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexrepro import distributed
-from alexrepro.evaluation.metrics import true_class_rank
 from alexrepro.recipe import Recipe
 from alexrepro.runtime import autocast_dtype
+from alexrepro.topk import topk_for, true_class_rank
 from alexrepro.training.optim import PaperSGD, make_optimizer
 from alexrepro.training.watchdog import StepGuard
 
@@ -25,11 +25,6 @@ from alexrepro.training.watchdog import StepGuard
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     """Autocast to `dtype` on the device's type; plain float32 (autocast off) when dtype is None."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def topk_for(num_classes: int) -> tuple[int, int]:
-    """The (top-1, top-5) pair the metrics count; top-5 shrinks to the class count below five classes."""
-    return 1, min(5, num_classes)
 
 
 def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
