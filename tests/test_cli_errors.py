@@ -24,7 +24,7 @@ from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.nets.alexnet import build_model
 from alexrepro.recipe_reader import load_recipe
-from alexrepro.training.checkpoint import save_checkpoint
+from alexrepro.training.checkpoint import Checkpoint, save_checkpoint
 
 NUM_CLASSES = 3  # make_set(labels_are_indices=False) labels i % 3
 SMALL = ["--set", f"model.num_classes={NUM_CLASSES}", "--set", "data.image_size=72", "--set", "data.crop_size=64",
@@ -53,8 +53,7 @@ def _checkpoint(path: Path, classes: int) -> Path:
     torch.manual_seed(0)
     model = build_model(recipe.model, recipe.data.crop_size)
     names = [{"index": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(classes)]
-    save_checkpoint(path, {"model": model.state_dict(), "recipe": recipe.to_dict(), "recipe_name": "tiny",
-                           "classes": names, "epoch": 1, "step": 1})
+    save_checkpoint(path, Checkpoint(model=model.state_dict(), recipe=recipe, classes=names, epoch=1, step=1))
     return path
 
 

@@ -340,15 +340,15 @@ def test_a_stopped_eval_says_nothing_was_written(prepared_copy, hooks, tmp_path)
 
     from alexrepro.nets.alexnet import build_model
     from alexrepro.recipe_reader import load_recipe
-    from alexrepro.training.checkpoint import save_checkpoint
+    from alexrepro.training.checkpoint import Checkpoint, save_checkpoint
 
     classes = read_manifest(prepared_copy).class_list()
     recipe = load_recipe("tiny", [f"model.num_classes={len(classes)}", "data.image_size=72", "data.crop_size=64",
                                   "model.fc_width=32", "data.workers=0"])
     torch.manual_seed(0)
     ck = tmp_path / "net.pt"  # an untrained net for this set's classes: eval needs nothing more
-    save_checkpoint(ck, {"model": build_model(recipe.model, recipe.data.crop_size).state_dict(),
-                         "recipe": recipe.to_dict(), "recipe_name": "tiny", "classes": classes, "epoch": 1, "step": 1})
+    save_checkpoint(ck, Checkpoint(model=build_model(recipe.model, recipe.data.crop_size).state_dict(), recipe=recipe,
+                                   classes=classes, epoch=1, step=1))
     mark = tmp_path / "reading"
     per_class = tmp_path / "per_class.csv"
     args = ["eval", prepared_copy, "-c", ck, "--crops", 1, "--batch-size", 2, "--device", "cpu", "--loader", "torch",

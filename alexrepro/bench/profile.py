@@ -245,19 +245,15 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
     """
     from torch.profiler import ProfilerActivity, profile
 
-    bar = make_progress(transient=True) if progress else None
-    task = bar.add_task("profile", total=warmup + 2 * steps, unit="step") if bar is not None else None
+    with make_progress(transient=True, show=progress) as bar:
+        task = bar.add_task("profile", total=warmup + 2 * steps, unit="step")
 
-    def run(count: int, status: str) -> None:
-        for _ in range(count):
-            with torch.profiler.record_function(STEP_LABEL):  # its self time: the host's own Python
-                step()
-            if bar is not None:
+        def run(count: int, status: str) -> None:
+            for _ in range(count):
+                with torch.profiler.record_function(STEP_LABEL):  # its self time: the host's own Python
+                    step()
                 bar.update(task, advance=1, status=status)
 
-    if bar is not None:
-        bar.start()
-    try:
         run(warmup, "warm-up")
         synchronize(dev)
         t0 = time.perf_counter()
@@ -276,9 +272,6 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
                 profiled_seconds = (time.perf_counter() - t1) / steps
         finally:
             undo()
-    finally:
-        if bar is not None:
-            bar.stop()
     return prof, seconds, profiled_seconds
 
 

@@ -17,10 +17,11 @@ import multiprocessing
 import os
 import queue as queue_mod
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
+
+from rich.progress import Progress
 
 from alexrepro import lifetime
 from alexrepro.atomic import atomic_write_text, described_write_errors, writable_folder
@@ -60,7 +61,7 @@ from alexrepro.data.prep_state import (
 from alexrepro.data.shards import ENCODINGS, IMAGE_SIZE, write_shard
 from alexrepro.data.source_files import printable
 from alexrepro.data.stats_file import STATS
-from alexrepro.errors import UserError, WorkFailed
+from alexrepro.errors import UserError
 from alexrepro.locking import command_line, lock_folder
 from alexrepro.progress import console, make_progress
 from alexrepro.signals import Stopped
@@ -88,9 +89,9 @@ def plan_shards(items: list[sources.Item], shard_size: int) -> list[list[sources
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any, parent_pid: int) -> None:
+def _set_progress_queue(progress_queue: Any) -> None:
+    """In a worker (bound to prep, Ctrl-C left to it): where it reports its progress."""
     global _progress_queue
-    lifetime.init_worker(parent_pid)  # dies with prep, leaves Ctrl-C to it
     _progress_queue = progress_queue
 
 
@@ -131,27 +132,24 @@ def _build_shard_in_worker(task: ShardTask) -> ShardResult:
 
 
 # --------------------------------------------------------------------------------------------- the run
-def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str, Any]) -> list[ShardResult]:
+def _run_tasks(pending: list[ShardTask], workers: int, bar: Progress, bars: dict[str, Any]) -> list[ShardResult]:
     """Build the pending shards (in-process for one worker, else a spawn pool), advancing the bars."""
     done_in: dict[tuple[str, int], int] = {}
 
     def report(split: str, index: int, n: int) -> None:
         done_in[(split, index)] = n
-        if bar is not None:
-            bar.update(bars[split], completed=bars[split + "/base"] + sum(
-                v for (s, _), v in done_in.items() if s == split
-            ))
+        bar.update(bars[split], completed=bars[split + "/base"] + sum(v for (s, _), v in done_in.items() if s == split))
 
     results = []
     if workers <= 1:
         for task in pending:
             results.append(build_shard(task, report))
         return results
-    ctx = multiprocessing.get_context("spawn")  # fork-safety: no inherited h5py handles or bar threads
-    progress_queue = ctx.Queue()
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(progress_queue, os.getpid()))
-    try:
+    progress_queue = multiprocessing.get_context("spawn").Queue()
+    died = ("a prep worker died (killed, or out of memory?); the complete shards are kept: run the same prep again "
+            "to resume, with fewer --workers if memory is short")
+    # A stop signal, a failed shard: the workers end now, their shards are redone.
+    with lifetime.worker_pool(workers, died, _set_progress_queue, (progress_queue,)) as pool:
         futures = {pool.submit(_build_shard_in_worker, t): t for t in pending}
         waiting = set(futures)
         while waiting:
@@ -165,13 +163,6 @@ def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str,
                 res = fut.result()
                 report(res.split, res.index, len(futures[fut].items))
                 results.append(res)
-    except BaseException as e:  # a stop signal, a failed shard: the workers end now, their shards are redone
-        lifetime.stop_pool(pool)
-        if isinstance(e, BrokenProcessPool):
-            raise WorkFailed("a prep worker died (killed, or out of memory?); the complete shards are kept: run "
-                             "the same prep again to resume, with fewer --workers if memory is short") from None
-        raise
-    pool.shutdown(wait=True)
     return results
 
 
@@ -275,21 +266,15 @@ def _prep_locked(
             pending.append(t)
     workers = min(options.workers or available_cores(), max(1, len(pending)))
 
-    bar = make_progress() if progress else None
     bars: dict[str, Any] = {}
-    if bar is not None:
+    with make_progress(show=progress) as bar:
         for name, split in source.splits.items():
             base = sum(len(t.items) for t in tasks[name] if t.index in results[name])
             bars[name] = bar.add_task(f"prep {name}", total=len(split.items), completed=base, unit="images")
             bars[name + "/base"] = base
-        bar.start()
-    run_start = time.monotonic()
-    try:
+        run_start = time.monotonic()
         for res in _run_tasks(pending, workers, bar, bars):
             results[res.split][res.index] = res
-    finally:
-        if bar is not None:
-            bar.stop()
     run_seconds = time.monotonic() - run_start
 
     summary = _finish(out, source, options, record, previous, tasks, results)

@@ -8,12 +8,9 @@ number of workers or the order in which chunks finish. The pool's workers end wi
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from alexrepro.atomic import described_write_errors, writable_folder
 from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
-from alexrepro.errors import UserError, WorkFailed
+from alexrepro.errors import UserError
 from alexrepro.locking import command_line, lock_folder
 from alexrepro.progress import make_progress
 from alexrepro.signals import Stopped
@@ -191,22 +188,15 @@ def _run(
     """
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    bar = make_progress() if progress else None
-    if bar is not None:
-        bar.start()
+    with make_progress(show=progress) as bar:
         task_id = bar.add_task(label, total=total, unit="images")
-    try:
         if workers == 1:
             for path, idx in tasks:
                 reduce(fn(path, idx))
-                if bar is not None:
-                    bar.advance(task_id, len(idx))
+                bar.advance(task_id, len(idx))
         else:
-            # spawn: h5py handles and the progress bar's thread must not be forked.
-            ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=lifetime.init_worker,
-                                       initargs=(os.getpid(),))
-            try:
+            died = f"a {label} worker died (killed, or out of memory?); run the command again, with fewer --workers if memory is short"
+            with lifetime.worker_pool(workers, died) as pool:  # a stop signal, a damaged shard: the workers end now
                 todo = iter(tasks)
                 futures: dict[Future, int] = {}
 
@@ -222,20 +212,9 @@ def _run(
                     for fut in done:
                         images = futures.pop(fut)
                         reduce(fut.result())
-                        if bar is not None:
-                            bar.advance(task_id, images)
+                        bar.advance(task_id, images)
                         submit_next()
                     del done, fut  # the finished futures hold their results
-            except BaseException as e:  # a stop signal, a damaged shard: the workers end now
-                lifetime.stop_pool(pool)
-                if isinstance(e, BrokenProcessPool):
-                    raise WorkFailed(f"a {label} worker died (killed, or out of memory?); run the command again, "
-                                     "with fewer --workers if memory is short") from None
-                raise
-            pool.shutdown(wait=True)
-    finally:
-        if bar is not None:
-            bar.stop()
 
 
 # --------------------------------------------------------------------------------------------- passes

@@ -304,18 +304,11 @@ def make_synthetic(src: Path, classes: int = 10, train_per_class: int = 100, val
         (src / "train" / wnids[c]).mkdir(parents=True, exist_ok=True)
     (src / "val").mkdir(exist_ok=True)
     writer = _Writer(src, wnids, seed, min_size, max_size, val_quirk_at, next_index=[train_per_class + 1] * classes)
-    display = make_progress() if progress else None
-    task = display.add_task("synth", total=len(jobs), unit="images") if display else None
-    try:
-        if display:
-            display.start()
+    with make_progress(show=progress) as bar:
+        task = bar.add_task("synth", total=len(jobs), unit="images")
         for split, c, i in jobs:
             writer.write(split, c, i)
-            if display:
-                display.advance(task)
-    finally:
-        if display:
-            display.stop()
+            bar.advance(task)
 
     write_devkit(src, synsets, ids, val_labels, train_counts)
     write_kaggle(src, synsets, val_labels, writer.boxes, seed)

@@ -116,12 +116,12 @@ def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
         stats=saved_mean(members[0].stats, Path(opts.out), data),  # the net's own mean, else OUT's stats.h5
     )
     models = [m.model for m in members]
-    progress = make_progress(transient=True)
+    progress = make_progress(transient=True, show=show_progress and rank == 0)
     label = f"eval {opts.split} ({variant}, {len(models)} net{'s' if len(models) > 1 else ''})"
     with progress:
         if world > 1:
             label += f" rank 0 of {world}"
-        task = progress.add_task(label, total=loader.num_images, unit="images", visible=show_progress and rank == 0)
+        task = progress.add_task(label, total=loader.num_images, unit="images")
         with loader:
             scored = score_batches(models, loader, rank_indices(loader.plan), variant, dataset.num_classes,
                                    device, on_batch=lambda k: progress.advance(task, k))

@@ -20,15 +20,14 @@ import torch
 
 from alexrepro.errors import UserError
 from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour, saved_mean, variant_for
-from alexrepro.training.checkpoint import Checkpoint, as_checkpoint
+from alexrepro.training.checkpoint import Checkpoint
 
 
-def mean_from_checkpoint(ckpt: Checkpoint | dict[str, Any], data: Path | None) -> MeanImage:
+def mean_from_checkpoint(saved: Checkpoint, data: Path | None) -> MeanImage:
     """The mean image and channel mean to subtract: the checkpoint's stats, else OUT's stats.h5."""
     if data is not None and not Path(data).is_dir():  # checked even where the checkpoint's mean wins
         what = "does not exist" if not Path(data).exists() else "is a file"
         raise UserError(f"--data {data} {what}; give the prepared set's folder (the OUT of alexrepro prep SRC OUT)")
-    saved = as_checkpoint(ckpt)
     return saved_mean(saved.stats, data, saved.recipe.data)  # a "channel-std" recipe needs no mean image
 
 

@@ -133,10 +133,9 @@ def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], colour: Co
 def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.ndarray, colour: Colour,
                 device: torch.device, batch_size: int, show_progress: bool = True) -> None:
     """Extract the fc7 vectors of `indices` and write the index file atomically, rows filled as batches finish."""
-    progress = make_progress(transient=True)
+    progress = make_progress(transient=True, show=show_progress)
     with progress, atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        task = progress.add_task(f"fc7 index ({dataset.split})", total=len(indices), unit="images",
-                                 visible=show_progress)
+        task = progress.add_task(f"fc7 index ({dataset.split})", total=len(indices), unit="images")
         feats_ds = None
         labels_out = np.zeros(len(indices), dtype=np.int64)
         row = 0

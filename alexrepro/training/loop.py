@@ -200,7 +200,7 @@ def save_run_state(run: Run, state: RunState, epoch: int, batch: int, *, epoch_e
     written: dict[str, Path] = {}
     if run.info.is_main:
         snapshot = run.snapshot(state, epoch, batch, rng)
-        written = checkpoint.write_run_checkpoint(run.plan.run_dir, snapshot.to_payload(), epoch_end=epoch_end,
+        written = checkpoint.write_run_checkpoint(run.plan.run_dir, snapshot, epoch_end=epoch_end,
                                                   is_best=is_best, keep_last=run.plan.recipe.run.keep_last)
     distributed.barrier()
     return written

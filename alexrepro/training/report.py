@@ -67,9 +67,9 @@ class RunReporter:
         self.stall, self.init = stall, init
         self.is_main = is_main
         self.warnings: list[str] = []
-        self.progress = make_progress() if show_progress and is_main else None
-        if self.progress is not None:
-            self.progress.start()
+        self.show_progress = show_progress and is_main
+        self.progress = make_progress(show=self.show_progress)
+        self.progress.start()  # stopped in close()
         self.task: Any = None
         self._new_window()
 
@@ -88,16 +88,13 @@ class RunReporter:
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         """A progress task for the epoch's `total` batches, `done` of them already (a mid-epoch resume)."""
         self._new_window()
-        if self.progress is not None:
-            # [epoch] as the log lines and the summary number it (0-based, like torchvision's)
-            self.task = self.progress.add_task(f"Epoch: [{epoch}] of {epochs}", total=total, completed=done,
-                                               unit="batch")
+        # [epoch] as the log lines and the summary number it (0-based, like torchvision's)
+        self.task = self.progress.add_task(f"Epoch: [{epoch}] of {epochs}", total=total, completed=done, unit="batch")
 
     def add(self, tally: torch.Tensor) -> None:
         """One step's tally, added on the device (no host read); the bar advances."""
         self.window += tally
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1)
+        self.progress.update(self.task, advance=1)
 
     def log_step(self, epoch: int, batch: int, total: int, step: int, lr: float, seconds: float,
                  epoch_tally: torch.Tensor) -> None:
@@ -107,7 +104,7 @@ class RunReporter:
         self.log.metrics(record)
         self.log.line(epoch_line(epoch, batch, total, loss, 100 * (1 - record["train_top1_error"]),
                                  100 * (1 - record["train_top5_error"]), lr, record["images_per_s"]))
-        if self.progress is not None:
+        if self.show_progress:  # the epoch's tally is read only for the bar's status
             tally = epoch_tally.cpu()
             self.progress.update(self.task, status=f"step {step} loss {loss:.3f} lr {lr:.3g} top-1 err "
                                  f"{float(1 - tally[1] / max(float(tally[3]), 1.0)):.1%} "
@@ -126,8 +123,7 @@ class RunReporter:
         self.log.line(text)
 
     def end_epoch(self) -> None:
-        if self.progress is not None:
-            self.progress.remove_task(self.task)
+        self.progress.remove_task(self.task)
 
     def log_epoch(self, record: dict[str, Any], next_lr: float) -> None:
         """Write a finished epoch's record and its validation line (also on the console)."""
@@ -141,8 +137,7 @@ class RunReporter:
             self.writer.add_scalar("val/top5_error", record["val_top5_error"], record["epoch"] + 1)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress.stop()
         if self.writer is not None:
             self.writer.close()
 

@@ -27,9 +27,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """The net on `device`, its 4-D weights in channels-last order when asked."""
-    model = model.to(device)
+def place_model(model: nn.Module, device: torch.device, channels_last: bool,
+                towers: tuple[torch.device, torch.device] | None = None) -> nn.Module:
+    """The net on `device` (or its two towers on `towers`, §3.2), its 4-D weights in channels-last order when asked."""
+    if towers is not None:
+        from alexrepro.nets.alexnet import model_parallel
+
+        model = model_parallel(model, towers)
+    else:
+        model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -74,17 +80,11 @@ def build_step(recipe: Recipe, device: torch.device, *, precision: str | None = 
     two towers over two devices (§3.2), the first of which then holds the inputs and tallies.
     """
     from alexrepro.nets import build_net
-    from alexrepro.nets.alexnet import model_parallel
 
     precision = recipe.run.precision if precision is None else precision
     channels_last = recipe.run.channels_last if channels_last is None else channels_last
-    model = build_net(recipe.model, recipe.data.crop_size)
-    if model_devices is not None:
-        model, device = model_parallel(model, model_devices), model_devices[0]
-    else:
-        model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(build_net(recipe.model, recipe.data.crop_size), device, channels_last, model_devices)
+    device = model_devices[0] if model_devices is not None else device
     optimizer = make_optimizer(model, recipe.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     return StepHarness(model, optimizer, scaler, autocast_dtype(precision), topk_for(recipe.model.num_classes),
