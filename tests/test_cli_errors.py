@@ -152,9 +152,11 @@ CASES = [
     ("train-epochs-0", ["train", "{data}", "--recipe", "tiny", *SMALL, "--run", "{root}/t1", "--epochs", "0"], 2,
      "schedule.epochs"),
     ("train-device-tpu", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--device", "tpu"], 2, "--device"),
-    ("train-loader-foo", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--loader", "foo"], 2, "--loader"),
+    # --loader and --precision set data.loader and run.precision: the recipe's check names those
+    ("train-loader-foo", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--loader", "foo"], 2,
+     "data.loader must be one of 'auto', 'dali', 'torch', got 'foo'"),
     ("train-precision-fp8", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--precision", "fp8"], 2,
-     "--precision"),
+     "run.precision must be one of 'fp32', 'bf16', 'fp16', got 'fp8'"),
     ("train-parallel-x", ["train", "{data}", "--recipe", "tiny", *SMALL, "--run", "{root}/t1", "--parallel", "x"], 2,
      "--parallel"),
     ("train-resume-nothing", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--resume"], 2,

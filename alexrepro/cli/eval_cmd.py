@@ -11,7 +11,7 @@ from rich.text import Text
 
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError
-from alexrepro.loaders import KINDS, kinds_text
+from alexrepro.loaders import kinds_text
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."
@@ -38,8 +38,6 @@ def eval_command(
     from alexrepro.evaluation.evaluate import run_evaluation
     from alexrepro.evaluation.options import EvalOptions
 
-    if loader not in KINDS:
-        raise UserError(f"--loader must be {kinds_text()}, got {loader!r}")
     opts = EvalOptions(
         out=out, checkpoints=list(checkpoint), crops=crops, split=split, batch_size=batch_size,
         device=device, loader=loader, paper_table=paper_table, per_class=per_class, predictions=predictions,

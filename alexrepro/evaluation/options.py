@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alexrepro.atomic import writable_file
 from alexrepro.errors import UserError
+from alexrepro.loaders import KINDS, kinds_text
 from alexrepro.loaders.presets import TEN_CROPS, variant_for
 from alexrepro.runtime import resolve_device
 
@@ -30,6 +31,8 @@ class EvalOptions:
 
 def check_options(opts: EvalOptions) -> str:
     """UserError for options that cannot work, before any process starts; returns the crop variant."""
+    if opts.loader not in KINDS:
+        raise UserError(f"--loader must be {kinds_text()}, got {opts.loader!r}")
     if opts.procs < 1:
         raise UserError(f"--procs must be at least 1, got {opts.procs}")
     variant = variant_for(opts.crops)
