@@ -156,7 +156,8 @@ def test_eval_preset_is_torchvisions_resize_then_crops_minus_the_mean(variant):
     """The test-time preset = torchvision's Resize((S, S)) then CenterCrop / TenCrop, minus the mean cut alike."""
     from torchvision.transforms import Resize
 
-    from alexrepro.loaders.presets import EvalPreset, mean_colour
+    from alexrepro.loaders.colour import mean_colour
+    from alexrepro.loaders.presets import EvalPreset
 
     images = [structured_image(i) for i in (1, 2)]
     preset = EvalPreset(128, 112, variant)

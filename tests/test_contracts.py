@@ -19,7 +19,7 @@ from loader_data import EIGVAL, EIGVEC, N_TRAIN, N_VAL
 
 from alexrepro.data.prepared import open_split, read_stats
 from alexrepro.errors import UserError
-from alexrepro.evaluation.test_time import TEST_TIME
+from alexrepro.evaluation.variants import TEST_TIME
 from alexrepro.loaders import BACKENDS, KINDS, make_loader
 from alexrepro.loaders.augment import draw_train_params
 from alexrepro.loaders.presets import VIEWS

@@ -13,7 +13,7 @@ from alexrepro.cli import main
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.evaluate import rank_indices, score_batches
-from alexrepro.evaluation.test_time import TEST_TIME, predict_center, predict_ensemble, predict_ten_crop
+from alexrepro.evaluation.variants import TEST_TIME, predict_center, predict_ensemble, predict_ten_crop
 from alexrepro.loaders import dali_available
 from alexrepro.loaders.order import BatchPlan
 from alexrepro.loaders.presets import variant_for

@@ -14,7 +14,8 @@ from alexrepro.data.imaging import prepare_image
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.predict import load_image, mean_from_checkpoint
-from alexrepro.loaders.presets import EvalPreset, mean_colour, variant_for
+from alexrepro.loaders.colour import mean_colour
+from alexrepro.loaders.presets import EvalPreset, variant_for
 from alexrepro.nets.alexnet import build_model
 from alexrepro.recipe_reader import load_recipe
 from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint

@@ -307,7 +307,7 @@ def profile_train(
         bench.harness.step(bench.images, bench.labels, count)
 
     benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.run sets it on GPUs
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.build sets it on GPUs
     try:
         with contextlib.ExitStack() as stack:
             if compile_ and dev.type == "cpu":  # inductor's C++ kernels reach the profiler only with this

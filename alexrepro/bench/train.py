@@ -219,7 +219,7 @@ def bench_train(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as `alexrepro train` runs: fixed shapes, cuDNN picks its kernels
     if data is not None:
-        from alexrepro.data.prepared import read_manifest
+        from alexrepro.data.manifest import read_manifest
 
         read_manifest(data)  # before the synthetic timings, not after them
     bench = step_bench(recipe, overrides, batch_size, dev, precision, channels_last, compile_)

@@ -58,12 +58,14 @@ def eval_command(
         )
 
 
-def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:.1f}"
+def _pct(x: float | None, digits: int = 1) -> str:
+    """A percentage as the tables print it; a dash where there is none."""
+    return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _diff(x: float | None) -> str:
-    return "" if x is None else f"{x:+.1f}"
+def _delta(x: float | None, digits: int = 1, missing: str = "") -> str:
+    """A signed difference of percentages; `missing` where there is none."""
+    return missing if x is None else f"{x:+.{digits}f}"
 
 
 def eval_table(report: dict[str, Any]) -> Table:
@@ -86,13 +88,13 @@ def eval_table(report: dict[str, Any]) -> Table:
     t.add_column("model", no_wrap=True)
     for header in ("protocol", "top-1 %", "top-5 %", *(["top-5 test %"] if test_column else []), "Δ"):
         t.add_column(header)
-    t.add_row("[bold]this run[/bold]", paper["protocol"], _fmt(report["top1_error_pct"]),
-              _fmt(report["top5_error_pct"]), *([""] if test_column else []), "")
+    t.add_row("[bold]this run[/bold]", paper["protocol"], _pct(report["top1_error_pct"]),
+              _pct(report["top5_error_pct"]), *([""] if test_column else []), "")
     for row in paper["rows"]:
         comparable = row["model"] == paper["comparable"]
-        diff = f"{_diff(paper['top1_diff_pct'])} / {_diff(paper['top5_diff_pct'])}" if comparable else ""
-        t.add_row(row["model"], row["protocol"], _fmt(row["top1"]), _fmt(row["top5"]),
-                  *([_fmt(row["top5_test"])] if test_column else []), diff, style="bold cyan" if comparable else None)
+        diff = f"{_delta(paper['top1_diff_pct'])} / {_delta(paper['top5_diff_pct'])}" if comparable else ""
+        t.add_row(row["model"], row["protocol"], _pct(row["top1"]), _pct(row["top5"]),
+                  *([_pct(row["top5_test"])] if test_column else []), diff, style="bold cyan" if comparable else None)
     return t
 
 
@@ -103,13 +105,13 @@ def render_published(report: dict[str, Any]) -> None:
                   title=f"{pub['weights']} beside its published accuracy (ILSVRC-2012 val)")
     ours1, ours5 = report["top1_error_pct"], report["top5_error_pct"]
     crops = _crops(report["crops"])
-    table.add_row(f"[bold]this run[/bold] ({crops})", _fmt2(ours1), _fmt2(ours5), _fmt2(_acc(ours1)),
-                  _fmt2(_acc(ours5)))
-    table.add_row(f"published ({_crops(pub['crops'])})", _fmt2(pub["top1_error_pct"]), _fmt2(pub["top5_error_pct"]),
-                  _fmt2(pub["top1_acc_pct"]), _fmt2(pub["top5_acc_pct"]))
+    table.add_row(f"[bold]this run[/bold] ({crops})", _pct(ours1, 2), _pct(ours5, 2), _pct(_acc(ours1), 2),
+                  _pct(_acc(ours5), 2))
+    table.add_row(f"published ({_crops(pub['crops'])})", _pct(pub["top1_error_pct"], 2), _pct(pub["top5_error_pct"], 2),
+                  _pct(pub["top1_acc_pct"], 2), _pct(pub["top5_acc_pct"], 2))
     if pub["same_protocol"]:  # Δ only between the same protocol
-        table.add_row("Δ this run − published", _diff2(pub["top1_diff_pct"]), _diff2(pub["top5_diff_pct"]), "", "",
-                      style="bold cyan")
+        table.add_row("Δ this run − published", _delta(pub["top1_diff_pct"], 2, "—"),
+                      _delta(pub["top5_diff_pct"], 2, "—"), "", "", style="bold cyan")
     console.print(table)
     console.print(f"published: {pub['reference']}; {pub['protocol']}", soft_wrap=True)
     console.print(f"this run: {crops} of {report['out']} ({report['split']}), prepared with --resize "
@@ -124,14 +126,6 @@ def _crops(n: int) -> str:
 
 def _acc(error: float | None) -> float | None:
     return None if error is None else 100.0 - error
-
-
-def _fmt2(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
-def _diff2(x: float | None) -> str:
-    return "—" if x is None else f"{x:+.2f}"
 
 
 @app.command("predict")

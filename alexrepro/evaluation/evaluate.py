@@ -2,7 +2,7 @@
 
 `run_evaluation` is the entry point (here, in spawned processes, or under torchrun, as training's
 `run_training`). The test-time variants are named functions chosen by name
-(`alexrepro.evaluation.test_time.TEST_TIME`), their views the preset's (`alexrepro.loaders.presets`).
+(`alexrepro.evaluation.variants.TEST_TIME`), their views the preset's (`alexrepro.loaders.presets`).
 On several processes (torch.distributed; NCCL on GPUs, gloo on CPUs) each rank scores its slice of
 every global batch (`alexrepro.loaders.order`); the tallies are summed and the total is checked
 against the split's size, so no image is dropped or counted twice. The report: `report.py`.
@@ -25,8 +25,8 @@ from alexrepro.evaluation.members import check_classes, load_members
 from alexrepro.evaluation.metrics import ErrorCounts, topk_classes
 from alexrepro.evaluation.options import EvalOptions, check_options
 from alexrepro.evaluation.report import PREDICTIONS_K, make_report, write_per_class, write_predictions
-from alexrepro.evaluation.test_time import predict_ensemble
-from alexrepro.loaders.presets import saved_mean
+from alexrepro.evaluation.variants import predict_ensemble
+from alexrepro.loaders.colour import saved_mean
 from alexrepro.runtime import resolve_device
 from alexrepro.topk import TOP_KS
 
@@ -95,7 +95,7 @@ def score_batches(
 # --------------------------------------------------------------------------------------------- the run
 def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Score a split with one checkpoint or an ensemble and return the report (all ranks get it)."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.loaders import make_loader
     from alexrepro.progress import make_progress
 
@@ -161,7 +161,7 @@ def run_evaluation(opts: EvalOptions, show_progress: bool = True) -> dict[str, A
     show_progress is for the spawned processes (eval --json hides their bar); in this process the
     bar is always drawn, on stderr.
     """
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.distributed import launch, torchrun_env
     from alexrepro.locking import command_line
     from alexrepro.signals import Stopped

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour, saved_mean, variant_for
+from alexrepro.loaders.colour import MeanImage, make_colour, saved_mean
+from alexrepro.loaders.presets import EvalPreset, variant_for
 from alexrepro.training.checkpoint import Checkpoint
 
 
@@ -51,7 +52,7 @@ def predict_files(
     from alexrepro.data.imaging import BadImage
     from alexrepro.evaluation.classes import class_fields
     from alexrepro.evaluation.metrics import topk_classes
-    from alexrepro.evaluation.test_time import TEST_TIME
+    from alexrepro.evaluation.variants import TEST_TIME
     from alexrepro.runtime import resolve_device
     from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
 

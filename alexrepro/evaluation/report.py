@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from alexrepro.atomic import atomic_write_text
 from alexrepro.evaluation.classes import class_fields
 from alexrepro.evaluation.metrics import ErrorCounts
-from alexrepro.evaluation.test_time import TEST_TIME
+from alexrepro.evaluation.variants import TEST_TIME
 from alexrepro.topk import TOP_KS
 
 if TYPE_CHECKING:

@@ -102,15 +102,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) -> str:
+def index_key(loaded: Loaded, out: Path, split: str, indices: np.ndarray) -> str:
     """The cache key: what the index's vectors depend on, as canonical JSON."""
-    from alexrepro.data.prepared import manifest_path
+    from alexrepro.data.manifest import manifest_path
 
     d = loaded.recipe.data
     key = {
         "version": INDEX_VERSION,
         "checkpoint": {"size": loaded.path.stat().st_size, "sha256": file_sha256(loaded.path)},
-        "set": {"path": str(Path(out_set).resolve()), "manifest_sha256": file_sha256(manifest_path(out_set))},
+        "set": {"path": str(Path(out).resolve()), "manifest_sha256": file_sha256(manifest_path(out))},
         "split": split,
         "dtype": np.dtype(INDEX_DTYPE).name,
         "indices_sha256": hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest(),
@@ -153,20 +153,20 @@ def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.
         f.attrs["split"] = dataset.split
 
 
-def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size: int, colour: Colour,
+def ensure_index(run_dir: Path, loaded: Loaded, out: Path, split: str, size: int, colour: Colour,
                  device: torch.device, batch_size: int) -> tuple[Path, bool]:
     """(the index file, whether it was reused): reuse RUN/fc7-index-<split>.h5 when its key matches, else build it."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
 
-    dataset = open_split(out_set, split)
+    dataset = open_split(out, split)
     indices = index_indices(len(dataset), size)
     if len(indices) == 0:
-        raise UserError(f"{out_set} split {split!r} holds no images to search; prepare it again")
+        raise UserError(f"{out} split {split!r} holds no images to search; prepare it again")
     if len(indices) < len(dataset):
         console.print(f"indexing {len(indices):,} of {len(dataset):,} {split} images, evenly spaced "
                       "(--index-size 0 indexes all)")
     path = index_path(run_dir, split)
-    key = index_key(loaded, out_set, split, indices)
+    key = index_key(loaded, out, split, indices)
     if path.is_file():
         try:
             with h5py.File(path, "r") as f:
@@ -181,12 +181,12 @@ def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size:
 
 
 def draw_neighbors(
-    target: str | os.PathLike[str], out_set: str | os.PathLike[str], queries: int = 5, k: int = 6,
+    target: str | os.PathLike[str], out: str | os.PathLike[str], queries: int = 5, k: int = 6,
     split: str = "val", index_split: str = "train", index_size: int = DEFAULT_INDEX_SIZE, seed: int = 0,
-    out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
+    png: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
 ) -> dict[str, Any]:
     """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.runtime import resolve_device
 
     if not 1 <= queries <= 32:
@@ -196,16 +196,16 @@ def draw_neighbors(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run, ckpt_path = resolve_run(target)
-    fig_path = figure_path(run, f"neighbors-{split}.png", out)
+    fig_path = figure_path(run, f"neighbors-{split}.png", png)
     dev = resolve_device(device)
-    out_set = Path(out_set)
-    query_set = open_split(out_set, split)
-    train_set = open_split(out_set, index_split)
+    out = Path(out)
+    query_set = open_split(out, split)
+    train_set = open_split(out, index_split)
     loaded = load_net(ckpt_path, dev)
-    check_same_classes(loaded, train_set.classes, out_set)
+    check_same_classes(loaded, train_set.classes, out)
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
-    colour = input_colour(loaded, out_set, dev)
-    path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, colour, dev, batch_size)
+    colour = input_colour(loaded, out, dev)
+    path_idx, reused = ensure_index(run, loaded, out, index_split, index_size, colour, dev, batch_size)
 
     q_idx = pick_indices(len(query_set), queries, seed)
     q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, colour, dev, batch_size), strict=True)

@@ -50,24 +50,24 @@ def top_classes(probs: torch.Tensor, k: int = TOP) -> tuple[np.ndarray, np.ndarr
 
 
 def draw_predictions(
-    target: str | os.PathLike[str], out_set: str | os.PathLike[str], n: int = 8, split: str = "val",
-    seed: int = 0, out: str | os.PathLike[str] | None = None, device: str = "auto",
+    target: str | os.PathLike[str], out: str | os.PathLike[str], n: int = 8, split: str = "val",
+    seed: int = 0, png: str | os.PathLike[str] | None = None, device: str = "auto",
 ) -> dict[str, Any]:
     """Write the top-5 figure for n images of a split; returns {"path", "images": [{"index", "label", "top5"}]}."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.runtime import resolve_device
 
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
     run, ckpt_path = resolve_run(target)
-    fig_path = figure_path(run, f"predictions-{split}.png", out)
+    fig_path = figure_path(run, f"predictions-{split}.png", png)
     dev = resolve_device(device)
-    dataset = open_split(out_set, split)
+    dataset = open_split(out, split)
     loaded = load_net(ckpt_path, dev)
-    check_same_classes(loaded, dataset.classes, Path(out_set))
+    check_same_classes(loaded, dataset.classes, Path(out))
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
     indices = pick_indices(len(dataset), n, seed)
-    colour = input_colour(loaded, Path(out_set), dev)
+    colour = input_colour(loaded, Path(out), dev)
     x, patches, labels = next(iter_center_batches(dataset, indices, loaded.recipe.data, colour, dev, len(indices)))
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x).float(), dim=1)

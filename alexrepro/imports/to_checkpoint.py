@@ -113,7 +113,7 @@ def import_classes(num_classes: int, manifest: Any, opts: ImportOptions) -> tupl
 
 def import_stats(imported: ImportedWeights, opts: ImportOptions) -> tuple[dict[str, Any] | None, str | None]:
     """(the colour statistics the checkpoint carries, where they came from) for the recipe's mean."""
-    from alexrepro.data.prepared import STATS, Stats, read_stats
+    from alexrepro.data.stats_file import STATS, Stats, read_stats
     from alexrepro.training.checkpoint import stats_payload
 
     if imported.data.mean == "channel-std":

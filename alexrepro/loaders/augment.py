@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.data.shards import IMAGE_SIZE
 
 if TYPE_CHECKING:  # torch is imported lazily so that DALI's worker processes stay light
     import torch

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from alexrepro import lifetime
-from alexrepro.data.prepared import SplitDataset
+from alexrepro.data.split import SplitDataset
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import BatchPlan, rank_batch
 from alexrepro.recipe import DataConfig

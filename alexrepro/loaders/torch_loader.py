@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from alexrepro import lifetime
-from alexrepro.data.prepared import SplitDataset
+from alexrepro.data.split import SplitDataset
 from alexrepro.loaders.augment import CropParams, crop_flip, finish_batch, resize_image
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.batch_read import decoded, read_batch

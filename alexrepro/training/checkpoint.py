@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from alexrepro.atomic import atomic_path, described_write_errors
-from alexrepro.data.prepared import Stats
+from alexrepro.data.stats_file import Stats
 from alexrepro.errors import UserError
 from alexrepro.progress import console
 from alexrepro.recipe import Recipe

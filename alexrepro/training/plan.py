@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexrepro.data.prepared import open_split
+from alexrepro.data.split import open_split
 from alexrepro.distributed import resolve_launch, torchrun_env
 from alexrepro.errors import UserError
 from alexrepro.locking import command_args

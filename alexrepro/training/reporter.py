@@ -1,6 +1,6 @@
 """What a training run tells while it runs, behind one object: `RunReporter`.
 
-The run folder's metrics.jsonl and log.txt (rank 0, through RunLog), the progress bar on stderr,
+The run folder's metrics.jsonl and log.txt (rank 0, through run_folder.RunLog), the progress bar on stderr,
 TensorBoard scalars (--tensorboard) and the paper-init stall warning. The training loop hands it
 each step's tally (a device tensor, never read here between log points) and the records to write.
 """
@@ -16,8 +16,24 @@ import torch
 from alexrepro.errors import UserError
 from alexrepro.progress import console, make_progress
 from alexrepro.recipe import Recipe
-from alexrepro.training.runlog import RunLog, epoch_line, val_line
+from alexrepro.training.run_folder import RunLog
 from alexrepro.training.watchdog import StallWatch, stall_message
+
+
+def epoch_line(epoch: int, i: int, n: int, loss: float, top1: float, top5: float, lr: float, ips: float) -> str:
+    """torchvision's reference log line: Epoch: [e][i/N] loss acc@1 acc@5 (accuracies in %)."""
+    width = len(str(n))
+    return (
+        f"Epoch: [{epoch}][{i:>{width}}/{n}]  lr {lr:.6g}  loss {loss:.4f}  "
+        f"acc@1 {top1:6.2f}  acc@5 {top5:6.2f}  img/s {ips:,.1f}"
+    )
+
+
+def val_line(record: dict[str, Any], next_lr: float) -> str:
+    """The log line of an epoch's validation (an epoch record of metrics.jsonl); the new lr when it was cut."""
+    return (f"Epoch: [{record['epoch']}] val  top-1 error {100 * record['val_top1_error']:.2f}%  top-5 error "
+            f"{100 * record['val_top5_error']:.2f}%{'  (best)' if record['best'] else ''}"
+            f"{f'  lr -> {next_lr:g}' if record['lr_reduced'] else ''}")
 
 
 def tensorboard_writer(run_dir: Path | None):  # noqa: ANN201
