@@ -50,12 +50,6 @@ class BadImage(Exception):
     """A source file that cannot become a stored image; the message is the reason (one line)."""
 
 
-def scaled_size(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float]:
-    """The image's size once its shorter side is `size` (§2), unrounded."""
-    scale = size / min(width, height)
-    return width * scale, height * scale
-
-
 def center_crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float, float, float]:
     """The source region that becomes the central size×size patch after §2's rescale (unrounded).
 

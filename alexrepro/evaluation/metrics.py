@@ -41,20 +41,6 @@ def average_ensemble(member_probs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(member_probs)).mean(dim=0)
 
 
-def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean (N,): the true class is among the k highest scores (ties count against it)."""
-    check_k(k, scores.shape[-1])
-    return true_class_rank(scores, labels) < k
-
-
-def topk_error(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """The fraction of images whose true class is not among the k highest scores."""
-    correct = topk_correct(scores, labels, k)
-    if correct.numel() == 0:
-        raise ValueError("top-k error of zero images is undefined")
-    return 1.0 - correct.float().mean().item()
-
-
 def topk_classes(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k highest scores per row, highest first; k capped at the class count."""
     k = min(k, scores.shape[-1])

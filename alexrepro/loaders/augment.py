@@ -114,11 +114,6 @@ def eval_params(n: int, image_size: int, crop_size: int) -> CropParams:
     return view_params(center_views(image_size, crop_size), n)
 
 
-def ten_crop_params(n: int, image_size: int, crop_size: int) -> CropParams:
-    """The ten views of each of n images, flattened image-major (N·10 entries)."""
-    return view_params(ten_crop_views(image_size, crop_size), n)
-
-
 def crop_flip(image: np.ndarray, y: int, x: int, crop_size: int, flip: bool) -> np.ndarray:
     """The crop_size² patch at (y, x) of an H×W×C image, mirrored left-right if flip (contiguous)."""
     patch = image[y : y + crop_size, x : x + crop_size]
