@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexrepro.atomic import atomic_write_json, writable_folder
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_write_json, writable_folder
 from alexrepro.progress import console
 
 MARKER = "demo.json"  # a folder holding this was made by the demo and may be replaced by it
@@ -210,11 +210,11 @@ def greyscale_copy(data: Path, dest: Path, split: str = "val") -> Path:
     import numpy as np
     from PIL import Image
 
-    from alexrepro.atomic import atomic_write_bytes
     from alexrepro.data.manifest import read_manifest, write_manifest
     from alexrepro.data.shards import write_shard
     from alexrepro.data.split import open_split
     from alexrepro.data.stats_file import STATS
+    from alexrepro.process.atomic import atomic_write_bytes
 
     manifest = read_manifest(data)
     dataset = open_split(data, split)

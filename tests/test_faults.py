@@ -28,8 +28,8 @@ from alexrepro.data.manifest import read_manifest
 from alexrepro.data.options import PrepOptions
 from alexrepro.data.prep import prep
 from alexrepro.errors import UserError
-from alexrepro.lifetime import ORPHAN_EXIT
-from alexrepro.locking import LOCK_FILE, FolderLock, read_holder
+from alexrepro.process.lifetime import ORPHAN_EXIT
+from alexrepro.process.locking import LOCK_FILE, FolderLock, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 4  # images per shard: many shards from the small synth tree
@@ -278,7 +278,7 @@ def test_a_prep_worker_killed_alone_fails_the_prep_in_one_line(synth_src, hooks,
 def test_a_prep_worker_whose_parent_is_gone_writes_nothing(tmp_path):
     """The check before each write, which also covers systems without a parent-death signal."""
     target = tmp_path / "written.txt"
-    code = ("import os; from alexrepro import lifetime; from alexrepro.atomic import atomic_write_text; "
+    code = ("import os; from alexrepro.process import lifetime; from alexrepro.process.atomic import atomic_write_text; "
             f"lifetime.bind_to_parent(os.getppid() + 10**6); atomic_write_text({str(target)!r}, 'late')")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == ORPHAN_EXIT
@@ -381,7 +381,7 @@ def test_the_lock_record_is_json_with_pid_host_command_and_since(tmp_path):
 
 
 def test_stop_on_signals_raises_at_once_or_only_records_and_restores_the_handlers():
-    from alexrepro.signals import Stopped, stop_on_signals
+    from alexrepro.process.signals import Stopped, stop_on_signals
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped) as e, stop_on_signals():
@@ -397,7 +397,7 @@ def test_stop_on_signals_raises_at_once_or_only_records_and_restores_the_handler
 
 
 def test_a_second_signal_ends_the_process_at_once(tmp_path):
-    code = ("import os, signal; from alexrepro.signals import stop_on_signals\n"
+    code = ("import os, signal; from alexrepro.process.signals import stop_on_signals\n"
             "with stop_on_signals(at_once=False):\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
@@ -410,7 +410,7 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path):
 
 def test_a_forked_child_keeps_the_handling_it_had():
     """A DataLoader worker forked inside the block gets KeyboardInterrupt on SIGINT, as it would without it."""
-    from alexrepro.signals import stop_on_signals
+    from alexrepro.process.signals import stop_on_signals
 
     with stop_on_signals() as request:
         pid = os.fork()

@@ -41,8 +41,8 @@ from test_train import make_set
 from alexrepro.cli import main
 from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError
-from alexrepro.locking import LOCK_FILE, FolderLock, read_holder
-from alexrepro.signals import Stopped
+from alexrepro.process.locking import LOCK_FILE, FolderLock, read_holder
+from alexrepro.process.signals import Stopped
 from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 from alexrepro.training.stopping import resume_command

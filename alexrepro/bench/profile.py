@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from alexrepro.atomic import atomic_write_bytes, writable_file
 from alexrepro.bench.machine import machine_info
 from alexrepro.bench.train import check_step_options, step_bench
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_write_bytes, writable_file
 from alexrepro.progress import make_progress
 from alexrepro.runtime import resolve_device, synchronize
 

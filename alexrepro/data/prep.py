@@ -7,8 +7,8 @@ that no longer reads, or whose counts disagree, is made again). Until the manife
 OUT/.prep.json records what is being prepared, so a different source or different options are refused
 instead of being mixed in (alexrepro.data.prep_state).
 
-One prep at a time writes into OUT (alexrepro.locking). Its workers end with it however it ends
-(alexrepro.lifetime) and never write after; SIGINT or SIGTERM stops it at once, keeping the complete shards.
+One prep at a time writes into OUT (alexrepro.process.locking). Its workers end with it however it ends
+(alexrepro.process.lifetime) and never write after; SIGINT or SIGTERM stops it at once, keeping the complete shards.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any
 
 from rich.progress import Progress
 
-from alexrepro import lifetime
-from alexrepro.atomic import atomic_write_text, described_write_errors, writable_folder
 from alexrepro.data import sources
 from alexrepro.data.imaging import QUIRKS, RESIZE_MODES, BadImage, prepare_and_describe
 from alexrepro.data.manifest import (
@@ -62,9 +60,11 @@ from alexrepro.data.shards import ENCODINGS, IMAGE_SIZE, write_shard
 from alexrepro.data.source_files import printable
 from alexrepro.data.stats_file import STATS
 from alexrepro.errors import UserError
-from alexrepro.locking import command_line, lock_folder
+from alexrepro.process import lifetime
+from alexrepro.process.atomic import atomic_write_text, described_write_errors, writable_folder
+from alexrepro.process.locking import command_line, lock_folder
+from alexrepro.process.signals import Stopped
 from alexrepro.progress import console, make_progress
-from alexrepro.signals import Stopped
 
 
 def available_cores() -> int:

@@ -18,7 +18,6 @@ from typing import Any
 
 import h5py
 
-from alexrepro.atomic import atomic_write_json, atomic_write_text, described_write_errors
 from alexrepro.data import sources
 from alexrepro.data.imaging import QUIRKS
 from alexrepro.data.manifest import CONVERTED, Manifest, PrepRecord, previous_manifest
@@ -26,7 +25,8 @@ from alexrepro.data.options import PrepOptions
 from alexrepro.data.shards import IMAGE_SIZE
 from alexrepro.data.source_files import printable
 from alexrepro.errors import UserError
-from alexrepro.locking import LOCK_FILE
+from alexrepro.process.atomic import atomic_write_json, atomic_write_text, described_write_errors
+from alexrepro.process.locking import LOCK_FILE
 
 PREP_STATE = ".prep.json"  # what an unfinished prep in OUT is preparing (removed once the manifest lands)
 UNRECORDED = {"resize": "shorter-side"}  # identity keys older preps did not record: what they did

@@ -3,7 +3,7 @@
 Both are exact sums streamed over the stored images (decoded as stored), parallel over chunks
 of shards in a process pool; partial sums are integers, so the result does not depend on the
 number of workers or the order in which chunks finish. The pool's workers end with their parent
-(alexrepro.lifetime) and write nothing; `alexrepro pca` holds OUT's lock (alexrepro.locking) while it runs.
+(alexrepro.process.lifetime) and write nothing; `alexrepro pca` holds OUT's lock (alexrepro.process.locking) while it runs.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro import lifetime
-from alexrepro.atomic import described_write_errors, writable_folder
 from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
 from alexrepro.errors import UserError
-from alexrepro.locking import command_line, lock_folder
+from alexrepro.process import lifetime
+from alexrepro.process.atomic import described_write_errors, writable_folder
+from alexrepro.process.locking import command_line, lock_folder
+from alexrepro.process.signals import Stopped
 from alexrepro.progress import make_progress
-from alexrepro.signals import Stopped
 
 # Published ImageNet PCA (fb.resnet.torch, datasets/imagenet.lua `pca`), pixels on [0, 1]:
 # eigenvalues descending; eigenvector matrix with rows R, G, B and one eigenvector per column

@@ -36,13 +36,6 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from alexrepro.atomic import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    temp_name,
-    writable_folder,
-)
 from alexrepro.data.options import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
 from alexrepro.data.synth_images import (
     DISTINCT_FAMILIES,
@@ -53,6 +46,13 @@ from alexrepro.data.synth_images import (
     sample_size,
 )
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    temp_name,
+    writable_folder,
+)
 from alexrepro.progress import make_progress
 
 GENERATOR = "alexrepro synth"

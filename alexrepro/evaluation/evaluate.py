@@ -163,8 +163,8 @@ def run_evaluation(opts: EvalOptions, show_progress: bool = True) -> dict[str, A
     """
     from alexrepro.data.split import open_split
     from alexrepro.distributed import launch, torchrun_env
-    from alexrepro.locking import command_line
-    from alexrepro.signals import Stopped
+    from alexrepro.process.locking import command_line
+    from alexrepro.process.signals import Stopped
 
     check_options(opts)  # before spawning opts.procs processes
     open_split(opts.out, opts.split)  # the set's counts and labels checked before any work, too

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alexrepro.atomic import writable_file
 from alexrepro.errors import UserError
 from alexrepro.loaders import KINDS, kinds_text
 from alexrepro.loaders.presets import TEN_CROPS, variant_for
+from alexrepro.process.atomic import writable_file
 from alexrepro.runtime import resolve_device
 
 

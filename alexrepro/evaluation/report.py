@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alexrepro.atomic import atomic_write_text
 from alexrepro.evaluation.classes import class_fields
 from alexrepro.evaluation.metrics import ErrorCounts
 from alexrepro.evaluation.variants import TEST_TIME
+from alexrepro.process.atomic import atomic_write_text
 from alexrepro.topk import TOP_KS
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
-from alexrepro.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.errors import UserError  # noqa: E402
 from alexrepro.loaders.augment import Colour  # noqa: E402
+from alexrepro.process.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
 from alexrepro.training.checkpoint import Checkpoint  # noqa: E402
 

@@ -21,7 +21,6 @@ import h5py
 import numpy as np
 import torch
 
-from alexrepro.atomic import atomic_path, writable_file
 from alexrepro.errors import UserError
 from alexrepro.figures.common import (
     Loaded,
@@ -38,6 +37,7 @@ from alexrepro.figures.common import (
     save_figure,
 )
 from alexrepro.loaders.augment import Colour
+from alexrepro.process.atomic import atomic_path, writable_file
 from alexrepro.progress import console, make_progress
 
 INDEX_VERSION = 1

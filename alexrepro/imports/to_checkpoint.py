@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro.atomic import writable_file
 from alexrepro.errors import UserError
 from alexrepro.imports.weights import ImportedWeights
+from alexrepro.process.atomic import writable_file
 
 FORMATS = ("caffe", "torchvision")
 IMAGENET_CLASSES = 1000  # ILSVRC-2012's classes, what both published files were trained on

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexrepro.atomic import atomic_path, described_write_errors
 from alexrepro.data.stats_file import Stats
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_path, described_write_errors
 from alexrepro.progress import console
 from alexrepro.recipe import Recipe
 from alexrepro.recipe_reader import recipe_from_dict

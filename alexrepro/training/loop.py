@@ -23,8 +23,8 @@ import torch
 
 from alexrepro import distributed
 from alexrepro.errors import WorkFailed
+from alexrepro.process.signals import Stopped, StopRequest, signal_name, stop_on_signals
 from alexrepro.progress import console
-from alexrepro.signals import Stopped, StopRequest, signal_name, stop_on_signals
 from alexrepro.topk import true_class_rank
 from alexrepro.training import checkpoint
 from alexrepro.training.build import Run, RunState, build_run
@@ -91,7 +91,7 @@ def _process(plan: TrainPlan) -> dict[str, Any]:
 def train(plan: TrainPlan, info: distributed.DistInfo, request: StopRequest | None = None) -> dict[str, Any]:
     """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary.
 
-    `request` records stop signals (alexrepro.signals): the run then stops after the step every rank agrees
+    `request` records stop signals (alexrepro.process.signals): the run then stops after the step every rank agrees
     on, with a checkpoint, raising Stopped.
     """
     run, state = build_run(plan, info, started=time.time())

@@ -14,7 +14,7 @@ from pathlib import Path
 from alexrepro.data.split import open_split
 from alexrepro.distributed import resolve_launch, torchrun_env
 from alexrepro.errors import UserError
-from alexrepro.locking import command_args
+from alexrepro.process.locking import command_args
 from alexrepro.recipe import Recipe, diff_recipes
 from alexrepro.recipe_reader import apply_overrides, load_recipe
 from alexrepro.training.checkpoint import (

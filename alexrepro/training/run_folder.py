@@ -1,6 +1,6 @@
 """The run folder: one run's, held by one process at a time, and what the run records in it.
 
-`claim_run_folder(RUN)` holds RUN's lock (alexrepro.locking: a second `train` into it exits 2 naming the
+`claim_run_folder(RUN)` holds RUN's lock (alexrepro.process.locking: a second `train` into it exits 2 naming the
 holder) for the whole run, and removes RUN again if this claim created it and a refusal left it empty.
 A new run in a folder that holds an earlier run's metrics or checkpoints (even damaged ones) needs
 `--force`, which first moves the earlier run's files into RUN/previous-<time>/ (`keep_aside`).
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 import alexrepro
-from alexrepro.atomic import atomic_write_json, atomic_write_text, writable_folder
 from alexrepro.errors import UserError
-from alexrepro.locking import LOCK_FILE, FolderLock
+from alexrepro.process.atomic import atomic_write_json, atomic_write_text, writable_folder
+from alexrepro.process.locking import LOCK_FILE, FolderLock
 from alexrepro.recipe import Recipe, recipe_to_toml
 from alexrepro.training.checkpoint import checkpoint_dir
 

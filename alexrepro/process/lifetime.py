@@ -3,7 +3,7 @@
 A worker calls `bind_to_parent(parent_pid)` first thing (pool initializers: `init_worker`; `worker_pool` is a
 process pool whose workers do). On Linux that
 arms the parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL): the kernel kills the worker the moment its
-parent dies. Everywhere, `exit_if_orphaned()` before each write (alexrepro.atomic calls it before creating a
+parent dies. Everywhere, `exit_if_orphaned()` before each write (alexrepro.process.atomic calls it before creating a
 file and again before the rename that publishes it) ends a worker whose parent is gone, so nothing is
 written after the parent's death even where the signal is not available.
 """
