@@ -351,13 +351,7 @@ def _finish(
         notes=list(source.notes),
         prep=record,
     )
-    rows = [(f.path, f.reason) for sp in manifest.splits.values() for f in sp.skipped_files]
-    write_rows(out / SKIPPED, rows, header="path\treason\n")
-    with described_write_errors(out / CONVERTED, RESUME_HINT):
-        atomic_write_text(out / CONVERTED, "split\tpath\tquirks\n" + "".join(
-            f"{sp}\t{clean_field(k)}\t{clean_field(v)}\n" for sp, k, v in converted))
-    with described_write_errors(out / MANIFEST, RESUME_HINT):
-        write_manifest(out, manifest)
+    write_records(out, manifest, converted)
     summary["skipped"] = manifest.skipped
     summary["classes"] = len(source.classes)
     summary["quirks"] = {
@@ -365,3 +359,14 @@ def _finish(
         for kind, n in count_kinds([v for _, _, v in converted]).items()
     }
     return summary
+
+
+def write_records(out: Path, manifest: Manifest, converted: list[tuple[str, str, str]]) -> None:
+    """skipped.tsv, converted.tsv (rows of split, path, kinds) and, last, manifest.json, which completes the set."""
+    rows = [(f.path, f.reason) for sp in manifest.splits.values() for f in sp.skipped_files]
+    write_rows(out / SKIPPED, rows, header="path\treason\n")
+    with described_write_errors(out / CONVERTED, RESUME_HINT):
+        atomic_write_text(out / CONVERTED, "split\tpath\tquirks\n" + "".join(
+            f"{sp}\t{clean_field(k)}\t{clean_field(v)}\n" for sp, k, v in converted))
+    with described_write_errors(out / MANIFEST, RESUME_HINT):
+        write_manifest(out, manifest)

@@ -227,14 +227,9 @@ def draw_neighbors(
     for r in range(queries):
         q_patch = _patch(loaded, query_set, int(q_idx[r]))
         _show(axes[r][0], q_patch, f"query: {names[int(q_labels[r])]}", "black", bold=True)
-        hits = []
-        for j in range(k):
-            i = int(set_indices[rows[r, j]])
-            lab = int(index_labels[rows[r, j]])
-            patch = _patch(loaded, train_set, i)
-            colour = "tab:green" if lab == int(q_labels[r]) else "tab:red"
-            _show(axes[r][j + 1], patch, f"{names[lab]}  d={dists[r, j]:.3g}", colour)
-            hits.append({"index": i, "label": lab, "distance": float(f"{dists[r, j]:.6g}")})
+        hits = [{"index": int(set_indices[rows[r, j]]), "label": int(index_labels[rows[r, j]]),
+                 "distance": float(f"{dists[r, j]:.6g}")} for j in range(k)]
+        _show_neighbors(axes[r][1:], loaded, train_set, hits, dists[r], int(q_labels[r]), names)
         report.append({"index": int(q_idx[r]), "label": int(q_labels[r]), "neighbors": hits})
     fig.suptitle(f"fc7 nearest neighbours: {split} queries, {index_split} images "
                  "(green: same class as the query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
@@ -245,6 +240,14 @@ def draw_neighbors(
         "queries": report, "width": round(CELL_IN * (k + 1) * fig.dpi),
         "height": round((CELL_IN * queries + TITLE_IN) * fig.dpi),
     }
+
+
+def _show_neighbors(axes: Any, loaded: Loaded, train_set: Any, hits: list[dict[str, Any]], dists: np.ndarray,
+                    query_label: int, names: list[str]) -> None:
+    """One query's neighbours, nearest first: green where the class is the query's, red where not."""
+    for ax, hit, d in zip(axes, hits, dists, strict=True):
+        colour = "tab:green" if hit["label"] == query_label else "tab:red"
+        _show(ax, _patch(loaded, train_set, hit["index"]), f"{names[hit['label']]}  d={d:.3g}", colour)
 
 
 def _patch(loaded: Loaded, dataset: Any, i: int) -> np.ndarray:

@@ -87,20 +87,7 @@ def draw_predictions(
         ax_img.set_axis_off()
         y = int(labels[j])
         ax_img.set_title(names[y], fontsize=10, fontweight="bold")
-        ax_bar = fig.add_subplot(cell[1])
-        k = len(top[j])
-        colours = [TRUE_COLOUR if int(cls) == y else OTHER_COLOUR for cls in top[j]]
-        ax_bar.barh(np.arange(k), top_p[j], color=colours, alpha=0.45)
-        for row, cls in enumerate(top[j]):  # names inside the bars, as in Figure 4, so none is cut off
-            true = int(cls) == y
-            ax_bar.text(0.02, row, names[int(cls)], va="center", fontsize=8,
-                        color=TRUE_COLOUR if true else "black", fontweight="bold" if true else "normal")
-        ax_bar.set_yticks([])
-        ax_bar.invert_yaxis()  # most probable on top, as in Figure 4
-        ax_bar.set_xlim(0, 1)
-        ax_bar.tick_params(axis="x", labelsize=7)
-        if y not in top[j]:
-            ax_bar.set_xlabel("true class not in top 5", fontsize=7, color=TRUE_COLOUR)
+        _draw_bars(fig.add_subplot(cell[1]), top[j], top_p[j], y, names)
         report.append({
             "index": int(indices[j]), "label": y, "name": names[y], "top5": [int(t) for t in top[j]],
             "prob": [round(float(p), 6) for p in top_p[j]], "top1_correct": bool(top[j][0] == y),
@@ -111,3 +98,19 @@ def draw_predictions(
         "path": str(path), "checkpoint": str(ckpt_path), "split": split, "seed": seed, "images": report,
         "width": round(w_in * fig.dpi), "height": round(h_in * fig.dpi),
     }
+
+
+def _draw_bars(ax: Any, top: np.ndarray, top_p: np.ndarray, label: int, names: list[str]) -> None:
+    """One image's top classes as bars, most probable on top, the true class in its colour."""
+    colours = [TRUE_COLOUR if int(cls) == label else OTHER_COLOUR for cls in top]
+    ax.barh(np.arange(len(top)), top_p, color=colours, alpha=0.45)
+    for row, cls in enumerate(top):  # names inside the bars, as in Figure 4, so none is cut off
+        true = int(cls) == label
+        ax.text(0.02, row, names[int(cls)], va="center", fontsize=8,
+                color=TRUE_COLOUR if true else "black", fontweight="bold" if true else "normal")
+    ax.set_yticks([])
+    ax.invert_yaxis()  # most probable on top, as in Figure 4
+    ax.set_xlim(0, 1)
+    ax.tick_params(axis="x", labelsize=7)
+    if label not in top:
+        ax.set_xlabel("true class not in top 5", fontsize=7, color=TRUE_COLOUR)
