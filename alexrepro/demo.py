@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexrepro.atomic import atomic_write_json, writable_folder
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_write_json, writable_folder
 from alexrepro.progress import console
 
 MARKER = "demo.json"  # a folder holding this was made by the demo and may be replaced by it
@@ -60,7 +60,7 @@ def _prepare_folder(folder: Path) -> None:
 def check_options(opts: DemoOptions) -> None:
     """UserError for sizes the demo cannot run with, before anything is written."""
     from alexrepro.data.synth import check_args
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     check_args(opts.classes, opts.train_per_class, opts.val_per_class, opts.seed, 100, 800)
     if opts.epochs is not None and opts.epochs < 1:
@@ -90,7 +90,7 @@ class Stages:
 
 def train_overrides(opts: DemoOptions, n_train: int) -> list[str]:
     """The recipe overrides the demo trains with: its seed and classes, and sizes that fit its small set."""
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     overrides = [f"run.seed={opts.seed}", f"model.num_classes={opts.classes}", "data.loader=torch"]
     batch = load_recipe(opts.recipe).optim.batch_size
@@ -123,10 +123,12 @@ def draw_figures(run: Path, data: Path, prepared: dict[str, Any]) -> dict[str, s
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run every stage in `opts.folder` and return the closing summary."""
-    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
     from alexrepro.data.stats import compute_pca
     from alexrepro.data.synth import make_synthetic
-    from alexrepro.evaluation.evaluate import EvalOptions, evaluate
+    from alexrepro.evaluation.evaluate import evaluate
+    from alexrepro.evaluation.options import EvalOptions
     from alexrepro.training.loop import TrainOptions, run_training
 
     check_options(opts)
@@ -208,11 +210,11 @@ def greyscale_copy(data: Path, dest: Path, split: str = "val") -> Path:
     import numpy as np
     from PIL import Image
 
-    from alexrepro.atomic import atomic_write_bytes
     from alexrepro.data.manifest import read_manifest, write_manifest
     from alexrepro.data.shards import write_shard
     from alexrepro.data.split import open_split
     from alexrepro.data.stats_file import STATS
+    from alexrepro.process.atomic import atomic_write_bytes
 
     manifest = read_manifest(data)
     dataset = open_split(data, split)

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from alexrepro import lifetime
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.signals import Stopped, stop_on_signals
+from alexrepro.process import lifetime
+from alexrepro.process.signals import Stopped, stop_on_signals
 
 FAILED_RANK_GRACE = 5.0  # s the other ranks get to end on their own when one fails, before SIGTERM, then SIGKILL
 

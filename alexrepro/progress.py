@@ -45,8 +45,9 @@ class StatusColumn(ProgressColumn):
         return Text(str(task.fields.get("status", "")))
 
 
-def make_progress(transient: bool = False) -> Progress:
-    """A progress display with count, rate and ETA, written to stderr."""
+def make_progress(transient: bool = False, show: bool = True) -> Progress:
+    """A progress display with count, rate and ETA on stderr: `with make_progress(show=...) as bar:` starts it
+    and stops it however the block ends. With `show` False it draws nothing; its tasks still count."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -59,6 +60,7 @@ def make_progress(transient: bool = False) -> Progress:
         StatusColumn(),
         console=console,
         transient=transient,
+        disable=not show,
     )
 
 

@@ -19,8 +19,8 @@ from alexrepro.loaders.augment import (
     mean_image_for,
     resize_image,
     resize_mean,
-    ten_crop_params,
     ten_crop_views,
+    view_params,
 )
 from alexrepro.recipe import DataConfig
 
@@ -39,8 +39,8 @@ def test_ten_crop_views_equal_torchvision_tencrop(size, crop):
     np.testing.assert_array_equal(crop_flip(image, c, c, crop, False), np.asarray(CenterCrop(crop)(Image.fromarray(image))))
 
 
-def test_ten_crop_params_repeat_the_views_per_image():
-    p = ten_crop_params(3, 256, 224)
+def test_view_params_repeat_the_ten_views_per_image():
+    p = view_params(ten_crop_views(256, 224), 3)
     assert len(p) == 30
     assert [(int(p.y[k]), int(p.x[k]), bool(p.flip[k])) for k in range(10, 20)] == ten_crop_views(256, 224)
     assert not p.alpha.any()
@@ -127,7 +127,7 @@ def test_finish_batch_channels_last_and_ten_crop_shapes():
     assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a, b) and torch.equal(a, crops.permute(0, 3, 1, 2).float())
     ten = torch.from_numpy(rng.integers(0, 256, (2, 10, 4, 4, 3), dtype=np.uint8))
-    out = finish_batch(ten, ten_crop_params(2, 10, 4), _colour(mean, False), torch.device("cpu"))
+    out = finish_batch(ten, view_params(ten_crop_views(10, 4), 2), _colour(mean, False), torch.device("cpu"))
     assert out.shape == (2, 10, 3, 4, 4)
     assert torch.equal(out[1, 3], ten[1, 3].permute(2, 0, 1).float())
 
@@ -156,7 +156,8 @@ def test_eval_preset_is_torchvisions_resize_then_crops_minus_the_mean(variant):
     """The test-time preset = torchvision's Resize((S, S)) then CenterCrop / TenCrop, minus the mean cut alike."""
     from torchvision.transforms import Resize
 
-    from alexrepro.loaders.presets import EvalPreset, mean_colour
+    from alexrepro.loaders.colour import mean_colour
+    from alexrepro.loaders.presets import EvalPreset
 
     images = [structured_image(i) for i in (1, 2)]
     preset = EvalPreset(128, 112, variant)

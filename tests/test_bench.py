@@ -10,7 +10,8 @@ import pytest
 
 from alexrepro.bench.train import bench_train, time_interleaved
 from alexrepro.cli import main
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.data.stats import compute_pca
 
 
@@ -53,7 +54,7 @@ def test_bench_train_reports_every_loop_and_the_ceiling(prepared):
     assert 1 + r["overhead_vs_plain"] == pytest.approx(ours / plain, rel=2e-3)
     assert r["machine"]["cpu_cores"] >= 1 and r["machine"]["torch"]
     from alexrepro.nets.alexnet import build_model
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     o = r["optimizer"]  # the update alone, three ways over the same parameters
     net = build_model(load_recipe("tiny", ["model.num_classes=4", "model.width=0.125", "model.fc_width=32"]).model,

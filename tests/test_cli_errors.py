@@ -23,8 +23,8 @@ from alexrepro.cli import main
 from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
-from alexrepro.training.checkpoint import save_checkpoint
+from alexrepro.recipe_reader import load_recipe
+from alexrepro.training.checkpoint import Checkpoint, save_checkpoint
 
 NUM_CLASSES = 3  # make_set(labels_are_indices=False) labels i % 3
 SMALL = ["--set", f"model.num_classes={NUM_CLASSES}", "--set", "data.image_size=72", "--set", "data.crop_size=64",
@@ -53,8 +53,7 @@ def _checkpoint(path: Path, classes: int) -> Path:
     torch.manual_seed(0)
     model = build_model(recipe.model, recipe.data.crop_size)
     names = [{"index": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(classes)]
-    save_checkpoint(path, {"model": model.state_dict(), "recipe": recipe.to_dict(), "recipe_name": "tiny",
-                           "classes": names, "epoch": 1, "step": 1})
+    save_checkpoint(path, Checkpoint(model=model.state_dict(), recipe=recipe, classes=names, epoch=1, step=1))
     return path
 
 
@@ -153,9 +152,11 @@ CASES = [
     ("train-epochs-0", ["train", "{data}", "--recipe", "tiny", *SMALL, "--run", "{root}/t1", "--epochs", "0"], 2,
      "schedule.epochs"),
     ("train-device-tpu", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--device", "tpu"], 2, "--device"),
-    ("train-loader-foo", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--loader", "foo"], 2, "--loader"),
+    # --loader and --precision set data.loader and run.precision: the recipe's check names those
+    ("train-loader-foo", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--loader", "foo"], 2,
+     "data.loader must be one of 'auto', 'dali', 'torch', got 'foo'"),
     ("train-precision-fp8", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--precision", "fp8"], 2,
-     "--precision"),
+     "run.precision must be one of 'fp32', 'bf16', 'fp16', got 'fp8'"),
     ("train-parallel-x", ["train", "{data}", "--recipe", "tiny", *SMALL, "--run", "{root}/t1", "--parallel", "x"], 2,
      "--parallel"),
     ("train-resume-nothing", ["train", "{data}", "--recipe", "tiny", "--run", "{root}/t1", "--resume"], 2,

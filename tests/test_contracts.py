@@ -19,13 +19,14 @@ from loader_data import EIGVAL, EIGVEC, N_TRAIN, N_VAL
 
 from alexrepro.data.prepared import open_split, read_stats
 from alexrepro.errors import UserError
-from alexrepro.evaluation.test_time import TEST_TIME
+from alexrepro.evaluation.variants import TEST_TIME
 from alexrepro.loaders import BACKENDS, KINDS, make_loader
 from alexrepro.loaders.augment import draw_train_params
 from alexrepro.loaders.presets import VIEWS
 from alexrepro.nets import NETS, build_net
 from alexrepro.nets.summary import meta_model, summarize, summary_totals
-from alexrepro.recipe import DataConfig, ModelConfig, load_recipe, recipe_from_dict
+from alexrepro.recipe import DataConfig, ModelConfig
+from alexrepro.recipe_reader import load_recipe, recipe_from_dict
 
 CPU = torch.device("cpu")
 K = 10  # classes of the reduced nets
@@ -57,7 +58,7 @@ def test_recipes_accept_exactly_the_registered_names():
 
 
 def test_recipes_and_checkpoints_without_arch_mean_the_papers_net():
-    from alexrepro.training.checkpoint import model_from_checkpoint
+    from alexrepro.training.checkpoint import Checkpoint, model_from_checkpoint
 
     assert ModelConfig().arch == "alexnet" and next(iter(NETS)) == "alexnet"
     old = load_recipe("tiny", ["model.num_classes=10", "data.crop_size=64", "data.image_size=72"]).to_dict()
@@ -67,7 +68,7 @@ def test_recipes_and_checkpoints_without_arch_mean_the_papers_net():
     net = build_net(recipe_from_dict(old).model, 64)
     payload = {"model": net.state_dict(), "recipe": old, "recipe_name": "tiny", "classes": [],
                "epoch": 1, "step": 1}
-    loaded, recipe, _ = model_from_checkpoint(payload)
+    loaded, recipe, _ = model_from_checkpoint(Checkpoint.from_payload(payload))
     assert recipe.model.arch == "alexnet"
     for key, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)

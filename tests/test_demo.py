@@ -50,7 +50,8 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 
 @pytest.mark.parametrize("encoding", ["jpeg", "raw"])
 def test_greyscale_copy_keeps_labels_keys_and_statistics(synth_src, tmp_path, encoding):
-    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
     from alexrepro.data.prepared import STATS, open_split
 
     data = tmp_path / "data"

@@ -56,8 +56,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                                     device="cpu", procs=2, show_progress=False))
     assert two["world_size"] == 2 and two["parallel"] == "data" and two["steps"] == one["steps"]
     assert two["last_val_top1_error"] == pytest.approx(one["last_val_top1_error"])
-    a = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "one") / "last.pt")["model"]
-    b = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "two") / "last.pt")["model"]
+    a = ck.read_checkpoint(ck.checkpoint_dir(tmp_path / "one") / "last.pt").model
+    b = ck.read_checkpoint(ck.checkpoint_dir(tmp_path / "two") / "last.pt").model
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
 
@@ -78,8 +78,8 @@ def test_bf16_channels_last_training_on_cuda(tmp_path):
                                   overrides=SMALL + ["run.precision=bf16", "run.channels_last=true",
                                                      "schedule.epochs=1"], show_progress=False))
     assert s["devices"] == ["cuda:0"] and s["steps"] == 4
-    c = ck.load_checkpoint(s["checkpoints"]["last"])
-    assert all(torch.isfinite(t).all() for t in c["model"].values())
+    c = ck.read_checkpoint(s["checkpoints"]["last"])
+    assert all(torch.isfinite(t).all() for t in c.model.values())
 
 
 @pytest.mark.gpu
@@ -106,11 +106,11 @@ def test_two_process_resume_restores_each_ranks_dropout_stream(tmp_path):
     run("straight", "schedule.epochs=2")
     run("resumed", "schedule.epochs=1")
     run("resumed", "schedule.epochs=2", resume="")
-    saved = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "resumed") / "last.pt")
-    assert isinstance(saved["rng"], list) and len(saved["rng"]) == 2
-    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # two ranks, two streams
-    a = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "straight") / "last.pt")["model"]
-    b = saved["model"]
+    saved = ck.read_checkpoint(ck.checkpoint_dir(tmp_path / "resumed") / "last.pt")
+    assert isinstance(saved.rng, list) and len(saved.rng) == 2
+    assert not torch.equal(saved.rng[0]["torch"], saved.rng[1]["torch"])  # two ranks, two streams
+    a = ck.read_checkpoint(ck.checkpoint_dir(tmp_path / "straight") / "last.pt").model
+    b = saved.model
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -125,6 +125,6 @@ def test_two_gloo_processes_stop_together_on_a_nan_and_keep_a_finite_state(tmp_p
     with pytest.raises(WorkFailed, match="diverged"):
         run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", overrides=SMALL + ["optim.lr=1e6"],
                                   device="cpu", procs=2, show_progress=False))
-    c = ck.load_checkpoint(ck.checkpoint_dir(tmp_path / "r") / "last.pt")
-    assert all(torch.isfinite(t).all() for t in c["model"].values())
-    assert len(c["rng"]) == 2 and c["step"] < 8
+    c = ck.read_checkpoint(ck.checkpoint_dir(tmp_path / "r") / "last.pt")
+    assert all(torch.isfinite(t).all() for t in c.model.values())
+    assert len(c.rng) == 2 and c.step < 8

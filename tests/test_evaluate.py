@@ -13,13 +13,13 @@ from alexrepro.cli import main
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.evaluate import rank_indices, score_batches
-from alexrepro.evaluation.test_time import TEST_TIME, predict_center, predict_ensemble, predict_ten_crop
+from alexrepro.evaluation.variants import TEST_TIME, predict_center, predict_ensemble, predict_ten_crop
 from alexrepro.loaders import dali_available
 from alexrepro.loaders.order import BatchPlan
 from alexrepro.loaders.presets import variant_for
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
-from alexrepro.training.checkpoint import save_checkpoint
+from alexrepro.recipe_reader import load_recipe
+from alexrepro.training.checkpoint import Checkpoint, save_checkpoint
 
 
 class Linear(nn.Module):
@@ -123,8 +123,8 @@ def make_checkpoint(path, classes, seed=0, num_classes=None):
                                   "model.fc_width=32", "data.workers=0"])
     torch.manual_seed(seed)
     model = build_model(recipe.model, recipe.data.crop_size)
-    save_checkpoint(path, {"model": model.state_dict(), "recipe": recipe.to_dict(), "recipe_name": "tiny",
-                           "classes": classes[:n] if n <= len(classes) else classes, "epoch": 1, "step": 1})
+    save_checkpoint(path, Checkpoint(model=model.state_dict(), recipe=recipe, epoch=1, step=1,
+                                     classes=classes[:n] if n <= len(classes) else classes))
     return path
 
 
@@ -232,9 +232,9 @@ def test_bad_inputs_exit_2(tiny, capsys):
 
 def test_ten_crop_matches_an_explicit_loop_through_the_loader(tiny):
     from alexrepro.loaders import make_loader
-    from alexrepro.training.checkpoint import model_from_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
 
-    model, recipe, _ = model_from_checkpoint(tiny / "a.pt")
+    model, recipe, _ = model_from_checkpoint(read_checkpoint(tiny / "a.pt"))
     cpu = torch.device("cpu")
     ten = make_loader(tiny / "out", "val", recipe.data, 6, train=False, device=cpu, crops="ten", kind="torch")
     center = make_loader(tiny / "out", "val", recipe.data, 6, train=False, device=cpu, kind="torch")

@@ -24,7 +24,7 @@ from alexrepro.cli import main
 from alexrepro.errors import UserError
 from alexrepro.export.onnx_file import OnnxLRN, export_onnx, onnx_bytes
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 
 KINDS = ("trained", "caffe", "torchvision")

@@ -25,10 +25,11 @@ import numpy as np
 import pytest
 
 from alexrepro.data.manifest import read_manifest
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.errors import UserError
-from alexrepro.lifetime import ORPHAN_EXIT
-from alexrepro.locking import LOCK_FILE, FolderLock, read_holder
+from alexrepro.process.lifetime import ORPHAN_EXIT
+from alexrepro.process.locking import LOCK_FILE, FolderLock, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 4  # images per shard: many shards from the small synth tree
@@ -277,7 +278,7 @@ def test_a_prep_worker_killed_alone_fails_the_prep_in_one_line(synth_src, hooks,
 def test_a_prep_worker_whose_parent_is_gone_writes_nothing(tmp_path):
     """The check before each write, which also covers systems without a parent-death signal."""
     target = tmp_path / "written.txt"
-    code = ("import os; from alexrepro import lifetime; from alexrepro.atomic import atomic_write_text; "
+    code = ("import os; from alexrepro.process import lifetime; from alexrepro.process.atomic import atomic_write_text; "
             f"lifetime.bind_to_parent(os.getppid() + 10**6); atomic_write_text({str(target)!r}, 'late')")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == ORPHAN_EXIT
@@ -338,16 +339,16 @@ def test_a_stopped_eval_says_nothing_was_written(prepared_copy, hooks, tmp_path)
     import torch
 
     from alexrepro.nets.alexnet import build_model
-    from alexrepro.recipe import load_recipe
-    from alexrepro.training.checkpoint import save_checkpoint
+    from alexrepro.recipe_reader import load_recipe
+    from alexrepro.training.checkpoint import Checkpoint, save_checkpoint
 
     classes = read_manifest(prepared_copy).class_list()
     recipe = load_recipe("tiny", [f"model.num_classes={len(classes)}", "data.image_size=72", "data.crop_size=64",
                                   "model.fc_width=32", "data.workers=0"])
     torch.manual_seed(0)
     ck = tmp_path / "net.pt"  # an untrained net for this set's classes: eval needs nothing more
-    save_checkpoint(ck, {"model": build_model(recipe.model, recipe.data.crop_size).state_dict(),
-                         "recipe": recipe.to_dict(), "recipe_name": "tiny", "classes": classes, "epoch": 1, "step": 1})
+    save_checkpoint(ck, Checkpoint(model=build_model(recipe.model, recipe.data.crop_size).state_dict(), recipe=recipe,
+                                   classes=classes, epoch=1, step=1))
     mark = tmp_path / "reading"
     per_class = tmp_path / "per_class.csv"
     args = ["eval", prepared_copy, "-c", ck, "--crops", 1, "--batch-size", 2, "--device", "cpu", "--loader", "torch",
@@ -380,7 +381,7 @@ def test_the_lock_record_is_json_with_pid_host_command_and_since(tmp_path):
 
 
 def test_stop_on_signals_raises_at_once_or_only_records_and_restores_the_handlers():
-    from alexrepro.signals import Stopped, stop_on_signals
+    from alexrepro.process.signals import Stopped, stop_on_signals
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped) as e, stop_on_signals():
@@ -396,7 +397,7 @@ def test_stop_on_signals_raises_at_once_or_only_records_and_restores_the_handler
 
 
 def test_a_second_signal_ends_the_process_at_once(tmp_path):
-    code = ("import os, signal; from alexrepro.signals import stop_on_signals\n"
+    code = ("import os, signal; from alexrepro.process.signals import stop_on_signals\n"
             "with stop_on_signals(at_once=False):\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
@@ -409,7 +410,7 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path):
 
 def test_a_forked_child_keeps_the_handling_it_had():
     """A DataLoader worker forked inside the block gets KeyboardInterrupt on SIGINT, as it would without it."""
-    from alexrepro.signals import stop_on_signals
+    from alexrepro.process.signals import stop_on_signals
 
     with stop_on_signals() as request:
         pid = os.fork()

@@ -41,8 +41,8 @@ from test_train import make_set
 from alexrepro.cli import main
 from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError
-from alexrepro.locking import LOCK_FILE, FolderLock, read_holder
-from alexrepro.signals import Stopped
+from alexrepro.process.locking import LOCK_FILE, FolderLock, read_holder
+from alexrepro.process.signals import Stopped
 from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 from alexrepro.training.stopping import resume_command
@@ -68,16 +68,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, ck.Checkpoint]:
     """The last checkpoint of an uninterrupted run, by number of processes (computed when first asked)."""
-    cache: dict[int, dict] = {}
+    cache: dict[int, ck.Checkpoint] = {}
 
-    def get(procs: int) -> dict:
+    def get(procs: int) -> ck.Checkpoint:
         if procs not in cache:
             run = tmp_path_factory.mktemp(f"straight{procs}") / "run"
             run_training(TrainOptions(out=data, run_dir=run, recipe="tiny", overrides=SETS, device="cpu",
                                       procs=procs, show_progress=False))
-            cache[procs] = ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST)
+            cache[procs] = ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST)
         return cache[procs]
 
     return get  # type: ignore[return-value]
@@ -93,14 +93,14 @@ def metrics_steps(run: Path) -> list[int]:
     return [int(m) for m in re.findall(r'"step": (\d+)', path.read_text())] if path.is_file() else []
 
 
-def assert_same_state(a: dict, b: dict) -> None:
+def assert_same_state(a: ck.Checkpoint, b: ck.Checkpoint) -> None:
     """Bitwise: the net's weights, the optimiser's buffers and the position."""
-    assert (a["epoch"], a["batch"], a["step"]) == (b["epoch"], b["batch"], b["step"])
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for p, state in a["optimizer"]["state"].items():
+    assert (a.epoch, a.batch, a.step) == (b.epoch, b.batch, b.step)
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    for p, state in a.optimizer["state"].items():
         for name, value in state.items():
-            assert not isinstance(value, torch.Tensor) or torch.equal(value, b["optimizer"]["state"][p][name]), name
+            assert not isinstance(value, torch.Tensor) or torch.equal(value, b.optimizer["state"][p][name]), name
 
 
 def resume_from_line(line: str, tmp: Path) -> subprocess.CompletedProcess:
@@ -144,14 +144,14 @@ def test_a_stopped_train_checkpoints_mid_epoch_and_resumes_bitwise(signum, procs
     found = re.match(rf"stopped by {name}: checkpoint (\S+) holds epoch \[0\] batch (\d+)/{STEPS_PER_EPOCH} "
                      r"\(step (\d+)\); resume with: alexrepro train ", line)
     assert found, line
-    saved = ck.load_checkpoint(found[1])
+    saved = ck.read_checkpoint(found[1])
     assert Path(found[1]) == ck.checkpoint_dir(run) / ck.LAST
-    assert 2 <= saved["batch"] == int(found[2]) == saved["step"] == int(found[3]) < STEPS_PER_EPOCH  # mid-epoch
-    assert len(saved["rng"]) == procs  # every rank's random state
+    assert 2 <= saved.batch == int(found[2]) == saved.step == int(found[3]) < STEPS_PER_EPOCH  # mid-epoch
+    assert len(saved.rng) == procs  # every rank's random state
     assert not (run / LOCK_FILE).exists()
     done = resume_from_line(line, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert_same_state(ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST), straight(procs))
+    assert_same_state(ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST), straight(procs))
     steps = metrics_steps(run)
     assert steps == sorted(steps) and steps[-1] == 2 * STEPS_PER_EPOCH  # nothing logged twice
 
@@ -166,7 +166,7 @@ def test_sigusr1_checkpoints_and_exits_143_and_a_second_ctrl_c_ends_at_once(data
         assert finish(proc) == 143
     (line,) = error_lines(tmp_path / "usr1.log")
     assert line.startswith(f"stopped by SIGUSR1: checkpoint {ck.checkpoint_dir(run) / ck.LAST} holds epoch [0] batch ")
-    assert ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST)["step"] >= 2
+    assert ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST).step >= 2
     twice = tmp_path / "twice"
     with started(train_args(data, twice), child_env(hooks, "batch", 2.0, mark), tmp_path / "twice.log") as proc:
         wait_for(lambda: (twice / "log.txt").is_file() or proc.poll() is not None, "training to start")
@@ -218,11 +218,11 @@ def test_a_signal_while_building_or_validating_stops_there_and_resumes_bitwise(w
         run_training(opts)
     batch = 0 if when == "building" else STEPS_PER_EPOCH  # validating: the epoch's training is kept
     assert e.value.exit_code == 143 and f"holds epoch [0] batch {batch}/{STEPS_PER_EPOCH} (step {batch})" in str(e.value)
-    assert ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST)["step"] == batch
+    assert ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST).step == batch
     monkeypatch.undo()
     run_training(TrainOptions(out=data, run_dir=run, recipe="tiny", overrides=SETS, device="cpu", resume="",
                               show_progress=False))
-    assert_same_state(ck.load_checkpoint(ck.checkpoint_dir(run) / ck.LAST), straight(1))
+    assert_same_state(ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST), straight(1))
     steps = metrics_steps(run)
     assert steps == sorted(steps)  # nothing logged twice
 
@@ -308,7 +308,7 @@ def test_a_flipped_byte_is_refused_by_eval_predict_and_viz_and_skipped_by_resume
     code, err = cli(train_args(data, run, "--resume"), capsys)  # to 2 epochs, from the only good file left
     assert code == 0, err
     assert "skipping last.pt" in err and "skipping best.pt" in err and "resuming from epoch-001.pt" in err
-    assert_same_state(ck.load_checkpoint(folder / ck.LAST), straight(1))
+    assert_same_state(ck.read_checkpoint(folder / ck.LAST), straight(1))
 
 
 def test_with_every_checkpoint_damaged_a_new_run_needs_force_which_keeps_the_old_files(data, tmp_path, capsys):
@@ -398,16 +398,19 @@ def test_a_damaged_image_under_dali_is_the_torch_loaders_one_line(kind, damaged_
 
 
 def test_sealed_checkpoints_verify_and_old_ones_load_with_a_note(tmp_path, capsys):
-    payload = {"model": {"w": torch.arange(6.0)}, "epoch": 1, "rng": [{"torch": torch.zeros(3, dtype=torch.uint8)}]}
+    from alexrepro.recipe_reader import load_recipe
+
+    saved = ck.Checkpoint(model={"w": torch.arange(6.0)}, recipe=load_recipe("tiny"), epoch=1,
+                          rng=[{"torch": torch.zeros(3, dtype=torch.uint8)}])
     path = tmp_path / "a.pt"
-    ck.save_checkpoint(path, payload)
-    assert torch.equal(ck.load_checkpoint(path)["model"]["w"], torch.arange(6.0))
+    ck.save_checkpoint(path, saved)
+    assert torch.equal(ck.read_checkpoint(path).model["w"], torch.arange(6.0))
     stored = torch.load(path, weights_only=True)
     stored["model"]["w"][2] = 2.5  # the bytes changed, the checksum not
     torch.save(stored, path)
     with pytest.raises(UserError, match="is damaged"):
-        ck.load_checkpoint(path)
+        ck.read_checkpoint(path)
     del stored[ck.CHECKSUM]  # a file written before checkpoints carried one
     torch.save(stored, path)
-    assert ck.load_checkpoint(path)["model"]["w"][2] == 2.5
+    assert ck.read_checkpoint(path).model["w"][2] == 2.5
     assert "carries no checksum" in capsys.readouterr().err

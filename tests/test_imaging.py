@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexrepro.data.imaging import BadImage, center_crop_box, open_image, prepare_image, scaled_size
+from alexrepro.data.imaging import BadImage, center_crop_box, open_image, prepare_image
 
 SIZE = 256  # §2
 
@@ -36,7 +36,6 @@ def reference(im: Image.Image) -> np.ndarray:
 
 
 def test_geometry_pure_functions():
-    assert scaled_size(300, 400) == pytest.approx((256, 400 * 256 / 300))
     # 1024 wide × 512 tall: rescale by 1/2 → 512×256, crop the central 256 → source x 256..768
     assert center_crop_box(1024, 512) == (256.0, 0.0, 768.0, 512.0)
     assert center_crop_box(333, 500) == (0.0, 83.5, 333.0, 416.5)  # (500 − 333) / 2 = 83.5

@@ -19,7 +19,8 @@ from alexrepro.data.imaging import prepare_image
 from alexrepro.errors import UserError
 from alexrepro.imports.torchvision import import_torchvision, torchvision_data_config
 from alexrepro.loaders.augment import center_offset, channel_std_mean_and_scale, mean_image_for
-from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour, saved_mean
+from alexrepro.loaders.colour import MeanImage, make_colour, saved_mean
+from alexrepro.loaders.presets import EvalPreset
 from alexrepro.nets import build_net
 from alexrepro.nets.torchvision_alexnet import build_torchvision_alexnet
 from alexrepro.recipe import DataConfig, ModelConfig

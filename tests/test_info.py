@@ -15,7 +15,8 @@ import alexrepro.data.prep as prep_mod
 from alexrepro.cli import main
 from alexrepro.data.info import describe, verify
 from alexrepro.data.manifest import read_manifest
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.data.shards import decode_jpeg
 from alexrepro.data.split import open_split
 from alexrepro.errors import WorkFailed

@@ -184,7 +184,7 @@ def test_cuda_convnet_recipe_computes_krizhevskys_imagenet_cmrnorm():
     # [rnorm2] have scale=0.0001, pow=0.75, minDiv=2, size=5 (layers-223-1gpu.cfg). See
     # docs/FAITHFULNESS.md, "LRN in Krizhevsky's released code".
     from alexrepro.nets.alexnet import _norm
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     cfg = load_recipe("cuda-convnet").model
     x = activations(channels=10)

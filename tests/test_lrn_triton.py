@@ -190,7 +190,8 @@ def test_on_the_cpu_auto_is_the_torch_path_bit_for_bit():
 def test_recipe_option_reaches_every_lrn_layer():
     import typing
 
-    from alexrepro.recipe import RunConfig, load_recipe
+    from alexrepro.recipe import RunConfig
+    from alexrepro.recipe_reader import load_recipe
     from alexrepro.training.step import build_step
 
     assert typing.get_args(typing.get_type_hints(RunConfig)["lrn_kernel"]) == KERNELS == ("auto", "triton", "torch")
@@ -229,7 +230,7 @@ def test_compile_traces_the_kernels_in_one_graph(monkeypatch):
     from triton.backends.compiler import GPUTarget
 
     from alexrepro.nets import build_net
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     class H100Target:
         def get_current_target(self) -> GPUTarget:
@@ -329,7 +330,7 @@ def test_compiled_paper_net_with_the_kernel_on_cuda(_):
     """The paper net, channels-last bf16, compiled with fullgraph=True (a graph break raises): its loss and
     gradients match the eager net on the torch path."""
     from alexrepro.nets import build_net
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     recipe = load_recipe("paper")
     torch.manual_seed(0)

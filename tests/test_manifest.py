@@ -15,7 +15,8 @@ from alexrepro.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.errors import UserError
 
 # The keys of manifest.json in the order prep writes them (docs/FORMAT.md), and those of a split.

@@ -13,11 +13,9 @@ from alexrepro.evaluation.metrics import (
     average_ensemble,
     softmax,
     topk_classes,
-    topk_correct,
-    topk_error,
-    true_class_rank,
     wilson_interval,
 )
+from alexrepro.topk import true_class_rank
 
 
 def test_topk_on_constructed_scores():
@@ -31,30 +29,30 @@ def test_topk_on_constructed_scores():
     )
     labels = torch.tensor([0, 0, 1, 2])
     assert true_class_rank(scores, labels).tolist() == [0, 5, 4, 2]
-    assert topk_correct(scores, labels, 1).tolist() == [True, False, False, False]
-    assert topk_correct(scores, labels, 5).tolist() == [True, False, True, True]
-    assert topk_error(scores, labels, 1) == pytest.approx(3 / 4)
-    assert topk_error(scores, labels, 5) == pytest.approx(1 / 4)
+    counts = ErrorCounts(num_classes=6)
+    counts.update(scores, labels)
+    assert counts.error(1) == pytest.approx(3 / 4)  # only the first image's label is ranked first
+    assert counts.error(5) == pytest.approx(1 / 4)  # only the second image's label is outside the top 5
 
 
 def test_ties_count_against_the_true_class():
     # A constant output must not score: every tied class is counted as ranked above the label.
-    flat = torch.zeros(3, 6)
-    labels = torch.tensor([0, 3, 5])
-    assert topk_error(flat, labels, 1) == 1.0
-    assert topk_error(flat, labels, 5) == 1.0
+    flat = ErrorCounts(num_classes=6)
+    flat.update(torch.zeros(3, 6), torch.tensor([0, 3, 5]))
+    assert flat.error(1) == 1.0 and flat.error(5) == 1.0
     # Tied for first with one other class: not top-1, but top-2.
-    scores = torch.tensor([[0.4, 0.4, 0.1, 0.1]])
-    assert not topk_correct(scores, torch.tensor([1]), 1).item()
-    assert topk_correct(scores, torch.tensor([1]), 2).item()
-    # Tied below: the other class scoring equal to the label but the label still top-1 when alone on top.
-    assert topk_correct(torch.tensor([[0.7, 0.1, 0.1, 0.1]]), torch.tensor([0]), 1).item()
+    tied = ErrorCounts(num_classes=4, ks=(1, 2))
+    tied.update(torch.tensor([[0.4, 0.4, 0.1, 0.1]]), torch.tensor([1]))
+    assert tied.error(1) == 1.0 and tied.error(2) == 0.0
+    # Tied below: the other classes score equal to each other, the label alone on top is still top-1.
+    alone = ErrorCounts(num_classes=4, ks=(1,))
+    alone.update(torch.tensor([[0.7, 0.1, 0.1, 0.1]]), torch.tensor([0]))
+    assert alone.error(1) == 0.0
 
 
 def test_k_larger_than_classes_is_a_user_error():
-    scores = torch.rand(2, 3)
     with pytest.raises(UserError, match="top-5 error needs at least 5 classes but the scores have 3"):
-        topk_error(scores, torch.tensor([0, 1]), 5)
+        ErrorCounts(num_classes=3)
     with pytest.raises(UserError):
         ErrorCounts(num_classes=4)  # top-5 is part of the report
 

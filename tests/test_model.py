@@ -12,7 +12,7 @@ from alexrepro.errors import UserError
 from alexrepro.nets.alexnet import AlexNet, build_model, conv_channels, init_weights, model_parallel
 from alexrepro.nets.lrn import LocalResponseNorm
 from alexrepro.nets.summary import forward_macs, meta_model, summarize, summary_totals
-from alexrepro.recipe import load_recipe
+from alexrepro.recipe_reader import load_recipe
 
 CPU2 = (torch.device("cpu"), torch.device("cpu"))
 

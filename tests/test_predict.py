@@ -14,10 +14,11 @@ from alexrepro.data.imaging import prepare_image
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.predict import load_image, mean_from_checkpoint
-from alexrepro.loaders.presets import EvalPreset, mean_colour, variant_for
+from alexrepro.loaders.colour import mean_colour
+from alexrepro.loaders.presets import EvalPreset, variant_for
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
-from alexrepro.training.checkpoint import load_checkpoint, save_checkpoint
+from alexrepro.recipe_reader import load_recipe
+from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 
 K = 7
 CLASSES = [{"index": i, "wnid": f"n{i:08d}", "name": f"thing {i}"} for i in range(K)]
@@ -33,11 +34,9 @@ def write_ckpt(path, with_mean=True):
     recipe = tiny_recipe()
     torch.manual_seed(0)
     model = build_model(recipe.model, recipe.data.crop_size)
-    payload = {"model": model.state_dict(), "recipe": recipe.to_dict(), "recipe_name": "tiny", "classes": CLASSES,
-               "epoch": 1, "step": 1}
-    if with_mean:
-        payload["stats"] = {"mean": MEAN.astype(np.float16), "channel_mean": MEAN.reshape(-1, 3).mean(0)}
-    save_checkpoint(path, payload)
+    stats = {"mean": MEAN.astype(np.float16), "channel_mean": MEAN.reshape(-1, 3).mean(0)} if with_mean else None
+    save_checkpoint(path, Checkpoint(model=model.state_dict(), recipe=recipe, classes=CLASSES, epoch=1, step=1,
+                                     stats=stats))
     return path
 
 
@@ -104,7 +103,7 @@ def test_mean_needs_data_when_the_checkpoint_lacks_it(photos, tmp_path, capsys):
     for a, b in zip(from_data["images"][0]["top"], from_ckpt["images"][0]["top"], strict=True):
         assert a["index"] == b["index"] and a["prob"] == pytest.approx(b["prob"], abs=1e-3)
     with pytest.raises(UserError, match="--data OUT"):
-        mean_from_checkpoint(load_checkpoint(photos / "no_mean.pt"), None)
+        mean_from_checkpoint(read_checkpoint(photos / "no_mean.pt"), None)
 
 
 def test_predict_sees_exactly_what_the_eval_loader_sees(photos, tmp_path):

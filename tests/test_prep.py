@@ -15,7 +15,8 @@ import alexrepro.data.prep as prep_mod
 from alexrepro import open_split
 from alexrepro.cli import main
 from alexrepro.data.manifest import read_manifest
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.data.stats_file import read_stats
 from alexrepro.errors import UserError
 

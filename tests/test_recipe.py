@@ -3,7 +3,8 @@
 import pytest
 
 from alexrepro.errors import UserError
-from alexrepro.recipe import diff_recipes, list_recipes, load_recipe, recipe_to_toml
+from alexrepro.recipe import diff_recipes, recipe_to_toml
+from alexrepro.recipe_reader import list_recipes, load_recipe
 
 SHIPPED = {"paper", "one-gpu", "tiny", "no-lrn", "no-overlap-pool", "no-pca", "no-dropout", "tanh"}
 

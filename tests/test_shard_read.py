@@ -11,7 +11,8 @@ from loader_data import jpeg_bytes, make_set, structured_image
 from test_prepared import needs_proc, open_files_under
 
 from alexrepro.data import shard_files, shards
-from alexrepro.data.prep import PrepOptions, prep
+from alexrepro.data.options import PrepOptions
+from alexrepro.data.prep import prep
 from alexrepro.data.shard_files import contiguous_start, open_descriptor_count, open_shard_count
 from alexrepro.data.split import open_split
 from alexrepro.errors import UserError

@@ -15,7 +15,6 @@ from alexrepro.data.shards import write_shard
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import Stats, read_stats, write_stats
 from alexrepro.errors import UserError
-from alexrepro.loaders.augment import lighting_magnitudes
 
 SHARDS = (3, 2, 4)  # images per shard: 9 training images in 3 shards
 N = sum(SHARDS)
@@ -259,14 +258,14 @@ def test_unit_scale_and_lighting_magnitudes(tmp_path):
     alpha = np.array([0.1, -0.05, 0.2])
     # §4.1 on [0, 1]: shift = [p1 p2 p3][α1λ1, α2λ2, α3λ3]ᵀ with the [0, 1] eigenvalues, ×255 for 0–255
     expect = 255 * (stats.eigvec @ (alpha * unit_val))
-    np.testing.assert_allclose(stats.eigvec @ (alpha * lighting_magnitudes(stats, "unit")), expect, rtol=1e-9)
-    np.testing.assert_allclose(lighting_magnitudes(stats, "unit"), lam / 255, rtol=1e-15)
+    np.testing.assert_allclose(stats.eigvec @ (alpha * st.lighting_magnitudes(stats, "unit")), expect, rtol=1e-9)
+    np.testing.assert_allclose(st.lighting_magnitudes(stats, "unit"), lam / 255, rtol=1e-15)
     # Krizhevsky's cuda-convnet: √λ on 0–255
-    np.testing.assert_allclose(lighting_magnitudes(stats, "cuda-convnet"), np.sqrt(lam), rtol=1e-15)
+    np.testing.assert_allclose(st.lighting_magnitudes(stats, "cuda-convnet"), np.sqrt(lam), rtol=1e-15)
     with pytest.raises(ValueError, match="lighting scale"):
-        lighting_magnitudes(stats, "0-1")
+        st.lighting_magnitudes(stats, "0-1")
     with pytest.raises(UserError, match="alexrepro pca"):
-        lighting_magnitudes(read_stats(make_set(tmp_path / "b", "raw")), "unit")
+        st.lighting_magnitudes(read_stats(make_set(tmp_path / "b", "raw")), "unit")
 
 
 def test_published_imagenet_reference_values():
@@ -333,7 +332,7 @@ def test_lighting_magnitudes_for_imagenet():
     lam_255 = np.array([0.2175, 0.0188, 0.0045]) * 255**2
     stats = Stats(mean=np.zeros((1, 1, 3)), channel_mean=np.zeros(3), pixel_count=1, eigval=lam_255,
                   eigvec=np.eye(3))
-    unit = 0.1 * lighting_magnitudes(stats, "unit")
+    unit = 0.1 * st.lighting_magnitudes(stats, "unit")
     assert unit[0] == pytest.approx(0.1 * 0.2175 * 255, rel=1e-12) and unit[0] == pytest.approx(5.5, abs=0.1)
-    ratio = 0.1 * lighting_magnitudes(stats, "cuda-convnet")[0] / unit[0]
+    ratio = 0.1 * st.lighting_magnitudes(stats, "cuda-convnet")[0] / unit[0]
     assert 1.8 < ratio < 2.4

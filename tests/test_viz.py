@@ -16,8 +16,8 @@ from alexrepro.figures.curves import read_epoch_records
 from alexrepro.figures.filters import filter_mosaic, grid_shape, normalise_kernel
 from alexrepro.figures.neighbors import nearest_neighbors
 from alexrepro.nets.alexnet import build_model
-from alexrepro.recipe import load_recipe
-from alexrepro.training.checkpoint import model_from_checkpoint, save_checkpoint
+from alexrepro.recipe_reader import load_recipe
+from alexrepro.training.checkpoint import Checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 N_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2, 1
 DPI = 100  # the dpi alexrepro.figures sets on every figure
@@ -66,10 +66,9 @@ def make_run(run: Path, out: Path, seed: int = 0, conv1: torch.Tensor | None = N
     if conv1 is not None:
         state["conv1.weight"] = conv1
     st = read_stats(out)
-    payload = {"model": state, "recipe": recipe.to_dict(), "recipe_name": recipe.name, "epoch": 1, "step": 1,
-               "classes": read_manifest(out).class_list(),
-               "stats": {"mean": st.mean.astype(np.float16), "channel_mean": st.channel_mean}}
-    save_checkpoint(run / "checkpoints" / "best.pt", payload)
+    saved = Checkpoint(model=state, recipe=recipe, epoch=1, step=1, classes=read_manifest(out).class_list(),
+                       stats={"mean": st.mean.astype(np.float16), "channel_mean": st.channel_mean})
+    save_checkpoint(run / "checkpoints" / "best.pt", saved)
     return run
 
 
@@ -233,7 +232,6 @@ def center_input(image: np.ndarray, mean256: np.ndarray) -> torch.Tensor:
 
 def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
     from alexrepro.data.prepared import open_split
-    from alexrepro.training.checkpoint import load_checkpoint
 
     run = make_run(tmp_path / "run", data)
     code, out, _ = run_cli(["viz", "predictions", str(run), str(data), "--n", "6", "--device", "cpu", "--json"], capsys)
@@ -241,9 +239,9 @@ def test_viz_predictions_shows_the_nets_top5(data, tmp_path, capsys):
     res = json.loads(out)
     assert res["path"] == str(run / "figures" / "predictions-val.png")
     assert png_size(res["path"]) == (4 * 3 * DPI, round(2 * 4.5 * DPI))  # 4 columns × 2 rows of 3 × 4.5 in cells
-    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    ckpt = read_checkpoint(run / "checkpoints" / "best.pt")
     model, _, _ = model_from_checkpoint(ckpt)
-    mean = ckpt["stats"]["mean"].float().numpy()
+    mean = ckpt.stats["mean"].float().numpy()
     val = open_split(data, "val")
     assert sorted(p["index"] for p in res["images"]) == list(range(6))  # all six, each once
     for p in res["images"]:

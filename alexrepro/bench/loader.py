@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-from alexrepro.data.prepared import SKIPPED, read_stats
+from alexrepro.data.manifest import SKIPPED
+from alexrepro.data.stats_file import read_stats
 from alexrepro.errors import UserError
 from alexrepro.loaders import BACKENDS
 from alexrepro.progress import console, make_progress
-from alexrepro.recipe import DataConfig, load_recipe
+from alexrepro.recipe import DataConfig
+from alexrepro.recipe_reader import load_recipe
 
 
 def _time(batches: Iterable[Any], count: int, label: str) -> dict[str, Any]:
@@ -95,7 +97,7 @@ def bench_loader(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """images/s of each of our loaders on OUT and, given SRC, of the pytorch/examples baseline."""
-    from alexrepro.data.prepared import read_manifest
+    from alexrepro.data.manifest import read_manifest
     from alexrepro.runtime import resolve_device
 
     for flag, value, least in (("--batches", batches, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):

@@ -125,7 +125,7 @@ def bench_lrn(recipe: str = "paper", overrides: tuple[str, ...] = (), batch_size
     """`lrn_timings` on the recipe's net (seeded 0) and a synthetic batch, as `bench train` runs it."""
     from alexrepro.bench.train import check_step_options, synthetic_batch
     from alexrepro.nets import build_net
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
     from alexrepro.runtime import autocast_dtype, resolve_device
     from alexrepro.training.step import place_model
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro.data.prepared import open_split
+from alexrepro.data.split import open_split
 from alexrepro.data.stats import covariance_from_sums, eigen_rgb, pca_sums, sample_indices
 from alexrepro.errors import UserError
 

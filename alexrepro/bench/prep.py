@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alexrepro.data.imaging import JPEG_QUALITY, BadImage, prepare_image
-from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.data.imaging import BadImage, prepare_image
+from alexrepro.data.options import JPEG_QUALITY
+from alexrepro.data.shards import IMAGE_SIZE
 from alexrepro.data.sources import find_sources, read_item
 from alexrepro.errors import UserError
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from alexrepro.atomic import atomic_write_bytes, writable_file
 from alexrepro.bench.machine import machine_info
 from alexrepro.bench.train import check_step_options, step_bench
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_write_bytes, writable_file
 from alexrepro.progress import make_progress
 from alexrepro.runtime import resolve_device, synchronize
 
@@ -246,19 +246,15 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
     """
     from torch.profiler import ProfilerActivity, profile
 
-    bar = make_progress(transient=True) if progress else None
-    task = bar.add_task("profile", total=warmup + 2 * steps, unit="step") if bar is not None else None
+    with make_progress(transient=True, show=progress) as bar:
+        task = bar.add_task("profile", total=warmup + 2 * steps, unit="step")
 
-    def run(count: int, status: str) -> None:
-        for _ in range(count):
-            with torch.profiler.record_function(STEP_LABEL):  # its self time: the host's own Python
-                step()
-            if bar is not None:
+        def run(count: int, status: str) -> None:
+            for _ in range(count):
+                with torch.profiler.record_function(STEP_LABEL):  # its self time: the host's own Python
+                    step()
                 bar.update(task, advance=1, status=status)
 
-    if bar is not None:
-        bar.start()
-    try:
         run(warmup, "warm-up")
         synchronize(dev)
         t0 = time.perf_counter()
@@ -277,9 +273,6 @@ def _run(step: Callable[[], None], steps: int, warmup: int, dev: torch.device, l
                 profiled_seconds = (time.perf_counter() - t1) / steps
         finally:
             undo()
-    finally:
-        if bar is not None:
-            bar.stop()
     return prof, seconds, profiled_seconds
 
 
@@ -315,7 +308,7 @@ def profile_train(
         bench.harness.step(bench.images, bench.labels, count)
 
     benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.run sets it on GPUs
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.build sets it on GPUs
     try:
         with contextlib.ExitStack() as stack:
             if compile_ and dev.type == "cpu":  # inductor's C++ kernels reach the profiler only with this

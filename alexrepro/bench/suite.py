@@ -21,7 +21,8 @@ def is_cpu_device(device: str) -> bool:
 
 def make_bench_data(base: Path) -> tuple[Path, Path]:
     """A generated source tree and its prepared set (with PCA) under `base`, kept if already there."""
-    from alexrepro.data.prep import PrepOptions, prep
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
     from alexrepro.data.stats import compute_pca
     from alexrepro.data.synth import make_synthetic
 

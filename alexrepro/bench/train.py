@@ -27,7 +27,8 @@ from alexrepro.bench.machine import machine_info
 from alexrepro.errors import UserError
 from alexrepro.nets.lrn import check_kernel_device
 from alexrepro.nets.summary import forward_macs
-from alexrepro.recipe import Recipe, load_recipe
+from alexrepro.recipe import Recipe
+from alexrepro.recipe_reader import load_recipe
 from alexrepro.runtime import autocast_dtype, resolve_device, synchronize
 from alexrepro.training.step import StepHarness, autocast, build_step, place_model
 
@@ -185,7 +186,7 @@ def bench_train(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as `alexrepro train` runs: fixed shapes, cuDNN picks its kernels
     if data is not None:
-        from alexrepro.data.prepared import read_manifest
+        from alexrepro.data.manifest import read_manifest
 
         read_manifest(data)  # before the synthetic timings, not after them
     bench = step_bench(recipe, overrides, batch_size, dev, precision, channels_last, compile_)

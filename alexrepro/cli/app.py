@@ -11,9 +11,9 @@ from rich.text import Text
 
 from alexrepro import __version__
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.locking import set_command_line
+from alexrepro.process.locking import set_command_line
+from alexrepro.process.signals import Stopped, stop_on_signals
 from alexrepro.progress import console
-from alexrepro.signals import Stopped, stop_on_signals
 
 app = typer.Typer(
     name="alexrepro",
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning our errors into one line and an exit code.
 
     Usage errors (unknown option, missing argument) are Typer's own: message and exit 2. SIGINT and SIGTERM
-    stop a command through alexrepro.signals: one line saying what was kept, exit 130 or 143.
+    stop a command through alexrepro.process.signals: one line saying what was kept, exit 130 or 143.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in args:

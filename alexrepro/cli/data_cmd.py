@@ -10,9 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from alexrepro.cli.app import app
-from alexrepro.data.imaging import JPEG_QUALITY
-from alexrepro.data.info import describe, verification_failed, verify
-from alexrepro.data.prep import SHARD_SIZE, PrepOptions, prep
+from alexrepro.data.options import JPEG_QUALITY, SHARD_SIZE, PrepOptions
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."
@@ -44,6 +42,8 @@ def prep_cmd(
 ) -> None:
     """Resize every image (shorter side 256, central 256×256 crop; or --resize warp) into HDF5 shards; compute
     the mean image."""
+    from alexrepro.data.prep import prep
+
     options = PrepOptions(
         encoding=encoding,
         quality=quality,
@@ -82,6 +82,8 @@ def info_cmd(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """What a prepared set holds: splits, counts, classes, format, statistics, skipped files."""
+    from alexrepro.data.info import describe, verification_failed, verify
+
     info = describe(out)
     if verify_:
         info["verify"] = verify(out, progress=True, raise_on_problems=False)

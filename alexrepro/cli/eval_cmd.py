@@ -11,7 +11,7 @@ from rich.text import Text
 
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError
-from alexrepro.loaders import KINDS, kinds_text
+from alexrepro.loaders import kinds_text
 from alexrepro.progress import console, emit_json
 
 JSON_HELP = "Print one JSON object on stdout."
@@ -36,10 +36,9 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Top-1 and top-5 error of one checkpoint or an ensemble, beside the paper's results."""
-    from alexrepro.evaluation.evaluate import EvalOptions, run_evaluation
+    from alexrepro.evaluation.evaluate import run_evaluation
+    from alexrepro.evaluation.options import EvalOptions
 
-    if loader not in KINDS:
-        raise UserError(f"--loader must be {kinds_text()}, got {loader!r}")
     opts = EvalOptions(
         out=out, checkpoints=list(checkpoint), crops=crops, split=split, batch_size=batch_size,
         device=device, loader=loader, paper_table=paper_table, per_class=per_class, predictions=predictions,
@@ -60,12 +59,14 @@ def eval_command(
         )
 
 
-def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:.1f}"
+def _pct(x: float | None, digits: int = 1) -> str:
+    """A percentage as the tables print it; a dash where there is none."""
+    return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _diff(x: float | None) -> str:
-    return "" if x is None else f"{x:+.1f}"
+def _delta(x: float | None, digits: int = 1, missing: str = "") -> str:
+    """A signed difference of percentages; `missing` where there is none."""
+    return missing if x is None else f"{x:+.{digits}f}"
 
 
 def eval_table(report: dict[str, Any]) -> Table:
@@ -88,13 +89,13 @@ def eval_table(report: dict[str, Any]) -> Table:
     t.add_column("model", no_wrap=True)
     for header in ("protocol", "top-1 %", "top-5 %", *(["top-5 test %"] if test_column else []), "Δ"):
         t.add_column(header)
-    t.add_row("[bold]this run[/bold]", paper["protocol"], _fmt(report["top1_error_pct"]),
-              _fmt(report["top5_error_pct"]), *([""] if test_column else []), "")
+    t.add_row("[bold]this run[/bold]", paper["protocol"], _pct(report["top1_error_pct"]),
+              _pct(report["top5_error_pct"]), *([""] if test_column else []), "")
     for row in paper["rows"]:
         comparable = row["model"] == paper["comparable"]
-        diff = f"{_diff(paper['top1_diff_pct'])} / {_diff(paper['top5_diff_pct'])}" if comparable else ""
-        t.add_row(row["model"], row["protocol"], _fmt(row["top1"]), _fmt(row["top5"]),
-                  *([_fmt(row["top5_test"])] if test_column else []), diff, style="bold cyan" if comparable else None)
+        diff = f"{_delta(paper['top1_diff_pct'])} / {_delta(paper['top5_diff_pct'])}" if comparable else ""
+        t.add_row(row["model"], row["protocol"], _pct(row["top1"]), _pct(row["top5"]),
+                  *([_pct(row["top5_test"])] if test_column else []), diff, style="bold cyan" if comparable else None)
     return t
 
 
@@ -105,13 +106,13 @@ def render_published(report: dict[str, Any]) -> None:
                   title=f"{pub['weights']} beside its published accuracy (ILSVRC-2012 val)")
     ours1, ours5 = report["top1_error_pct"], report["top5_error_pct"]
     crops = _crops(report["crops"])
-    table.add_row(f"[bold]this run[/bold] ({crops})", _fmt2(ours1), _fmt2(ours5), _fmt2(_acc(ours1)),
-                  _fmt2(_acc(ours5)))
-    table.add_row(f"published ({_crops(pub['crops'])})", _fmt2(pub["top1_error_pct"]), _fmt2(pub["top5_error_pct"]),
-                  _fmt2(pub["top1_acc_pct"]), _fmt2(pub["top5_acc_pct"]))
+    table.add_row(f"[bold]this run[/bold] ({crops})", _pct(ours1, 2), _pct(ours5, 2), _pct(_acc(ours1), 2),
+                  _pct(_acc(ours5), 2))
+    table.add_row(f"published ({_crops(pub['crops'])})", _pct(pub["top1_error_pct"], 2), _pct(pub["top5_error_pct"], 2),
+                  _pct(pub["top1_acc_pct"], 2), _pct(pub["top5_acc_pct"], 2))
     if pub["same_protocol"]:  # Δ only between the same protocol
-        table.add_row("Δ this run − published", _diff2(pub["top1_diff_pct"]), _diff2(pub["top5_diff_pct"]), "", "",
-                      style="bold cyan")
+        table.add_row("Δ this run − published", _delta(pub["top1_diff_pct"], 2, "—"),
+                      _delta(pub["top5_diff_pct"], 2, "—"), "", "", style="bold cyan")
     console.print(table)
     console.print(f"published: {pub['reference']}; {pub['protocol']}", soft_wrap=True)
     console.print(f"this run: {crops} of {report['out']} ({report['split']}), prepared with --resize "
@@ -126,14 +127,6 @@ def _crops(n: int) -> str:
 
 def _acc(error: float | None) -> float | None:
     return None if error is None else 100.0 - error
-
-
-def _fmt2(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
-def _diff2(x: float | None) -> str:
-    return "—" if x is None else f"{x:+.2f}"
 
 
 @app.command("predict")

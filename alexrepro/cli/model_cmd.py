@@ -26,7 +26,7 @@ def model_summary(
 ) -> None:
     """Every layer's output, parameters, multiply-adds and neurons; totals beside the paper's."""
     from alexrepro.nets.summary import model_report
-    from alexrepro.recipe import load_recipe
+    from alexrepro.recipe_reader import load_recipe
 
     report = model_report(load_recipe(recipe_name, set_))
     if json_out:

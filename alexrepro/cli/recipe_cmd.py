@@ -7,7 +7,6 @@ from rich.table import Table
 
 from alexrepro.cli.app import app
 from alexrepro.progress import console, emit_json
-from alexrepro.recipe import list_recipes, load_recipe, recipe_to_toml
 
 recipe_app = typer.Typer(help="List and show training recipes (TOML files in recipes/).", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
@@ -18,6 +17,8 @@ SET_HELP = "Override a recipe value: section.key=value (repeatable), e.g. --set 
 @recipe_app.command("list")
 def recipe_list(json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")) -> None:
     """List the shipped recipes."""
+    from alexrepro.recipe_reader import list_recipes
+
     items = list_recipes()
     if json_out:
         emit_json({"recipes": [{"name": name, "description": text} for name, text in items]})
@@ -35,6 +36,9 @@ def recipe_show(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Print the resolved recipe (extends and --set applied) as TOML."""
+    from alexrepro.recipe import recipe_to_toml
+    from alexrepro.recipe_reader import load_recipe
+
     recipe = load_recipe(name, set_)
     if json_out:
         emit_json({"name": recipe.name, "description": recipe.description, **recipe.to_dict()})

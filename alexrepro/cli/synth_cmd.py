@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from alexrepro.cli.app import app
-from alexrepro.data.synth import make_synthetic
-from alexrepro.data.synth_images import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
+from alexrepro.data.options import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
 from alexrepro.progress import console, emit_json
 
 
@@ -27,6 +26,8 @@ def synth(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Write generated, learnable images in ImageNet's layout (train folders, flat val, devkit, Kaggle files)."""
+    from alexrepro.data.synth import make_synthetic
+
     summary = make_synthetic(src, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
                              seed=seed, quirks=quirks, min_size=min_size, max_size=max_size, progress=True)
     if json_out:

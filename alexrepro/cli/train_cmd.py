@@ -8,7 +8,7 @@ import typer
 
 from alexrepro.cli.app import app
 from alexrepro.errors import UserError
-from alexrepro.loaders import KINDS, kinds_text
+from alexrepro.loaders import kinds_text
 from alexrepro.progress import console, count_noun, emit_json
 
 SET_HELP = "Override a recipe value: section.key=value (repeatable), e.g. --set optim.lr=0.02"
@@ -67,10 +67,6 @@ def train_command(
     """Train AlexNet with §5's SGD on a prepared set; checkpoints, metrics and logs go to RUN."""
     from alexrepro.training.loop import TrainOptions, run_training
 
-    if loader is not None and loader not in KINDS:
-        raise UserError(f"--loader must be {kinds_text()}, got {loader!r}")
-    if precision is not None and precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
     if resume_from is not None and not resume_from.is_file():
         raise UserError(f"--resume-from {resume_from}: no such checkpoint file")
     overrides = list(set_) + option_overrides(epochs, seed, precision, channels_last, compile_, loader,

@@ -34,7 +34,7 @@ def _done(result: dict[str, Any], json_out: bool) -> None:
 @viz_app.command("filters")
 def viz_filters(
     run: Path = typer.Argument(..., metavar="RUN", help=RUN_ARG),
-    out: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
+    png: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
     cols: int | None = typer.Option(None, "--cols", help="Kernels per row (default: 12 for 48 per tower)."),
     scale: int = typer.Option(4, "--scale", help="Screen pixels per kernel pixel (nearest-neighbour)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -42,19 +42,19 @@ def viz_filters(
     """Figure 3: the conv1 kernels, tower 1 in the top rows and tower 2 below (per-kernel min-max)."""
     from alexrepro.figures.filters import draw_filters
 
-    _done(draw_filters(run, out, cols=cols, scale=scale), json_out)
+    _done(draw_filters(run, png, cols=cols, scale=scale), json_out)
 
 
 @viz_app.command("curves")
 def viz_curves(
     runs: list[Path] = typer.Argument(..., metavar="RUN", help="One or more run folders, overlaid (e.g. an ablation and paper)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="The PNG to write (default: FIRST_RUN/figures/curves.png)."),
+    png: Path | None = typer.Option(None, "--out", "-o", help="The PNG to write (default: FIRST_RUN/figures/curves.png)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Training loss, top-1/top-5 train and validation error and learning rate against epochs."""
     from alexrepro.figures.curves import draw_curves
 
-    _done(draw_curves(runs, out), json_out)
+    _done(draw_curves(runs, png), json_out)
 
 
 @viz_app.command("predictions")
@@ -64,14 +64,14 @@ def viz_predictions(
     n: int = typer.Option(8, "--n", help="How many images."),
     split: str = typer.Option("val", "--split", help="The split to draw the images from."),
     seed: int = typer.Option(0, "--seed", help="Which images: the same seed draws the same ones."),
-    out: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
+    png: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Figure 4, left: images with their true label and the net's top-5 classes as bars."""
     from alexrepro.figures.predictions import draw_predictions
 
-    _done(draw_predictions(run, data, n=n, split=split, seed=seed, out=out, device=device), json_out)
+    _done(draw_predictions(run, data, n=n, split=split, seed=seed, png=png, device=device), json_out)
 
 
 @viz_app.command("neighbors")
@@ -88,7 +88,7 @@ def viz_neighbors(
     ),
     seed: int = typer.Option(0, "--seed", help="Which queries: the same seed draws the same ones."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per batch for the fc7 extraction."),
-    out: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
+    png: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -96,6 +96,6 @@ def viz_neighbors(
     from alexrepro.figures.neighbors import draw_neighbors
 
     result = draw_neighbors(run, data, queries=queries, k=k, split=split, index_split=index_split,
-                            index_size=index_size, seed=seed, out=out, device=device, batch_size=batch_size,
+                            index_size=index_size, seed=seed, png=png, device=device, batch_size=batch_size,
                             index=index)
     _done(result, json_out)

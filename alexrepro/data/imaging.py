@@ -23,9 +23,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from alexrepro.data.options import JPEG_QUALITY
 from alexrepro.data.shards import IMAGE_SIZE
 
-JPEG_QUALITY = 95  # default quality of the stored JPEGs (libjpeg's 4:2:0 chroma subsampling)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when reducing (PIL's filters scale their support)
 REDUCING_GAP = 3.0  # PIL: reduce by an integer factor first when the scale is ≥ 3×; "indistinguishable"
 RESIZE_MODES = ("shorter-side", "warp")  # §2's rescale and central crop | Caffe's warp to size×size
@@ -48,12 +48,6 @@ HUGE_PIXELS = 4_000_000
 
 class BadImage(Exception):
     """A source file that cannot become a stored image; the message is the reason (one line)."""
-
-
-def scaled_size(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float]:
-    """The image's size once its shorter side is `size` (§2), unrounded."""
-    scale = size / min(width, height)
-    return width * scale, height * scale
 
 
 def center_crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float, float, float]:

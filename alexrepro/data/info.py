@@ -176,12 +176,9 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     checked: dict[str, int] = {}
     checksummed: dict[str, int] = {}
     shards = without = 0  # shards read, and those of them (format version 1) without checksums
-    bar = make_progress() if progress else None
-    if bar is not None:
-        bar.start()
-    try:
+    with make_progress(show=progress) as bar:
         for name, split in manifest.splits.items():
-            task = bar.add_task(f"verify {name}", total=split.count, unit="images") if bar is not None else None
+            task = bar.add_task(f"verify {name}", total=split.count, unit="images")
             problems += _split_count_problems(name, split)
             checksummed[name] = 0
             for shard in split.shards:
@@ -190,12 +187,8 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
                 checksummed[name] += result.checksummed
                 shards += 1
                 without += result.without_checksums
-                if bar is not None:
-                    bar.advance(task, shard.count)
+                bar.advance(task, shard.count)
             checked[name] = split.count
-    finally:
-        if bar is not None:
-            bar.stop()
     notes = [_no_checksums_note(without, shards, manifest.encoding)] if without else []
     for note in notes:
         console.print(f"note: {note}")

@@ -14,9 +14,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alexrepro.atomic import atomic_write_json
 from alexrepro.data.shards import FORMAT_VERSION, IMAGE_SIZE, READABLE_VERSIONS
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_write_json
 
 FORMAT_NAME = "alexrepro-prepared"
 MANIFEST = "manifest.json"

@@ -7,8 +7,8 @@ that no longer reads, or whose counts disagree, is made again). Until the manife
 OUT/.prep.json records what is being prepared, so a different source or different options are refused
 instead of being mixed in (alexrepro.data.prep_state).
 
-One prep at a time writes into OUT (alexrepro.locking). Its workers end with it however it ends
-(alexrepro.lifetime) and never write after; SIGINT or SIGTERM stops it at once, keeping the complete shards.
+One prep at a time writes into OUT (alexrepro.process.locking). Its workers end with it however it ends
+(alexrepro.process.lifetime) and never write after; SIGINT or SIGTERM stops it at once, keeping the complete shards.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import multiprocessing
 import os
 import queue as queue_mod
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
-from alexrepro import lifetime
-from alexrepro.atomic import atomic_write_text, described_write_errors, writable_folder
+from rich.progress import Progress
+
 from alexrepro.data import sources
-from alexrepro.data.imaging import JPEG_QUALITY, QUIRKS, RESIZE_MODES, BadImage, prepare_and_describe
+from alexrepro.data.imaging import QUIRKS, RESIZE_MODES, BadImage, prepare_and_describe
 from alexrepro.data.manifest import (
     CONVERTED,
     MANIFEST,
@@ -38,6 +36,7 @@ from alexrepro.data.manifest import (
     SplitEntry,
     write_manifest,
 )
+from alexrepro.data.options import PrepOptions
 from alexrepro.data.prep_state import (
     RESUME_HINT,
     SIDECARS,
@@ -60,28 +59,12 @@ from alexrepro.data.prep_state import (
 from alexrepro.data.shards import ENCODINGS, IMAGE_SIZE, write_shard
 from alexrepro.data.source_files import printable
 from alexrepro.data.stats_file import STATS
-from alexrepro.errors import UserError, WorkFailed
-from alexrepro.locking import command_line, lock_folder
+from alexrepro.errors import UserError
+from alexrepro.process import lifetime
+from alexrepro.process.atomic import atomic_write_text, described_write_errors, writable_folder
+from alexrepro.process.locking import command_line, lock_folder
+from alexrepro.process.signals import Stopped
 from alexrepro.progress import console, make_progress
-from alexrepro.signals import Stopped
-
-SHARD_SIZE = 1024  # images per shard (default of --shard-size)
-
-
-@dataclass
-class PrepOptions:
-    """What `alexrepro prep` does besides SRC and OUT (the command-line options)."""
-
-    encoding: str = "jpeg"
-    quality: int = JPEG_QUALITY
-    resize: str = "shorter-side"  # §2's rescale and central crop | "warp": Caffe's (imaging.RESIZE_MODES)
-    shard_size: int = SHARD_SIZE
-    workers: int = 0  # 0: all cores
-    splits: list[str] | None = None  # None: every split found
-    devkit: Path | None = None
-    val_labels: Path | None = None
-    test_labels: Path | None = None
-    synset_mapping: Path | None = None
 
 
 def available_cores() -> int:
@@ -106,9 +89,9 @@ def plan_shards(items: list[sources.Item], shard_size: int) -> list[list[sources
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any, parent_pid: int) -> None:
+def _set_progress_queue(progress_queue: Any) -> None:
+    """In a worker (bound to prep, Ctrl-C left to it): where it reports its progress."""
     global _progress_queue
-    lifetime.init_worker(parent_pid)  # dies with prep, leaves Ctrl-C to it
     _progress_queue = progress_queue
 
 
@@ -149,27 +132,24 @@ def _build_shard_in_worker(task: ShardTask) -> ShardResult:
 
 
 # --------------------------------------------------------------------------------------------- the run
-def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str, Any]) -> list[ShardResult]:
+def _run_tasks(pending: list[ShardTask], workers: int, bar: Progress, bars: dict[str, Any]) -> list[ShardResult]:
     """Build the pending shards (in-process for one worker, else a spawn pool), advancing the bars."""
     done_in: dict[tuple[str, int], int] = {}
 
     def report(split: str, index: int, n: int) -> None:
         done_in[(split, index)] = n
-        if bar is not None:
-            bar.update(bars[split], completed=bars[split + "/base"] + sum(
-                v for (s, _), v in done_in.items() if s == split
-            ))
+        bar.update(bars[split], completed=bars[split + "/base"] + sum(v for (s, _), v in done_in.items() if s == split))
 
     results = []
     if workers <= 1:
         for task in pending:
             results.append(build_shard(task, report))
         return results
-    ctx = multiprocessing.get_context("spawn")  # fork-safety: no inherited h5py handles or bar threads
-    progress_queue = ctx.Queue()
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(progress_queue, os.getpid()))
-    try:
+    progress_queue = multiprocessing.get_context("spawn").Queue()
+    died = ("a prep worker died (killed, or out of memory?); the complete shards are kept: run the same prep again "
+            "to resume, with fewer --workers if memory is short")
+    # A stop signal, a failed shard: the workers end now, their shards are redone.
+    with lifetime.worker_pool(workers, died, _set_progress_queue, (progress_queue,)) as pool:
         futures = {pool.submit(_build_shard_in_worker, t): t for t in pending}
         waiting = set(futures)
         while waiting:
@@ -183,13 +163,6 @@ def _run_tasks(pending: list[ShardTask], workers: int, bar: Any, bars: dict[str,
                 res = fut.result()
                 report(res.split, res.index, len(futures[fut].items))
                 results.append(res)
-    except BaseException as e:  # a stop signal, a failed shard: the workers end now, their shards are redone
-        lifetime.stop_pool(pool)
-        if isinstance(e, BrokenProcessPool):
-            raise WorkFailed("a prep worker died (killed, or out of memory?); the complete shards are kept: run "
-                             "the same prep again to resume, with fewer --workers if memory is short") from None
-        raise
-    pool.shutdown(wait=True)
     return results
 
 
@@ -293,21 +266,15 @@ def _prep_locked(
             pending.append(t)
     workers = min(options.workers or available_cores(), max(1, len(pending)))
 
-    bar = make_progress() if progress else None
     bars: dict[str, Any] = {}
-    if bar is not None:
+    with make_progress(show=progress) as bar:
         for name, split in source.splits.items():
             base = sum(len(t.items) for t in tasks[name] if t.index in results[name])
             bars[name] = bar.add_task(f"prep {name}", total=len(split.items), completed=base, unit="images")
             bars[name + "/base"] = base
-        bar.start()
-    run_start = time.monotonic()
-    try:
+        run_start = time.monotonic()
         for res in _run_tasks(pending, workers, bar, bars):
             results[res.split][res.index] = res
-    finally:
-        if bar is not None:
-            bar.stop()
     run_seconds = time.monotonic() - run_start
 
     summary = _finish(out, source, options, record, previous, tasks, results)
@@ -384,13 +351,7 @@ def _finish(
         notes=list(source.notes),
         prep=record,
     )
-    rows = [(f.path, f.reason) for sp in manifest.splits.values() for f in sp.skipped_files]
-    write_rows(out / SKIPPED, rows, header="path\treason\n")
-    with described_write_errors(out / CONVERTED, RESUME_HINT):
-        atomic_write_text(out / CONVERTED, "split\tpath\tquirks\n" + "".join(
-            f"{sp}\t{clean_field(k)}\t{clean_field(v)}\n" for sp, k, v in converted))
-    with described_write_errors(out / MANIFEST, RESUME_HINT):
-        write_manifest(out, manifest)
+    write_records(out, manifest, converted)
     summary["skipped"] = manifest.skipped
     summary["classes"] = len(source.classes)
     summary["quirks"] = {
@@ -398,3 +359,14 @@ def _finish(
         for kind, n in count_kinds([v for _, _, v in converted]).items()
     }
     return summary
+
+
+def write_records(out: Path, manifest: Manifest, converted: list[tuple[str, str, str]]) -> None:
+    """skipped.tsv, converted.tsv (rows of split, path, kinds) and, last, manifest.json, which completes the set."""
+    rows = [(f.path, f.reason) for sp in manifest.splits.values() for f in sp.skipped_files]
+    write_rows(out / SKIPPED, rows, header="path\treason\n")
+    with described_write_errors(out / CONVERTED, RESUME_HINT):
+        atomic_write_text(out / CONVERTED, "split\tpath\tquirks\n" + "".join(
+            f"{sp}\t{clean_field(k)}\t{clean_field(v)}\n" for sp, k, v in converted))
+    with described_write_errors(out / MANIFEST, RESUME_HINT):
+        write_manifest(out, manifest)

@@ -14,21 +14,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 
-from alexrepro.atomic import atomic_write_json, atomic_write_text, described_write_errors
 from alexrepro.data import sources
 from alexrepro.data.imaging import QUIRKS
 from alexrepro.data.manifest import CONVERTED, Manifest, PrepRecord, previous_manifest
+from alexrepro.data.options import PrepOptions
 from alexrepro.data.shards import IMAGE_SIZE
 from alexrepro.data.source_files import printable
 from alexrepro.errors import UserError
-from alexrepro.locking import LOCK_FILE
-
-if TYPE_CHECKING:
-    from alexrepro.data.prep import PrepOptions
+from alexrepro.process.atomic import atomic_write_json, atomic_write_text, described_write_errors
+from alexrepro.process.locking import LOCK_FILE
 
 PREP_STATE = ".prep.json"  # what an unfinished prep in OUT is preparing (removed once the manifest lands)
 UNRECORDED = {"resize": "shorter-side"}  # identity keys older preps did not record: what they did

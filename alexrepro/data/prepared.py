@@ -1,4 +1,5 @@
-"""The prepared-set format, in one import: every public name of the modules that define it.
+"""The prepared-set format for code outside alexrepro, in one import: every public name of the modules that
+define it (docs/FORMAT.md, "Reading it from Python"). The package itself imports each name from its module.
 
 Layout of a prepared set OUT (docs/FORMAT.md describes each file for people and other tools):
     manifest.json          format version, splits (counts, shard files), classes, encoding, source

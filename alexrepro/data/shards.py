@@ -24,7 +24,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from alexrepro.atomic import atomic_path
 from alexrepro.data.shard_files import (
     DESCRIPTORS,
     HANDLES,
@@ -35,6 +34,7 @@ from alexrepro.data.shard_files import (
     pread_into,
 )
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_path
 
 FORMAT_VERSION = 2  # 2: per-image `crc32` in every shard
 READABLE_VERSIONS = (1, 2)  # sets and shards this alexrepro reads (1: no checksums)

@@ -110,19 +110,7 @@ def find_sources(
     val_labels = _check_file(val_labels, "--val-labels")
     test_labels = _check_file(test_labels, "--test-labels")
     synset_mapping = _check_file(synset_mapping, "--synset-mapping")
-    image_root = src / KAGGLE_ROOT if (src / KAGGLE_ROOT).is_dir() else src
-
-    located = {s: loc for s in SPLITS if (loc := _locate_split(src, image_root, s)) is not None}
-    if not located:
-        raise UserError(
-            f"{src} holds no recognisable ImageNet layout: expected train/, val/ or test/ folders "
-            "or ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar; point SRC at the dataset folder"
-        )
-    wanted = list(splits) if splits else list(located)
-    missing = [s for s in wanted if s not in located]
-    if missing:
-        raise UserError(f"{src} has no {missing[0]} split (found: {', '.join(located)}); check SRC or --split")
-
+    located, wanted = _locate_splits(src, splits)
     labelling = find_labelling(src, devkit, val_labels, test_labels)
     listed, problems = {}, {}
     for s in wanted:
@@ -158,6 +146,23 @@ def find_sources(
     if not result:
         raise UserError(f"{src} has no split that can be labelled: {'; '.join(notes)}")
     return Source(src, classes, result, notes)
+
+
+def _locate_splits(src: Path, splits: list[str] | None) -> tuple[dict[str, Path], list[str]]:
+    """(where each split of SRC is, the splits to prepare: `splits`, else every one found); a UserError when
+    SRC holds none or lacks one of `splits`."""
+    image_root = src / KAGGLE_ROOT if (src / KAGGLE_ROOT).is_dir() else src
+    located = {s: loc for s in SPLITS if (loc := _locate_split(src, image_root, s)) is not None}
+    if not located:
+        raise UserError(
+            f"{src} holds no recognisable ImageNet layout: expected train/, val/ or test/ folders "
+            "or ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar; point SRC at the dataset folder"
+        )
+    wanted = list(splits) if splits else list(located)
+    missing = [s for s in wanted if s not in located]
+    if missing:
+        raise UserError(f"{src} has no {missing[0]} split (found: {', '.join(located)}); check SRC or --split")
+    return located, wanted
 
 
 def _label_images(

@@ -3,32 +3,28 @@
 Both are exact sums streamed over the stored images (decoded as stored), parallel over chunks
 of shards in a process pool; partial sums are integers, so the result does not depend on the
 number of workers or the order in which chunks finish. The pool's workers end with their parent
-(alexrepro.lifetime) and write nothing; `alexrepro pca` holds OUT's lock (alexrepro.locking) while it runs.
+(alexrepro.process.lifetime) and write nothing; `alexrepro pca` holds OUT's lock (alexrepro.process.locking) while it runs.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alexrepro import lifetime
-from alexrepro.atomic import described_write_errors, writable_folder
 from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
-from alexrepro.errors import UserError, WorkFailed
-from alexrepro.loaders.augment import PIXEL_MAX, lighting_magnitudes  # §4.1 lighting on the 0–255 scale
-from alexrepro.locking import command_line, lock_folder
+from alexrepro.errors import UserError
+from alexrepro.process import lifetime
+from alexrepro.process.atomic import described_write_errors, writable_folder
+from alexrepro.process.locking import command_line, lock_folder
+from alexrepro.process.signals import Stopped
 from alexrepro.progress import make_progress
-from alexrepro.signals import Stopped
 
 # Published ImageNet PCA (fb.resnet.torch, datasets/imagenet.lua `pca`), pixels on [0, 1]:
 # eigenvalues descending; eigenvector matrix with rows R, G, B and one eigenvector per column
@@ -43,6 +39,8 @@ IMAGENET_EIGVEC = np.array(
 )
 IMAGENET_PCA_SOURCE = "fb.resnet.torch datasets/imagenet.lua (pixels on [0, 1])"
 
+PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
+LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
 CHUNK = 64  # images per pool task: fine-grained progress and load balance, few round trips
 IN_FLIGHT = 2  # pool tasks submitted per worker at a time: the parent holds O(workers) partial sums
 
@@ -78,6 +76,25 @@ def eigen_rgb(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def eigval_on_unit_scale(eigval: np.ndarray) -> np.ndarray:
     """Eigenvalues of the [0, 1]-scale covariance, given those on 0–255: λ / 255²."""
     return np.asarray(eigval, dtype=np.float64) / PIXEL_MAX**2
+
+
+def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
+    """(3,) m such that §4.1's lighting shift of a 0–255 pixel is eigvec @ (alpha * m).
+
+    "unit": the paper's formula on [0, 1] pixels (eigenvalues λ/255², shift eigvec·(α⊙λ/255²)),
+    restated on 0–255 by multiplying by 255: m = λ / 255.
+    "cuda-convnet": Krizhevsky's released code, m = √λ with λ on the 0–255 scale.
+    """
+    if scale not in LIGHTING_SCALES:
+        raise ValueError(f"lighting scale must be one of {LIGHTING_SCALES}, got {scale!r}")
+    if stats.eigval is None:
+        raise UserError("the colour statistics have no PCA; run: alexrepro pca OUT")
+    if stats.scale != "0-255":
+        raise ValueError(f"statistics on scale {stats.scale!r}; expected '0-255'")
+    lam = np.clip(np.asarray(stats.eigval, dtype=np.float64), 0.0, None)  # rounding can give -0
+    if scale == "unit":
+        return lam / PIXEL_MAX
+    return np.sqrt(lam)
 
 
 def sample_indices(total: int, sample: int | None, seed: int) -> np.ndarray:
@@ -171,22 +188,15 @@ def _run(
     """
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    bar = make_progress() if progress else None
-    if bar is not None:
-        bar.start()
+    with make_progress(show=progress) as bar:
         task_id = bar.add_task(label, total=total, unit="images")
-    try:
         if workers == 1:
             for path, idx in tasks:
                 reduce(fn(path, idx))
-                if bar is not None:
-                    bar.advance(task_id, len(idx))
+                bar.advance(task_id, len(idx))
         else:
-            # spawn: h5py handles and the progress bar's thread must not be forked.
-            ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=lifetime.init_worker,
-                                       initargs=(os.getpid(),))
-            try:
+            died = f"a {label} worker died (killed, or out of memory?); run the command again, with fewer --workers if memory is short"
+            with lifetime.worker_pool(workers, died) as pool:  # a stop signal, a damaged shard: the workers end now
                 todo = iter(tasks)
                 futures: dict[Future, int] = {}
 
@@ -202,20 +212,9 @@ def _run(
                     for fut in done:
                         images = futures.pop(fut)
                         reduce(fut.result())
-                        if bar is not None:
-                            bar.advance(task_id, images)
+                        bar.advance(task_id, images)
                         submit_next()
                     del done, fut  # the finished futures hold their results
-            except BaseException as e:  # a stop signal, a damaged shard: the workers end now
-                lifetime.stop_pool(pool)
-                if isinstance(e, BrokenProcessPool):
-                    raise WorkFailed(f"a {label} worker died (killed, or out of memory?); run the command again, "
-                                     "with fewer --workers if memory is short") from None
-                raise
-            pool.shutdown(wait=True)
-    finally:
-        if bar is not None:
-            bar.stop()
 
 
 # --------------------------------------------------------------------------------------------- passes

@@ -18,8 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from alexrepro.atomic import atomic_path
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_path
 
 STATS = "stats.h5"
 

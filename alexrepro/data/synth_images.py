@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from alexrepro.data.options import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
+
 SHAPES = ("disc", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent")
 # Ten patterns chosen to differ locally (a small receptive field tells them apart): no edge inside,
 # parallel bands, squares, spots, crossing lines, irregular patches, concentric bands, random cells, an
@@ -51,10 +53,9 @@ DISTRACTOR_TEXTURES = ("plain",)
 MIN_CONTRAST = 60.0  # luminance steps (of 255) between fill and background, and fill and texture colour
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, what PIL's "L" conversion uses
 
-# Image sides, in px, before --min-size/--max-size remap them. Most ImageNet photos are about
-# 500×375 or 500×333; a tail runs from ~100 px thumbnails to multi-megapixel scans.
-DEFAULT_MIN_SIZE = 100
-DEFAULT_MAX_SIZE = 2000
+# Image sides, in px: drawn on DEFAULT_MIN_SIZE–DEFAULT_MAX_SIZE (data/options.py), then remapped onto
+# --min-size/--max-size. Most ImageNet photos are about 500×375 or 500×333; a tail runs from ~100 px
+# thumbnails to multi-megapixel scans.
 TYPICAL_LONG_SIDE = (400, 500)
 ASPECTS = (4 / 3, 3 / 2, 1.0, 5 / 4, 16 / 9)
 ASPECT_P = (0.45, 0.3, 0.1, 0.08, 0.07)

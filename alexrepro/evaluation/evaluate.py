@@ -2,7 +2,7 @@
 
 `run_evaluation` is the entry point (here, in spawned processes, or under torchrun, as training's
 `run_training`). The test-time variants are named functions chosen by name
-(`alexrepro.evaluation.test_time.TEST_TIME`), their views the preset's (`alexrepro.loaders.presets`).
+(`alexrepro.evaluation.variants.TEST_TIME`), their views the preset's (`alexrepro.loaders.presets`).
 On several processes (torch.distributed; NCCL on GPUs, gloo on CPUs) each rank scores its slice of
 every global batch (`alexrepro.loaders.order`); the tallies are summed and the total is checked
 against the split's size, so no image is dropped or counted twice. The report: `report.py`.
@@ -19,72 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexrepro.atomic import writable_file
 from alexrepro.distributed import all_reduce_sum, gather_objects, max_over_ranks, rank_and_world
 from alexrepro.errors import UserError, WorkFailed
-from alexrepro.evaluation.classes import class_ids, same_classes
-from alexrepro.evaluation.metrics import TOP_KS, ErrorCounts, topk_classes
+from alexrepro.evaluation.members import check_classes, load_members
+from alexrepro.evaluation.metrics import ErrorCounts, topk_classes
+from alexrepro.evaluation.options import EvalOptions, check_options
 from alexrepro.evaluation.report import PREDICTIONS_K, make_report, write_per_class, write_predictions
-from alexrepro.evaluation.test_time import predict_ensemble
-from alexrepro.loaders.presets import TEN_CROPS, saved_mean, variant_for
+from alexrepro.evaluation.variants import predict_ensemble
+from alexrepro.loaders.colour import saved_mean
 from alexrepro.runtime import resolve_device
-
-
-# --------------------------------------------------------------------------------------------- members
-@dataclass
-class Member:
-    """One checkpoint of an ensemble, loaded."""
-
-    path: Path
-    model: nn.Module
-    recipe: Any  # alexrepro.recipe.Recipe
-    classes: list[dict[str, Any]]
-    stats: dict[str, Any] | None = None  # the colour statistics the checkpoint carries (its mean image)
-    origin: Any = None  # alexrepro.training.checkpoint.Origin of imported weights; None for a trained net
-
-
-def load_members(paths: list[Path], device: torch.device) -> list[Member]:
-    """Load every checkpoint; UserError if the members disagree on classes or input size."""
-    from alexrepro.training.checkpoint import model_from_checkpoint
-    from alexrepro.training.weight_file import read_net
-
-    if not paths:
-        raise UserError("give at least one --checkpoint")
-    members = []
-    for p in paths:
-        ckpt = read_net(Path(p))  # a checkpoint or a .safetensors weight file
-        model, recipe, classes = model_from_checkpoint(ckpt)
-        members.append(Member(Path(p), model.to(device).eval(), recipe, classes, ckpt.stats, ckpt.origin))
-    first = members[0]
-    for m in members[1:]:
-        if class_ids(m.classes) != class_ids(first.classes):
-            raise UserError(
-                f"ensemble members have different class lists: {first.path} has {len(first.classes)} "
-                f"classes, {m.path} has {len(m.classes)} (or another order); average only nets trained on the same set"
-            )
-        a, b = first.recipe.data, m.recipe.data
-        if (a.image_size, a.crop_size, a.mean) != (b.image_size, b.crop_size, b.mean):
-            raise UserError(
-                f"ensemble members see different inputs: {first.path} uses image {a.image_size}, crop "
-                f"{a.crop_size}, mean {a.mean}; {m.path} uses {b.image_size}, {b.crop_size}, {b.mean}"
-            )
-    return members
-
-
-def check_classes(member: Member, set_classes: list[dict[str, Any]], out: Path) -> None:
-    """UserError unless a checkpoint was trained on the prepared set's classes (imported weights without
-    WNIDs: the same number of classes, indexed as ILSVRC's sorted WNIDs)."""
-    n_model = member.recipe.model.num_classes
-    if n_model != len(set_classes) or len(member.classes) != len(set_classes):
-        raise UserError(
-            f"{member.path} was trained for {n_model} classes but {out} has {len(set_classes)}; "
-            "evaluate it on the set it was trained on"
-        )
-    if not same_classes(member.classes, set_classes):
-        raise UserError(
-            f"{member.path} was trained on different classes than {out} (the WNIDs differ); "
-            "evaluate it on the set it was trained on"
-        )
+from alexrepro.topk import TOP_KS
 
 
 # --------------------------------------------------------------------------------------------- ranks
@@ -149,41 +93,9 @@ def score_batches(
 
 
 # --------------------------------------------------------------------------------------------- the run
-@dataclass
-class EvalOptions:
-    """Everything `alexrepro eval` takes."""
-
-    out: Path
-    checkpoints: list[Path]
-    crops: int = TEN_CROPS
-    split: str = "val"
-    batch_size: int = 128
-    device: str = "auto"
-    loader: str = "auto"
-    paper_table: str | None = None
-    per_class: Path | None = None
-    predictions: Path | None = None
-    procs: int = 1  # processes splitting the images, spawned here (one per GPU; gloo on CPUs)
-
-
-def check_options(opts: EvalOptions) -> str:
-    """UserError for options that cannot work, before any process starts; returns the crop variant."""
-    if opts.procs < 1:
-        raise UserError(f"--procs must be at least 1, got {opts.procs}")
-    variant = variant_for(opts.crops)
-    if opts.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    resolve_device(opts.device)
-    if opts.per_class is not None:
-        writable_file(opts.per_class, "--per-class")
-    if opts.predictions is not None:
-        writable_file(opts.predictions, "--predictions")
-    return variant
-
-
 def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
     """Score a split with one checkpoint or an ensemble and return the report (all ranks get it)."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.loaders import make_loader
     from alexrepro.progress import make_progress
 
@@ -204,12 +116,12 @@ def evaluate(opts: EvalOptions, show_progress: bool = True) -> dict[str, Any]:
         stats=saved_mean(members[0].stats, Path(opts.out), data),  # the net's own mean, else OUT's stats.h5
     )
     models = [m.model for m in members]
-    progress = make_progress(transient=True)
+    progress = make_progress(transient=True, show=show_progress and rank == 0)
     label = f"eval {opts.split} ({variant}, {len(models)} net{'s' if len(models) > 1 else ''})"
     with progress:
         if world > 1:
             label += f" rank 0 of {world}"
-        task = progress.add_task(label, total=loader.num_images, unit="images", visible=show_progress and rank == 0)
+        task = progress.add_task(label, total=loader.num_images, unit="images")
         with loader:
             scored = score_batches(models, loader, rank_indices(loader.plan), variant, dataset.num_classes,
                                    device, on_batch=lambda k: progress.advance(task, k))
@@ -249,10 +161,10 @@ def run_evaluation(opts: EvalOptions, show_progress: bool = True) -> dict[str, A
     show_progress is for the spawned processes (eval --json hides their bar); in this process the
     bar is always drawn, on stderr.
     """
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.distributed import launch, torchrun_env
-    from alexrepro.locking import command_line
-    from alexrepro.signals import Stopped
+    from alexrepro.process.locking import command_line
+    from alexrepro.process.signals import Stopped
 
     check_options(opts)  # before spawning opts.procs processes
     open_split(opts.out, opts.split)  # the set's counts and labels checked before any work, too

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from alexrepro.errors import UserError
+from alexrepro.topk import TOP_KS, check_k, true_class_rank
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
-TOP_KS = (1, 5)  # §6: the paper reports top-1 and top-5 error
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -40,41 +39,6 @@ def average_ensemble(member_probs: list[torch.Tensor]) -> torch.Tensor:
     if len(shapes) != 1:
         raise ValueError(f"ensemble members disagree on shape: {sorted(shapes)}")
     return torch.stack(list(member_probs)).mean(dim=0)
-
-
-def check_k(k: int, num_classes: int) -> None:
-    """A UserError when top-k is undefined: k below 1 or above the number of classes."""
-    if k < 1 or k > num_classes:
-        raise UserError(
-            f"top-{k} error needs at least {k} classes but the scores have {num_classes}; "
-            "evaluate on a set with more classes or report a smaller k"
-        )
-
-
-def true_class_rank(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each true class among (N, K) scores; a tie counts against the true class.
-
-    Counting ties against it means a constant output (an untrained or collapsed net) scores
-    as wrong rather than right, whatever order a sort would happen to leave tied classes in.
-    """
-    labels = torch.as_tensor(labels, dtype=torch.long, device=scores.device)
-    true = scores.gather(1, labels.view(-1, 1))
-    at_least = (scores >= true).sum(dim=1)
-    return at_least - 1  # the true class itself is always >= itself
-
-
-def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean (N,): the true class is among the k highest scores (ties count against it)."""
-    check_k(k, scores.shape[-1])
-    return true_class_rank(scores, labels) < k
-
-
-def topk_error(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """The fraction of images whose true class is not among the k highest scores."""
-    correct = topk_correct(scores, labels, k)
-    if correct.numel() == 0:
-        raise ValueError("top-k error of zero images is undefined")
-    return 1.0 - correct.float().mean().item()
 
 
 def topk_classes(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

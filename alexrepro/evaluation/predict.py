@@ -19,16 +19,16 @@ import numpy as np
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour, saved_mean, variant_for
-from alexrepro.training.checkpoint import Checkpoint, as_checkpoint
+from alexrepro.loaders.colour import MeanImage, make_colour, saved_mean
+from alexrepro.loaders.presets import EvalPreset, variant_for
+from alexrepro.training.checkpoint import Checkpoint
 
 
-def mean_from_checkpoint(ckpt: Checkpoint | dict[str, Any], data: Path | None) -> MeanImage:
+def mean_from_checkpoint(saved: Checkpoint, data: Path | None) -> MeanImage:
     """The mean image and channel mean to subtract: the checkpoint's stats, else OUT's stats.h5."""
     if data is not None and not Path(data).is_dir():  # checked even where the checkpoint's mean wins
         what = "does not exist" if not Path(data).exists() else "is a file"
         raise UserError(f"--data {data} {what}; give the prepared set's folder (the OUT of alexrepro prep SRC OUT)")
-    saved = as_checkpoint(ckpt)
     return saved_mean(saved.stats, data, saved.recipe.data)  # a "channel-std" recipe needs no mean image
 
 
@@ -52,7 +52,7 @@ def predict_files(
     from alexrepro.data.imaging import BadImage
     from alexrepro.evaluation.classes import class_fields
     from alexrepro.evaluation.metrics import topk_classes
-    from alexrepro.evaluation.test_time import TEST_TIME
+    from alexrepro.evaluation.variants import TEST_TIME
     from alexrepro.runtime import resolve_device
     from alexrepro.training.checkpoint import model_from_checkpoint
     from alexrepro.training.weight_file import read_net

@@ -8,15 +8,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alexrepro.atomic import atomic_write_text
 from alexrepro.evaluation.classes import class_fields
-from alexrepro.evaluation.metrics import TOP_KS, ErrorCounts
-from alexrepro.evaluation.test_time import TEST_TIME
+from alexrepro.evaluation.metrics import ErrorCounts
+from alexrepro.evaluation.variants import TEST_TIME
+from alexrepro.process.atomic import atomic_write_text
+from alexrepro.topk import TOP_KS
 
 if TYPE_CHECKING:
     import torch
 
-    from alexrepro.evaluation.evaluate import EvalOptions, Member
+    from alexrepro.evaluation.members import Member
+    from alexrepro.evaluation.options import EvalOptions
 
 PREDICTIONS_K = 5  # §6: the top-5 labels kept per image
 

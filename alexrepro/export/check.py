@@ -127,7 +127,7 @@ def compare(net: Callable[[torch.Tensor], torch.Tensor], inputs: Callable[[Seque
             ref: Classifier, stored: Sequence[np.ndarray], crops: int) -> dict[str, Any]:
     """Per image: both nets' top classes; over all: the largest logit difference and whether it is tolerable."""
     from alexrepro.evaluation.metrics import topk_classes
-    from alexrepro.evaluation.test_time import TEST_TIME
+    from alexrepro.evaluation.variants import TEST_TIME
 
     variant = variant_for(crops)
     mine, theirs = _Recorder(net), _Recorder(ref.net)

@@ -23,7 +23,8 @@ from torch import nn
 
 from alexrepro.errors import UserError
 from alexrepro.loaders.augment import Colour
-from alexrepro.loaders.presets import TEN_CROPS, EvalPreset, MeanImage, make_colour, saved_mean, variant_for
+from alexrepro.loaders.colour import MeanImage, make_colour, saved_mean
+from alexrepro.loaders.presets import TEN_CROPS, EvalPreset, variant_for
 from alexrepro.recipe import Recipe
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray  # what preprocess, predict and features take
@@ -82,7 +83,7 @@ class Classifier(nn.Module):
         """
         from alexrepro.evaluation.classes import class_fields
         from alexrepro.evaluation.metrics import topk_classes
-        from alexrepro.evaluation.test_time import TEST_TIME
+        from alexrepro.evaluation.variants import TEST_TIME
 
         if topk < 1:
             raise UserError(f"topk must be at least 1, got {topk}")

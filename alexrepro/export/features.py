@@ -48,12 +48,13 @@ def extract_features(opts: FeatureOptions, show_progress: bool = True) -> dict[s
     """Write the layer's vectors and the labels of every image of the split; returns the --json summary."""
     import h5py
 
-    from alexrepro.atomic import atomic_path, writable_file
-    from alexrepro.data.prepared import manifest_path, open_split
+    from alexrepro.data.manifest import manifest_path
+    from alexrepro.data.split import open_split
     from alexrepro.evaluation.evaluate import rank_indices
     from alexrepro.export.classifier import load
     from alexrepro.loaders import make_loader
     from alexrepro.nets.activations import check_layer, layer_activations
+    from alexrepro.process.atomic import atomic_path, writable_file
     from alexrepro.progress import make_progress
 
     if opts.batch_size < 1:
@@ -68,10 +69,9 @@ def extract_features(opts: FeatureOptions, show_progress: bool = True) -> dict[s
     loader = make_loader(opts.out, opts.split, clf.recipe.data, opts.batch_size, train=False, device=clf.device,
                          crops="center", kind=opts.loader, stats=clf.mean)
     start = time.perf_counter()
-    progress = make_progress(transient=True)
+    progress = make_progress(transient=True, show=show_progress)
     with progress, loader, atomic_path(opts.file) as tmp, h5py.File(tmp, "w") as f:
-        task = progress.add_task(f"{opts.layer} features ({opts.split})", total=n, unit="images",
-                                 visible=show_progress)
+        task = progress.add_task(f"{opts.layer} features ({opts.split})", total=n, unit="images")
         rows, labels, feats = rank_indices(loader.plan), np.zeros(n, np.int64), None
         for x, y in loader:
             with torch.inference_mode():

@@ -153,9 +153,9 @@ def preprocess_note(clf: Classifier, mean_in_graph: bool) -> dict[str, Any]:
 def export_onnx(checkpoint: Path, out: Path, mean_in_graph: bool = False, data: Path | None = None,
                 opset: int = OPSET) -> dict[str, Any]:
     """Write the checkpoint's net as ONNX at `out` (atomically, after onnxruntime agrees with torch on it)."""
-    from alexrepro.atomic import atomic_path, writable_file
     from alexrepro.export.check import check_onnx
     from alexrepro.export.classifier import load
+    from alexrepro.process.atomic import atomic_path, writable_file
 
     onnx, _ = need_onnx()
     writable_file(out, "--out")

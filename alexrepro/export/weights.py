@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alexrepro.atomic import writable_file
+from alexrepro.process.atomic import writable_file
 
 
 def export_safetensors(checkpoint: Path, out: Path) -> dict[str, Any]:

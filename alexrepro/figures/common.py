@@ -22,9 +22,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
-from alexrepro.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.errors import UserError  # noqa: E402
 from alexrepro.loaders.augment import Colour  # noqa: E402
+from alexrepro.process.atomic import atomic_path, writable_file  # noqa: E402
 from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
 from alexrepro.training.checkpoint import Checkpoint  # noqa: E402
 
@@ -54,10 +54,10 @@ def resolve_run(target: str | os.PathLike[str]) -> tuple[Path, Path]:
     return path, newest
 
 
-def figure_path(run_dir: Path, name: str, out: str | os.PathLike[str] | None) -> Path:
-    """The PNG to write: `out` when given, else RUN/figures/<name>; a UserError if it cannot be written."""
-    if out is not None:
-        return writable_file(out, "--out")
+def figure_path(run_dir: Path, name: str, png: str | os.PathLike[str] | None) -> Path:
+    """The PNG to write: `png` (--out) when given, else RUN/figures/<name>; a UserError if it cannot be written."""
+    if png is not None:
+        return writable_file(png, "--out")
     return writable_file(Path(run_dir) / FIGURES / name, "the figure", "give --out FILE.png to write it elsewhere")
 
 
@@ -109,7 +109,7 @@ def check_same_classes(loaded: Loaded, set_classes: list[dict[str, Any]], out: P
 def input_colour(loaded: Loaded, out: Path, device: torch.device) -> Colour:
     """The recipe's colour set-up (the preset's): §2's mean image from the checkpoint, else OUT/stats.h5
     (or torchvision's channel mean and std for a "channel-std" recipe), on `device`."""
-    from alexrepro.loaders.presets import make_colour, saved_mean
+    from alexrepro.loaders.colour import make_colour, saved_mean
 
     return make_colour(saved_mean(loaded.ckpt.stats, out, loaded.recipe.data), loaded.recipe.data, device)
 

@@ -59,7 +59,7 @@ def run_labels(runs: Sequence[Path]) -> list[str]:
     return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names, strict=True)]
 
 
-def draw_curves(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def draw_curves(runs: Sequence[str | os.PathLike[str]], png: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write the curves figure of one or several runs; returns {"path", "runs": [{"run", "label", "epochs"}]}."""
     if not runs:
         raise UserError("give at least one run folder")
@@ -68,7 +68,7 @@ def draw_curves(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     for p, recs in zip(paths, records, strict=True):
         if not recs:
             raise UserError(f"{p}/{METRICS} has no epoch records yet; let the run finish an epoch first")
-    fig_path = figure_path(paths[0], "curves.png", out)
+    fig_path = figure_path(paths[0], "curves.png", png)
     labels = run_labels(paths)
     fig = new_figure(WIDTH_IN, HEIGHT_IN)
     (ax_loss, ax_top1), (ax_top5, ax_lr) = fig.subplots(2, 2)

@@ -70,7 +70,7 @@ def filter_mosaic(weights: np.ndarray, towers: int, cols: int | None = None,
     rows, cols = grid_shape(per, cols)
     kh, kw = w.shape[2] * scale, w.shape[3] * scale
     height, width = mosaic_size(n, towers, (w.shape[2], w.shape[3]), cols, scale, pad, gap)
-    out = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    grid = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
     block_h = rows * (kh + pad) + pad
     for i in range(n):
         tower, j = divmod(i, per)  # grouped layout: the first `per` kernels are tower 1's
@@ -78,8 +78,8 @@ def filter_mosaic(weights: np.ndarray, towers: int, cols: int | None = None,
         top = tower * (block_h + gap) + pad + r * (kh + pad)
         left = pad + c * (kw + pad)
         img = np.round(255 * normalise_kernel(w[i])).astype(np.uint8).transpose(1, 2, 0)  # 3×k×k → k×k×3
-        out[top : top + kh, left : left + kw] = np.repeat(np.repeat(img, scale, 0), scale, 1)
-    return out
+        grid[top : top + kh, left : left + kw] = np.repeat(np.repeat(img, scale, 0), scale, 1)
+    return grid
 
 
 def conv1_weights(ckpt: Checkpoint) -> np.ndarray:
@@ -96,7 +96,7 @@ def towers_of(ckpt: Checkpoint) -> int:
     return 2 if model.arch == "alexnet" and model.layout == "two-tower" else 1
 
 
-def draw_filters(target: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+def draw_filters(target: str | os.PathLike[str], png: str | os.PathLike[str] | None = None,
                  cols: int | None = None, scale: int = SCALE) -> dict[str, Any]:
     """Write Figure 3 for a run or checkpoint; returns {"path", "checkpoint", "kernels", "towers", "grid", ...}."""
     from alexrepro.training.checkpoint import read_checkpoint
@@ -104,7 +104,7 @@ def draw_filters(target: str | os.PathLike[str], out: str | os.PathLike[str] | N
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")
     run, ckpt_path = resolve_run(target)
-    fig_path = figure_path(run, "filters.png", out)
+    fig_path = figure_path(run, "filters.png", png)
     ckpt = read_checkpoint(ckpt_path)
     weights = conv1_weights(ckpt)
     towers = towers_of(ckpt)

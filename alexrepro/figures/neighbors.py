@@ -23,7 +23,6 @@ import h5py
 import numpy as np
 import torch
 
-from alexrepro.atomic import atomic_path, writable_file
 from alexrepro.errors import UserError
 from alexrepro.export.features import file_sha256, net_digest, read_feature_attrs
 from alexrepro.figures.common import (
@@ -41,6 +40,7 @@ from alexrepro.figures.common import (
     save_figure,
 )
 from alexrepro.loaders.augment import Colour
+from alexrepro.process.atomic import atomic_path, writable_file
 from alexrepro.progress import console, make_progress
 
 INDEX_VERSION = 1
@@ -96,15 +96,15 @@ def index_indices(n_total: int, size: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, size).round().astype(np.int64))
 
 
-def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) -> str:
+def index_key(loaded: Loaded, out: Path, split: str, indices: np.ndarray) -> str:
     """The cache key: what the index's vectors depend on, as canonical JSON."""
-    from alexrepro.data.prepared import manifest_path
+    from alexrepro.data.manifest import manifest_path
 
     d = loaded.recipe.data
     key = {
         "version": INDEX_VERSION,
         "checkpoint": {"size": loaded.path.stat().st_size, "sha256": file_sha256(loaded.path)},
-        "set": {"path": str(Path(out_set).resolve()), "manifest_sha256": file_sha256(manifest_path(out_set))},
+        "set": {"path": str(Path(out).resolve()), "manifest_sha256": file_sha256(manifest_path(out))},
         "split": split,
         "dtype": np.dtype(INDEX_DTYPE).name,
         "indices_sha256": hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest(),
@@ -129,10 +129,9 @@ def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], colour: Co
 def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.ndarray, colour: Colour,
                 device: torch.device, batch_size: int, show_progress: bool = True) -> None:
     """Extract the fc7 vectors of `indices` and write the index file atomically, rows filled as batches finish."""
-    progress = make_progress(transient=True)
+    progress = make_progress(transient=True, show=show_progress)
     with progress, atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        task = progress.add_task(f"fc7 index ({dataset.split})", total=len(indices), unit="images",
-                                 visible=show_progress)
+        task = progress.add_task(f"fc7 index ({dataset.split})", total=len(indices), unit="images")
         feats_ds = None
         labels_out = np.zeros(len(indices), dtype=np.int64)
         row = 0
@@ -150,20 +149,20 @@ def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.
         f.attrs["split"] = dataset.split
 
 
-def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size: int, colour: Colour,
+def ensure_index(run_dir: Path, loaded: Loaded, out: Path, split: str, size: int, colour: Colour,
                  device: torch.device, batch_size: int) -> tuple[Path, bool]:
     """(the index file, whether it was reused): reuse RUN/fc7-index-<split>.h5 when its key matches, else build it."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
 
-    dataset = open_split(out_set, split)
+    dataset = open_split(out, split)
     indices = index_indices(len(dataset), size)
     if len(indices) == 0:
-        raise UserError(f"{out_set} split {split!r} holds no images to search; prepare it again")
+        raise UserError(f"{out} split {split!r} holds no images to search; prepare it again")
     if len(indices) < len(dataset):
         console.print(f"indexing {len(indices):,} of {len(dataset):,} {split} images, evenly spaced "
                       "(--index-size 0 indexes all)")
     path = index_path(run_dir, split)
-    key = index_key(loaded, out_set, split, indices)
+    key = index_key(loaded, out, split, indices)
     if path.is_file():
         try:
             with h5py.File(path, "r") as f:
@@ -177,36 +176,36 @@ def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size:
     return path, False
 
 
-def given_index(path: Path, loaded: Loaded, out_set: Path, index_split: str | None) -> tuple[str, str]:
+def given_index(path: Path, loaded: Loaded, out: Path, index_split: str | None) -> tuple[str, str]:
     """(split, layer) of a feature file to search, after checking its vectors are this net's on this set."""
-    from alexrepro.data.prepared import manifest_path
-    from alexrepro.loaders.presets import saved_mean
+    from alexrepro.data.manifest import manifest_path
+    from alexrepro.loaders.colour import saved_mean
 
     attrs = read_feature_attrs(path)
     if index_split is not None and index_split != attrs["split"]:
         raise UserError(f"{path} holds the {attrs['split']} split, not {index_split}; drop --index-split or give "
                         f"a feature file of {index_split}")
-    mean = saved_mean(loaded.ckpt.stats, out_set, loaded.recipe.data).mean
+    mean = saved_mean(loaded.ckpt.stats, out, loaded.recipe.data).mean
     if attrs.get("net") != net_digest(loaded.model.state_dict(), loaded.recipe.data, mean):
         raise UserError(f"{path} holds the vectors of another net than {loaded.path} (other weights or input); "
-                        f"write them with: alexrepro features {out_set} --checkpoint {loaded.path}")
-    if attrs.get("manifest_sha256") != file_sha256(manifest_path(out_set)):
-        raise UserError(f"{path} was computed on another prepared set than {out_set}; give the set it was "
+                        f"write them with: alexrepro features {out} --checkpoint {loaded.path}")
+    if attrs.get("manifest_sha256") != file_sha256(manifest_path(out)):
+        raise UserError(f"{path} was computed on another prepared set than {out}; give the set it was "
                         "computed on, or compute it again on this one")
     return str(attrs["split"]), str(attrs["layer"])
 
 
 def draw_neighbors(
-    target: str | os.PathLike[str], out_set: str | os.PathLike[str], queries: int = 5, k: int = 6,
+    target: str | os.PathLike[str], out: str | os.PathLike[str], queries: int = 5, k: int = 6,
     split: str = "val", index_split: str | None = None, index_size: int = DEFAULT_INDEX_SIZE, seed: int = 0,
-    out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
+    png: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
     index: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}.
 
     The images searched are `index_split`'s (default train), in the cache RUN/fc7-index-<split>.h5, or those
     of a feature file of `alexrepro features` (`index`), at its layer."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.runtime import resolve_device
 
     if not 1 <= queries <= 32:
@@ -216,23 +215,23 @@ def draw_neighbors(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run, ckpt_path = resolve_run(target)
-    fig_path = figure_path(run, f"neighbors-{split}.png", out)
+    fig_path = figure_path(run, f"neighbors-{split}.png", png)
     dev = resolve_device(device)
-    out_set = Path(out_set)
-    query_set = open_split(out_set, split)
+    out = Path(out)
+    query_set = open_split(out, split)
     loaded = load_net(ckpt_path, dev)
     layer = "fc7"
     if index is not None:
-        index_split, layer = given_index(Path(index), loaded, out_set, index_split)
+        index_split, layer = given_index(Path(index), loaded, out, index_split)
     index_split = index_split or "train"
-    train_set = open_split(out_set, index_split)
-    check_same_classes(loaded, train_set.classes, out_set)
+    train_set = open_split(out, index_split)
+    check_same_classes(loaded, train_set.classes, out)
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
-    colour = input_colour(loaded, out_set, dev)
+    colour = input_colour(loaded, out, dev)
     if index is not None:
         path_idx, reused = Path(index), True
     else:
-        path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, colour, dev, batch_size)
+        path_idx, reused = ensure_index(run, loaded, out, index_split, index_size, colour, dev, batch_size)
 
     q_idx = pick_indices(len(query_set), queries, seed)
     q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, colour, dev, batch_size, layer=layer),
@@ -255,14 +254,9 @@ def draw_neighbors(
     for r in range(queries):
         q_patch = _patch(loaded, query_set, int(q_idx[r]))
         _show(axes[r][0], q_patch, f"query: {names[int(q_labels[r])]}", "black", bold=True)
-        hits = []
-        for j in range(k):
-            i = int(set_indices[rows[r, j]])
-            lab = int(index_labels[rows[r, j]])
-            patch = _patch(loaded, train_set, i)
-            colour = "tab:green" if lab == int(q_labels[r]) else "tab:red"
-            _show(axes[r][j + 1], patch, f"{names[lab]}  d={dists[r, j]:.3g}", colour)
-            hits.append({"index": i, "label": lab, "distance": float(f"{dists[r, j]:.6g}")})
+        hits = [{"index": int(set_indices[rows[r, j]]), "label": int(index_labels[rows[r, j]]),
+                 "distance": float(f"{dists[r, j]:.6g}")} for j in range(k)]
+        _show_neighbors(axes[r][1:], loaded, train_set, hits, dists[r], int(q_labels[r]), names)
         report.append({"index": int(q_idx[r]), "label": int(q_labels[r]), "neighbors": hits})
     fig.suptitle(f"{layer} nearest neighbours: {split} queries, {index_split} images "
                  "(green: same class as the query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
@@ -273,6 +267,14 @@ def draw_neighbors(
         "queries": report, "width": round(CELL_IN * (k + 1) * fig.dpi),
         "height": round((CELL_IN * queries + TITLE_IN) * fig.dpi),
     }
+
+
+def _show_neighbors(axes: Any, loaded: Loaded, train_set: Any, hits: list[dict[str, Any]], dists: np.ndarray,
+                    query_label: int, names: list[str]) -> None:
+    """One query's neighbours, nearest first: green where the class is the query's, red where not."""
+    for ax, hit, d in zip(axes, hits, dists, strict=True):
+        colour = "tab:green" if hit["label"] == query_label else "tab:red"
+        _show(ax, _patch(loaded, train_set, hit["index"]), f"{names[hit['label']]}  d={d:.3g}", colour)
 
 
 def _patch(loaded: Loaded, dataset: Any, i: int) -> np.ndarray:

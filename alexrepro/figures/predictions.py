@@ -50,24 +50,24 @@ def top_classes(probs: torch.Tensor, k: int = TOP) -> tuple[np.ndarray, np.ndarr
 
 
 def draw_predictions(
-    target: str | os.PathLike[str], out_set: str | os.PathLike[str], n: int = 8, split: str = "val",
-    seed: int = 0, out: str | os.PathLike[str] | None = None, device: str = "auto",
+    target: str | os.PathLike[str], out: str | os.PathLike[str], n: int = 8, split: str = "val",
+    seed: int = 0, png: str | os.PathLike[str] | None = None, device: str = "auto",
 ) -> dict[str, Any]:
     """Write the top-5 figure for n images of a split; returns {"path", "images": [{"index", "label", "top5"}]}."""
-    from alexrepro.data.prepared import open_split
+    from alexrepro.data.split import open_split
     from alexrepro.runtime import resolve_device
 
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
     run, ckpt_path = resolve_run(target)
-    fig_path = figure_path(run, f"predictions-{split}.png", out)
+    fig_path = figure_path(run, f"predictions-{split}.png", png)
     dev = resolve_device(device)
-    dataset = open_split(out_set, split)
+    dataset = open_split(out, split)
     loaded = load_net(ckpt_path, dev)
-    check_same_classes(loaded, dataset.classes, Path(out_set))
+    check_same_classes(loaded, dataset.classes, Path(out))
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
     indices = pick_indices(len(dataset), n, seed)
-    colour = input_colour(loaded, Path(out_set), dev)
+    colour = input_colour(loaded, Path(out), dev)
     x, patches, labels = next(iter_center_batches(dataset, indices, loaded.recipe.data, colour, dev, len(indices)))
     with torch.inference_mode():
         probs = torch.softmax(loaded.model(x).float(), dim=1)
@@ -87,20 +87,7 @@ def draw_predictions(
         ax_img.set_axis_off()
         y = int(labels[j])
         ax_img.set_title(names[y], fontsize=10, fontweight="bold")
-        ax_bar = fig.add_subplot(cell[1])
-        k = len(top[j])
-        colours = [TRUE_COLOUR if int(cls) == y else OTHER_COLOUR for cls in top[j]]
-        ax_bar.barh(np.arange(k), top_p[j], color=colours, alpha=0.45)
-        for row, cls in enumerate(top[j]):  # names inside the bars, as in Figure 4, so none is cut off
-            true = int(cls) == y
-            ax_bar.text(0.02, row, names[int(cls)], va="center", fontsize=8,
-                        color=TRUE_COLOUR if true else "black", fontweight="bold" if true else "normal")
-        ax_bar.set_yticks([])
-        ax_bar.invert_yaxis()  # most probable on top, as in Figure 4
-        ax_bar.set_xlim(0, 1)
-        ax_bar.tick_params(axis="x", labelsize=7)
-        if y not in top[j]:
-            ax_bar.set_xlabel("true class not in top 5", fontsize=7, color=TRUE_COLOUR)
+        _draw_bars(fig.add_subplot(cell[1]), top[j], top_p[j], y, names)
         report.append({
             "index": int(indices[j]), "label": y, "name": names[y], "top5": [int(t) for t in top[j]],
             "prob": [round(float(p), 6) for p in top_p[j]], "top1_correct": bool(top[j][0] == y),
@@ -111,3 +98,19 @@ def draw_predictions(
         "path": str(path), "checkpoint": str(ckpt_path), "split": split, "seed": seed, "images": report,
         "width": round(w_in * fig.dpi), "height": round(h_in * fig.dpi),
     }
+
+
+def _draw_bars(ax: Any, top: np.ndarray, top_p: np.ndarray, label: int, names: list[str]) -> None:
+    """One image's top classes as bars, most probable on top, the true class in its colour."""
+    colours = [TRUE_COLOUR if int(cls) == label else OTHER_COLOUR for cls in top]
+    ax.barh(np.arange(len(top)), top_p, color=colours, alpha=0.45)
+    for row, cls in enumerate(top):  # names inside the bars, as in Figure 4, so none is cut off
+        true = int(cls) == label
+        ax.text(0.02, row, names[int(cls)], va="center", fontsize=8,
+                color=TRUE_COLOUR if true else "black", fontweight="bold" if true else "normal")
+    ax.set_yticks([])
+    ax.invert_yaxis()  # most probable on top, as in Figure 4
+    ax.set_xlim(0, 1)
+    ax.tick_params(axis="x", labelsize=7)
+    if label not in top:
+        ax.set_xlabel("true class not in top 5", fontsize=7, color=TRUE_COLOUR)

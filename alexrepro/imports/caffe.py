@@ -14,7 +14,6 @@ Caffe's pooling rounds output sizes up, ours down; on AlexNet's maps (55, 27, 13
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +105,6 @@ def read_caffe_mean(path: str | Path) -> np.ndarray:
         )
     chw = blob.data.reshape(shape)[BGR_TO_RGB]
     return np.ascontiguousarray(chw.transpose(1, 2, 0), dtype=np.float32)
-
-
-def with_mean(weights: ImportedWeights, mean: np.ndarray) -> ImportedWeights:
-    """The same import with a mean image (RGB 256×256×3 on 0–255, e.g. a prepared set's stats.h5 mean)."""
-    return dataclasses.replace(weights, mean_image=np.asarray(mean, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------------------

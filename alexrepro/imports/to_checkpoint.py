@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro.atomic import writable_file
 from alexrepro.errors import UserError
 from alexrepro.imports.weights import ImportedWeights
+from alexrepro.process.atomic import writable_file
 
 FORMATS = ("caffe", "torchvision")
 IMAGENET_CLASSES = 1000  # ILSVRC-2012's classes, what both published files were trained on
@@ -113,7 +113,7 @@ def import_classes(num_classes: int, manifest: Any, opts: ImportOptions) -> tupl
 
 def import_stats(imported: ImportedWeights, opts: ImportOptions) -> tuple[dict[str, Any] | None, str | None]:
     """(the colour statistics the checkpoint carries, where they came from) for the recipe's mean."""
-    from alexrepro.data.prepared import STATS, Stats, read_stats
+    from alexrepro.data.stats_file import STATS, Stats, read_stats
     from alexrepro.training.checkpoint import stats_payload
 
     if imported.data.mean == "channel-std":
@@ -134,7 +134,8 @@ def import_stats(imported: ImportedWeights, opts: ImportOptions) -> tuple[dict[s
 
 def imported_recipe(imported: ImportedWeights) -> Any:
     """The checkpoint's recipe: the import's [model] and [data], the other sections at their defaults."""
-    from alexrepro.recipe import Recipe, validate
+    from alexrepro.recipe import Recipe
+    from alexrepro.recipe_reader import validate
 
     src = imported.source
     name = f"{src['format']}-{src['net'] or 'alexnet'}".replace(" ", "_")

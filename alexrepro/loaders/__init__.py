@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from alexrepro.loaders.base import Loader, LoaderSpec
-    from alexrepro.loaders.presets import MeanImage
+    from alexrepro.loaders.colour import MeanImage
     from alexrepro.recipe import DataConfig
 
 _SAID: set[tuple[str, str]] = set()

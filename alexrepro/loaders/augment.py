@@ -4,8 +4,8 @@ Both loader backends (PyTorch and DALI) take their parameters from `draw_train_p
 or the test-time preset (`alexrepro.loaders.presets`: centre / ten crops, built on `view_params`),
 cut and flip the uint8 image with them, and hand the uint8 crops to `finish_batch`, the one function
 that does the float maths (mean subtraction, lighting, NCHW) on the target device. So for the same
-draws the two backends give the same tensor. §4.1's lighting lives here whole: the scale conventions
-(`lighting_magnitudes`) beside the shift they scale (`lighting_shift`).
+draws the two backends give the same tensor. §4.1's lighting shift is `lighting_shift`; the magnitudes it
+scales the eigenvectors by are the statistics' (`alexrepro.data.stats.lighting_magnitudes`, by convention).
 
 Coordinates: a view (y, x, flip) means "take the crop_size × crop_size patch whose top-left corner
 is (y, x) in the (image_size × image_size) image, then mirror it left-right if flip". The mean
@@ -21,18 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from alexrepro.data.prepared import IMAGE_SIZE
-from alexrepro.errors import UserError
+from alexrepro.data.shards import IMAGE_SIZE
 
 if TYPE_CHECKING:  # torch is imported lazily so that DALI's worker processes stay light
     import torch
 
-    from alexrepro.data.prepared import Stats
     from alexrepro.recipe import DataConfig
 
 View = tuple[int, int, bool]  # (y, x, flip): see "Coordinates" above
-LIGHTING_SCALES = ("unit", "cuda-convnet")  # §4.1 formula on [0, 1]; Krizhevsky's code, √λ on 0–255
-PIXEL_MAX = 255.0  # stored pixels are uint8 on the 0–255 scale
 
 
 @dataclass(frozen=True)
@@ -118,11 +114,6 @@ def eval_params(n: int, image_size: int, crop_size: int) -> CropParams:
     return view_params(center_views(image_size, crop_size), n)
 
 
-def ten_crop_params(n: int, image_size: int, crop_size: int) -> CropParams:
-    """The ten views of each of n images, flattened image-major (N·10 entries)."""
-    return view_params(ten_crop_views(image_size, crop_size), n)
-
-
 def crop_flip(image: np.ndarray, y: int, x: int, crop_size: int, flip: bool) -> np.ndarray:
     """The crop_size² patch at (y, x) of an H×W×C image, mirrored left-right if flip (contiguous)."""
     patch = image[y : y + crop_size, x : x + crop_size]
@@ -175,25 +166,6 @@ def channel_std_mean_and_scale(
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def lighting_magnitudes(stats: Stats, scale: str) -> np.ndarray:
-    """(3,) m such that §4.1's lighting shift of a 0–255 pixel is eigvec @ (alpha * m).
-
-    "unit": the paper's formula on [0, 1] pixels (eigenvalues λ/255², shift eigvec·(α⊙λ/255²)),
-    restated on 0–255 by multiplying by 255: m = λ / 255.
-    "cuda-convnet": Krizhevsky's released code, m = √λ with λ on the 0–255 scale.
-    """
-    if scale not in LIGHTING_SCALES:
-        raise ValueError(f"lighting scale must be one of {LIGHTING_SCALES}, got {scale!r}")
-    if stats.eigval is None:
-        raise UserError("the colour statistics have no PCA; run: alexrepro pca OUT")
-    if stats.scale != "0-255":
-        raise ValueError(f"statistics on scale {stats.scale!r}; expected '0-255'")
-    lam = np.clip(np.asarray(stats.eigval, dtype=np.float64), 0.0, None)  # rounding can give -0
-    if scale == "unit":
-        return lam / PIXEL_MAX
-    return np.sqrt(lam)
-
-
 def lighting_shift(alpha: np.ndarray, eigvec: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     """§4.1: the RGB shift [p1 p2 p3][α1 m1, α2 m2, α3 m3]ᵀ of each image; alpha n×3 → n×3."""
     return (np.asarray(alpha, np.float64) * np.asarray(magnitudes, np.float64)) @ np.asarray(eigvec).T
@@ -206,7 +178,7 @@ class Colour:
 
     mean: torch.Tensor  # float32 S×S×3 on the target device
     eigvec: np.ndarray | None  # 3×3, columns p_i; None when lighting is off
-    magnitudes: np.ndarray | None  # (3,) m from lighting_magnitudes
+    magnitudes: np.ndarray | None  # (3,) m from alexrepro.data.stats.lighting_magnitudes
     scale: torch.Tensor | None = None  # float32 (3,) on the target device: 1 / (255·std_rgb)
 
 

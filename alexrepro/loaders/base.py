@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 
-from alexrepro.data.prepared import SplitDataset, read_stats
+from alexrepro.data.split import SplitDataset
+from alexrepro.data.stats_file import read_stats
 from alexrepro.errors import UserError
 from alexrepro.loaders.augment import Colour
+from alexrepro.loaders.colour import MeanImage, make_colour
 from alexrepro.loaders.order import BatchPlan
-from alexrepro.loaders.presets import EvalPreset, MeanImage, make_colour
+from alexrepro.loaders.presets import EvalPreset
 from alexrepro.recipe import DataConfig
 
 

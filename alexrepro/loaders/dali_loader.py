@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexrepro.data.prepared import IMAGE_SIZE
+from alexrepro.data.shards import IMAGE_SIZE
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.loaders.augment import CropParams, finish_batch, to_device
 from alexrepro.loaders.base import Loader, LoaderSpec

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro import lifetime
-from alexrepro.data.prepared import SplitDataset
+from alexrepro.data.split import SplitDataset
 from alexrepro.loaders.batch_read import read_batch
 from alexrepro.loaders.order import BatchPlan, rank_batch
+from alexrepro.process import lifetime
 from alexrepro.recipe import DataConfig
 
 _bound: int | None = None  # the DALI worker process this module has bound to its parent

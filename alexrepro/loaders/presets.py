@@ -5,35 +5,30 @@ each view of the variant (the centre patch, or §4.1's ten patches in torchvisio
 and after `finish_batch` has the mean image, cut at the same view, subtracted (§2; or torchvision's
 channel mean and std for a recipe with mean = "channel-std", its imported weights' input). Both loader
 backends, `alexrepro predict` and the figures take their views from `EvalPreset` and their colour
-set-up (the mean image, and for training the lighting basis) from `make_colour`, so each sees the
-same tensor for the same image. A preset holds no tensor: the PyTorch backend's worker processes
-receive it pickled.
+set-up (the mean image, and for training the lighting basis) from `alexrepro.loaders.colour.make_colour`,
+so each sees the same tensor for the same image. A preset holds no tensor: the PyTorch backend's worker
+processes receive it pickled.
 
 A new test-time protocol: its views here (`VIEWS`), and how its softmaxes combine in
-`alexrepro.evaluation.test_time.TEST_TIME` under the same name.
+`alexrepro.evaluation.variants.TEST_TIME` under the same name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alexrepro.data.prepared import IMAGE_SIZE
 from alexrepro.errors import UserError
 from alexrepro.loaders.augment import (
     Colour,
     CropParams,
     View,
     center_views,
-    channel_std_mean_and_scale,
     crop_flip,
     finish_batch,
-    lighting_magnitudes,
-    mean_image_for,
     resize_image,
     ten_crop_views,
     view_params,
@@ -42,7 +37,6 @@ from alexrepro.loaders.augment import (
 if TYPE_CHECKING:
     import torch
 
-    from alexrepro.data.prepared import Stats
     from alexrepro.recipe import DataConfig
 
 TEN_CROPS = 10  # §4.1: four corner patches, the centre patch, and their horizontal reflections
@@ -122,63 +116,3 @@ class EvalPreset:
         import torch
 
         return self.finish(torch.from_numpy(self.cut_all(images)), colour, device)
-
-
-# --------------------------------------------------------------------------------------------- colour
-@dataclass(frozen=True)
-class MeanImage:
-    """§2's colour statistics an input needs: the stored-size mean image and the channel mean."""
-
-    mean: np.ndarray  # float32 256×256×3 on the 0–255 scale
-    channel_mean: np.ndarray  # float64 (3,)
-    source: str  # "checkpoint", or the stats.h5 they were read from
-
-
-def saved_mean(saved: Mapping[str, Any] | None, out: Path | None, data: DataConfig | None = None) -> MeanImage:
-    """The mean a checkpoint saved with its net (train and import store it), else OUT's stats.h5; UserError
-    if neither. A recipe whose mean is "channel-std" needs neither: its constants are in the recipe."""
-    import torch
-
-    if data is not None and data.mean == "channel-std":
-        m, _ = channel_std_mean_and_scale(data.mean_rgb, data.std_rgb)
-        image = np.broadcast_to(m, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
-        return MeanImage(image, m.astype(np.float64), "recipe (channel-std)")
-    mean = saved.get("mean") if isinstance(saved, Mapping) else None
-    if mean is not None:
-        mean = torch.as_tensor(mean).float().numpy()
-        cm = saved.get("channel_mean")
-        channel = torch.as_tensor(cm).double().numpy() if cm is not None else mean.reshape(-1, 3).mean(0)
-        if mean.ndim == 1:  # a per-channel mean only
-            channel = mean.astype(np.float64)
-            mean = np.broadcast_to(mean.astype(np.float32), (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
-        return MeanImage(mean, channel, "checkpoint")
-    if out is None:
-        raise UserError(
-            "the checkpoint carries no mean image; give the prepared set it was trained on with --data OUT"
-        )
-    from alexrepro.data.prepared import read_stats
-
-    s = read_stats(out)
-    source = str(Path(out) / "stats.h5")
-    return MeanImage(np.asarray(s.mean, np.float32), np.asarray(s.channel_mean, np.float64), source)
-
-
-def mean_colour(mean: np.ndarray, device: torch.device, scale: np.ndarray | None = None) -> Colour:
-    """The Colour of a mean image already at the recipe's image size, without lighting (test time)."""
-    import torch
-
-    scale_t = None if scale is None else torch.as_tensor(scale, dtype=torch.float32).to(device)
-    return Colour(torch.as_tensor(mean, dtype=torch.float32).to(device), None, None, scale_t)
-
-
-def make_colour(
-    stats: Stats | MeanImage, data: DataConfig, device: torch.device, lighting: bool = False
-) -> Colour:
-    """The recipe's colour set-up on `device`: §2's mean image (or a channel mean, and for "channel-std"
-    torchvision's per-channel scale); if `lighting`, §4.1's basis."""
-    scale = channel_std_mean_and_scale(data.mean_rgb, data.std_rgb)[1] if data.mean == "channel-std" else None
-    colour = mean_colour(mean_image_for(stats.mean, stats.channel_mean, data), device, scale)
-    if not lighting:
-        return colour
-    magnitudes = lighting_magnitudes(stats, data.lighting_scale)
-    return Colour(colour.mean, np.asarray(stats.eigvec, np.float64), magnitudes, colour.scale)

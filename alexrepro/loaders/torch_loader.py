@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alexrepro import lifetime
-from alexrepro.data.prepared import SplitDataset
+from alexrepro.data.split import SplitDataset
 from alexrepro.loaders.augment import CropParams, crop_flip, finish_batch, resize_image
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.batch_read import decoded, read_batch
 from alexrepro.loaders.order import rank_batch
 from alexrepro.loaders.presets import EvalPreset
+from alexrepro.process import lifetime
 
 Item = tuple[int, int, int, bool, float, float, float]  # (index, y, x, flip, α1, α2, α3)
 

@@ -8,7 +8,8 @@ running epoch's tally, seconds), best_top1, stats (mean image float32 256×256×
 eigval, eigvec on the 0–255 scale), checksum, and, for imported weights only (alexrepro import), origin (format,
 file, sha256, net, published). Every value is a tensor (on the CPU) or plain Python, so
 `torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the package
-gets a `Checkpoint` from `read_checkpoint` (or `Checkpoint.from_payload`).
+gets a `Checkpoint` from `read_checkpoint` and writes one with `save_checkpoint` (or, for a run's
+last, epoch and best files, `write_run_checkpoint`).
 
 `checksum` is "sha256:<hex>" of the contents (`contents_digest`: every other key and value, each tensor's
 dtype, shape and bytes), checked on every load: a file damaged after it was written (one flipped bit in a
@@ -35,18 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexrepro.atomic import atomic_path, described_write_errors
-from alexrepro.data.prepared import Stats
+from alexrepro.data.stats_file import Stats
 from alexrepro.errors import UserError
+from alexrepro.process.atomic import atomic_path, described_write_errors
 from alexrepro.progress import console
-from alexrepro.recipe import Recipe, recipe_from_dict
+from alexrepro.recipe import Recipe
+from alexrepro.recipe_reader import recipe_from_dict
 
 FORMAT = "alexrepro-checkpoint"
 VERSION = 1  # the layout of the stored dict; a new one converts older payloads in from_payload
 LAST, BEST = "last.pt", "best.pt"
 CHECKSUM = "checksum"  # the stored key of the contents' digest (contents_digest)
 WRITE_HINT = ("free space there (or fix its permissions); the checkpoints written before are intact, and "
-              "--resume continues from the newest")
+              "--resume continues from the newest")  # a run's saves
+SAVE_HINT = "free space there (or fix its permissions), then run it again"  # any other save
 _unverified: set[str] = set()  # files without a checksum already noted in this process
 
 
@@ -142,17 +145,9 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
-    """A checkpoint file as a Checkpoint; a UserError if it is missing, corrupt or not an alexrepro checkpoint."""
-    return Checkpoint.from_payload(load_checkpoint(path, map_location), source=str(path))
-
-
-def as_checkpoint(ckpt: Checkpoint | dict[str, Any] | str | os.PathLike[str]) -> Checkpoint:
-    """A Checkpoint from a Checkpoint, a stored dict (as load_checkpoint returns it) or a file path."""
-    if isinstance(ckpt, Checkpoint):
-        return ckpt
-    if isinstance(ckpt, dict):
-        return Checkpoint.from_payload(ckpt)
-    return read_checkpoint(ckpt)
+    """A checkpoint file as a Checkpoint; a UserError if it is missing, corrupt, damaged or not an alexrepro
+    checkpoint (the one way the package reads one)."""
+    return Checkpoint.from_payload(_load_payload(path, map_location), source=str(path))
 
 
 def to_safe(obj: Any) -> Any:
@@ -199,31 +194,27 @@ def _feed(h: Any, obj: Any) -> None:
         h.update(f"{type(obj).__name__} {obj!r};".encode())
 
 
-def sealed(payload: Checkpoint | dict[str, Any]) -> dict[str, Any]:
+def sealed(ckpt: Checkpoint) -> dict[str, Any]:
     """The dict to store: format and version first, tensors on the CPU, and the checksum of it all."""
-    if isinstance(payload, Checkpoint):
-        payload = payload.to_payload()
-    stored = {"format": FORMAT, "version": VERSION, **to_safe(payload)}
+    stored = to_safe(ckpt.to_payload())
     stored.pop(CHECKSUM, None)
     stored[CHECKSUM] = contents_digest(stored)
     return stored
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: Checkpoint | dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a temporary file, fsync, rename; a failed write raises and leaves the
-    old file (a run's saves, `write_run_checkpoint`, turn it into one line)."""
-    with atomic_path(path) as tmp:
-        torch.save(sealed(payload), tmp)
+def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint, hint: str = SAVE_HINT) -> None:
+    """Write a checkpoint atomically (the one way the package writes one); a failed write is one line naming
+    the file and `hint` (a UserError when read-only or forbidden, else WorkFailed), and the old file stays."""
+    _store(Path(path), sealed(ckpt), hint)
 
 
-def _write(path: Path, stored: dict[str, Any]) -> None:
-    """Save a sealed dict atomically; a failed write is one line naming the file and the free space there
-    (a UserError when read-only or forbidden, else WorkFailed), and the old file stays."""
-    with described_write_errors(path, WRITE_HINT), atomic_path(path) as tmp, open(tmp, "wb") as f:
+def _store(path: Path, stored: dict[str, Any], hint: str) -> None:
+    """Save a sealed dict: a temporary file, fsync, rename."""
+    with described_write_errors(path, hint), atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(stored, f)  # through a file object, so a failed write carries its errno (ENOSPC, EROFS)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _load_payload(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The stored dict of a checkpoint file (what `read_checkpoint` types), its checksum verified and removed;
     a UserError if it is missing, corrupt, damaged or not an alexrepro checkpoint."""
     path = Path(path)
@@ -277,7 +268,7 @@ def find_resumable(run_dir: str | os.PathLike[str]) -> Path | None:
     """The newest loadable checkpoint of a run; a corrupt newer one is skipped with a warning."""
     for path in checkpoint_candidates(run_dir):
         try:
-            load_checkpoint(path)
+            _load_payload(path)  # the file reads and its checksum holds; the recipe is checked when resumed
         except UserError as e:
             console.print(f"[yellow]warning:[/yellow] skipping {path.name}: {e}")
             continue
@@ -294,7 +285,7 @@ def remove_stale_temps(run_dir: str | os.PathLike[str]) -> None:
 
 
 def write_run_checkpoint(
-    run_dir: str | os.PathLike[str], payload: dict[str, Any], *, epoch_end: bool, is_best: bool, keep_last: int
+    run_dir: str | os.PathLike[str], ckpt: Checkpoint, *, epoch_end: bool, is_best: bool, keep_last: int
 ) -> dict[str, Path]:
     """Save last.pt (and at an epoch end epoch-NNN.pt, best.pt when best); prune old epoch files.
 
@@ -303,18 +294,18 @@ def write_run_checkpoint(
     """
     folder = checkpoint_dir(run_dir)
     written: dict[str, Path] = {}
-    stored = sealed(payload)  # one checksum for the files this save writes
+    stored = sealed(ckpt)  # one checksum for the files this save writes
     if epoch_end:
-        written["epoch"] = folder / epoch_name(int(payload["epoch"]) - 1)
-        _write(written["epoch"], stored)
+        written["epoch"] = folder / epoch_name(ckpt.epoch - 1)
+        _store(written["epoch"], stored, WRITE_HINT)
         if is_best:
             written["best"] = folder / BEST
-            _write(written["best"], stored)
+            _store(written["best"], stored, WRITE_HINT)
         epochs = sorted(folder.glob("epoch-*.pt"))
         for old in epochs[: max(0, len(epochs) - max(keep_last, 1))]:
             old.unlink(missing_ok=True)
     written["last"] = folder / LAST
-    _write(written["last"], stored)
+    _store(written["last"], stored, WRITE_HINT)
     return written
 
 
@@ -329,13 +320,10 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def model_from_checkpoint(
-    ckpt: Checkpoint | dict[str, Any] | str | os.PathLike[str],
-) -> tuple[nn.Module, Recipe, list[dict[str, Any]]]:
-    """(model in eval mode on the CPU, Recipe, classes) from a Checkpoint, a stored dict or a path."""
+def model_from_checkpoint(saved: Checkpoint) -> tuple[nn.Module, Recipe, list[dict[str, Any]]]:
+    """(model in eval mode on the CPU, Recipe, classes) from a checkpoint read with `read_checkpoint`."""
     from alexrepro.nets import build_net
 
-    saved = as_checkpoint(ckpt)
     model = build_net(saved.recipe.model, saved.recipe.data.crop_size)
     try:
         model.load_state_dict(saved.model)

@@ -2,7 +2,7 @@
 
 `alexrepro.training.plan.plan_training(TrainOptions)` resolves the request into a `TrainPlan`;
 `run_training` then runs `train` in this process, in N spawned processes (`--gpus N`, or `--procs N`
-on the CPU) or in a process torchrun started. `train` builds the run (training/run.py), then for each
+on the CPU) or in a process torchrun started. `train` builds the run (training/build.py), then for each
 epoch: `train_one_epoch`, `validate`, `record_epoch`, `save_run_state`. What the run tells on the way
 (metrics, log lines, progress, TensorBoard, stall warnings) goes through one `RunReporter`.
 
@@ -23,15 +23,15 @@ import torch
 
 from alexrepro import distributed
 from alexrepro.errors import WorkFailed
-from alexrepro.evaluation.metrics import true_class_rank
+from alexrepro.process.signals import Stopped, StopRequest, signal_name, stop_on_signals
 from alexrepro.progress import console
-from alexrepro.signals import Stopped, StopRequest, signal_name, stop_on_signals
+from alexrepro.topk import true_class_rank
 from alexrepro.training import checkpoint
+from alexrepro.training.build import Run, RunState, build_run
 from alexrepro.training.optim import set_lr
 from alexrepro.training.plan import TrainOptions, TrainPlan, plan_training
-from alexrepro.training.report import RunReporter, epoch_record, tensorboard_writer
+from alexrepro.training.reporter import RunReporter, epoch_record, tensorboard_writer
 from alexrepro.training.rng import capture_rng, rng_isolated
-from alexrepro.training.run import Run, RunState, build_run
 from alexrepro.training.run_folder import claim_run_folder, keep_aside
 from alexrepro.training.step import StepHarness, autocast
 from alexrepro.training.stopping import TRAIN_SIGNALS, StopVote, stop_line
@@ -91,7 +91,7 @@ def _process(plan: TrainPlan) -> dict[str, Any]:
 def train(plan: TrainPlan, info: distributed.DistInfo, request: StopRequest | None = None) -> dict[str, Any]:
     """Train the recipe's net on the prepared set; rank 0 writes the run folder and returns the summary.
 
-    `request` records stop signals (alexrepro.signals): the run then stops after the step every rank agrees
+    `request` records stop signals (alexrepro.process.signals): the run then stops after the step every rank agrees
     on, with a checkpoint, raising Stopped.
     """
     run, state = build_run(plan, info, started=time.time())
@@ -136,7 +136,7 @@ def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int
     Each step is queued without a host read; the host reads the device (the NaN guard, the metrics) only
     every run.log_every steps, before a mid-epoch checkpoint, at the epoch's last batch and at a stop.
     """
-    harness, loader, every = run.harness, run.train_loader, run.plan.recipe.run
+    harness, loader, run_config = run.harness, run.train_loader, run.plan.recipe.run
     set_lr(harness.optimizer, lr)
     start = state.batch
     loader.set_epoch(epoch, start)
@@ -151,8 +151,8 @@ def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int
         state.epoch_tally += tally
         reporter.add(tally)
         stop = vote.step() if vote is not None else None  # host-side only; the same on every rank
-        log_now = state.step % every.log_every == 0 or i == total - 1
-        save_now = bool(every.checkpoint_every) and state.step % every.checkpoint_every == 0 and i + 1 < total
+        log_now = state.step % run_config.log_every == 0 or i == total - 1
+        save_now = bool(run_config.checkpoint_every) and state.step % run_config.checkpoint_every == 0 and i + 1 < total
         if not (log_now or save_now or stop):
             continue
         stop_if_diverged(run, state, epoch, i, lr)
@@ -200,7 +200,7 @@ def save_run_state(run: Run, state: RunState, epoch: int, batch: int, *, epoch_e
     written: dict[str, Path] = {}
     if run.info.is_main:
         snapshot = run.snapshot(state, epoch, batch, rng)
-        written = checkpoint.write_run_checkpoint(run.plan.run_dir, snapshot.to_payload(), epoch_end=epoch_end,
+        written = checkpoint.write_run_checkpoint(run.plan.run_dir, snapshot, epoch_end=epoch_end,
                                                   is_best=is_best, keep_last=run.plan.recipe.run.keep_last)
     distributed.barrier()
     return written

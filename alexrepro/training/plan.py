@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexrepro.data.prepared import open_split
+from alexrepro.data.split import open_split
 from alexrepro.distributed import resolve_launch, torchrun_env
 from alexrepro.errors import UserError
-from alexrepro.locking import command_args
 from alexrepro.nets.lrn import check_kernel_device
-from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe
+from alexrepro.process.locking import command_args
+from alexrepro.recipe import Recipe, diff_recipes
+from alexrepro.recipe_reader import apply_overrides, load_recipe
 from alexrepro.training.checkpoint import (
     checkpoint_candidates,
     checkpoint_dir,

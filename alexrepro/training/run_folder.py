@@ -1,27 +1,44 @@
-"""The run folder is one run's: held by one process at a time, and an earlier run in it is never overwritten.
+"""The run folder: one run's, held by one process at a time, and what the run records in it.
 
-`claim_run_folder(RUN)` holds RUN's lock (alexrepro.locking: a second `train` into it exits 2 naming the
+`claim_run_folder(RUN)` holds RUN's lock (alexrepro.process.locking: a second `train` into it exits 2 naming the
 holder) for the whole run, and removes RUN again if this claim created it and a refusal left it empty.
 A new run in a folder that holds an earlier run's metrics or checkpoints (even damaged ones) needs
 `--force`, which first moves the earlier run's files into RUN/previous-<time>/ (`keep_aside`).
+
+What the run records (`RunLog`, rank 0 only; every method is a no-op on the other ranks):
+    RUN/recipe.toml        the resolved recipe (extends, --set and command-line options applied)
+    RUN/metrics.jsonl      one JSON object per logged step ("kind": "step") and per epoch ("kind": "epoch")
+    RUN/log.txt            the familiar `Epoch: [e][i/N] loss acc@1 acc@5` lines and notes
+    RUN/environment.json   git commit and dirty flag, library versions, devices, command line
+    RUN/git.diff           the uncommitted changes, when the checkout has any
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from alexrepro.atomic import writable_folder
+import torch
+
+import alexrepro
 from alexrepro.errors import UserError
-from alexrepro.locking import LOCK_FILE, FolderLock
+from alexrepro.process.atomic import atomic_write_json, atomic_write_text, writable_folder
+from alexrepro.process.locking import LOCK_FILE, FolderLock
+from alexrepro.recipe import Recipe, recipe_to_toml
 from alexrepro.training.checkpoint import checkpoint_dir
-from alexrepro.training.runlog import METRICS
 
 PREVIOUS = "previous-"  # RUN/previous-<time>/: an earlier run's files, kept aside by --force
+RECIPE, METRICS, LOG, ENVIRONMENT, DIFF = "recipe.toml", "metrics.jsonl", "log.txt", "environment.json", "git.diff"
 
 
 @contextlib.contextmanager
@@ -82,3 +99,85 @@ def keep_aside(run_dir: Path) -> Path:
             continue
         os.replace(entry, target / entry.name)  # a rename within RUN: nothing copied, nothing lost
     return target
+
+
+# --------------------------------------------------------------------------------------------- records
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def environment_record(devices: list[str], world_size: int) -> tuple[dict[str, Any], str | None]:
+    """(what ran where, the uncommitted diff or None): git commit, versions, devices, command line."""
+    repo = Path(alexrepro.__file__).resolve().parent.parent
+    commit = _git(["rev-parse", "HEAD"], repo)
+    diff = _git(["diff", "HEAD"], repo) if commit else None
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "command": sys.argv,
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(diff),
+        "alexrepro": alexrepro.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "devices": devices,
+        "device_names": [torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda")],
+        "world_size": world_size,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    return record, diff or None
+
+
+class RunLog:
+    """The writer of a run folder (a no-op unless `enabled`, i.e. on rank 0)."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
+        self.dir = Path(run_dir)
+        self.enabled = enabled
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        if self.enabled:
+            atomic_write_text(self.dir / RECIPE, recipe_to_toml(recipe))
+
+    def write_environment(self, devices: list[str], world_size: int) -> None:
+        if not self.enabled:
+            return
+        record, diff = environment_record(devices, world_size)
+        atomic_write_json(self.dir / ENVIRONMENT, record)
+        if diff:
+            atomic_write_text(self.dir / DIFF, diff)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric lines after `step` (written by a run killed after its last checkpoint)."""
+        path = self.dir / METRICS
+        if not self.enabled or not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if _line_step(line) <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON object to metrics.jsonl (flushed, so a killed run keeps what it logged)."""
+        if self.enabled:
+            with open(self.dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def line(self, text: str) -> None:
+        """Append one line to the human log."""
+        if self.enabled:
+            with open(self.dir / LOG, "a") as f:
+                f.write(text + "\n")
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a torn last line is dropped

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexrepro import distributed
-from alexrepro.evaluation.metrics import true_class_rank
 from alexrepro.recipe import Recipe
 from alexrepro.runtime import autocast_dtype
+from alexrepro.topk import topk_for, true_class_rank
 from alexrepro.training.optim import PaperSGD, make_optimizer
 from alexrepro.training.watchdog import StepGuard
 
@@ -27,14 +27,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def topk_for(num_classes: int) -> tuple[int, int]:
-    """The (top-1, top-5) pair the metrics count; top-5 shrinks to the class count below five classes."""
-    return 1, min(5, num_classes)
+def place_model(model: nn.Module, device: torch.device, channels_last: bool,
+                towers: tuple[torch.device, torch.device] | None = None) -> nn.Module:
+    """The net on `device` (or its two towers on `towers`, §3.2), its 4-D weights in channels-last order when asked."""
+    if towers is not None:
+        from alexrepro.nets.alexnet import model_parallel
 
-
-def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """The net on `device`, its 4-D weights in channels-last order when asked."""
-    model = model.to(device)
+        model = model_parallel(model, towers)
+    else:
+        model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -79,19 +80,13 @@ def build_step(recipe: Recipe, device: torch.device, *, precision: str | None = 
     two towers over two devices (§3.2), the first of which then holds the inputs and tallies.
     """
     from alexrepro.nets import build_net
-    from alexrepro.nets.alexnet import model_parallel
     from alexrepro.nets.lrn import set_lrn_kernel
 
     precision = recipe.run.precision if precision is None else precision
     channels_last = recipe.run.channels_last if channels_last is None else channels_last
-    model = build_net(recipe.model, recipe.data.crop_size)
-    if model_devices is not None:
-        model, device = model_parallel(model, model_devices), model_devices[0]
-    else:
-        model = model.to(device)
+    model = place_model(build_net(recipe.model, recipe.data.crop_size), device, channels_last, model_devices)
     set_lrn_kernel(model, recipe.run.lrn_kernel)  # after model_parallel, which builds its own LRN layer
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    device = model_devices[0] if model_devices is not None else device
     optimizer = make_optimizer(model, recipe.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     return StepHarness(model, optimizer, scaler, autocast_dtype(precision), topk_for(recipe.model.num_classes),

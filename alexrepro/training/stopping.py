@@ -2,9 +2,9 @@
 
 SIGINT (Ctrl-C), SIGTERM (a scheduler's stop; torchrun passes it on to every rank) and SIGUSR1 (SLURM's
 warning before a pre-emption, `sbatch --signal=USR1@120`) only record themselves while a run trains
-(`alexrepro.signals.stop_on_signals(TRAIN_SIGNALS, at_once=False)`); the loop asks `StopVote.step()` after
+(`alexrepro.process.signals.stop_on_signals(TRAIN_SIGNALS, at_once=False)`); the loop asks `StopVote.step()` after
 each step and, once every rank agrees, writes a mid-epoch checkpoint through its one save point and raises
-`Stopped` with the line to print. A second signal ends the process at once (alexrepro.signals).
+`Stopped` with the line to print. A second signal ends the process at once (alexrepro.process.signals).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from alexrepro.signals import StopRequest
+from alexrepro.process.signals import StopRequest
 
 TRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 

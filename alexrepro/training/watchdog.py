@@ -14,11 +14,6 @@ import torch
 STALL_TOLERANCE = 0.05  # a loss within 5% of ln(C) counts as "still guessing uniformly"
 
 
-def is_finite(loss: float) -> bool:
-    """False for NaN and ±inf."""
-    return math.isfinite(loss)
-
-
 def uniform_loss(num_classes: int) -> float:
     """Cross-entropy of a uniform prediction over C classes: ln C."""
     return math.log(num_classes)

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from alexrepro.atomic import atomic_path
 from alexrepro.errors import UserError
-from alexrepro.recipe import recipe_from_dict
+from alexrepro.process.atomic import atomic_path
+from alexrepro.recipe_reader import recipe_from_dict
 from alexrepro.training.checkpoint import CHECKSUM, Checkpoint, Origin, contents_digest, read_checkpoint
 
 FORMAT = "alexrepro-weights"

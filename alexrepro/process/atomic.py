@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alexrepro import lifetime
 from alexrepro.errors import UserError, WorkFailed
+from alexrepro.process import lifetime
 
 # Write errors that a user fixes by choosing another folder or its permissions (exit 2); every other one
 # (disk full, quota, I/O error, file too large) is failed work (exit 1) whose fix is to free space and resume.

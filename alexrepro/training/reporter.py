@@ -1,6 +1,6 @@
 """What a training run tells while it runs, behind one object: `RunReporter`.
 
-The run folder's metrics.jsonl and log.txt (rank 0, through RunLog), the progress bar on stderr,
+The run folder's metrics.jsonl and log.txt (rank 0, through run_folder.RunLog), the progress bar on stderr,
 TensorBoard scalars (--tensorboard) and the paper-init stall warning. The training loop hands it
 each step's tally (a device tensor, never read here between log points) and the records to write.
 """
@@ -16,8 +16,24 @@ import torch
 from alexrepro.errors import UserError
 from alexrepro.progress import console, make_progress
 from alexrepro.recipe import Recipe
-from alexrepro.training.runlog import RunLog, epoch_line, val_line
+from alexrepro.training.run_folder import RunLog
 from alexrepro.training.watchdog import StallWatch, stall_message
+
+
+def epoch_line(epoch: int, i: int, n: int, loss: float, top1: float, top5: float, lr: float, ips: float) -> str:
+    """torchvision's reference log line: Epoch: [e][i/N] loss acc@1 acc@5 (accuracies in %)."""
+    width = len(str(n))
+    return (
+        f"Epoch: [{epoch}][{i:>{width}}/{n}]  lr {lr:.6g}  loss {loss:.4f}  "
+        f"acc@1 {top1:6.2f}  acc@5 {top5:6.2f}  img/s {ips:,.1f}"
+    )
+
+
+def val_line(record: dict[str, Any], next_lr: float) -> str:
+    """The log line of an epoch's validation (an epoch record of metrics.jsonl); the new lr when it was cut."""
+    return (f"Epoch: [{record['epoch']}] val  top-1 error {100 * record['val_top1_error']:.2f}%  top-5 error "
+            f"{100 * record['val_top5_error']:.2f}%{'  (best)' if record['best'] else ''}"
+            f"{f'  lr -> {next_lr:g}' if record['lr_reduced'] else ''}")
 
 
 def tensorboard_writer(run_dir: Path | None):  # noqa: ANN201
@@ -67,9 +83,9 @@ class RunReporter:
         self.stall, self.init = stall, init
         self.is_main = is_main
         self.warnings: list[str] = []
-        self.progress = make_progress() if show_progress and is_main else None
-        if self.progress is not None:
-            self.progress.start()
+        self.show_progress = show_progress and is_main
+        self.progress = make_progress(show=self.show_progress)
+        self.progress.start()  # stopped in close()
         self.task: Any = None
         self._new_window()
 
@@ -88,16 +104,13 @@ class RunReporter:
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         """A progress task for the epoch's `total` batches, `done` of them already (a mid-epoch resume)."""
         self._new_window()
-        if self.progress is not None:
-            # [epoch] as the log lines and the summary number it (0-based, like torchvision's)
-            self.task = self.progress.add_task(f"Epoch: [{epoch}] of {epochs}", total=total, completed=done,
-                                               unit="batch")
+        # [epoch] as the log lines and the summary number it (0-based, like torchvision's)
+        self.task = self.progress.add_task(f"Epoch: [{epoch}] of {epochs}", total=total, completed=done, unit="batch")
 
     def add(self, tally: torch.Tensor) -> None:
         """One step's tally, added on the device (no host read); the bar advances."""
         self.window += tally
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1)
+        self.progress.update(self.task, advance=1)
 
     def log_step(self, epoch: int, batch: int, total: int, step: int, lr: float, seconds: float,
                  epoch_tally: torch.Tensor) -> None:
@@ -107,7 +120,7 @@ class RunReporter:
         self.log.metrics(record)
         self.log.line(epoch_line(epoch, batch, total, loss, 100 * (1 - record["train_top1_error"]),
                                  100 * (1 - record["train_top5_error"]), lr, record["images_per_s"]))
-        if self.progress is not None:
+        if self.show_progress:  # the epoch's tally is read only for the bar's status
             tally = epoch_tally.cpu()
             self.progress.update(self.task, status=f"step {step} loss {loss:.3f} lr {lr:.3g} top-1 err "
                                  f"{float(1 - tally[1] / max(float(tally[3]), 1.0)):.1%} "
@@ -126,8 +139,7 @@ class RunReporter:
         self.log.line(text)
 
     def end_epoch(self) -> None:
-        if self.progress is not None:
-            self.progress.remove_task(self.task)
+        self.progress.remove_task(self.task)
 
     def log_epoch(self, record: dict[str, Any], next_lr: float) -> None:
         """Write a finished epoch's record and its validation line (also on the console)."""
@@ -141,8 +153,7 @@ class RunReporter:
             self.writer.add_scalar("val/top5_error", record["val_top5_error"], record["epoch"] + 1)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress.stop()
         if self.writer is not None:
             self.writer.close()
 

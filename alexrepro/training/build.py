@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from alexrepro.data.prepared import Stats, open_split, read_stats
+from alexrepro.data.split import open_split
+from alexrepro.data.stats_file import Stats, read_stats
 from alexrepro.distributed import DistInfo
 from alexrepro.errors import UserError
 from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, remove_stale_temps, stats_payload

@@ -1,21 +1,28 @@
 """Child processes end with their parent, however the parent ends (kill -9 included), and write nothing after.
 
-A worker calls `bind_to_parent(parent_pid)` first thing (pool initializers: `init_worker`). On Linux that
+A worker calls `bind_to_parent(parent_pid)` first thing (pool initializers: `init_worker`; `worker_pool` is a
+process pool whose workers do). On Linux that
 arms the parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL): the kernel kills the worker the moment its
-parent dies. Everywhere, `exit_if_orphaned()` before each write (alexrepro.atomic calls it before creating a
+parent dies. Everywhere, `exit_if_orphaned()` before each write (alexrepro.process.atomic calls it before creating a
 file and again before the rename that publishes it) ends a worker whose parent is gone, so nothing is
 written after the parent's death even where the signal is not available.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from alexrepro.errors import WorkFailed
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 ORPHAN_EXIT = 1  # exit status of a worker that finds its parent gone
@@ -103,3 +110,31 @@ def end_processes(processes: list[Any], grace: float = 5.0) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, died: str, setup: Callable[..., None] | None = None,
+                setup_args: tuple[Any, ...] = ()) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` spawned processes bound to this one (`init_worker`, then `setup(*setup_args)`).
+
+    Spawned, not forked: no h5py handle or progress-bar thread is inherited. If the block raises (a stop
+    signal, a failed task), the workers end at once (`stop_pool`), and a worker that died (killed, out of
+    memory) is WorkFailed(`died`); otherwise the pool shuts down, waiting for its workers.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
+                               initargs=(os.getpid(), setup, setup_args))
+    try:
+        yield pool
+    except BaseException as e:
+        stop_pool(pool)
+        if isinstance(e, BrokenProcessPool):
+            raise WorkFailed(died) from None
+        raise
+    pool.shutdown(wait=True)
+
+
+def _init_pool_worker(parent_pid: int, setup: Callable[..., None] | None, setup_args: tuple[Any, ...]) -> None:
+    init_worker(parent_pid)
+    if setup is not None:
+        setup(*setup_args)
