@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from alexrepro.data.prepared import Stats, open_split, read_stats
-from alexrepro.distributed import DistInfo
+from alexrepro.distributed import DistInfo, tower_devices
 from alexrepro.errors import UserError
 from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, remove_stale_temps, stats_payload
 from alexrepro.training.optim import apply_hyperparameters
@@ -120,7 +120,7 @@ def run_devices(plan: TrainPlan, info: DistInfo) -> tuple[torch.device, list[str
         device = torch.device("cpu")
     if plan.parallel != "model":
         return device, [str(device)]
-    return device, ["cuda:0", "cuda:1"] if plan.device_type == "cuda" else ["cpu", "cpu"]
+    return device, list(tower_devices(plan.device_type))
 
 
 def resume(run: Run, state: RunState, saved: Checkpoint) -> None:
