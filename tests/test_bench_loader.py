@@ -17,7 +17,8 @@ from alexrepro.cli import main
 from alexrepro.loaders import dali_available
 from alexrepro.loaders.dali_loader import DaliTuning
 
-RUN_KEYS = {"images", "seconds", "images_per_s", "first_batch_s", "page_cache_before", "batch_ms", "cpu"}
+RUN_KEYS = {"images", "seconds", "images_per_s", "first_batch_s", "page_cache_before", "affinity_cpus", "batch_ms",
+            "cpu"}
 
 
 def check_run(run, batch_size):

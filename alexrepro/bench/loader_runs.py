@@ -12,6 +12,7 @@ the mean subtraction, on the device).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,8 @@ def time_stream(make: Callable[[], Iterator[Any]], count: int, label: str, size:
     if cold:
         evict(paths)
     cache = page_cache_fraction(paths)
+    # forked workers inherit this thread's CPU mask: a library that narrowed it would slow the next loader
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     t0 = time.perf_counter()
     stream = make()
     next(stream)
@@ -70,7 +73,7 @@ def time_stream(make: Callable[[], Iterator[Any]], count: int, label: str, size:
     cpu = meter.stop()
     ms = np.array(gaps) * 1e3 if gaps else np.zeros(1)
     return {"images": images, "seconds": round(seconds, 4), "images_per_s": round(images / seconds, 1) if seconds else 0.0,
-            "first_batch_s": round(first, 4), "page_cache_before": cache,
+            "first_batch_s": round(first, 4), "page_cache_before": cache, "affinity_cpus": affinity,
             "batch_ms": {"p50": round(float(np.percentile(ms, 50)), 3), "p90": round(float(np.percentile(ms, 90)), 3),
                          "max": round(float(ms.max()), 3)},
             "cpu": cpu}
