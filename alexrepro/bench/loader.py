@@ -99,6 +99,7 @@ def _ours(out: Path, kind: str, data: DataConfig, batches: int, batch_size: int,
             if loader.dataset.encoding == "raw":
                 stages = [s for s in stages if s != "decode"]  # raw shards are stored decoded
             timer = time_dali_stage if kind == "dali" else time_torch_stage
+            loader.close()  # the passes' workers end (shards reopen when read): each stage has the cores to itself
             result["stages"] = {s: timer(loader, s, count, runs.cold) for s in stages}
             result["stages"]["full"] = {k: v for k, v in passes[0].items() if k != "passes"}
         return result
