@@ -8,15 +8,15 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The CPU test suite, DALI (CPU mode) included; GPU tests skip without CUDA."""
-    session.install("-e", ".[dali,test]")
+    """The CPU test suite, DALI (CPU mode) and the ONNX export included; GPU tests skip without CUDA."""
+    session.install("-e", ".[dali,test,export]")
     session.run("pytest", "-q", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "alexrepro", "tests", "tools", "noxfile.py")
+    session.run("ruff", "check", "alexrepro", "tests", "tools", "noxfile.py", "hubconf.py")
 
 
 @nox.session

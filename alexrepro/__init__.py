@@ -8,3 +8,10 @@ def open_split(out, split):  # noqa: ANN001 - thin re-export, documented in alex
     from alexrepro.data.prepared import open_split as _open_split
 
     return _open_split(out, split)
+
+
+def load(path, device="auto", data=None):  # noqa: ANN001, ANN201 - thin re-export, documented in alexrepro.export.classifier
+    """A checkpoint or .safetensors weight file as a classifier: .net, .preprocess, .classes, .predict, .features."""
+    from alexrepro.export.classifier import load as _load
+
+    return _load(path, device=device, data=data)

@@ -125,6 +125,9 @@ class RunConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp32 as in the paper
     channels_last: bool = False
     compile: bool = False
+    # The LRN's implementation (the same function): "auto" = the fused Triton kernel on CUDA, the torch
+    # path elsewhere; "triton" or "torch" forces one (alexrepro.nets.lrn.KERNELS).
+    lrn_kernel: Literal["auto", "triton", "torch"] = "auto"
     log_every: int = 50  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at epoch ends
     keep_last: int = 3  # per-epoch checkpoints kept besides last and best

@@ -45,3 +45,12 @@ def jpeg_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def raw_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same images stored raw (lossless: no decoder differences between backends); read-only."""
     return make_set(tmp_path_factory.mktemp("raw"), n_train=N_TRAIN, n_val=N_VAL, encoding="raw")
+
+
+@pytest.fixture(scope="session")
+def net_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny set, a checkpoint trained on it, a Caffe and a torchvision import, photos (tests/net_files.py);
+    read-only."""
+    from net_files import make_net_files
+
+    return make_net_files(tmp_path_factory.mktemp("nets"))

@@ -64,7 +64,7 @@ def test_bench_train_reports_every_loop_and_the_ceiling(prepared):
     assert o["fused_speedup_vs_per_tensor"] == pytest.approx(secs["per_tensor"] / secs["fused"], rel=2e-3)
     lrn = r["lrn"]  # the two LRN layers (§3.3: after conv1 and conv2) on their real input shapes
     assert lrn["layers"] == 2 and [s[0] for s in lrn["shapes"]] == [8, 8]
-    assert set(lrn["seconds_forward_backward"]) == {"ours", "autograd"}
+    assert set(lrn["seconds_forward_backward"]) == {"torch", "autograd"}  # the Triton kernels run on CUDA only
 
 
 def test_bench_prep_pca_loader_cli_json(synth_src, prepared, capsys):
@@ -103,6 +103,9 @@ PROFILE_KERNELS = [  # real names, as CUDA traces of convnets show them
     ("triton_poi_fused_avg_pool3d_constant_pad_nd_div_mul_pow_1", "LRN"),
     ("triton_poi_fused_add_mul_pow_relu_slice_2", "LRN"),  # inductor's fusion of alexrepro.nets.lrn's window sums
     ("_LRNBackward", "LRN"),
+    ("_lrn_forward_kernel", "LRN"),  # alexrepro.nets.lrn_triton's kernels and ops
+    ("_lrn_backward_kernel", "LRN"),
+    ("alexrepro::lrn_backward", "LRN"),
     ("void at::native::(anonymous namespace)::max_pool_forward_nhwc<c10::BFloat16, float>(...)", "pool"),
     ("aten::max_pool2d_with_indices_backward", "pool"),
     ("ampere_sgemm_128x64_tn", "matmul"),
@@ -222,6 +225,25 @@ def test_bench_profile_cli_cpu_json_and_trace(tmp_path, capsys):
     assert names.count("train_step") == steps
     assert names.count("module: Conv2d") == 5 * steps and names.count("module: LocalResponseNorm") == 2 * steps
     assert names.count("module: MaxPool2d") == 3 * steps and names.count("module: Linear") == 3 * steps
+
+
+def test_bench_lrn_cli_json_and_table(capsys):
+    args = ["bench", "lrn", "--recipe", "tiny", "--set", "model.num_classes=4", "--set", "model.width=0.125",
+            "--batch-size", "4", "--steps", "1", "--rounds", "1"]
+    code, cap = run_cli([*args, "--json"], capsys)
+    assert code == 0, cap.err
+    r = json.loads(cap.out)
+    assert r["bench"] == "lrn" and r["layers"] == 2 and r["dtype"] == "torch.float32"
+    # the tiny net at width 1/8: 12 maps of 27×27 after conv1, 32 of 13×13 after conv2 (112-pixel crops)
+    assert r["shapes"] == [[4, 12, 27, 27], [4, 32, 13, 13]] and r["values"] == 4 * (12 * 27 * 27 + 32 * 13 * 13)
+    assert set(r["seconds_forward_backward"]) == {"torch", "autograd"}
+    # a fused LRN moves a and b forward, a, ∂L/∂b and ∂L/∂a backward: 5 float32 values per activation
+    assert r["bytes_forward_backward"] == {"triton": 20 * r["values"], "triton_saved": 28 * r["values"]}
+    assert r["floor_seconds"] == pytest.approx(20 * r["values"] / (r["bandwidth_gb_per_s"] * 1e9), rel=0.01)
+    for name, secs in r["seconds_forward_backward"].items():
+        assert r["times_floor"][name] == pytest.approx(secs / r["floor_seconds"], rel=0.01)
+    code, cap = run_cli(args, capsys)
+    assert code == 0 and cap.out == "" and "LRN floor" in cap.err and "LRN torch ÷ floor" in cap.err
 
 
 def test_bench_profile_bad_options_exit_2(tmp_path, capsys):

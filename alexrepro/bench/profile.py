@@ -44,9 +44,10 @@ from alexrepro.runtime import resolve_device, synchronize
 # the order matters (a conv kernel named ..._implicit_gemm_... must meet "conv" before "matmul").
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("optimiser", r"fused_?sgd|sgd\b|sgd_|optimizer\.(step|zero_grad)|_foreach_|multi_tensor_apply"),
-    # alexrepro.nets.lrn's autograd function (_LRN, _LRNBackward) or an avg_pool3d window sum; AlexNet's own
-    # pooling is max pooling. Of this net's layers only LRN raises to a power (D^-β), so a fused kernel
-    # with a pow in it (inductor: triton_poi_fused_add_mul_pow_slice_2) is counted as LRN.
+    # alexrepro.nets.lrn's autograd function (_LRN, _LRNBackward), its Triton kernels (_lrn_forward_kernel,
+    # _lrn_backward_kernel) or an avg_pool3d window sum; AlexNet's own pooling is max pooling. Of this net's
+    # layers only LRN raises to a power (D^-β), so a fused kernel with a pow in it (inductor:
+    # triton_poi_fused_add_mul_pow_slice_2) is counted as LRN.
     ("LRN", r"localresponse|local_response|avg_?pool3d|(\b|_)lrn|fused_(\w+_)?pow_"),
     ("pool", r"max_?pool|pooling"),
     ("memory", r"memcpy|memset|nchwtonhwc|nhwctonchw"),  # before conv: cuDNN's layout transposes say cudnn

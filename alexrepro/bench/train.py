@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from alexrepro.bench.machine import machine_info
 from alexrepro.errors import UserError
+from alexrepro.nets.lrn import check_kernel_device
 from alexrepro.nets.summary import forward_macs
 from alexrepro.recipe import Recipe, load_recipe
 from alexrepro.runtime import autocast_dtype, resolve_device, synchronize
@@ -124,41 +125,6 @@ def optimizer_timings(model: torch.nn.Module, cfg: Any, device: torch.device, st
             "fused_speedup_vs_torch_sgd": float(f"{secs['torch_sgd'] / secs['fused']:.4g}")}
 
 
-def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype | None, steps: int = 3,
-                rounds: int = 3) -> dict[str, Any]:
-    """Seconds per forward + backward of the net's LRN layers on their real input shapes: ours (the
-    written-out backward, lrn._LRN) against the same formula through autograd."""
-    from alexrepro.nets.lrn import LocalResponseNorm, local_response_norm, local_response_norm_autograd
-
-    inputs: list[tuple[LocalResponseNorm, torch.Tensor]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach().clone())))
-             for m in model.modules() if isinstance(m, LocalResponseNorm)]
-    try:
-        with torch.no_grad(), autocast(images.device, amp):
-            model.eval()(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train()
-    if not inputs:
-        return {"layers": 0}
-
-    def run(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        def step() -> None:
-            for m, x in inputs:
-                x.requires_grad_(True)
-                fn(x, m.size, m.alpha, m.beta, m.k, m.convention, m.groups).backward(torch.ones_like(x))
-                x.grad = None
-
-        return step
-
-    secs = time_interleaved({"ours": run(local_response_norm), "autograd": run(local_response_norm_autograd)},
-                            steps, 1, rounds, images.device)
-    return {"layers": len(inputs), "shapes": [list(x.shape) for _, x in inputs],
-            "seconds_forward_backward": {k: float(f"{v:.4g}") for k, v in secs.items()},
-            "speedup_vs_autograd": float(f"{secs['autograd'] / secs['ours']:.4g}")}
-
-
 def _cycle(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Full batches from the loader forever, epoch after epoch."""
     epoch = 0
@@ -186,6 +152,7 @@ def step_bench(recipe: str, overrides: tuple[str, ...], batch_size: int | None, 
                precision: str, channels_last: bool, compile_: bool) -> StepBench:
     """The recipe (with overrides), a synthetic batch and the step harness seeded 0, as both benchmarks use."""
     loaded = load_recipe(recipe, list(overrides))
+    check_kernel_device(loaded.run.lrn_kernel, device.type)
     n = batch_size or loaded.optim.batch_size
     images, labels = synthetic_batch(n, loaded.data.crop_size, loaded.model.num_classes, device, channels_last)
     torch.manual_seed(0)  # the plain loop's net is built from the same seed: the same initial weights
@@ -243,6 +210,8 @@ def bench_train(
         raise UserError("the benchmark's loss is not finite; check the recipe's learning rate")
     report = train_report(bench, results, steps, rounds)
     report["optimizer"] = optimizer_timings(plain_model, bench.recipe.optim, dev, rounds=rounds)
+    from alexrepro.bench.lrn import lrn_timings
+
     report["lrn"] = lrn_timings(plain_model, bench.images, bench.harness.amp_dtype, rounds=rounds)
     report["machine"] = machine_info()
     return report
@@ -254,6 +223,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
     import torchvision
 
     from alexrepro.nets import build_net
+    from alexrepro.nets.lrn import set_lrn_kernel
 
     recipe, device, amp = bench.recipe, bench.harness.device, bench.harness.amp_dtype
 
@@ -272,7 +242,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
         return step
 
     torch.manual_seed(0)
-    plain_model = build_net(recipe.model, recipe.data.crop_size)
+    plain_model = set_lrn_kernel(build_net(recipe.model, recipe.data.crop_size), recipe.run.lrn_kernel)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                                 weight_decay=recipe.optim.weight_decay)
     loops = {"plain": plain_step(placed(plain_model), plain_opt)}

@@ -8,6 +8,7 @@ from alexrepro.cli import (  # noqa: F401  (importing registers the commands)
     data_cmd,
     demo_cmd,
     eval_cmd,
+    export_cmd,
     import_cmd,
     model_cmd,
     recipe_cmd,

@@ -1,4 +1,4 @@
-"""`alexrepro bench prep|pca|loader|read|train|profile|conv|curves|all`: our throughput beside a plain baseline.
+"""`alexrepro bench prep|pca|loader|read|train|profile|lrn|conv|curves|all`: throughput beside plain baselines.
 
 Each command calls one function of alexrepro.bench and hands its result to `_report`, which prints it
 as one JSON object (--json) or as the table its kind has in RENDERERS (alexrepro.cli.bench_tables).
@@ -206,6 +206,25 @@ def bench_curves_cmd(
     result = bench_curves(recipe, tuple(set_), tuple(variant), steps=steps, batches=batches, batch_size=batch_size,
                           device=device, precision=precision, channels_last=channels_last, compile_=compile_)
     _report("curves", result, json_out)
+
+
+@bench_app.command("lrn")
+def bench_lrn_cmd(
+    recipe: str = typer.Option("paper", "--recipe", help="The recipe whose net gives the LRN layers their inputs."),
+    set_: list[str] = OVERRIDES_OPTION,
+    batch_size: int | None = STEP_BATCH_OPTION,
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
+    channels_last: bool = CHANNELS_LAST_OPTION,
+    steps: int = typer.Option(10, "--steps", help="Timed forward + backward passes per implementation."),
+    rounds: int = typer.Option(3, "--rounds", help="Rounds the implementations take turns for; the best counts."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """The LRN layers alone: torch path, autograd, the Triton kernels (CUDA), and the memory-traffic floor."""
+    from alexrepro.bench.lrn import bench_lrn
+
+    _report("lrn", bench_lrn(recipe, tuple(set_), batch_size=batch_size, device=device, precision=precision,
+                             channels_last=channels_last, steps=steps, rounds=rounds), json_out)
 
 
 @bench_app.command("all")

@@ -107,11 +107,26 @@ def _train_extra_rows(result: dict[str, Any]) -> list[Row]:
                   _joined(update["seconds_per_update"]), ""),
                  ("fused ÷ per-tensor speed-up", update["fused_speedup_vs_per_tensor"], 1.0)]
     if result.get("lrn", {}).get("layers"):
-        lrn = result["lrn"]
-        rows += [(f"{lrn['layers']} LRN layers forward + backward, s: ours / autograd",
-                  _joined(lrn["seconds_forward_backward"]), ""),
-                 ("LRN speed-up vs autograd", lrn["speedup_vs_autograd"], 1.0)]
+        rows += _lrn_rows(result["lrn"])
     return rows
+
+
+def _lrn_rows(lrn: dict[str, Any]) -> list[Row]:
+    """Each LRN implementation's forward + backward time, speed-up over autograd and multiple of the floor."""
+    secs = lrn["seconds_forward_backward"]
+    rows: list[Row] = [(f"{lrn['layers']} LRN layers forward + backward, s: {' / '.join(secs)}", _joined(secs), "")]
+    rows += [(f"LRN {name} speed-up vs autograd", ratio, 1.0) for name, ratio in lrn["speedup_vs_autograd"].items()]
+    rows += [(f"LRN floor: {lrn['bytes_forward_backward']['triton'] / 1e9:.3g} GB at "
+              f"{lrn['bandwidth_gb_per_s']} GB/s copy, s", lrn["floor_seconds"], "")]
+    rows += [(f"LRN {name} ÷ floor (target ≤ 3)", ratio, 1.0) for name, ratio in lrn["times_floor"].items()]
+    return rows
+
+
+def render_lrn(result: dict[str, Any]) -> None:
+    setup = ", channels_last" if result["channels_last"] else ""
+    _show(f"lrn: {result['recipe']}, batch {result['batch_size']}, {result['device']} {result['precision']}{setup}, "
+          f"{result.get('values', 0):,} values ({result.get('dtype', '-')})",
+          _lrn_rows(result) if result["layers"] else [("LRN layers", 0, "")])
 
 
 def render_train(result: dict[str, Any]) -> None:
@@ -199,4 +214,5 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "profile": render_profile,
     "conv": render_conv,
     "curves": render_curves,
+    "lrn": render_lrn,
 }

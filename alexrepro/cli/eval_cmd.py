@@ -21,7 +21,8 @@ JSON_HELP = "Print one JSON object on stdout."
 def eval_command(
     out: Path = typer.Argument(..., metavar="OUT", help="The prepared set (alexrepro prep SRC OUT)."),
     checkpoint: list[Path] = typer.Option(
-        ..., "--checkpoint", "-c", help="A checkpoint .pt; give several to average them as an ensemble (§6)."
+        ..., "--checkpoint", "-c",
+        help="A checkpoint .pt (or .safetensors weight file); give several to average them as an ensemble (§6).",
     ),
     crops: int = typer.Option(10, "--crops", help="10: §4.1's four corners + centre and their mirrors; 1: centre."),
     split: str = typer.Option("val", "--split", help="The split to score."),
@@ -139,7 +140,8 @@ def _diff2(x: float | None) -> str:
 def predict_command(
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files (any format PIL reads)."),
     checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="A checkpoint .pt from alexrepro train or alexrepro import."
+        ..., "--checkpoint", "-c",
+        help="A checkpoint .pt from alexrepro train or alexrepro import, or a .safetensors weight file.",
     ),
     crops: int = typer.Option(10, "--crops", help="10: §4.1's ten patches averaged; 1: the centre patch."),
     data: Path | None = typer.Option(None, "--data", help="The prepared set, for its mean image if the checkpoint lacks one."),

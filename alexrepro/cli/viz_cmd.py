@@ -81,8 +81,11 @@ def viz_neighbors(
     queries: int = typer.Option(5, "--queries", help="How many query images."),
     k: int = typer.Option(6, "--k", help="Neighbours shown per query."),
     split: str = typer.Option("val", "--split", help="The split the queries come from."),
-    index_split: str = typer.Option("train", "--index-split", help="The split searched."),
+    index_split: str | None = typer.Option(None, "--index-split", help="The split searched (default: train)."),
     index_size: int = typer.Option(INDEX_SIZE, "--index-size", help="Images indexed, evenly spaced; 0 = all."),
+    index: Path | None = typer.Option(
+        None, "--index", help="A file of alexrepro features (this net, this set) to search instead, at its layer."
+    ),
     seed: int = typer.Option(0, "--seed", help="Which queries: the same seed draws the same ones."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per batch for the fc7 extraction."),
     out: Path | None = typer.Option(None, "--out", "-o", help=FILE_HELP),
@@ -93,5 +96,6 @@ def viz_neighbors(
     from alexrepro.figures.neighbors import draw_neighbors
 
     result = draw_neighbors(run, data, queries=queries, k=k, split=split, index_split=index_split,
-                            index_size=index_size, seed=seed, out=out, device=device, batch_size=batch_size)
+                            index_size=index_size, seed=seed, out=out, device=device, batch_size=batch_size,
+                            index=index)
     _done(result, json_out)

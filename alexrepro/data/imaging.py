@@ -167,23 +167,27 @@ def prepare_and_describe(
     """prepare_image, and the QUIRKS kinds of the source (`name` is its file name, for "not-jpeg")."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown resize {resize!r}; use one of {', '.join(RESIZE_MODES)}")
-    resample = resize_center_crop if resize == "shorter-side" else warp_resize
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings would break the progress display
         im, original = _open_sized(data, size)
         kinds = quirks_of(name, im.format, im.mode, original)
-        try:
-            if im.mode in ("RGB", "L"):  # resample first: fewer channels (L), and RGB is a no-op
-                im = to_rgb(resample(im, size))
-            else:  # palette must not be resampled as indices; CMYK/alpha convert first
-                im = resample(to_rgb(im), size)
-        except (OSError, ValueError) as e:
-            raise BadImage(f"truncated or corrupt image ({_one_line(e)})") from None
+        im = resample_rgb(im, size, resize)
     if encoding == "raw":
         return np.asarray(im, dtype=np.uint8), kinds
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue(), kinds
+
+
+def resample_rgb(im: Image.Image, size: int = IMAGE_SIZE, resize: str = "shorter-side") -> Image.Image:
+    """A decoded image of any mode → RGB size×size: §2's rescale and central crop, or Caffe's warp."""
+    resample = resize_center_crop if resize == "shorter-side" else warp_resize
+    try:
+        if im.mode in ("RGB", "L"):  # resample first: fewer channels (L), and RGB is a no-op
+            return to_rgb(resample(im, size))
+        return resample(to_rgb(im), size)  # palette must not be resampled as indices; CMYK/alpha convert first
+    except (OSError, ValueError) as e:
+        raise BadImage(f"truncated or corrupt image ({_one_line(e)})") from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -45,13 +45,14 @@ class Member:
 
 def load_members(paths: list[Path], device: torch.device) -> list[Member]:
     """Load every checkpoint; UserError if the members disagree on classes or input size."""
-    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint
+    from alexrepro.training.weight_file import read_net
 
     if not paths:
         raise UserError("give at least one --checkpoint")
     members = []
     for p in paths:
-        ckpt = read_checkpoint(Path(p))
+        ckpt = read_net(Path(p))  # a checkpoint or a .safetensors weight file
         model, recipe, classes = model_from_checkpoint(ckpt)
         members.append(Member(Path(p), model.to(device).eval(), recipe, classes, ckpt.stats, ckpt.origin))
     first = members[0]

@@ -54,7 +54,8 @@ def predict_files(
     from alexrepro.evaluation.metrics import topk_classes
     from alexrepro.evaluation.test_time import TEST_TIME
     from alexrepro.runtime import resolve_device
-    from alexrepro.training.checkpoint import model_from_checkpoint, read_checkpoint
+    from alexrepro.training.checkpoint import model_from_checkpoint
+    from alexrepro.training.weight_file import read_net
 
     variant = variant_for(crops)
     if top < 1:
@@ -65,7 +66,7 @@ def predict_files(
         if Path(path).is_dir():
             raise UserError(f"image {path} is a folder; give image files (any format PIL reads)")
     dev = resolve_device(device)
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = read_net(checkpoint)  # a checkpoint or a .safetensors weight file
     model, recipe, classes = model_from_checkpoint(ckpt)
     model = model.to(dev).eval()
     mean = mean_from_checkpoint(ckpt, data)

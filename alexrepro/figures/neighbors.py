@@ -6,6 +6,8 @@ of a barely trained net). The cache is keyed on the checkpoint file (size and SH
 SHA-256), the split, the images indexed and the recipe's input size and mean; a mismatch rebuilds it.
 Queries are cast to the index's dtype before the search, so an image that is in the index finds
 itself at (or, across batch sizes, within rounding of) distance 0. Every image is seen on its centre patch (as `eval --crops 1`).
+A file of `alexrepro features` can be the index instead (`index=`): the queries are then taken at its layer,
+and it is refused unless its vectors come from this net (weights and input conventions) and this set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from alexrepro.atomic import atomic_path, writable_file
 from alexrepro.errors import UserError
+from alexrepro.export.features import file_sha256, net_digest, read_feature_attrs
 from alexrepro.figures.common import (
     Loaded,
     center_patches,
@@ -93,15 +96,6 @@ def index_indices(n_total: int, size: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, size).round().astype(np.int64))
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            h.update(piece)
-    return h.hexdigest()
-
-
 def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) -> str:
     """The cache key: what the index's vectors depend on, as canonical JSON."""
     from alexrepro.data.prepared import manifest_path
@@ -120,11 +114,13 @@ def index_key(loaded: Loaded, out_set: Path, split: str, indices: np.ndarray) ->
 
 
 def fc7_batches(loaded: Loaded, dataset: Any, indices: Sequence[int], colour: Colour, device: torch.device,
-                batch_size: int, on_batch: Any = None):  # noqa: ANN201 - a generator of (feats, labels)
-    """(fc7 vectors as float32 numpy, labels) for the dataset's `indices`, batch by batch."""
+                batch_size: int, on_batch: Any = None, layer: str = "fc7"):  # noqa: ANN201 - a generator
+    """(fc7 vectors, or another layer's, as float32 numpy, labels) for the dataset's `indices`, batch by batch."""
+    from alexrepro.nets.activations import layer_activations
+
     with torch.inference_mode():
         for x, _, labels in iter_center_batches(dataset, indices, loaded.recipe.data, colour, device, batch_size):
-            feats = loaded.model.forward_features(x).float().cpu().numpy()
+            feats = layer_activations(loaded.model, x, layer).float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(labels))
             yield feats, labels
@@ -181,12 +177,35 @@ def ensure_index(run_dir: Path, loaded: Loaded, out_set: Path, split: str, size:
     return path, False
 
 
+def given_index(path: Path, loaded: Loaded, out_set: Path, index_split: str | None) -> tuple[str, str]:
+    """(split, layer) of a feature file to search, after checking its vectors are this net's on this set."""
+    from alexrepro.data.prepared import manifest_path
+    from alexrepro.loaders.presets import saved_mean
+
+    attrs = read_feature_attrs(path)
+    if index_split is not None and index_split != attrs["split"]:
+        raise UserError(f"{path} holds the {attrs['split']} split, not {index_split}; drop --index-split or give "
+                        f"a feature file of {index_split}")
+    mean = saved_mean(loaded.ckpt.stats, out_set, loaded.recipe.data).mean
+    if attrs.get("net") != net_digest(loaded.model.state_dict(), loaded.recipe.data, mean):
+        raise UserError(f"{path} holds the vectors of another net than {loaded.path} (other weights or input); "
+                        f"write them with: alexrepro features {out_set} --checkpoint {loaded.path}")
+    if attrs.get("manifest_sha256") != file_sha256(manifest_path(out_set)):
+        raise UserError(f"{path} was computed on another prepared set than {out_set}; give the set it was "
+                        "computed on, or compute it again on this one")
+    return str(attrs["split"]), str(attrs["layer"])
+
+
 def draw_neighbors(
     target: str | os.PathLike[str], out_set: str | os.PathLike[str], queries: int = 5, k: int = 6,
-    split: str = "val", index_split: str = "train", index_size: int = DEFAULT_INDEX_SIZE, seed: int = 0,
+    split: str = "val", index_split: str | None = None, index_size: int = DEFAULT_INDEX_SIZE, seed: int = 0,
     out: str | os.PathLike[str] | None = None, device: str = "auto", batch_size: int = 128,
+    index: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}."""
+    """Write the fc7-neighbour figure; returns {"path", "index", "index_reused", "queries": [...]}.
+
+    The images searched are `index_split`'s (default train), in the cache RUN/fc7-index-<split>.h5, or those
+    of a feature file of `alexrepro features` (`index`), at its layer."""
     from alexrepro.data.prepared import open_split
     from alexrepro.runtime import resolve_device
 
@@ -201,15 +220,23 @@ def draw_neighbors(
     dev = resolve_device(device)
     out_set = Path(out_set)
     query_set = open_split(out_set, split)
-    train_set = open_split(out_set, index_split)
     loaded = load_net(ckpt_path, dev)
+    layer = "fc7"
+    if index is not None:
+        index_split, layer = given_index(Path(index), loaded, out_set, index_split)
+    index_split = index_split or "train"
+    train_set = open_split(out_set, index_split)
     check_same_classes(loaded, train_set.classes, out_set)
     names = class_names(loaded.classes, loaded.recipe.model.num_classes)
     colour = input_colour(loaded, out_set, dev)
-    path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, colour, dev, batch_size)
+    if index is not None:
+        path_idx, reused = Path(index), True
+    else:
+        path_idx, reused = ensure_index(run, loaded, out_set, index_split, index_size, colour, dev, batch_size)
 
     q_idx = pick_indices(len(query_set), queries, seed)
-    q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, colour, dev, batch_size), strict=True)
+    q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, colour, dev, batch_size, layer=layer),
+                            strict=True)
     q = np.concatenate(q_feats).astype(INDEX_DTYPE)  # the index's rounding (see above)
     with h5py.File(path_idx, "r") as f:
         feats = f["features"]
@@ -237,12 +264,12 @@ def draw_neighbors(
             _show(axes[r][j + 1], patch, f"{names[lab]}  d={dists[r, j]:.3g}", colour)
             hits.append({"index": i, "label": lab, "distance": float(f"{dists[r, j]:.6g}")})
         report.append({"index": int(q_idx[r]), "label": int(q_labels[r]), "neighbors": hits})
-    fig.suptitle(f"fc7 nearest neighbours: {split} queries, {index_split} images "
+    fig.suptitle(f"{layer} nearest neighbours: {split} queries, {index_split} images "
                  "(green: same class as the query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
     path = save_figure(fig, fig_path)
     return {
         "path": str(path), "checkpoint": str(ckpt_path), "index": str(path_idx), "index_reused": reused,
-        "index_images": int(len(set_indices)), "split": split, "index_split": index_split, "k": k,
+        "index_images": int(len(set_indices)), "split": split, "index_split": index_split, "layer": layer, "k": k,
         "queries": report, "width": round(CELL_IN * (k + 1) * fig.dpi),
         "height": round((CELL_IN * queries + TITLE_IN) * fig.dpi),
     }

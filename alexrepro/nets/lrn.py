@@ -3,6 +3,12 @@
 b[c] = a[c] / (k + α' Σ_{j} a[j]²)^β, the sum over the `size` channels centred on c at the same position,
 clipped at the edges of the channel range (or of the tower's half when groups = 2). α' = α as printed in
 §3.3 ("printed"), or α / size as in PyTorch, Caffe and cuda-convnet ("divided-by-n").
+
+Two implementations of the same function, chosen by `kernel`: "torch" (`_LRN`: window sums as shifted
+adds, the backward written out; any device and dtype) and "triton" (alexrepro/nets/lrn_triton.py: one
+fused kernel forward and one backward, CUDA tensors in bf16, fp16 or fp32). "auto", the default, takes
+the Triton kernel for the CUDA tensors it fits and the torch path for the rest (the CPU, float64, k ≤ 0
+or α < 0, no Triton installed).
 """
 
 from __future__ import annotations
@@ -14,8 +20,14 @@ from torch import nn
 
 from alexrepro.errors import UserError
 
+try:  # Triton ships with torch's Linux wheels; without it every LRN takes the torch path
+    from alexrepro.nets import lrn_triton
+except ImportError:
+    lrn_triton = None
+
 Convention = Literal["printed", "divided-by-n"]
 CONVENTIONS: tuple[str, ...] = ("printed", "divided-by-n")
+KERNELS: tuple[str, ...] = ("auto", "triton", "torch")  # run.lrn_kernel in the recipe
 
 
 def effective_alpha(alpha: float, size: int, convention: str) -> float:
@@ -35,8 +47,10 @@ def local_response_norm(
     k: float,
     convention: str = "printed",
     groups: int = 1,
+    kernel: str = "auto",
 ) -> torch.Tensor:
-    """Normalise N×C×H×W activations over `size` adjacent channels, never across the `groups` channel blocks."""
+    """Normalise N×C×H×W activations over `size` adjacent channels, never across the `groups` channel blocks,
+    with the implementation `kernel` names (KERNELS)."""
     if x.dim() != 4:
         raise UserError(f"LRN expects N×C×H×W activations, got shape {tuple(x.shape)}")
     if size < 1:
@@ -44,7 +58,42 @@ def local_response_norm(
     c = x.shape[1]
     if groups < 1 or c % groups:
         raise UserError(f"LRN groups={groups} must divide the {c} channels evenly")
-    return _LRN.apply(x, size, effective_alpha(alpha, size, convention), beta, k, groups)
+    alpha_prime = effective_alpha(alpha, size, convention)
+    if _runs_triton(x, alpha_prime, k, kernel):
+        return lrn_triton.fused_local_response_norm(x, size, alpha_prime, beta, k, groups)
+    return _LRN.apply(x, size, alpha_prime, beta, k, groups)
+
+
+def check_kernel(kernel: str) -> None:
+    """UserError unless `kernel` is one of KERNELS."""
+    if kernel not in KERNELS:
+        raise UserError(f"unknown LRN kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+
+
+def check_kernel_device(kernel: str, device_type: str) -> None:
+    """UserError unless `kernel` can run on `device_type` ("cpu", "cuda"): a run refuses it before it starts."""
+    check_kernel(kernel)
+    if kernel != "triton":
+        return
+    if lrn_triton is None:
+        raise UserError("run.lrn_kernel = 'triton' needs Triton (pip install triton); use 'auto' or 'torch'")
+    if not lrn_triton.runs_on(device_type):
+        raise UserError(f"run.lrn_kernel = 'triton' runs on CUDA (on the CPU only under TRITON_INTERPRET=1), "
+                        f"not on {device_type}; use 'auto' or 'torch'")
+
+
+def _runs_triton(x: torch.Tensor, alpha_prime: float, k: float, kernel: str) -> bool:
+    """Whether this call takes the Triton kernel: never for "torch"; for "auto" on CUDA tensors it fits (the
+    interpreter is never chosen for it); always for "triton", with a UserError saying why where it cannot."""
+    if kernel == "torch":
+        return False
+    check_kernel(kernel)
+    why = "Triton is not installed" if lrn_triton is None else lrn_triton.unsupported(x, alpha_prime, k)
+    if kernel == "triton":
+        if why is not None:
+            raise UserError(f"LRN kernel 'triton': {why}; use kernel 'auto' or 'torch' (run.lrn_kernel)")
+        return True
+    return why is None and x.is_cuda
 
 
 def _window_sum(t: torch.Tensor, before: int, after: int, groups: int) -> torch.Tensor:
@@ -117,21 +166,34 @@ def local_response_norm_autograd(
 
 
 class LocalResponseNorm(nn.Module):
-    """Module wrapper of `local_response_norm` with fixed hyper-parameters."""
+    """Module wrapper of `local_response_norm` with fixed hyper-parameters and implementation."""
 
     def __init__(
-        self, size: int, alpha: float, beta: float, k: float, convention: str = "printed", groups: int = 1
+        self, size: int, alpha: float, beta: float, k: float, convention: str = "printed", groups: int = 1,
+        kernel: str = "auto",
     ) -> None:
         super().__init__()
         effective_alpha(alpha, size, convention)  # reject an unknown convention at build time
+        check_kernel(kernel)
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.convention, self.groups = convention, groups
+        self.convention, self.groups, self.kernel = convention, groups, kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.convention, self.groups)
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.convention, self.groups,
+                                   self.kernel)
 
     def extra_repr(self) -> str:
         return (
             f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-            f"convention={self.convention!r}, groups={self.groups}"
+            f"convention={self.convention!r}, groups={self.groups}, kernel={self.kernel!r}"
         )
+
+
+def set_lrn_kernel(net: nn.Module, kernel: str) -> nn.Module:
+    """Every LocalResponseNorm in `net` takes `kernel` (the recipe's run.lrn_kernel); the same function, so
+    weights, checkpoints and the recipe's maths do not change. Returns `net`."""
+    check_kernel(kernel)
+    for module in net.modules():
+        if isinstance(module, LocalResponseNorm):
+            module.kernel = kernel
+    return net

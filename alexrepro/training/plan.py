@@ -15,6 +15,7 @@ from alexrepro.data.prepared import open_split
 from alexrepro.distributed import resolve_launch, torchrun_env
 from alexrepro.errors import UserError
 from alexrepro.locking import command_args
+from alexrepro.nets.lrn import check_kernel_device
 from alexrepro.recipe import Recipe, apply_overrides, diff_recipes, load_recipe
 from alexrepro.training.checkpoint import (
     checkpoint_candidates,
@@ -29,7 +30,7 @@ from alexrepro.training.stopping import resume_command
 # without --force (schedule.epochs extends or shortens the run).
 RESUME_MAY_CHANGE = {
     "schedule.epochs", "data.workers", "data.loader", "run.log_every", "run.checkpoint_every",
-    "run.keep_last", "run.stall_steps", "run.compile", "run.channels_last",
+    "run.keep_last", "run.stall_steps", "run.compile", "run.channels_last", "run.lrn_kernel",
 }
 
 
@@ -89,6 +90,7 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
             raise refuse_earlier_run(opts.run_dir, found)
         keep_aside = bool(found)
     check_class_count(recipe, len(train_split.classes), opts.out, resume_path)
+    check_kernel_device(recipe.run.lrn_kernel, device)
     num_train, batch = len(train_split), recipe.optim.batch_size
     if num_train < batch and recipe.data.drop_last or num_train == 0:
         raise UserError(

@@ -80,6 +80,7 @@ def build_step(recipe: Recipe, device: torch.device, *, precision: str | None = 
     """
     from alexrepro.nets import build_net
     from alexrepro.nets.alexnet import model_parallel
+    from alexrepro.nets.lrn import set_lrn_kernel
 
     precision = recipe.run.precision if precision is None else precision
     channels_last = recipe.run.channels_last if channels_last is None else channels_last
@@ -88,6 +89,7 @@ def build_step(recipe: Recipe, device: torch.device, *, precision: str | None = 
         model, device = model_parallel(model, model_devices), model_devices[0]
     else:
         model = model.to(device)
+    set_lrn_kernel(model, recipe.run.lrn_kernel)  # after model_parallel, which builds its own LRN layer
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe.optim)
