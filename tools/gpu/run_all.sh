@@ -70,7 +70,7 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 export PYTHONUNBUFFERED=1
 START=$SECONDS
 CORES=$(nproc)
-KT=(--set run.lrn_kernel=triton) KTORCH=(--set run.lrn_kernel=torch)
+KT=(--set run.lrn_kernel=triton) KTORCH=(--set run.lrn_kernel=torch) KT_COMPILED=(--set run.lrn_kernel=triton)
 VARIANTS=()  # DALI settings timed beside the default (DaliTuning; the default hw_decoder_load is DALI's 0.65)
 for v in hw_decoder_load=0 hw_decoder_load=0.9 hw_decoder_load=1 roi_decode=true prefetch=4 source_depth=32 \
          bytes_per_sample_hint=196608 threads=8 py_workers=8; do VARIANTS+=(--dali-variant "$v"); done
@@ -85,7 +85,8 @@ if ((DRY)); then
   TRAIN_STEPS=(--steps 2) PROFILE_STEPS=(--steps 2 --warmup 1) CURVES=(--steps 20 --batches 2) WORKERS=1
   CONV=(--recipe tiny --set model.width=0.125 --batch-size 4 --steps 2 --rounds 1)
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  export TRITON_INTERPRET=1  # Triton kernels (run.lrn_kernel=triton) run in its interpreter on the CPU
+  export TRITON_INTERPRET=1  # Triton kernels (run.lrn_kernel=triton) run in its interpreter on the CPU,
+  KT_COMPILED=(--set run.lrn_kernel=auto)  # but not under torch.compile's fake tensors: the torch path there
 else
   BUDGET_S=${BUDGET_S:-480} SCALE=1
   WORK=${WORK:-/tmp/alexrepro-gpu}
@@ -263,7 +264,7 @@ done
 step spread:torch_cold 45 spread_torch_cold.json "${AX[@]}" bench loader "$DATA" "${LOADER[@]}" --kinds torch \
   "${DEV[@]}" --passes 2 --cold --json
 
-step profile_compile 150 profile_compile.json "${AX[@]}" bench profile "${NET[@]}" "${KT[@]}" "${DEV[@]}" \
+step profile_compile 150 profile_compile.json "${AX[@]}" bench profile "${NET[@]}" "${KT_COMPILED[@]}" "${DEV[@]}" \
   "${PREC[@]}" "${PROFILE_STEPS[@]}" --compile --top 20 --json
 
 step profile_compile_torch 150 profile_compile_torch.json "${AX[@]}" bench profile "${NET[@]}" "${KTORCH[@]}" \
