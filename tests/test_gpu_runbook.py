@@ -28,7 +28,7 @@ def test_run_all_parses_and_its_help_names_every_step():
     help_text = subprocess.run(["bash", str(RUN_ALL), "--help"], capture_output=True, text=True).stdout
     listed = set(re.findall(r"^#   (\w+) ", help_text, re.M))
     assert steps <= listed, steps - listed
-    assert len(OUT_FILES) <= 8  # the device tool returns at most 8 files
+    assert len(OUT_FILES) <= 8  # a call to the GPU machine brings back at most 8 files
 
 
 def write(res, name, value):
