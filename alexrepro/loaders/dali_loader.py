@@ -113,8 +113,7 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
     d = spec.data
     gpu = spec.device.type == "cuda"
     device_id = (spec.device.index if spec.device.index is not None else torch.cuda.current_device()) if gpu else None
-    c = d.crop_size
-    shape = np.array([c, c], dtype=np.int32)
+    shape = np.array([d.crop_size, d.crop_size], dtype=np.int32)
     threads, py_workers, depth = tuning.workers(d.workers)
     # Only a training crop of the 256 image as stored can be cut while decoding (a resize needs the whole image).
     roi = tuning.roi_decode and encoding != "raw" and spec.preset is None and d.image_size == IMAGE_SIZE
