@@ -59,6 +59,30 @@ def torchrun_env() -> DistInfo | None:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
+# Both towers of `--parallel model` on the devices named here, e.g. "cuda:0,cuda:0": the two-GPU code path (its
+# exchanges and per-tower layers) run on a one-GPU machine, to check it there; no faster than one device.
+TOWER_DEVICES_ENV = "ALEXREPRO_TOWER_DEVICES"
+
+
+def tower_devices(device_type: str) -> tuple[str, str]:
+    """The devices of §3.2's two towers: cuda:0 and cuda:1 (cpu twice), or the two ALEXREPRO_TOWER_DEVICES names."""
+    named = os.environ.get(TOWER_DEVICES_ENV, "").strip()
+    if not named:
+        return ("cuda:0", "cuda:1") if device_type == "cuda" else ("cpu", "cpu")
+    parts = [p.strip() for p in named.split(",")]
+    try:
+        devices = [torch.device(p) for p in parts]
+    except RuntimeError:
+        devices = []
+    if len(devices) != 2 or any(d.type != device_type for d in devices):
+        raise UserError(f"{TOWER_DEVICES_ENV}={named!r}: name two {device_type} devices, e.g. "
+                        f"{'cuda:0,cuda:0' if device_type == 'cuda' else 'cpu,cpu'}")
+    if device_type == "cuda" and any((d.index or 0) >= torch.cuda.device_count() for d in devices):
+        raise UserError(f"{TOWER_DEVICES_ENV}={named!r} names a GPU this machine lacks "
+                        f"({torch.cuda.device_count()} present)")
+    return str(devices[0]), str(devices[1])
+
+
 def resolve_launch(device: str, gpus: int, procs: int, parallel: str | None) -> tuple[str, int, str]:
     """(device type, processes to start, parallel mode none|data|model) for a request; UserError if impossible.
 
@@ -80,7 +104,8 @@ def resolve_launch(device: str, gpus: int, procs: int, parallel: str | None) -> 
                         "for several processes on the CPU use --procs N")
     if device == "cuda" and procs > 1:
         raise UserError("--procs is for --device cpu; on GPUs use --gpus N (one process per GPU)")
-    if device == "cuda" and gpus > torch.cuda.device_count():
+    towers_named = parallel == "model" and bool(os.environ.get(TOWER_DEVICES_ENV, "").strip())
+    if device == "cuda" and gpus > torch.cuda.device_count() and not towers_named:
         raise UserError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are present")
     world = gpus if device == "cuda" else procs
     mode = parallel or ("data" if world > 1 else "none")
@@ -91,6 +116,7 @@ def resolve_launch(device: str, gpus: int, procs: int, parallel: str | None) -> 
             raise UserError("--parallel model is the paper's two-GPU split: it needs exactly --gpus 2")
         if procs > 1:
             raise UserError("--parallel model runs one process; drop --procs")
+        tower_devices(device)  # a UserError now for a bad ALEXREPRO_TOWER_DEVICES
         return device, 1, mode
     if torchrun_env() is not None:
         return device, 1, "data"

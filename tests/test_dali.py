@@ -115,3 +115,50 @@ def test_source_is_picklable_and_ends_the_epoch(jpeg_set):
     with pytest.raises(StopIteration):
         source(info)
     loader.close()
+
+
+# Settings that change how DALI runs, never what it computes (alexrepro bench loader --dali-variant).
+TUNINGS = ["roi_decode=true", "prefetch=1,source_depth=1", "threads=1,py_workers=2", "bytes_per_sample_hint=196608",
+           "hw_decoder_load=1"]
+
+
+def dali_batches(out, tuning, device, epoch=1, seed=4, batch_size=8):
+    from alexrepro.loaders.base import LoaderSpec
+    from alexrepro.loaders.dali_loader import DaliLoader, DaliTuning
+
+    spec = LoaderSpec(out=out, split="train", data=DataConfig(workers=1), batch_size=batch_size, train=True,
+                      device=device, seed=seed)
+    loader = DaliLoader(spec, DaliTuning.parse(tuning))
+    try:
+        loader.set_epoch(epoch)
+        return list(loader)
+    finally:
+        loader.close()
+
+
+@pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
+@pytest.mark.parametrize("tuning", TUNINGS)
+def test_dali_settings_give_the_same_tensors(jpeg_set, tuning):
+    # roi_decode cuts the crop while decoding (decoders.image_slice): libjpeg-turbo gives the same pixels as
+    # decoding whole and slicing, so every setting here must give the default's tensors bit for bit.
+    default = dali_batches(jpeg_set, "", CPU)
+    for (a, ya), (b, yb) in zip(default, dali_batches(jpeg_set, tuning, CPU), strict=True):
+        assert torch.equal(ya, yb) and torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (dali_available() and torch.cuda.is_available()), reason="needs nvidia-dali and CUDA")
+@pytest.mark.parametrize("tuning", ["", "roi_decode=true", "hw_decoder_load=0", "hw_decoder_load=1"])
+def test_dali_settings_on_the_gpu_decoder_keep_the_reference_tensors(jpeg_set, tuning):
+    # nvJPEG (CUDA or the hardware decoder, by hw_decoder_load) against the PyTorch backend's PIL decode of the
+    # same draws: within the tolerance any JPEG decoder is held to, and roi_decode equal to the whole decode.
+    cuda = torch.device("cuda")
+    ref = make_loader(jpeg_set, "train", DataConfig(workers=1), 8, train=True, device=CPU, kind=REFERENCE, seed=4)
+    ref.set_epoch(1)
+    t = list(ref)
+    ref.close()
+    got = [(a.cpu(), y.cpu()) for a, y in dali_batches(jpeg_set, tuning, cuda)]
+    assert_close(t, got, exact=False)
+    if tuning == "roi_decode=true":
+        whole = [(a.cpu(), y.cpu()) for a, y in dali_batches(jpeg_set, "", cuda)]
+        assert_close(whole, got, exact=True)

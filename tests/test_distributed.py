@@ -26,6 +26,26 @@ def test_resolve_launch_counts_processes_and_refuses_impossible_requests():
             D.resolve_launch("cuda", 2, 1, "model")
 
 
+def test_tower_devices_default_or_named_in_the_environment(monkeypatch):
+    monkeypatch.delenv(D.TOWER_DEVICES_ENV, raising=False)
+    assert D.tower_devices("cuda") == ("cuda:0", "cuda:1") and D.tower_devices("cpu") == ("cpu", "cpu")
+    monkeypatch.setenv(D.TOWER_DEVICES_ENV, " cpu , cpu ")
+    assert D.tower_devices("cpu") == ("cpu", "cpu")
+    for bad in ("cuda:0,cuda:0", "cpu", "cpu,cpu,cpu", "gpu:0,gpu:1"):  # cuda on a cpu run, one, three, no device
+        monkeypatch.setenv(D.TOWER_DEVICES_ENV, bad)
+        with pytest.raises(UserError, match=D.TOWER_DEVICES_ENV):
+            D.tower_devices("cpu")
+    with pytest.raises(UserError, match=D.TOWER_DEVICES_ENV):  # checked before any process starts
+        D.resolve_launch("cpu", 1, 1, "model")
+    assert D.resolve_launch("cpu", 1, 1, None) == ("cpu", 1, "none")  # only --parallel model reads it
+    if torch.cuda.device_count() == 1:  # both towers on the one GPU: --gpus 2 is accepted
+        monkeypatch.setenv(D.TOWER_DEVICES_ENV, "cuda:0,cuda:0")
+        assert D.resolve_launch("cuda", 2, 1, "model") == ("cuda", 1, "model")
+        monkeypatch.setenv(D.TOWER_DEVICES_ENV, "cuda:0,cuda:1")
+        with pytest.raises(UserError, match="lacks"):
+            D.resolve_launch("cuda", 2, 1, "model")
+
+
 def test_torchrun_environment_is_read(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -89,6 +109,19 @@ def test_model_parallel_on_two_gpus(tmp_path):
     s = run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", device="cuda", gpus=2,
                                   parallel="model", overrides=SMALL + ["schedule.epochs=1"], show_progress=False))
     assert s["parallel"] == "model" and s["devices"] == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_parallel_with_both_towers_on_one_gpu(tmp_path, monkeypatch):
+    # The two-GPU code path (per-tower layers, the exchanges of §3.2) on a one-GPU machine.
+    monkeypatch.setenv(D.TOWER_DEVICES_ENV, "cuda:0,cuda:0")
+    data = make_set(tmp_path / "out")
+    s = run_training(TrainOptions(out=data, run_dir=tmp_path / "r", recipe="tiny", device="cuda", gpus=2,
+                                  parallel="model", overrides=SMALL + ["schedule.epochs=1"], show_progress=False))
+    assert s["parallel"] == "model" and s["devices"] == ["cuda:0", "cuda:0"] and s["steps"] == 4
+    c = ck.read_checkpoint(s["checkpoints"]["last"])
+    assert all(torch.isfinite(t).all() for t in c.model.values())
 
 
 @pytest.mark.slow

@@ -257,3 +257,14 @@ def test_damaged_bytes_stop_the_loaders_with_the_images_name(tmp_path, splits, e
     with pytest.raises(SystemExit) as code:  # and the check the message points to finds it too
         main(["info", str(out), "--verify"])
     assert code.value.code == 1 and key in capsys.readouterr().err
+
+
+def test_raw_batches_read_each_image_in_order_with_repeats(raw_set):
+    # Runs of adjacent images are read as slices; any order, repeats and shard boundaries give each image.
+    ds = open_split(raw_set, "train")
+    idx = np.array([5, 6, 7, 5, 19, 3, 4, 8, 0, 7, 15, 16])  # runs within and across the shards of 8
+    got = read_batch(ds, idx)
+    assert len(got) == len(idx)
+    for i, image in zip(idx, got, strict=True):
+        s, j = ds.locate(int(i))
+        assert np.array_equal(image, ds.shards[s].file["images"][j]) and np.array_equal(image, structured_image(int(i)))

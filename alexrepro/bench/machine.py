@@ -18,6 +18,9 @@ def machine_info() -> dict[str, Any]:
         "date": datetime.date.today().isoformat(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_cores": os.cpu_count(),
+        # the OS kernel: sandboxes differ (a gVisor 4.4.0 against a Firecracker VM's own), and with it the cost
+        # of each system call a loader makes (pread, fork, shared memory)
+        "kernel": platform.release(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,

@@ -1,4 +1,4 @@
-"""`alexrepro bench prep|pca|loader|read|train|profile|lrn|all`: our throughput beside a plain baseline, same run.
+"""`alexrepro bench prep|pca|loader|read|train|profile|lrn|conv|curves|all`: throughput beside plain baselines.
 
 Each command calls one function of alexrepro.bench and hands its result to `_report`, which prints it
 as one JSON object (--json) or as the table its kind has in RENDERERS (alexrepro.cli.bench_tables).
@@ -80,13 +80,22 @@ def bench_loader_cmd(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Loader worker processes."),
     kinds: str = typer.Option(",".join(BACKENDS), "--kinds", help="Our loaders to time, comma-separated."),
     device: str = typer.Option("cpu", "--device", help="Where batches go: cpu or cuda."),
+    passes: int = typer.Option(1, "--passes", help="Timed passes of each loader in this process (the first pays "
+                               "worker start-up and cold reads)."),
+    cold: bool = typer.Option(False, "--cold", help="Drop OUT's shards from the page cache before each first pass."),
+    stages: bool = typer.Option(False, "--stages", help="Also time each loader cut short: the stored bytes only, "
+                                "then decoded (then DALI's crops)."),
+    dali_variant: list[str] = typer.Option(
+        [], "--dali-variant", help="DALI settings to run beside the default, key=value[,key=value] (repeatable): "
+        "prefetch, source_depth, threads, py_workers, hw_decoder_load, bytes_per_sample_hint, roi_decode."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Our PyTorch and DALI loaders vs pytorch/examples' ImageFolder + RandomResizedCrop pipeline."""
-    from alexrepro.bench.loader import bench_loader
+    from alexrepro.bench.loader import LoaderRuns, bench_loader
 
     chosen = tuple(k for k in kinds.split(",") if k)
-    _report("loader", bench_loader(out, src, batches, batch_size, workers, chosen, device), json_out)
+    runs = LoaderRuns(passes=passes, cold=cold, stages=stages, dali_variants=tuple(dali_variant))
+    _report("loader", bench_loader(out, src, batches, batch_size, workers, chosen, device, runs), json_out)
 
 
 @bench_app.command("read")
@@ -155,6 +164,48 @@ def bench_profile_cmd(
                            device=device, precision=precision, channels_last=channels_last, compile_=compile_,
                            top=top, trace=str(trace) if trace else None)
     _report("profile", result, json_out)
+
+
+@bench_app.command("conv")
+def bench_conv_cmd(
+    recipe: str = typer.Option("paper", "--recipe", help="The recipe whose conv layers to time."),
+    set_: list[str] = OVERRIDES_OPTION,
+    batch_size: int | None = STEP_BATCH_OPTION,
+    steps: int = typer.Option(10, "--steps", help="Timed forward + backward passes per variant and round."),
+    rounds: int = typer.Option(3, "--rounds", help="Rounds the variants take turns for; the best of each counts."),
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Grouped conv layers (§3.2's towers) vs the same FLOPs ungrouped and vs two convolutions, per memory format."""
+    from alexrepro.bench.conv import bench_conv
+
+    _report("conv", bench_conv(recipe, tuple(set_), batch_size=batch_size, steps=steps, rounds=rounds, device=device,
+                               precision=precision), json_out)
+
+
+@bench_app.command("curves")
+def bench_curves_cmd(
+    recipe: str = typer.Option("paper", "--recipe", help="The recipe to train."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe overrides every variant gets, section.key=value."),
+    variant: list[str] = typer.Option(
+        [], "--variant", help="One variant's overrides, section.key=value[,section.key=value] (at least two; the "
+        "first is the reference), e.g. --variant run.lrn_kernel=triton --variant run.lrn_kernel=torch."),
+    steps: int = typer.Option(200, "--steps", help="Training steps per variant."),
+    batches: int = typer.Option(8, "--batches", help="Synthetic batches the steps cycle through."),
+    batch_size: int | None = STEP_BATCH_OPTION,
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
+    channels_last: bool = CHANNELS_LAST_OPTION,
+    compile_: bool = COMPILE_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Loss curves of the same training steps under two or more recipe variants, compared step by step."""
+    from alexrepro.bench.curves import bench_curves
+
+    result = bench_curves(recipe, tuple(set_), tuple(variant), steps=steps, batches=batches, batch_size=batch_size,
+                          device=device, precision=precision, channels_last=channels_last, compile_=compile_)
+    _report("curves", result, json_out)
 
 
 @bench_app.command("lrn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rich.table import Table
+from rich.table import Column, Table
 
 from alexrepro.progress import console
 
@@ -40,15 +40,44 @@ def render_pca(result: dict[str, Any]) -> None:
     ])
 
 
+def _cores(run: dict[str, Any]) -> str:
+    """Cores busy during a run: ours (this process and its workers) / every other process / the machine."""
+    cpu = run.get("cpu", {})
+    return f"{cpu.get('ours_cores_busy')} / {cpu.get('others_cores_busy')} / {cpu.get('machine_cores_busy')}"
+
+
+def _run_row(name: str, run: dict[str, Any], vs: Any = "") -> tuple[str, ...]:
+    if "error" in run:
+        return (name, run["error"], "", "", "", "", str(vs))
+    return (name, f"{run['images_per_s']:,.0f}", f"{run['first_batch_s']:.3f}",
+            f"{run['batch_ms']['p50']:.1f} / {run['batch_ms']['p90']:.1f}", _cores(run),
+            str(run.get("page_cache_before")), str(vs))
+
+
 def render_loader(result: dict[str, Any]) -> None:
+    """Each loader (its passes and stages), each DALI setting, the baseline; images/s and the cores busy."""
     baseline = result.get("baseline", {}).get("images_per_s")
-    rows: list[Row] = []
-    for name, timing in result["loaders"].items():
-        rate = timing.get("images_per_s")
-        rows.append((f"{name} images/s", timing.get("error", rate), baseline if baseline else "(no --src)"))
-        if rate and baseline:
-            rows.append((f"{name} ÷ ImageFolder baseline", round(rate / baseline, 3), 1.0))
-    _show("loader: images/s (pytorch/examples ImageFolder pipeline as baseline)", rows)
+    host = result.get("host", {})
+    title = (f"loader: {result.get('encoding', '')} shards, batch {result['batch_size']}, {result['workers']} workers, "
+             f"{result['device']}; host: {host.get('affinity_cpus')} CPUs usable, kernel {host.get('kernel')}")
+    table = Table(Column("run", no_wrap=True), "images/s", "first batch s", "batch ms p50 / p90",
+                  "cores busy: ours / others / machine", "in page cache", "÷ baseline or default", title=title)
+    for name, loader in result["loaders"].items():
+        ratio = round(loader["images_per_s"] / baseline, 3) if baseline and "images_per_s" in loader else ""
+        table.add_row(*_run_row(name, loader, ratio))
+        for i, run in enumerate(loader.get("passes", [])[1:], start=2):
+            table.add_row(*_run_row(f"{name}, pass {i}", run))
+        for stage, run in loader.get("stages", {}).items():
+            if stage != "full":
+                table.add_row(*_run_row(f"{name}: {stage} only" if stage == "read" else f"{name}: to {stage}", run))
+    for spec, run in result.get("dali_variants", {}).items():
+        table.add_row(*_run_row(f"dali {spec}", run, run.get("vs_default", "")))
+    if baseline:
+        table.add_row("ImageFolder baseline", f"{baseline:,.0f}",
+                      f"{result['baseline'].get('first_batch_s', '')}", "", "", "", "1.0")
+    else:
+        table.add_row("ImageFolder baseline", "(no --src)", "", "", "", "", "")
+    console.print(table)
 
 
 def render_read(result: dict[str, Any]) -> None:
@@ -138,6 +167,44 @@ def render_profile(result: dict[str, Any]) -> None:
                   f"{result['measured_ms_per_step']:.2f} ms/step{busy}{trace}", highlight=False)
 
 
+def render_conv(result: dict[str, Any]) -> None:
+    """Per setting and layer: ms per GFLOP of each variant, and grouped ÷ ungrouped per FLOP."""
+    variants = ("net", "same_flops", "full", "two_convs")
+    table = Table("setting", "layer", *(f"{v} ms/GFLOP" for v in variants), "grouped ÷ ungrouped per FLOP",
+                  "two convs ÷ grouped time",
+                  title=f"conv: {result['recipe']}, batch {result['batch_size']}, {result['device']} {result['precision']}, "
+                        "forward + backward")
+    for setting, r in result["settings"].items():
+        for layer, v in r["layers"].items():
+            table.add_row(setting, layer, *(str(v[k]["ms_per_gflop"]) if k in v else "" for k in variants),
+                          str(v.get("grouped_vs_ungrouped_per_flop", "")), str(v.get("two_convs_vs_grouped_time", "")))
+        table.add_row(setting, "grouped layers", "", "", "", "", str(r.get("grouped_vs_ungrouped_per_flop", "")),
+                      str(r.get("two_convs_vs_grouped_time", "")))
+    console.print(table)
+    agree = ", ".join(f"{k}: output {v['output']:.1e}, input grad {v['input_grad']:.1e}, weight grad "
+                      f"{v['weight_grad']:.1e}" for k, v in result["two_convs_agreement"].items())
+    console.print(f"two convolutions vs grouped, largest relative difference: {agree or 'no grouped layer'}")
+    if "switch_suggested" in result:
+        console.print(f"in training's setting ({result['training_setting']}): grouped costs "
+                      f"{result['grouped_vs_ungrouped_per_flop']}× per FLOP (switch above {result['switch_above']}); "
+                      f"two convolutions take {result['two_convs_vs_grouped_time']}× the grouped time; "
+                      f"switch suggested: {result['switch_suggested']}", highlight=False)
+
+
+def render_curves(result: dict[str, Any]) -> None:
+    """Each variant's first and last loss and its largest difference from the reference."""
+    table = Table("variant", "loss: first → last", "max rel. diff (step)", "max rel. diff (10-step mean)",
+                  f"within {100 * result['tolerance']:g}%",
+                  title=f"curves: {result['recipe']}, {result['steps']} steps, {result['device']} {result['precision']}")
+    for v in result["variants"]:
+        first, last = result["loss_first_last"][v]
+        c = result["against_reference"].get(v)
+        table.add_row(v, f"{first} → {last}", *(("(reference)", "", "") if c is None else (
+            f"{c['max_rel_diff_step']:.2e} at {c['at_step']}", f"{c['max_rel_diff_window']:.2e}",
+            str(c["within_tolerance"]))))
+    console.print(table)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "prep": render_prep,
     "pca": render_pca,
@@ -145,5 +212,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "read": render_read,
     "train": render_train,
     "profile": render_profile,
+    "conv": render_conv,
+    "curves": render_curves,
     "lrn": render_lrn,
 }

@@ -45,7 +45,8 @@ def train_command(
     procs: int = typer.Option(
         1, "--procs", help="Data-parallel processes on the CPU (gloo), for --device cpu; the global batch is split."),
     parallel: str | None = typer.Option(
-        None, "--parallel", help="data (one process per device) or model (§3.2's two-GPU split; needs --gpus 2)."),
+        None, "--parallel", help="data (one process per device) or model (§3.2's two-GPU split; needs --gpus 2; "
+        "ALEXREPRO_TOWER_DEVICES=cuda:0,cuda:0 puts both towers on one GPU, to check that path)."),
     loader: str | None = typer.Option(None, "--loader", help=f"{kinds_text()} (data.loader)."),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (run.precision; autocast)."),
     channels_last: bool | None = typer.Option(

@@ -4,8 +4,8 @@ JPEG shards: the batch's images in a shard, sorted, are read with one os.pread p
 that lie back to back in the file, through the shard's plain descriptor (Shard.read_data): no HDF5
 handle, so a shuffled batch over many shards reopens nothing. Where `data` is not one contiguous
 block (chunked or compressed by another writer), or with pread=False, the byte ranges are OR-ed
-into one hyperslab selection and read with a single H5Dread. Raw shards: one sorted fancy-index
-read. Every image's bytes are checked against the crc32 stored beside them. Used by the DALI
+into one hyperslab selection and read with a single H5Dread. Raw shards: one slice read per run of
+adjacent images. Every image's bytes are checked against the crc32 stored beside them. Used by the DALI
 source and by the PyTorch workers alike.
 """
 
@@ -73,9 +73,15 @@ def first_damage(split: SplitDataset, indices: np.ndarray) -> UserError | None:
 
 
 def _read_raw(shard: Shard, local_sorted: np.ndarray) -> list[np.ndarray]:
+    """One slice read per run of adjacent images. h5py's point selection (`images[[3, 9, 40]]`) over the shard's
+    per-image chunks took 0.78 s for 32 images where 32 slice reads took 4 ms (development CPU, h5py 3)."""
     uniq, inverse = np.unique(local_sorted, return_inverse=True)
-    block = shard.file["images"][uniq]  # h5py needs increasing indices
-    return [block[j] for j in inverse]
+    dset = shard.file["images"]
+    first = np.flatnonzero(np.concatenate([[True], np.diff(uniq) != 1]))  # where a run of adjacent images starts
+    last = np.concatenate([first[1:], [len(uniq)]])
+    images = [im for a, b in zip(first.tolist(), last.tolist(), strict=True)
+              for im in dset[int(uniq[a]) : int(uniq[b - 1]) + 1]]
+    return [images[j] for j in inverse]
 
 
 def _read_encoded(shard: Shard, local_sorted: np.ndarray, pread: bool) -> list[np.ndarray]:

@@ -7,11 +7,18 @@ views (the centre, or the ten of §4.1) are the preset's, pipeline constants. Th
 subtraction, lighting, NCHW) is NOT done in DALI: the uint8 crops go through the same `finish_batch`
 as the PyTorch backend, so for the same draws both give the same tensor up to the JPEG decoders'
 differences. Batches are prefetched (prefetch_queue_depth) so that loading overlaps training.
+
+`DaliTuning` holds how the pipeline runs (prefetch depths, threads, the hardware decoder's share, decoding
+only the crop's region): settings that change the speed, never the tensors (tests/test_dali.py), chosen by
+`alexrepro bench loader --dali-variant` measurements (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,35 +33,112 @@ from alexrepro.loaders.dali_source import ShardSource, nonempty_batches
 from alexrepro.loaders.order import rank_batch
 
 PREFETCH = 2  # batches DALI prepares ahead, in the pipeline and in the Python workers
+STAGES = ("read", "decode", "crop")  # where a pipeline may stop: stored bytes, decoded images, the crops
 
 
-def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_batch: int) -> Any:
-    """A built DALI pipeline whose outputs are (uint8 crops NHWC or N×V×c×c×3, labels, anchors, flips, α)."""
+@dataclass(frozen=True)
+class DaliTuning:
+    """How the DALI pipeline runs; none of it changes a tensor. None: the default named beside each."""
+
+    prefetch: int = PREFETCH  # batches the pipeline prepares ahead (its prefetch_queue_depth)
+    source_depth: int | None = None  # batches in flight in the Python workers; None: max(prefetch, py_workers)
+    threads: int | None = None  # DALI's CPU threads (decoding on the CPU, the mixed decoder's host part); data.workers
+    py_workers: int | None = None  # Python worker processes reading the shards; None: data.workers
+    hw_decoder_load: float | None = None  # mixed decoder only: the share of JPEGs for the hardware decoder; DALI's 0.65
+    bytes_per_sample_hint: int | None = None  # the decoder's output preallocated per sample; None: DALI's
+    roi_decode: bool = False  # training at image_size 256: decode only each crop's region (decoders.image_slice)
+
+    def __post_init__(self) -> None:
+        for name in ("prefetch", "source_depth", "threads", "py_workers", "bytes_per_sample_hint"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserError(f"DALI setting {name} must be a whole number of at least 1, got {value!r}")
+        if self.hw_decoder_load is not None and not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise UserError(f"DALI setting hw_decoder_load must lie in [0, 1], got {self.hw_decoder_load!r}")
+
+    def workers(self, data_workers: int) -> tuple[int, int, int]:
+        """(CPU threads, Python workers, batches in flight in them) for a recipe's data.workers."""
+        threads = self.threads or max(1, data_workers)
+        py = self.py_workers or max(1, data_workers)
+        return threads, py, self.source_depth or max(self.prefetch, py)
+
+    @classmethod
+    def parse(cls, text: str) -> DaliTuning:
+        """A tuning from "key=value,key=value" (the benchmark's --dali-variant); a UserError for a bad one."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        values: dict[str, Any] = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            key, eq, raw = part.partition("=")
+            if not eq or key not in fields:
+                raise UserError(f"DALI setting {part!r}: use key=value with a key among {', '.join(fields)}")
+            try:
+                if key == "roi_decode":
+                    if raw.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(raw)
+                    values[key] = raw.lower() in ("true", "1")
+                else:
+                    values[key] = float(raw) if key == "hw_decoder_load" else int(raw)
+            except ValueError:
+                raise UserError(f"DALI setting {part!r}: {raw!r} is not a value for {key}") from None
+        return cls(**values)
+
+
+def _decoder_options(tuning: DaliTuning, gpu: bool) -> dict[str, Any]:
+    """The decoder's arguments: RGB, libjpeg-turbo's chroma upsampling, and the tuning's settings."""
+    from nvidia.dali import types
+
+    # jpeg_fancy_upsampling: nvJPEG upsamples 4:2:0 chroma the way libjpeg-turbo does (PIL, the mean
+    # image, eval and predict), so a net trained on DALI-GPU batches sees the same pixels.
+    options: dict[str, Any] = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB,
+                               "jpeg_fancy_upsampling": True}
+    if tuning.hw_decoder_load is not None and gpu:
+        options["hw_decoder_load"] = tuning.hw_decoder_load
+    if tuning.bytes_per_sample_hint is not None:
+        options["bytes_per_sample_hint"] = tuning.bytes_per_sample_hint
+    return options
+
+
+def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_batch: int,
+                   tuning: DaliTuning | None = None, stage: str = "crop") -> Any:
+    """A built DALI pipeline whose outputs are (uint8 crops NHWC or N×V×c×c×3, labels, anchors, flips, α).
+
+    stage "read" or "decode" stops early, with (stored bytes, labels) or (decoded images, labels): what
+    `alexrepro bench loader --stages` times.
+    """
     from nvidia.dali import fn, pipeline_def, types
 
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    tuning = tuning or DaliTuning()
     d = spec.data
     gpu = spec.device.type == "cuda"
     device_id = (spec.device.index if spec.device.index is not None else torch.cuda.current_device()) if gpu else None
-    c = d.crop_size
-    shape = np.array([c, c], dtype=np.int32)
-    workers = max(1, d.workers)
+    shape = np.array([d.crop_size, d.crop_size], dtype=np.int32)
+    threads, py_workers, depth = tuning.workers(d.workers)
+    # Only a training crop of the 256 image as stored can be cut while decoding (a resize needs the whole image).
+    roi = tuning.roi_decode and encoding != "raw" and spec.preset is None and d.image_size == IMAGE_SIZE
 
     @pipeline_def
     def graph():  # noqa: ANN202 - DALI's graph-building function
-        # Batch mode hands each batch to ONE Python worker, and only `prefetch_queue_depth` batches are
-        # in flight: a depth of one batch per worker lets every worker read (at depth 2, 16 workers on an
-        # H200 gave 9.0k images/s, the PyTorch loader 23.8k; docs/PERFORMANCE.md).
+        # Batch mode hands each batch to ONE Python worker, and only `depth` batches are in flight: a
+        # depth of one batch per worker lets every worker read (at depth 2, 16 workers on an H200 gave
+        # 9.0k images/s, the PyTorch loader 23.8k; docs/PERFORMANCE.md).
         stored, anchor, flip, label, alpha = fn.external_source(
             source, num_outputs=5, batch=True, parallel=True, batch_info=True,
-            prefetch_queue_depth=max(PREFETCH, workers), layout=["HWC" if encoding == "raw" else "", "", "", "", ""],
+            prefetch_queue_depth=depth, layout=["HWC" if encoding == "raw" else "", "", "", "", ""],
         )
+        if stage == "read":
+            return stored, label
         if encoding == "raw":
             img = stored.gpu() if gpu else stored
+        elif roi and stage == "crop":  # the same pixels as decoding whole and slicing (tests/test_dali.py), fewer decoded
+            return fn.flip(fn.decoders.image_slice(stored, anchor, shape, axis_names="HW",
+                                                   **_decoder_options(tuning, gpu)),
+                           horizontal=flip), label, anchor, flip, alpha
         else:
-            # jpeg_fancy_upsampling: nvJPEG upsamples 4:2:0 chroma the way libjpeg-turbo does (PIL, the mean
-            # image, eval and predict), so a net trained on DALI-GPU batches sees the same pixels.
-            img = fn.decoders.image(stored, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                    jpeg_fancy_upsampling=True)
+            img = fn.decoders.image(stored, **_decoder_options(tuning, gpu))
+        if stage == "decode":
+            return img, label
         if d.image_size != IMAGE_SIZE:  # antialiased linear (triangle) filter, as PIL's bilinear
             img = fn.resize(img, size=[d.image_size, d.image_size], antialias=True,
                             interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
@@ -69,11 +153,19 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
 
     # Fork is DALI's fast default but cannot follow CUDA initialisation in this process.
     method = "spawn" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
-    pipe = graph(batch_size=max_batch, num_threads=workers, device_id=device_id,
-                 seed=spec.seed, prefetch_queue_depth=PREFETCH, py_num_workers=workers,
+    pipe = graph(batch_size=max_batch, num_threads=threads, device_id=device_id,
+                 seed=spec.seed, prefetch_queue_depth=tuning.prefetch, py_num_workers=py_workers,
                  py_start_method=method)
     pipe.build()
     return pipe
+
+
+def close_pipeline(pipe: Any) -> None:
+    """End a built pipeline and its Python worker processes."""
+    pool = getattr(pipe, "_py_pool", None)
+    pipe._shutdown()  # DALI has no public close; this is what its __del__ calls
+    if pool is not None:
+        pool.close()
 
 
 def to_torch(out: Any, device: torch.device) -> torch.Tensor:
@@ -95,8 +187,9 @@ class DaliLoader(Loader):
 
     kind = "dali"
 
-    def __init__(self, spec: LoaderSpec) -> None:
+    def __init__(self, spec: LoaderSpec, tuning: DaliTuning | None = None) -> None:
         super().__init__(spec)
+        self.tuning = tuning or DaliTuning()
         self._pipe: Any = None
         self._next: tuple[int, int] | None = None  # the (epoch, start) the built pipeline serves next
 
@@ -110,7 +203,7 @@ class DaliLoader(Loader):
         self._shutdown()
         source = ShardSource(self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
         max_batch = self.plan.batch_size // self.plan.world_size  # no rank slice is larger
-        self._pipe = build_pipeline(self.spec, source, self.dataset.encoding, max_batch)
+        self._pipe = build_pipeline(self.spec, source, self.dataset.encoding, max_batch, self.tuning)
         self._next = want
         self._first_epoch = self.epoch
         self._epochs_built = 0
@@ -151,7 +244,7 @@ class DaliLoader(Loader):
             self._shutdown()
         except Exception:  # noqa: BLE001 - what a broken pipeline does as it ends is not this error
             self._pipe, self._next = None, None
-        ahead = 1 + PREFETCH + max(PREFETCH, self.spec.data.workers)  # the batches in flight at the failure
+        ahead = 1 + self.tuning.prefetch + self.tuning.workers(self.spec.data.workers)[2]  # in flight at the failure
         for b in range(batch, min(batch + ahead, nonempty_batches(self.plan))):
             damage = first_damage(self.dataset, rank_batch(self.plan, self.spec.data, self.epoch, b)[0])
             if damage is not None:
@@ -160,12 +253,18 @@ class DaliLoader(Loader):
         return WorkFailed(f"the DALI pipeline failed at batch {batch} of epoch {self.epoch} ({reason}); "
                           "try --loader torch")
 
+    def stage_pipeline(self, stage: str) -> Any:
+        """A pipeline over this loader's epoch that stops at `stage` (STAGES), for `bench loader --stages`;
+        close it with close_pipeline."""
+        source = ShardSource(self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
+        with warnings.catch_warnings():  # a stage leaves some of the source's outputs unused, as it means to
+            warnings.filterwarnings("ignore", message="The external source node")
+            return build_pipeline(self.spec, source, self.dataset.encoding,
+                                  self.plan.batch_size // self.plan.world_size, self.tuning, stage)
+
     def _shutdown(self) -> None:
         if self._pipe is not None:
-            pool = getattr(self._pipe, "_py_pool", None)
-            self._pipe._shutdown()  # DALI has no public close; this is what its __del__ calls
-            if pool is not None:
-                pool.close()
+            close_pipeline(self._pipe)
         self._pipe, self._next = None, None
 
     def close(self) -> None:

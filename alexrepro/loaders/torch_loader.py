@@ -96,14 +96,19 @@ class TorchLoader(Loader):
         super().__init__(spec)
         d = spec.data
         self.crop_data = CropDataset(self.dataset, d.image_size, d.crop_size, spec.preset)
-        workers = d.workers
+        self.dataloader = self.data_loader(self.crop_data)
+
+    def data_loader(self, dataset: Dataset) -> DataLoader:
+        """A DataLoader over this loader's batches of items, run as training runs it (`bench loader --stages`
+        gives it datasets that stop after reading or decoding)."""
+        workers = self.spec.data.workers
         options: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 2} if workers else {}
-        self.dataloader = DataLoader(
-            self.crop_data,
+        return DataLoader(
+            dataset,
             batch_sampler=BatchItems(self),
             num_workers=workers,
             collate_fn=collate,
-            pin_memory=spec.device.type == "cuda",
+            pin_memory=self.spec.device.type == "cuda",
             worker_init_fn=functools.partial(lifetime.init_loader_worker, os.getpid()),  # dies with this process
             **options,
         )

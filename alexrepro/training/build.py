@@ -18,7 +18,7 @@ import torch
 
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import Stats, read_stats
-from alexrepro.distributed import DistInfo
+from alexrepro.distributed import DistInfo, tower_devices
 from alexrepro.errors import UserError
 from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, remove_stale_temps, stats_payload
 from alexrepro.training.optim import apply_hyperparameters
@@ -121,7 +121,7 @@ def run_devices(plan: TrainPlan, info: DistInfo) -> tuple[torch.device, list[str
         device = torch.device("cpu")
     if plan.parallel != "model":
         return device, [str(device)]
-    return device, ["cuda:0", "cuda:1"] if plan.device_type == "cuda" else ["cpu", "cpu"]
+    return device, list(tower_devices(plan.device_type))
 
 
 def resume(run: Run, state: RunState, saved: Checkpoint) -> None:

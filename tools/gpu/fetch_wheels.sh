@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (a machine that reaches PyPI), in the repository: downloads every wheel the GPU device machine
+# Run HERE (a machine that reaches PyPI), in the repository: downloads every wheel the GPU machine
 # lacks, for its platform (x86-64, CPython 3.12), into two git-ignored folders that device calls carry:
 #
 #   .whl/                 the CLI's wheels (typer and what it needs; a few MiB): carry it with run_all.sh
@@ -12,8 +12,8 @@
 # On the device, tools/gpu/run_all.sh --stash copies the carried part to /tmp/dali-parts; once all are
 # there, run_all.sh joins them with cat, checks the sha256 and unpacks them into /tmp/site (README.md).
 # The device has torch, torchvision, numpy, h5py, rich, pillow, scipy, matplotlib, pyyaml, six, packaging
-# and wheel (/work/.library/device/KINDS.md), so those are not fetched. Versions are pinned to what the
-# test environment (/tmp/venvtest, `pip freeze`) runs. Usage: tools/gpu/fetch_wheels.sh [--no-dali]
+# and wheel, so those are not fetched. Versions are pinned to what the test environment (`nox -s tests`,
+# `pip freeze`) runs. Usage: tools/gpu/fetch_wheels.sh [--no-dali]
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 PY=${PYTHON:-python3}
