@@ -1,6 +1,8 @@
 """alexrepro: AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) reproduced end to end."""
 
-__version__ = "0.1.0"
+from alexrepro.version import __version__
+
+__all__ = ["__version__", "load", "open_split"]
 
 
 def open_split(out, split):  # noqa: ANN001 - alexrepro.data.split.open_split, documented in docs/FORMAT.md

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from alexrepro.bench.train import bench_train, time_interleaved
+from alexrepro.bench.timing import time_interleaved
+from alexrepro.bench.train import bench_train
 from alexrepro.cli import main
 from alexrepro.data.options import PrepOptions
 from alexrepro.data.prep import prep

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.train import time_interleaved
+from alexrepro.bench.timing import time_interleaved
 from alexrepro.errors import UserError
 from alexrepro.recipe_reader import load_recipe
 from alexrepro.runtime import autocast_dtype, resolve_device

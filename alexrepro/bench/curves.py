@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.train import check_step_options, step_bench
+from alexrepro.bench.timing import check_step_options
+from alexrepro.bench.train import step_bench
 from alexrepro.errors import UserError
 from alexrepro.runtime import resolve_device
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from alexrepro.bench.timing import check_step_options, synthetic_batch, time_interleaved
 from alexrepro.runtime import synchronize
 
 VALUES_MOVED = 5  # a and b forward; a, ∂L/∂b and ∂L/∂a backward
@@ -89,7 +90,6 @@ def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype |
                 rounds: int = 3) -> dict[str, Any]:
     """Seconds per forward + backward of the net's LRN layers on their real inputs, per implementation, with
     the bytes a fused LRN moves at the least and that floor in seconds at the measured copy bandwidth."""
-    from alexrepro.bench.train import time_interleaved
 
     inputs = lrn_inputs(model, images, amp)
     if not inputs:
@@ -123,7 +123,6 @@ def bench_lrn(recipe: str = "paper", overrides: tuple[str, ...] = (), batch_size
               device: str = "cpu", precision: str = "fp32", channels_last: bool = False, steps: int = 10,
               rounds: int = 3) -> dict[str, Any]:
     """`lrn_timings` on the recipe's net (seeded 0) and a synthetic batch, as `bench train` runs it."""
-    from alexrepro.bench.train import check_step_options, synthetic_batch
     from alexrepro.nets import build_net
     from alexrepro.recipe_reader import load_recipe
     from alexrepro.runtime import autocast_dtype, resolve_device

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.train import check_step_options, step_bench
+from alexrepro.bench.timing import check_step_options
+from alexrepro.bench.train import step_bench
 from alexrepro.errors import UserError
 from alexrepro.process.atomic import atomic_write_bytes, writable_file
 from alexrepro.progress import make_progress
@@ -165,15 +166,22 @@ def timed_events(events: Iterable[Any], device: bool) -> list[Timed]:
         elif e.self_cpu_time_total > 0:
             chain = names(e)
             timed.append(Timed(e.name, float(e.self_cpu_time_total), categorise(chain), phase_of(chain)))
-    if device:  # kernels the profiler could not tie to an op: by their own names only
-        on_device: dict[str, list[float]] = defaultdict(list)
-        for e in events:
-            if not _is_cpu(e) and not _is_annotation(e):
-                on_device[e.name].append(float(e.time_range.end - e.time_range.start))
-        for name, runs in on_device.items():
-            left = sum(runs) - attached.get(name, 0.0)
-            if left > 1e-3 * max(sum(runs), 1e-9):
-                timed.append(Timed(name, left, categorise([name]), "other"))
+    if device:
+        timed += _untied_kernels(events, attached)
+    return timed
+
+
+def _untied_kernels(events: list[Any], attached: dict[str, float]) -> list[Timed]:
+    """Kernels the profiler could not tie to an op (their time beyond what was `attached`): by name only."""
+    on_device: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if not _is_cpu(e) and not _is_annotation(e):
+            on_device[e.name].append(float(e.time_range.end - e.time_range.start))
+    timed = []
+    for name, runs in on_device.items():
+        left = sum(runs) - attached.get(name, 0.0)
+        if left > 1e-3 * max(sum(runs), 1e-9):
+            timed.append(Timed(name, left, categorise([name]), "other"))
     return timed
 
 
@@ -300,26 +308,7 @@ def profile_train(
         writable_file(trace, "--trace")  # before the work, so that a typo does not throw the profile away
     dev = resolve_device(device)
     bench = step_bench(recipe, overrides, batch_size, dev, precision, channels_last, compile_)  # as bench train
-    count = 0
-
-    def step() -> None:
-        nonlocal count
-        count += 1
-        bench.harness.step(bench.images, bench.labels, count)
-
-    benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.build sets it on GPUs
-    try:
-        with contextlib.ExitStack() as stack:
-            if compile_ and dev.type == "cpu":  # inductor's C++ kernels reach the profiler only with this
-                import torch._inductor.config as inductor_config
-
-                stack.enter_context(inductor_config.patch({"cpp.enable_kernel_profile": True}))
-            labelled = None if compile_ else bench.harness.model
-            prof, seconds, profiled_seconds = _run(step, steps, warmup, dev, labelled, progress)
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
-
+    prof, seconds, profiled_seconds = _profile_steps(bench, steps, warmup, dev, compile_, progress)
     if bench.harness.guard.bad_step() is not None:
         raise UserError("the profiled steps' loss is not finite; check the recipe's learning rate")
     timed = timed_events(prof.events(), device=dev.type == "cuda")
@@ -339,6 +328,30 @@ def profile_train(
         report["trace"] = str(write_trace(prof, trace))
     report["machine"] = machine_info()
     return report
+
+
+def _profile_steps(bench: Any, steps: int, warmup: int, dev: torch.device, compile_: bool,
+                   progress: bool) -> tuple[Any, float, float]:
+    """`_run` over the bench's training step, with cuDNN's autotuner as training sets it on GPUs."""
+    count = 0
+
+    def step() -> None:
+        nonlocal count
+        count += 1
+        bench.harness.step(bench.images, bench.labels, count)
+
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or benchmark  # as alexrepro.training.build sets it on GPUs
+    try:
+        with contextlib.ExitStack() as stack:
+            if compile_ and dev.type == "cpu":  # inductor's C++ kernels reach the profiler only with this
+                import torch._inductor.config as inductor_config
+
+                stack.enter_context(inductor_config.patch({"cpp.enable_kernel_profile": True}))
+            labelled = None if compile_ else bench.harness.model
+            return _run(step, steps, warmup, dev, labelled, progress)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def write_trace(prof: Any, path: str | Path) -> Path:

@@ -35,6 +35,17 @@ def shuffled_batches(n: int, batches: int, batch_size: int, seed: int) -> list[n
     return np.split(order, batches)
 
 
+def _jpeg_split(out: Path, split: str) -> Any:
+    """The split of a JPEG set, with at least one image (a UserError otherwise)."""
+    ds = open_split(out, split)
+    if ds.encoding != "jpeg":
+        raise UserError(f"{out} stores raw arrays; bench read compares the readers of JPEG shards "
+                        "(prepare a set with alexrepro prep --encoding jpeg)")
+    if len(ds) == 0:
+        raise UserError(f"{out} has no {split} images to read")
+    return ds
+
+
 def bench_read(
     out: Path,
     split: str = "train",
@@ -49,12 +60,7 @@ def bench_read(
                         ("--rounds", rounds)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    ds = open_split(out, split)
-    if ds.encoding != "jpeg":
-        raise UserError(f"{out} stores raw arrays; bench read compares the readers of JPEG shards "
-                        "(prepare a set with alexrepro prep --encoding jpeg)")
-    if len(ds) == 0:
-        raise UserError(f"{out} has no {split} images to read")
+    ds = _jpeg_split(out, split)
     order = shuffled_batches(len(ds), batches, batch_size, seed)
     readers: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
         "h5py": lambda idx: read_batch(ds, idx, pread=False, check=False),

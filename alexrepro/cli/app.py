@@ -9,11 +9,11 @@ import traceback
 import typer
 from rich.text import Text
 
-from alexrepro import __version__
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.process.locking import set_command_line
 from alexrepro.process.signals import Stopped, stop_on_signals
 from alexrepro.progress import console
+from alexrepro.version import __version__
 
 app = typer.Typer(
     name="alexrepro",

@@ -9,8 +9,6 @@ carries). They agree when the largest difference of their logits is within TOLER
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,48 +18,12 @@ import torch
 
 from alexrepro.errors import UserError
 from alexrepro.export.classifier import Classifier, load, stored_image
+from alexrepro.export.onnx_format import OnnxNet
 from alexrepro.loaders.presets import EvalPreset, variant_for
 
 TOLERANCE = 1e-4  # on the logits, times max(1, the largest |logit|): float32 rounding of two conv libraries
 RANDOM_IMAGES = 2  # the images of a check without image files: uniform noise, seeded
 TOP = 5
-
-
-class OnnxNet:
-    """An ONNX file exported by alexrepro, run in onnxruntime on the CPU, called like a net on tensors."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        from alexrepro.export.onnx_file import FORMAT, META, PREPROCESS, need_onnx
-
-        _, ort = need_onnx()
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}; give an .onnx file")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: onnxruntime's notes would break the progress display
-        try:
-            self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-        except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.InvalidArgument,
-                ort_errors.NotImplemented, ort_errors.RuntimeException) as e:
-            first = " ".join(str(e).split())
-            raise UserError(f"{path} is not a readable ONNX model ({first}); export it again") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.meta = json.loads(meta[META])
-            self.preprocess = json.loads(meta[PREPROCESS])
-        except (KeyError, ValueError):
-            self.meta, self.preprocess = {}, {}
-        if self.meta.get("format") != FORMAT:
-            raise UserError(f"{path} is an ONNX model but not one alexrepro exported (no '{META}' metadata); "
-                            "export it with: alexrepro export onnx CHECKPOINT")
-        self.input = self.session.get_inputs()[0].name
-        self.mean_in_graph = bool(self.preprocess.get("mean_in_graph"))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: x.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out)
 
 
 def check_export(file: Path, checkpoint: Path, images: Sequence[Path] = (), crops: int = 1,

@@ -30,26 +30,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexrepro.errors import UserError, WorkFailed
+from alexrepro.errors import WorkFailed
 from alexrepro.export.classifier import Classifier
+from alexrepro.export.onnx_format import (
+    FORMAT,
+    INPUT,
+    META,
+    OPSET,
+    OUTPUT,
+    PIXELS,
+    PREPROCESS,
+    VERSION,
+    need_onnx,
+)
 from alexrepro.nets.lrn import LocalResponseNorm, effective_alpha, local_response_norm
-
-FORMAT = "alexrepro-onnx"
-VERSION = 1
-OPSET = 17
-INPUT, PIXELS, OUTPUT = "image", "pixels", "logits"  # the graph's input (preprocessed | pixels) and output
-META, PREPROCESS = "alexrepro", "preprocess"  # the metadata entries (JSON)
-EXTRA = "pip install 'alexrepro[export]' (onnx and onnxruntime)"
-
-
-def need_onnx() -> tuple[Any, Any]:
-    """(onnx, onnxruntime), or a UserError saying how to install them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise UserError(f"ONNX needs the export extra ({e.name} is not installed): {EXTRA}") from None
-    return onnx, onnxruntime
 
 
 # --------------------------------------------------------------------------------------------- LRN
@@ -192,7 +186,7 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, input_name: str = INPUT
 
 def describe(model: Any, clf: Classifier, mean_in_graph: bool) -> None:
     """Name the producer and write the "alexrepro" and "preprocess" metadata entries into the model."""
-    from alexrepro import __version__
+    from alexrepro.version import __version__
 
     model.producer_name, model.producer_version = "alexrepro", __version__
     recipe = clf.recipe

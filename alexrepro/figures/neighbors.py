@@ -195,6 +195,27 @@ def given_index(path: Path, loaded: Loaded, out: Path, index_split: str | None) 
     return str(attrs["split"]), str(attrs["layer"])
 
 
+def search_index(path: Path, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, distances) of each query's k nearest vectors in an index file, and the file's image indices and
+    labels."""
+    with h5py.File(path, "r") as f:
+        feats = f["features"]
+        if k > feats.shape[0]:
+            raise UserError(f"--k {k} is more than the {feats.shape[0]} indexed images; ask for fewer")
+        rows, dists = nearest_neighbors(feats, q, k)
+        return rows, dists, f["indices"][:], f["labels"][:]
+
+
+def _check_counts(queries: int, k: int, batch_size: int) -> None:
+    """A UserError for a count out of range."""
+    if not 1 <= queries <= 32:
+        raise UserError(f"--queries must be between 1 and 32, got {queries}")
+    if not 1 <= k <= 32:
+        raise UserError(f"--k must be between 1 and 32, got {k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def draw_neighbors(
     target: str | os.PathLike[str], out: str | os.PathLike[str], queries: int = 5, k: int = 6,
     split: str = "val", index_split: str | None = None, index_size: int = DEFAULT_INDEX_SIZE, seed: int = 0,
@@ -208,12 +229,7 @@ def draw_neighbors(
     from alexrepro.data.split import open_split
     from alexrepro.runtime import resolve_device
 
-    if not 1 <= queries <= 32:
-        raise UserError(f"--queries must be between 1 and 32, got {queries}")
-    if not 1 <= k <= 32:
-        raise UserError(f"--k must be between 1 and 32, got {k}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    _check_counts(queries, k, batch_size)
     run, ckpt_path = resolve_run(target)
     fig_path = figure_path(run, f"neighbors-{split}.png", png)
     dev = resolve_device(device)
@@ -232,18 +248,11 @@ def draw_neighbors(
         path_idx, reused = Path(index), True
     else:
         path_idx, reused = ensure_index(run, loaded, out, index_split, index_size, colour, dev, batch_size)
-
     q_idx = pick_indices(len(query_set), queries, seed)
     q_feats, q_labels = zip(*fc7_batches(loaded, query_set, q_idx, colour, dev, batch_size, layer=layer),
                             strict=True)
     q = np.concatenate(q_feats).astype(INDEX_DTYPE)  # the index's rounding (see above)
-    with h5py.File(path_idx, "r") as f:
-        feats = f["features"]
-        if k > feats.shape[0]:
-            raise UserError(f"--k {k} is more than the {feats.shape[0]} indexed images; ask for fewer")
-        rows, dists = nearest_neighbors(feats, q, k)
-        set_indices = f["indices"][:]
-        index_labels = f["labels"][:]
+    rows, dists, set_indices, index_labels = search_index(path_idx, q, k)
     q_labels = np.concatenate(q_labels)
 
     fig = new_figure(CELL_IN * (k + 1), CELL_IN * queries + TITLE_IN)
@@ -258,8 +267,8 @@ def draw_neighbors(
                  "distance": float(f"{dists[r, j]:.6g}")} for j in range(k)]
         _show_neighbors(axes[r][1:], loaded, train_set, hits, dists[r], int(q_labels[r]), names)
         report.append({"index": int(q_idx[r]), "label": int(q_labels[r]), "neighbors": hits})
-    fig.suptitle(f"{layer} nearest neighbours: {split} queries, {index_split} images "
-                 "(green: same class as the query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig.suptitle(f"{layer} nearest neighbours: {split} queries, {index_split} images (green: same class as the "
+                 "query)", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
     path = save_figure(fig, fig_path)
     return {
         "path": str(path), "checkpoint": str(ckpt_path), "index": str(path_idx), "index_reused": reused,

@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-import alexrepro
 from alexrepro.errors import UserError
 from alexrepro.process.atomic import atomic_write_json, atomic_write_text, writable_folder
 from alexrepro.process.locking import LOCK_FILE, FolderLock
 from alexrepro.recipe import Recipe, recipe_to_toml
 from alexrepro.training.checkpoint import checkpoint_dir
+from alexrepro.version import __version__
 
 PREVIOUS = "previous-"  # RUN/previous-<time>/: an earlier run's files, kept aside by --force
 RECIPE, METRICS, LOG, ENVIRONMENT, DIFF = "recipe.toml", "metrics.jsonl", "log.txt", "environment.json", "git.diff"
@@ -112,7 +112,7 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 def environment_record(devices: list[str], world_size: int) -> tuple[dict[str, Any], str | None]:
     """(what ran where, the uncommitted diff or None): git commit, versions, devices, command line."""
-    repo = Path(alexrepro.__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]  # the checkout holding alexrepro/
     commit = _git(["rev-parse", "HEAD"], repo)
     diff = _git(["diff", "HEAD"], repo) if commit else None
     record = {
@@ -121,7 +121,7 @@ def environment_record(devices: list[str], world_size: int) -> tuple[dict[str, A
         "command": sys.argv,
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(diff),
-        "alexrepro": alexrepro.__version__,
+        "alexrepro": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

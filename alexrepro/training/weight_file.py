@@ -135,6 +135,6 @@ def _digest(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _written_by() -> str:
-    from alexrepro import __version__
+    from alexrepro.version import __version__
 
     return f"alexrepro {__version__}"
