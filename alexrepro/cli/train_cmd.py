@@ -56,7 +56,8 @@ def train_command(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     checkpoint_every: int | None = typer.Option(
         None, "--checkpoint-every", help="Also checkpoint every N steps within an epoch (run.checkpoint_every)."),
-    resume: bool = typer.Option(False, "--resume", help="Carry on from the run's newest loadable checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Carry on from the run's loadable checkpoint furthest along (by epoch, batch, step)."),
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Carry on from this checkpoint file."),
     force: bool = typer.Option(
         False, "--force", help="With --resume: continue although the recipe differs from the checkpoint's. "

@@ -255,17 +255,39 @@ def verify(path: Path, ckpt: dict[str, Any]) -> None:
                         "use another one (RUN/checkpoints keeps last.pt, best.pt and the last epochs' files)")
 
 
+def checkpoint_position(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """The training position (epoch, batch, step) a checkpoint file records, or None if it does not read.
+
+    Cheap: the tensors are mapped, not read (torch.load's mmap); the file's checksum is not checked here.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            return None
+        return int(payload.get("epoch", 0)), int(payload.get("batch", 0)), int(payload.get("step", 0))
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile,
+            pickle.UnpicklingError):
+        return None
+
+
 def checkpoint_candidates(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The run's checkpoints, newest first (by modification time; last.pt first on a tie)."""
+    """The run's checkpoints, furthest along first: by the position each records (epoch, batch, step), never
+    by file time, which a copy or a restore reorders. Files whose position does not read come first (each is
+    then refused, naming it); among equal positions (one save's files) last.pt, then best.pt."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    files = [p for p in folder.glob("*.pt") if not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+    files = sorted(p for p in folder.glob("*.pt") if not p.name.startswith("."))
+    positions = {p: checkpoint_position(p) for p in files}
+    unread = [p for p in files if positions[p] is None]
+    rank = {LAST: 0, BEST: 1}
+    known = sorted((p for p in files if positions[p] is not None),
+                   key=lambda p: (positions[p], -rank.get(p.name, 2)), reverse=True)
+    return unread + known
 
 
 def find_resumable(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest loadable checkpoint of a run; a corrupt newer one is skipped with a warning."""
+    """The loadable checkpoint of a run furthest along; a damaged one before it is skipped with a warning."""
     for path in checkpoint_candidates(run_dir):
         try:
             _load_payload(path)  # the file reads and its checksum holds; the recipe is checked when resumed

@@ -67,7 +67,7 @@ def prepare(plan: TrainPlan, owner: bool) -> None:
     if plan.tensorboard:
         tensorboard_writer(None)  # a missing TensorBoard is a UserError before any process starts
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     if plan.keep_aside and owner:
         kept = keep_aside(plan.run_dir)
         console.print(f"note: the earlier run's files in {plan.run_dir} are now in {kept} (--force)", soft_wrap=True)

@@ -14,11 +14,13 @@ from pathlib import Path
 from alexrepro.data.split import open_split
 from alexrepro.distributed import resolve_launch, torchrun_env
 from alexrepro.errors import UserError
+from alexrepro.loaders.order import BatchPlan
 from alexrepro.nets.lrn import check_kernel_device
 from alexrepro.process.locking import command_args
 from alexrepro.recipe import Recipe, diff_recipes
 from alexrepro.recipe_reader import apply_overrides, load_recipe
 from alexrepro.training.checkpoint import (
+    Checkpoint,
     checkpoint_candidates,
     checkpoint_dir,
     find_resumable,
@@ -47,7 +49,7 @@ class TrainOptions:
     gpus: int = 1
     procs: int = 1  # data-parallel gloo processes on the CPU
     parallel: str | None = None  # data | model; None = data when more than one GPU
-    resume: str | None = None  # None = fresh run; "" = newest loadable checkpoint of the run; else a path
+    resume: str | None = None  # None = fresh run; "" = the loadable checkpoint of the run furthest along; else a path
     force: bool = False  # resume: accept a changed recipe; a new run: keep an earlier run in RUN aside
     tensorboard: bool = False
     show_progress: bool = True
@@ -79,9 +81,9 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
     if Path(opts.run_dir).exists() and not Path(opts.run_dir).is_dir():
         raise UserError(f"--run {opts.run_dir} is a file; give a folder for the run")
     notes: list[str] = []
-    resume_path, keep_aside = None, False
+    resume_path, keep_aside, saved = None, False, None
     if opts.resume is not None:
-        resume_path, recipe = resumed_recipe(opts, parallel, notes)
+        resume_path, recipe, saved = resumed_recipe(opts, parallel, notes)
     else:
         if opts.recipe is None:
             raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
@@ -98,6 +100,9 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
             f"{opts.out} has {num_train} training images, fewer than one batch of {batch} (partial batches are "
             f"dropped), so nothing would train; use a smaller batch, e.g. --set optim.batch_size={max(1, num_train)}"
         )
+    if saved is not None:
+        batches = BatchPlan(num_train, batch, train=True, drop_last=recipe.data.drop_last).num_batches
+        notes.insert(0, resume_note(opts, resume_path, saved, batches))
     command = resume_command(command_args(), Path(opts.out), Path(opts.run_dir), torchrun_env() is not None)
     return TrainPlan(
         out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
@@ -106,8 +111,9 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
     )
 
 
-def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple[Path, Recipe]:
-    """(checkpoint to resume, the recipe to continue with): the checkpoint's, or --recipe, with the overrides.
+def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple[Path, Recipe, Checkpoint]:
+    """(checkpoint to resume, the recipe to continue with, the checkpoint): the checkpoint's recipe, or
+    --recipe, with the overrides.
 
     A change outside RESUME_MAY_CHANGE needs --force; every change is added to `notes`.
     """
@@ -120,10 +126,6 @@ def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple
                 f"a new run with --force instead of --resume (the run's files are first moved to "
                 f"{opts.run_dir}/{PREVIOUS}<time>/), or pick a new --run")
         raise UserError(f"no checkpoint to resume in {checkpoint_dir(opts.run_dir)}; start without --resume")
-    if not opts.resume:
-        newest = checkpoint_candidates(opts.run_dir)[0]
-        if newest != resume_path:
-            notes.append(f"resuming from {resume_path.name}: the newer checkpoints do not load (see the warnings)")
     saved = read_checkpoint(resume_path)
     base = load_recipe(opts.recipe) if opts.recipe else saved.recipe
     recipe = apply_overrides(base, opts.overrides)
@@ -138,7 +140,17 @@ def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple
         notes.append(f"resuming with changed recipe values: {', '.join(changed)}")
     if (saved.parallel == "model") != (parallel == "model"):
         raise UserError("resume with the same --parallel mode as the checkpoint (the optimiser state differs)")
-    return resume_path, recipe
+    return resume_path, recipe, saved
+
+
+def resume_note(opts: TrainOptions, path: Path, saved: Checkpoint, batches: int) -> str:
+    """The line every resume prints: which checkpoint, at what position, and why not a further one."""
+    found = not opts.resume  # --resume: the run's own checkpoints, named by file; --resume-from: the path given
+    name = path.name if found else str(path)
+    line = f"resuming from {name}: epoch [{saved.epoch}] batch {saved.batch}/{batches} (step {saved.step})"
+    if found and checkpoint_candidates(opts.run_dir)[0] != path:
+        line += "; the checkpoints ahead of it do not load (see the warnings)"
+    return line
 
 
 def check_class_count(recipe: Recipe, have: int, out: Path, resume_path: Path | None) -> None:

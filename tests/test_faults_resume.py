@@ -1,0 +1,106 @@
+"""What a resumed `train` continues from, with real processes (docs/RELIABILITY.md, R4 and R5).
+
+A run folder copied without its file times continues from the checkpoint furthest along, and a prepared
+set made again in place is refused unless the user says so. The data and the net are test_faults_train's
+(4 classes, 32 training images, the `tiny` recipe at 64-pixel crops: 8 steps per epoch); the processes
+are started, waited for and ended with tests/test_faults.py's helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from test_faults import LINUX_PROC, SITECUSTOMIZE, child_env, error_lines, finish, started
+from test_faults_train import STEPS_PER_EPOCH, metrics_steps, train_args
+from test_train import make_set
+
+from alexrepro.training import checkpoint as ck
+from alexrepro.training.loop import TrainOptions, run_training
+
+pytestmark = pytest.mark.skipif(not LINUX_PROC, reason="needs Linux /proc to find and watch the children")
+
+SETS = ["model.num_classes=4", "data.image_size=72", "data.crop_size=64", "data.workers=0",
+        "optim.batch_size=4", "run.log_every=2"]
+
+
+@pytest.fixture(scope="module")
+def hooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hooks")
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_set(tmp_path_factory.mktemp("trainset") / "out")
+
+
+@pytest.fixture(scope="module")
+def two_epochs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of 2 epochs: epoch-001.pt, epoch-002.pt, best.pt and last.pt (read-only; tests copy it)."""
+    run = tmp_path_factory.mktemp("two") / "run"
+    run_training(TrainOptions(out=data, run_dir=run, recipe="tiny", overrides=SETS + ["schedule.epochs=2"],
+                              device="cpu", show_progress=False))
+    return run
+
+
+def copied(run: Path, to: Path) -> Path:
+    """A copy as `cp -r` makes it: contents only, every file's time the time of the copy."""
+    shutil.copytree(run, to, copy_function=shutil.copyfile)
+    return to
+
+
+def note_lines(log: Path) -> list[str]:
+    return [ln for ln in log.read_text().splitlines() if ln.startswith("note: resuming from")]
+
+
+# --------------------------------------------------------------------------------------------- by position
+def test_a_copied_run_with_shuffled_times_resumes_from_the_checkpoint_furthest_along(data, two_epochs, hooks,
+                                                                                      tmp_path):
+    run = copied(two_epochs, tmp_path / "run")
+    folder = ck.checkpoint_dir(run)
+    # A restore that gave the files the opposite order in time: the earliest checkpoint is now the newest file.
+    order = sorted(folder.glob("*.pt"), key=lambda p: (ck.read_checkpoint(p).step, p.name == ck.LAST, p.name == ck.BEST))
+    for age, path in enumerate(order):  # the furthest along (last.pt) gets the oldest time
+        os.utime(path, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    assert max(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns).name == "epoch-001.pt"
+    with started(train_args(data, run, "--epochs", 3, "--resume"), child_env(hooks), tmp_path / "resume.log") as proc:
+        assert finish(proc) == 0, (tmp_path / "resume.log").read_text()
+    assert not error_lines(tmp_path / "resume.log")
+    (note,) = note_lines(tmp_path / "resume.log")
+    assert note == f"note: resuming from last.pt: epoch [2] batch 0/{STEPS_PER_EPOCH} (step {2 * STEPS_PER_EPOCH})"
+    assert ck.read_checkpoint(folder / ck.LAST).step == 3 * STEPS_PER_EPOCH  # one epoch more, not two again
+    steps = metrics_steps(run)
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) + 3  # each step once (+ 3 epoch records)
+
+
+def test_a_mid_epoch_last_checkpoint_is_ahead_of_the_epoch_files_whatever_their_times(data, two_epochs, hooks,
+                                                                                       tmp_path):
+    """A stop mid-epoch leaves last.pt ahead of every epoch file; a copy that makes it the oldest file changes
+    nothing, and a damaged last.pt hands on to the next position, named."""
+    run = copied(two_epochs, tmp_path / "run")
+    folder = ck.checkpoint_dir(run)
+    saved = ck.read_checkpoint(folder / ck.LAST)
+    saved.batch, saved.step = 3, saved.step + 3  # where a stop in epoch [2] would have left it
+    saved.epoch = 2
+    ck.save_checkpoint(folder / ck.LAST, saved)
+    os.utime(folder / ck.LAST, ns=(1, 1))  # 1970: the oldest file of the folder
+    assert ck.checkpoint_candidates(run)[0].name == ck.LAST
+    args = train_args(data, run, "--epochs", 2, "--resume")  # nothing more to train: only the choice is seen
+    with started(args, child_env(hooks), tmp_path / "mid.log") as proc:
+        assert finish(proc) == 0, (tmp_path / "mid.log").read_text()
+    assert note_lines(tmp_path / "mid.log") == [
+        f"note: resuming from last.pt: epoch [2] batch 3/{STEPS_PER_EPOCH} (step {2 * STEPS_PER_EPOCH + 3})"]
+    (folder / ck.LAST).write_bytes(b"torn")
+    with started(args, child_env(hooks), tmp_path / "torn.log") as proc:
+        assert finish(proc) == 0, (tmp_path / "torn.log").read_text()
+    text = (tmp_path / "torn.log").read_text()
+    assert "skipping last.pt" in text
+    (note,) = note_lines(tmp_path / "torn.log")
+    assert re.fullmatch(rf"note: resuming from (epoch-002|best)\.pt: epoch \[2\] batch 0/{STEPS_PER_EPOCH} "
+                        rf"\(step {2 * STEPS_PER_EPOCH}\); the checkpoints ahead of it do not load \(see the "
+                        r"warnings\)", note), note
