@@ -377,7 +377,83 @@ def test_the_lock_is_exclusive_and_leaves_no_file(tmp_path):
 def test_the_lock_record_is_json_with_pid_host_command_and_since(tmp_path):
     with FolderLock(tmp_path, "--run"):
         record = json.loads((tmp_path / LOCK_FILE).read_text())
-    assert set(record) == {"pid", "host", "command", "since"} and record["pid"] == os.getpid()
+    assert set(record) == {"pid", "host", "command", "since", "beat"} and record["pid"] == os.getpid()
+
+
+def record(host: str, pid: int, beat: int = 0) -> str:
+    return json.dumps({"pid": pid, "host": host, "command": "alexrepro train OUT --run RUN", "since": "then",
+                       "beat": beat}) + "\n"
+
+
+def test_a_lock_record_of_another_machine_that_stands_still_is_stale_and_taken_over_in_one_line(tmp_path, monkeypatch,
+                                                                                               capsys):
+    from alexrepro.process import locking
+
+    monkeypatch.setattr(locking, "HEARTBEAT", 0.05)
+    (tmp_path / LOCK_FILE).write_text(record("node-b", 4242))  # its machine went down: flock holds nothing
+    with FolderLock(tmp_path, "--run") as lock:
+        assert lock.held and read_holder(tmp_path)["pid"] == os.getpid()
+        first = read_holder(tmp_path)["beat"]
+        wait_for(lambda: read_holder(tmp_path)["beat"] > first, "the holder's beat", timeout=10)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"note: --run {tmp_path}: taking over a stale lock of pid 4242 on node-b since then (alexrepro "
+                    "train OUT --run RUN) (not refreshed for 0.15 s: its process or its machine has ended)")
+
+
+def test_a_live_holder_on_another_machine_refuses_where_flock_does_not_reach_it(tmp_path, monkeypatch):
+    import threading
+
+    from alexrepro.process import locking
+
+    monkeypatch.setattr(locking, "HEARTBEAT", 0.1)
+    path, stop = tmp_path / LOCK_FILE, threading.Event()
+
+    def beat() -> None:  # what the holder on node-b does, seen through the shared file system
+        n = 0
+        while not stop.wait(0.02):
+            n += 1
+            path.write_text(record("node-b", 4242, n))
+
+    path.write_text(record("node-b", 4242))
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        with pytest.raises(UserError, match=rf"--run {tmp_path} is in use by another alexrepro: pid 4242 on node-b"):
+            FolderLock(tmp_path, "--run").acquire()
+    finally:
+        stop.set()
+        beating.join()
+
+
+def test_without_flock_the_record_alone_locks_and_a_holder_here_that_ended_is_stale(tmp_path, monkeypatch, capsys):
+    import errno
+    import socket
+
+    from alexrepro.process import locking
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locking.fcntl, "flock", no_flock)
+    with FolderLock(tmp_path, "OUT"):
+        with pytest.raises(UserError, match=rf"OUT {tmp_path} is in use by another alexrepro: pid {os.getpid()}"):
+            FolderLock(tmp_path, "OUT").acquire()  # the record names a process that runs: refused
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(record(socket.gethostname(), int(ended.stdout)))
+    with FolderLock(tmp_path, "OUT"):
+        pass
+    said = capsys.readouterr().err
+    assert f"taking over a stale lock of pid {int(ended.stdout)} on " in said and "(its process has ended)" in said
+
+
+def test_a_repeated_scheduler_signal_is_the_same_stop_and_a_second_ctrl_c_is_not():
+    from alexrepro.process.signals import SAME_STOP_WINDOW, same_stop
+
+    usr1, term, sigint = signal.SIGUSR1, signal.SIGTERM, signal.SIGINT
+    assert same_stop(usr1, 0.0, usr1, 1000.0) and same_stop(term, 0.0, usr1, 1000.0)  # a warning changes nothing
+    assert same_stop(term, 10.0, term, 10.0 + SAME_STOP_WINDOW / 2)  # SLURM's and torchrun's copies of one stop
+    assert not same_stop(term, 10.0, term, 10.0 + SAME_STOP_WINDOW)  # a person's second kill
+    assert not same_stop(sigint, 10.0, sigint, 10.01) and not same_stop(usr1, 10.0, term, 10.01)
 
 
 def test_stop_on_signals_raises_at_once_or_only_records_and_restores_the_handlers():

@@ -9,7 +9,9 @@ convention for a process ended by a signal.
 A loop that must reach a safe point first (finish a step, write a checkpoint) uses
 `stop_on_signals(at_once=False)` instead: the signal only sets `StopRequest.signum`, the loop checks
 `request.requested` at its safe points and calls `request.check()` to stop there. In both modes a second
-signal while the first is being handled ends the process at once, by that signal (the user's second Ctrl-C).
+signal while the first is being handled ends the process at once, by that signal (the user's second Ctrl-C),
+except a repeat of a scheduler's signal (`same_stop`): SLURM signals every process of a job step and torchrun
+passes the signal it gets on to its workers as well, so one stop reaches a rank twice.
 
 `Stopped` derives from BaseException, like KeyboardInterrupt, so `except Exception` does not swallow it;
 and it is not a KeyboardInterrupt, which Typer would turn into a silent exit 130.
@@ -21,6 +23,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -29,6 +32,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # SIGUSR1 is what SLURM sends before a pre-emption (`sbatch --signal=USR1@120`): the job ends as the SIGTERM
 # that would follow ends it, so it exits as that would, 143.
 EXIT_CODES = {signal.SIGUSR1: 128 + signal.SIGTERM}
+SAME_STOP_WINDOW = 2.0  # s: a SIGTERM this soon after the first is the same stop, delivered twice
+
+
+def same_stop(first: int, since: float, signum: int, now: float) -> bool:
+    """Whether `signum`, arriving at `now` while a stop by `first` (recorded at `since`) is under way, is
+    that stop again rather than a request to end at once: a SIGUSR1 (a warning, never a hurry) always,
+    a SIGTERM within SAME_STOP_WINDOW seconds of a first SIGTERM; a SIGINT (a person's Ctrl-C) never."""
+    if signum == signal.SIGUSR1:
+        return True
+    return signum == first == signal.SIGTERM and now - since < SAME_STOP_WINDOW
 
 
 def signal_name(signum: int) -> str:
@@ -69,6 +82,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.since = 0.0  # time.monotonic() when it arrived
 
     @property
     def requested(self) -> bool:
@@ -116,8 +130,10 @@ def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS, at_once: bool = Tru
             _as_before(signum, previous.get(signum), frame)
             return
         if request.signum is not None:
+            if same_stop(request.signum, request.since, signum, time.monotonic()):
+                return
             _end_now(signum)
-        request.signum = signum
+        request.signum, request.since = signum, time.monotonic()
         if at_once:
             raise Stopped(signum)
 
