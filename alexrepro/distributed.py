@@ -8,6 +8,7 @@ MASTER_ADDR and MASTER_PORT, which `from_env` reads. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import socket
@@ -26,6 +27,10 @@ from alexrepro.process import lifetime
 from alexrepro.process.signals import Stopped, stop_on_signals
 
 FAILED_RANK_GRACE = 5.0  # s the other ranks get to end on their own when one fails, before SIGTERM, then SIGKILL
+# s a rank waits in a collective for the others before it fails (`train --group-timeout`): NCCL's own default,
+# long enough for rank 0 to write a checkpoint while the others wait at the barrier after it
+GROUP_TIMEOUT = 600.0
+_timeout = datetime.timedelta(seconds=GROUP_TIMEOUT)  # what this process joined its group with
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,26 @@ def torchrun_env() -> DistInfo | None:
     if world <= 1:
         return None
     return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+# What torchrun reads from its environment that a command resuming its run needs as well (docs/DISTRIBUTED.md)
+LAUNCHER_ENV = ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE",)
+
+
+def launcher_command() -> list[str] | None:
+    """The command line of the torchrun that started this process (its parent), after the LAUNCHER_ENV settings
+    it ran with (`NAME=value`, which this process inherited); None when torchrun did not start it (torchrun
+    names its workers' runs in TORCHELASTIC_RUN_ID) or the command cannot be read (not Linux)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if not raw:
+        return None
+    settings = [f"{name}={os.environ[name]}" for name in LAUNCHER_ENV if name in os.environ]
+    return settings + [a.decode(errors="surrogateescape") for a in raw.removesuffix(b"\0").split(b"\0")]
 
 
 # Both towers of `--parallel model` on the devices named here, e.g. "cuda:0,cuda:0": the two-GPU code path (its
@@ -123,18 +148,38 @@ def resolve_launch(device: str, gpus: int, procs: int, parallel: str | None) -> 
     return device, world, mode if world > 1 else "none"
 
 
+def device_type(device: str) -> str:
+    """cpu or cuda for a --device value (auto: cuda where there is a GPU): the backend a group joins with, before
+    the request is checked (a bad value becomes cpu here; resolve_launch refuses it)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device == "cuda" else "cpu"
+
+
 def backend_for(device_type: str) -> str:
     """NCCL between GPUs, gloo between CPU processes."""
     return "nccl" if device_type == "cuda" else "gloo"
 
 
-def init_process_group(info: DistInfo, device_type: str) -> None:
-    """Join the process group named by the MASTER_ADDR/MASTER_PORT environment."""
+def init_process_group(info: DistInfo, device_type: str, timeout: float = GROUP_TIMEOUT) -> None:
+    """Join the process group named by the MASTER_ADDR/MASTER_PORT environment.
+
+    `timeout` (s) bounds every collective: a rank that waits longer for another one fails, so that a rank
+    that died or stalls ends the job instead of hanging it (alexrepro/group_health.py names that rank).
+    """
+    global _timeout
     if not info.distributed or dist.is_initialized():
         return
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend_for(device_type), rank=info.rank, world_size=info.world_size)
+    _timeout = datetime.timedelta(seconds=timeout)
+    dist.init_process_group(backend_for(device_type), rank=info.rank, world_size=info.world_size, timeout=_timeout)
+
+
+def group_timeout() -> datetime.timedelta:
+    """The timeout this process joined its group with: the groups made beside it take the same (torch would
+    give them its backend's default, 30 minutes for gloo)."""
+    return _timeout
 
 
 def cleanup() -> None:

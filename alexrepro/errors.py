@@ -17,15 +17,18 @@ def _own_message(cls: type, message: object) -> object:
 class UserError(Exception):
     """Bad usage or bad input: the CLI prints the message on one line and exits 2.
 
-    The message says what was wrong and what to do about it.
+    The message says what was wrong and what to do about it. `quiet`: another process of the same job
+    says it (a rank other than 0 under torchrun), so the CLI only exits.
     """
 
-    def __init__(self, message: object = "") -> None:
+    def __init__(self, message: object = "", quiet: bool = False) -> None:
         super().__init__(_own_message(type(self), message))
+        self.quiet = quiet
 
 
 class WorkFailed(Exception):
-    """The work itself failed (a verification found problems, training diverged): exit 1."""
+    """The work itself failed (a verification found problems, training diverged): exit 1. `quiet` as UserError's."""
 
-    def __init__(self, message: object = "") -> None:
+    def __init__(self, message: object = "", quiet: bool = False) -> None:
         super().__init__(_own_message(type(self), message))
+        self.quiet = quiet

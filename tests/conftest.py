@@ -54,3 +54,36 @@ def net_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from net_files import make_net_files
 
     return make_net_files(tmp_path_factory.mktemp("nets"))
+
+
+@pytest.fixture(scope="session")
+def nodes_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test_train's tiny raw set (4 classes, 32 training images), for the torchrun and SLURM tests; read-only."""
+    from test_train import make_set
+
+    return make_set(tmp_path_factory.mktemp("nodes") / "out")
+
+
+@pytest.fixture(scope="session")
+def nodes_reference(nodes_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The last checkpoint of the built-in launcher's uninterrupted run (`--procs 2` on the CPU) with
+    tests/torchrun_nodes.py's SETS: what every run across "nodes" must equal, bitwise."""
+    from torchrun_nodes import SETS
+
+    from alexrepro.training import checkpoint as ck
+    from alexrepro.training.loop import TrainOptions, run_training
+
+    run = tmp_path_factory.mktemp("reference") / "run"
+    run_training(TrainOptions(out=nodes_set, run_dir=run, recipe="tiny", overrides=SETS, device="cpu", procs=2,
+                              show_progress=False))
+    return ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST)
+
+
+@pytest.fixture(scope="session")
+def nodes_hooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of tests/test_faults.py's child-only sitecustomize (it slows each batch read when asked)."""
+    from test_faults import SITECUSTOMIZE
+
+    folder = tmp_path_factory.mktemp("nodes-hooks")
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return folder

@@ -105,7 +105,7 @@ def assert_same_state(a: ck.Checkpoint, b: ck.Checkpoint) -> None:
 
 def resume_from_line(line: str, tmp: Path) -> subprocess.CompletedProcess:
     """Run the command the stop line gives, as a user would paste it (no slowing down)."""
-    command = line.split("resume with: ", 1)[1].split(" (started by torchrun")[0]
+    command = line.split("resume with: ", 1)[1]
     args = shlex.split(command)
     assert args[0] == "alexrepro" and args[-1] == "--resume"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -230,10 +230,22 @@ def test_a_signal_while_building_or_validating_stops_there_and_resumes_bitwise(w
 def test_the_resume_command_is_the_command_with_resume():
     args = ["train", "OUT", "--recipe", "tiny", "--run", "R", "--resume-from", "R/checkpoints/epoch-001.pt",
             "--force", "--set", "optim.lr=0.1"]
-    assert resume_command(args, Path("OUT"), Path("R"), False) == (
+    assert resume_command(args, Path("OUT"), Path("R")) == (
         "alexrepro train OUT --recipe tiny --run R --set optim.lr=0.1 --resume")
-    assert resume_command(None, Path("OUT"), Path("R"), True) == (
-        "alexrepro train OUT --run R --resume (started by torchrun, as this run was)")
+    auto = ["train", "OUT", "--run", "R", "--auto-resume"]  # resumes by itself: the same command
+    assert resume_command(auto, Path("OUT"), Path("R")) == "alexrepro train OUT --run R --auto-resume"
+    # under torchrun: its own command line (read from /proc by distributed.launcher_command), run on every node
+    torchrun = ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "/venv/bin/python", "/venv/bin/torchrun", "--nnodes", "2",
+                "--rdzv-endpoint", "node0:29500", "-m", "alexrepro", "--", "train", "OUT", "--run", "R"]
+    assert resume_command(args, Path("OUT"), Path("R"), torchrun) == (
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 /venv/bin/torchrun --nnodes 2 --rdzv-endpoint node0:29500 -m alexrepro "
+        "-- train OUT --recipe tiny --run R --set optim.lr=0.1 --resume (on every node)")
+    module = ["/venv/bin/python", "-m", "torch.distributed.run", "--nnodes", "2", "-m", "alexrepro", "train"]
+    assert resume_command(None, Path("OUT"), Path("R"), module) == (
+        "/venv/bin/python -m torch.distributed.run --nnodes 2 -m alexrepro -- train OUT --run R --resume "
+        "(on every node)")
+    assert resume_command(None, Path("OUT"), Path("R"), ["/usr/bin/python", "train.py"]) == (
+        "alexrepro train OUT --run R --resume (under torchrun, on every node, as this run was started)")
 
 
 # --------------------------------------------------------------------------------------------- the run folder
@@ -252,6 +264,27 @@ def cli(args: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in args])
     return int(e.value.code or 0), capsys.readouterr().err
+
+
+def test_auto_resume_starts_a_run_without_a_checkpoint_and_resumes_one_with_it(data, straight, tmp_path, capsys):
+    """The mode torchrun's restarts and a requeued SLURM job run: the same command every time."""
+    from alexrepro.training.plan import plan_training
+
+    run = tmp_path / "run"
+    opts = TrainOptions(out=data, run_dir=run, recipe="tiny", overrides=SETS, device="cpu", auto_resume=True,
+                        show_progress=False)
+    fresh = plan_training(opts)
+    assert fresh.resume_path is None and not fresh.keep_aside and "holds no checkpoint: a new run" in fresh.notes[0]
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"kind": "step", "step": 1}\n')  # an attempt that ended before a save
+    assert plan_training(opts).keep_aside  # kept aside, not refused (no --force needed) and not overwritten
+    ck.save_checkpoint(ck.checkpoint_dir(run) / ck.LAST, straight(1))
+    resumed = plan_training(opts)
+    assert resumed.resume_path == ck.checkpoint_dir(run) / ck.LAST and not resumed.keep_aside
+    capsys.readouterr()
+    code, err = cli(["train", data, "--run", run, "--auto-resume", "--resume"], capsys)
+    assert (code, err.strip()) == (
+        2, "error: --auto-resume already resumes when RUN holds a checkpoint; drop --resume and --resume-from")
 
 
 def test_a_refused_train_leaves_no_run_folder(data, tmp_path, capsys):

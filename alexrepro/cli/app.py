@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     stop a command through alexrepro.process.signals: one line saying what was kept, exit 130 or 143.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["--"]:  # `torchrun ... -m alexrepro -- train ...`: the `--` ends torchrun's options (argparse
+        args = args[1:]  # drops it, but keeps it on some Python versions); it means nothing to alexrepro
     if "--debug" in args:
         _state["debug"] = True
     set_command_line(args)
@@ -70,10 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         if debug_enabled():
             raise
-        console.print(Text.assemble(("error: ", "red"), str(e)), soft_wrap=True)
+        if not e.quiet:
+            console.print(Text.assemble(("error: ", "red"), str(e)), soft_wrap=True)
         sys.exit(2)
     except WorkFailed as e:
         if debug_enabled():
             raise
-        console.print(Text.assemble(("failed: ", "red"), str(e)), soft_wrap=True)
+        if not e.quiet:
+            console.print(Text.assemble(("failed: ", "red"), str(e)), soft_wrap=True)
         sys.exit(1)

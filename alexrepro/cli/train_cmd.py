@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -59,6 +60,12 @@ def train_command(
     resume: bool = typer.Option(
         False, "--resume", help="Carry on from the run's loadable checkpoint furthest along (by epoch, batch, step)."),
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Carry on from this checkpoint file."),
+    auto_resume: bool = typer.Option(
+        False, "--auto-resume", help="Carry on when RUN holds a checkpoint, start a new run when it does not: one "
+        "command for the first start and every restart (torchrun --max-restarts, a requeued SLURM job)."),
+    group_timeout: float | None = typer.Option(
+        None, "--group-timeout", help="Seconds a process waits for the others in a collective before the job ends, "
+        "naming the process that stopped answering (several processes, torchrun; default 600, NCCL's own)."),
     force: bool = typer.Option(
         False, "--force", help="With --resume: continue although the recipe differs from the checkpoint's. "
         "Without: start a new run in a folder that holds an earlier one, whose files first move to RUN/previous-<time>/."),
@@ -76,11 +83,15 @@ def train_command(
     opts = TrainOptions(
         out=out, run_dir=run, recipe=recipe, overrides=overrides, device=device, gpus=gpus, procs=procs,
         parallel=parallel, resume=str(resume_from) if resume_from else ("" if resume else None), force=force,
-        tensorboard=tensorboard, show_progress=progress,
+        auto_resume=auto_resume, group_timeout=group_timeout, tensorboard=tensorboard, show_progress=progress,
     )
     summary = run_training(opts)
-    if summary is None:  # a torchrun rank other than 0
-        return
+    if summary is not None:  # None: a torchrun rank other than 0
+        render(summary, run, json_out)
+
+
+def render(summary: dict[str, Any], run: Path, json_out: bool) -> None:
+    """The run's summary: one JSON object on stdout, or one line on stderr."""
     if json_out:
         emit_json(summary)
         return

@@ -13,6 +13,8 @@ point, and one line saying how to resume (training/stopping.py); before training
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import time
 from dataclasses import replace
@@ -22,14 +24,17 @@ from typing import Any
 import torch
 
 from alexrepro import distributed
-from alexrepro.errors import WorkFailed
+from alexrepro.data.manifest import set_identity
+from alexrepro.errors import UserError, WorkFailed
+from alexrepro.group_health import agree, named_failures
 from alexrepro.process.signals import Stopped, StopRequest, signal_name, stop_on_signals
 from alexrepro.progress import console
+from alexrepro.recipe import recipe_to_toml
 from alexrepro.topk import true_class_rank
 from alexrepro.training import checkpoint
 from alexrepro.training.build import Run, RunState, build_run
 from alexrepro.training.optim import set_lr
-from alexrepro.training.plan import TrainOptions, TrainPlan, plan_training
+from alexrepro.training.plan import TrainOptions, TrainPlan, group_timeout_of, plan_training
 from alexrepro.training.reporter import RunReporter, epoch_record, tensorboard_writer
 from alexrepro.training.rng import capture_rng, rng_isolated
 from alexrepro.training.run_folder import claim_run_folder, keep_aside
@@ -46,44 +51,95 @@ def run_training(opts: TrainOptions) -> dict[str, Any] | None:
     This process (under torchrun, rank 0) holds the run folder from before the plan to the end.
     """
     env = distributed.torchrun_env()
-    owner = env is None or env.is_main
+    if env is not None:
+        return torchrun_training(opts, env)
     with stop_on_signals(TRAIN_SIGNALS):  # until a rank trains, a stop needs no checkpoint: at once
         try:
-            with claim_run_folder(opts.run_dir, hold=owner):
+            with claim_run_folder(opts.run_dir):
                 plan = plan_training(opts)
-                prepare(plan, owner)
-                if plan.world_size > 1 and env is None:
+                prepare(plan, owner=True)
+                if plan.world_size > 1:
                     return distributed.launch(_process, plan.world_size, (plan,), forward=TRAIN_SIGNALS)
+                return _process(plan)
+        except Stopped as e:
+            if e.message or e.quiet:
+                raise
+            raise Stopped(e.signum, "before training began; nothing was written") from None
+
+
+def torchrun_training(opts: TrainOptions, env: distributed.DistInfo) -> dict[str, Any] | None:
+    """One rank of a group torchrun started: join the group first, so that every check after it is agreed
+    (group_health.agree: a rank that fails or sees other files ends every rank with one line naming it), then
+    train; rank 0 holds the run folder. None on ranks > 0."""
+    owner = env.is_main
+    with stop_on_signals(TRAIN_SIGNALS):
+        try:
+            distributed.init_process_group(env, distributed.device_type(opts.device), group_timeout_of(opts))
+            with contextlib.ExitStack() as held:
+                plan = agreed_plan(opts, env, held)
+                prepare(plan, owner)
+                distributed.barrier()  # an earlier run is kept aside before any rank reads RUN again
                 summary = _process(plan)
         except Stopped as e:
             if e.message or e.quiet:
                 raise
             raise Stopped(e.signum, "before training began; nothing was written", quiet=not owner) from None
+        finally:
+            distributed.cleanup()
     return summary if owner else None
+
+
+def agreed_plan(opts: TrainOptions, env: distributed.DistInfo, held: contextlib.ExitStack) -> TrainPlan:
+    """The plan, the same on every rank: rank 0 claims the run folder (held until `held` closes), every rank
+    plans, and the ranks compare what they see (group_health.agree)."""
+    failure, plan, facts = None, None, {}
+    try:
+        if env.is_main:
+            held.enter_context(claim_run_folder(opts.run_dir))
+        plan = plan_training(opts)
+        facts = plan_facts(plan)
+    except UserError as e:
+        failure = str(e)
+    agree(env, failure, facts)
+    assert plan is not None  # agree raises on every rank if any failed
+    return plan
+
+
+def plan_facts(plan: TrainPlan) -> dict[str, Any]:
+    """What every rank must see alike: the prepared set's identity, the checkpoint it resumes, the recipe."""
+    resume = None
+    if plan.resume_path is not None:
+        resume = f"{plan.resume_path.name} at {checkpoint.checkpoint_position(plan.resume_path)}"
+    digest = hashlib.sha256(recipe_to_toml(plan.recipe).encode()).hexdigest()
+    return {"set": set_identity(plan.out), "resume": resume, "recipe": digest}
 
 
 def prepare(plan: TrainPlan, owner: bool) -> None:
     """What comes between the plan and the first process: the TensorBoard check, notes, an earlier run kept aside."""
     if plan.tensorboard:
         tensorboard_writer(None)  # a missing TensorBoard is a UserError before any process starts
+    if not owner:  # under torchrun rank 0 says it
+        return
     for note in plan.notes:
         console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
-    if plan.keep_aside and owner:
+    if plan.keep_aside:
         kept = keep_aside(plan.run_dir)
-        console.print(f"note: the earlier run's files in {plan.run_dir} are now in {kept} (--force)", soft_wrap=True)
+        console.print(f"note: the earlier run's files in {plan.run_dir} are now in {kept}", soft_wrap=True)
 
 
 def _process(plan: TrainPlan) -> dict[str, Any]:
-    """One training process: join the process group (if any), train, leave; stop signals only recorded."""
+    """One training process: join the process group (if any), train, leave; stop signals only recorded. A rank
+    that stops answering ends the others within the group's timeout, named (group_health.named_failures)."""
     info = distributed.torchrun_env() or distributed.DistInfo()
     if info.distributed and plan.parallel == "none":
         plan = replace(plan, parallel="data")
     if info.distributed and plan.device_type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
     with stop_on_signals(TRAIN_SIGNALS, at_once=False) as request:
-        distributed.init_process_group(info, plan.device_type)
+        distributed.init_process_group(info, plan.device_type, plan.group_timeout)
         try:
-            return train(plan, info, request)
+            with named_failures(info, plan.group_timeout):
+                return train(plan, info, request)
         finally:
             distributed.cleanup()
 

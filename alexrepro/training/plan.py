@@ -8,11 +8,11 @@ request is a UserError here, before any process starts or any file is written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alexrepro.data.split import open_split
-from alexrepro.distributed import resolve_launch, torchrun_env
+from alexrepro.distributed import GROUP_TIMEOUT, launcher_command, resolve_launch
 from alexrepro.errors import UserError
 from alexrepro.loaders.order import BatchPlan
 from alexrepro.nets.lrn import check_kernel_device
@@ -50,7 +50,11 @@ class TrainOptions:
     procs: int = 1  # data-parallel gloo processes on the CPU
     parallel: str | None = None  # data | model; None = data when more than one GPU
     resume: str | None = None  # None = fresh run; "" = the loadable checkpoint of the run furthest along; else a path
+    # resume ("") when RUN holds a checkpoint, else a new run (an earlier run's files without one kept aside):
+    # what torchrun's restarts and a requeued SLURM job run
+    auto_resume: bool = False
     force: bool = False  # resume: accept a changed recipe; a new run: keep an earlier run in RUN aside
+    group_timeout: float | None = None  # s a rank waits in a collective before the job ends; None = GROUP_TIMEOUT
     tensorboard: bool = False
     show_progress: bool = True
 
@@ -71,10 +75,22 @@ class TrainPlan:
     notes: list[str] = field(default_factory=list)
     keep_aside: bool = False  # a new run with --force: move the earlier run's files to RUN/previous-<time>/
     resume_command: str = ""  # the command that continues this run (said when it stops on a signal)
+    group_timeout: float = GROUP_TIMEOUT  # s: the process group's timeout (TrainOptions.group_timeout)
+
+
+def group_timeout_of(opts: TrainOptions) -> float:
+    """The process group's timeout the options ask for (s; GROUP_TIMEOUT when they do not): a UserError unless
+    positive. Checked before the plan: under torchrun the group is joined first."""
+    timeout = GROUP_TIMEOUT if opts.group_timeout is None else opts.group_timeout
+    if not timeout > 0:
+        raise UserError(f"--group-timeout must be a positive number of seconds, got {timeout:g}")
+    return timeout
 
 
 def plan_training(opts: TrainOptions) -> TrainPlan:
     """Check the request and resolve the recipe and devices; every bad input is a UserError here."""
+    if opts.auto_resume and opts.resume is not None:
+        raise UserError("--auto-resume already resumes when RUN holds a checkpoint; drop --resume and --resume-from")
     train_split = open_split(opts.out, "train")  # a UserError unless OUT is a prepared set; its labels checked
     open_split(opts.out, "val")  # validated each epoch: its labels and counts checked now, before any work
     device, world, parallel = resolve_launch(opts.device, opts.gpus, opts.procs, opts.parallel)
@@ -82,16 +98,12 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
         raise UserError(f"--run {opts.run_dir} is a file; give a folder for the run")
     notes: list[str] = []
     resume_path, keep_aside, saved = None, False, None
+    if opts.auto_resume and opts.resume is None and checkpoint_candidates(opts.run_dir):
+        opts = replace(opts, resume="")  # RUN holds a checkpoint: resume as --resume would
     if opts.resume is not None:
         resume_path, recipe, saved = resumed_recipe(opts, parallel, notes)
     else:
-        if opts.recipe is None:
-            raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
-        recipe = load_recipe(opts.recipe, opts.overrides)
-        found = earlier_run(opts.run_dir)
-        if found and not opts.force:
-            raise refuse_earlier_run(opts.run_dir, found)
-        keep_aside = bool(found)
+        recipe, keep_aside = new_run_recipe(opts, notes)
     check_class_count(recipe, len(train_split.classes), opts.out, resume_path)
     check_kernel_device(recipe.run.lrn_kernel, device)
     num_train, batch = len(train_split), recipe.optim.batch_size
@@ -103,12 +115,30 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
     if saved is not None:
         batches = BatchPlan(num_train, batch, train=True, drop_last=recipe.data.drop_last).num_batches
         notes.insert(0, resume_note(opts, resume_path, saved, batches))
-    command = resume_command(command_args(), Path(opts.out), Path(opts.run_dir), torchrun_env() is not None)
+    command = resume_command(command_args(), Path(opts.out), Path(opts.run_dir), launcher_command())
     return TrainPlan(
         out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
         parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
         show_progress=opts.show_progress, notes=notes, keep_aside=keep_aside, resume_command=command,
+        group_timeout=group_timeout_of(opts),
     )
+
+
+def new_run_recipe(opts: TrainOptions, notes: list[str]) -> tuple[Recipe, bool]:
+    """(the recipe of a new run, whether an earlier run's files in RUN are first kept aside).
+
+    An earlier run's files need --force; with --auto-resume they held no checkpoint (a run ended before its first
+    save), so they are kept aside too, with a note, and the run starts afresh.
+    """
+    if opts.recipe is None:
+        raise UserError("--recipe is required for a new run, e.g. --recipe tiny (see: alexrepro recipe list)")
+    recipe = load_recipe(opts.recipe, opts.overrides)
+    found = earlier_run(opts.run_dir)
+    if found and not (opts.force or opts.auto_resume):
+        raise refuse_earlier_run(opts.run_dir, found)
+    if opts.auto_resume:
+        notes.append(f"{checkpoint_dir(opts.run_dir)} holds no checkpoint: a new run (--auto-resume)")
+    return recipe, bool(found)
 
 
 def resumed_recipe(opts: TrainOptions, parallel: str, notes: list[str]) -> tuple[Path, Recipe, Checkpoint]:

@@ -9,6 +9,8 @@ each step and, once every rank agrees, writes a mid-epoch checkpoint through its
 
 from __future__ import annotations
 
+import itertools
+import re
 import shlex
 import signal
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from alexrepro.distributed import group_timeout
 from alexrepro.process.signals import StopRequest
 
 TRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -34,7 +37,7 @@ class StopVote:
 
     def __init__(self, request: StopRequest, distributed: bool) -> None:
         self.request = request
-        self.group = dist.new_group(backend="gloo") if distributed else None
+        self.group = dist.new_group(backend="gloo", timeout=group_timeout()) if distributed else None
         self._pending: tuple[dist.Work, torch.Tensor] | None = None
         self.signum: int | None = None  # the signal agreed on, once agreed
 
@@ -80,13 +83,15 @@ class StopVote:
         return agreed or None
 
 
-def resume_command(args: list[str] | None, out: Path, run_dir: Path, torchrun: bool) -> str:
-    """The command that continues this run: its own, with --resume (--resume-from and --force dropped).
+def resume_command(args: list[str] | None, out: Path, run_dir: Path, launcher: list[str] | None = None) -> str:
+    """The command that continues this run: its own, with --resume (--resume-from and --force dropped); a
+    command with --auto-resume as it is. Under torchrun (`launcher`: its command line) the torchrun command
+    with these arguments, to run on every node.
 
     `args` are the command's arguments after `alexrepro` (None when training was started from Python).
     """
     if args is None:
-        command = f"alexrepro train {out} --run {run_dir} --resume"
+        rest = ["train", str(out), "--run", str(run_dir), "--resume"]
     else:
         kept, skip = [], False
         for arg in args:
@@ -96,8 +101,31 @@ def resume_command(args: list[str] | None, out: Path, run_dir: Path, torchrun: b
                 skip = True
             elif arg not in ("--resume", "--force") and not arg.startswith("--resume-from="):
                 kept.append(arg)
-        command = "alexrepro " + shlex.join([*kept, "--resume"])
-    return command + (" (started by torchrun, as this run was)" if torchrun else "")
+        rest = kept if "--auto-resume" in kept else [*kept, "--resume"]
+    if launcher is None:
+        return "alexrepro " + shlex.join(rest)
+    head = torchrun_head(launcher)
+    if head is None:
+        return "alexrepro " + shlex.join(rest) + " (under torchrun, on every node, as this run was started)"
+    return shlex.join([*head, *([] if "--" in head else ["--"]), *rest]) + " (on every node)"
+
+
+def torchrun_head(argv: list[str]) -> list[str] | None:
+    """torchrun's command line up to `-m alexrepro` (its own options, after any `NAME=value` settings), as a shell
+    runs it; None if it has none.
+
+    `python -m torch.distributed.run ...` stays as it is; the `torchrun` script, which the kernel shows after
+    the interpreter of its first line, is given by its path alone.
+    """
+    settings = [a for a in itertools.takewhile(lambda a: re.match(r"[A-Za-z_]\w*=", a), argv)]
+    argv = argv[len(settings):]
+    for i in range(2, len(argv)):
+        if argv[i] == "alexrepro" and argv[i - 1] in ("-m", "--module", "--"):
+            head = argv[: i + 1]
+            if Path(head[1]).name == "torchrun":
+                head = head[1:]
+            return settings + head
+    return None
 
 
 def stop_line(epoch: int, batch: int, batches: int, step: int, checkpoint: Path | None, command: str) -> str:
