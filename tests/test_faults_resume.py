@@ -104,3 +104,47 @@ def test_a_mid_epoch_last_checkpoint_is_ahead_of_the_epoch_files_whatever_their_
     assert re.fullmatch(rf"note: resuming from (epoch-002|best)\.pt: epoch \[2\] batch 0/{STEPS_PER_EPOCH} "
                         rf"\(step {2 * STEPS_PER_EPOCH}\); the checkpoints ahead of it do not load \(see the "
                         r"warnings\)", note), note
+
+
+# --------------------------------------------------------------------------------------------- the set trained on
+def prepared(src: Path, out: Path, **options: object) -> Path:
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
+    from alexrepro.data.stats import compute_pca
+
+    prep(src, out, PrepOptions(workers=1, **options), progress=False)
+    compute_pca(out, progress=False)
+    return out
+
+
+def test_a_set_prepared_again_in_place_is_refused_on_resume_unless_allowed(synth_src, hooks, tmp_path):
+    from alexrepro.data.manifest import set_identity
+
+    out, run = prepared(synth_src, tmp_path / "out"), tmp_path / "run"
+    sets = [s for s in SETS if not s.startswith("model.num_classes")] + ["model.num_classes=4", "schedule.epochs=1"]
+    run_training(TrainOptions(out=out, run_dir=run, recipe="tiny", overrides=sets, device="cpu", show_progress=False))
+    first = set_identity(out)
+    assert ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST).set_identity == first
+    shutil.rmtree(out)
+    prepared(synth_src, out, resize="warp")  # the same source and image count, another preprocessing
+    assert set_identity(out) != first
+    before = {p.name: p.read_bytes() for p in ck.checkpoint_dir(run).iterdir()}
+    resume = ["train", out, "--run", run, "--device", "cpu", "--no-progress", "--epochs", 2, "--resume"]
+    with started(resume, child_env(hooks), tmp_path / "refused.log") as proc:
+        assert finish(proc) == 2
+    (line,) = error_lines(tmp_path / "refused.log")
+    assert line.startswith(f"error: {out} is not the prepared set {ck.checkpoint_dir(run) / ck.LAST} was trained on")
+    assert line.endswith("add --allow-changed-data to continue on this one")
+    assert {p.name: p.read_bytes() for p in ck.checkpoint_dir(run).iterdir()} == before  # nothing written
+    with started([*resume, "--allow-changed-data"], child_env(hooks), tmp_path / "allowed.log") as proc:
+        assert finish(proc) == 0, (tmp_path / "allowed.log").read_text()
+    assert "(--allow-changed-data); the run's next checkpoints record this one" in (tmp_path / "allowed.log").read_text()
+    saved = ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST)
+    assert saved.epoch == 2 and saved.set_identity == set_identity(out)  # a later resume needs no flag
+
+
+def test_the_resume_command_drops_allow_changed_data():
+    from alexrepro.training.stopping import resume_command
+
+    args = ["train", "OUT", "--run", "R", "--resume", "--allow-changed-data"]
+    assert resume_command(args, Path("OUT"), Path("R"), False) == "alexrepro train OUT --run R --resume"

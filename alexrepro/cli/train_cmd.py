@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -62,6 +63,9 @@ def train_command(
     force: bool = typer.Option(
         False, "--force", help="With --resume: continue although the recipe differs from the checkpoint's. "
         "Without: start a new run in a folder that holds an earlier one, whose files first move to RUN/previous-<time>/."),
+    allow_changed_data: bool = typer.Option(
+        False, "--allow-changed-data", help="With --resume: continue although OUT is not the prepared set the "
+        "checkpoint was trained on (prepared again since with other settings, source or images)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to RUN/tensorboard."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
@@ -76,14 +80,19 @@ def train_command(
     opts = TrainOptions(
         out=out, run_dir=run, recipe=recipe, overrides=overrides, device=device, gpus=gpus, procs=procs,
         parallel=parallel, resume=str(resume_from) if resume_from else ("" if resume else None), force=force,
-        tensorboard=tensorboard, show_progress=progress,
+        allow_changed_data=allow_changed_data, tensorboard=tensorboard, show_progress=progress,
     )
     summary = run_training(opts)
     if summary is None:  # a torchrun rank other than 0
         return
     if json_out:
         emit_json(summary)
-        return
+    else:
+        print_summary(summary, run)
+
+
+def print_summary(summary: dict[str, Any], run: Path) -> None:
+    """The run's last line on stderr: epochs, steps, time, the best and last validation errors."""
     best, last = summary["best_val_top1_error"], summary["last_val_top1_error"]
     if best is None:
         console.print(f"nothing to train: {run} has already run {count_noun(summary['epochs'], 'epoch')}")

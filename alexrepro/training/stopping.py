@@ -81,7 +81,8 @@ class StopVote:
 
 
 def resume_command(args: list[str] | None, out: Path, run_dir: Path, torchrun: bool) -> str:
-    """The command that continues this run: its own, with --resume (--resume-from and --force dropped).
+    """The command that continues this run: its own, with --resume (--resume-from, --force and
+    --allow-changed-data dropped: the run's checkpoints now record its recipe and set).
 
     `args` are the command's arguments after `alexrepro` (None when training was started from Python).
     """
@@ -94,7 +95,7 @@ def resume_command(args: list[str] | None, out: Path, run_dir: Path, torchrun: b
                 skip = False
             elif arg in ("--resume-from",):
                 skip = True
-            elif arg not in ("--resume", "--force") and not arg.startswith("--resume-from="):
+            elif arg not in ("--resume", "--force", "--allow-changed-data") and not arg.startswith("--resume-from="):
                 kept.append(arg)
         command = "alexrepro " + shlex.join([*kept, "--resume"])
     return command + (" (started by torchrun, as this run was)" if torchrun else "")
