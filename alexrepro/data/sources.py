@@ -13,6 +13,7 @@ Class indices are the sorted WNIDs (folder names) of the training split.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def check_classes_hold_images(wnids: list[str], entries: list[ListedImage], wher
     suffixes, empty = image_suffixes(), []
     for wnid in wnids:
         files = by_class.get(wnid, [])
-        if any(Path(e.key).suffix.lower() in suffixes for e in files):
+        if any(os.path.splitext(e.key)[1].lower() in suffixes for e in files):
             continue
         if not any(opens_as_image(read_listed(e)) for e in files):
             empty.append(f"{wnid} ({len(files)} files, none an image)" if files else f"{wnid} (no file)")

@@ -202,7 +202,7 @@ def stop_on_bad_data(run: Run, state: RunState, epoch: int, batch: int, lr: floa
     """Checkpoint the steps done (epoch, batch), then raise the data's one line saying where they are kept.
 
     A single process only: among several, the other ranks are already in the next step's collectives, so
-    the error ends the run as it is and the checkpoints written before stay (docs/RELIABILITY.md, D7).
+    the error ends the run as it is and the checkpoints written before stay (docs/RELIABILITY.md, D8).
     """
     if run.info.distributed:
         raise error

@@ -165,13 +165,13 @@ def check_same_set(saved: Checkpoint, identity: str, opts: TrainOptions, path: P
     if saved.set_identity == identity:
         return
     if saved.set_identity is None:
-        notes.append(f"{path} does not record the prepared set it was trained on (written before checkpoints "
-                     f"did); {opts.out} is taken to be that set")
+        notes.append(f"{path} does not record the prepared set it was trained on (an older or imported "
+                     f"checkpoint); {opts.out} is taken to be that set")
         return
     if not opts.allow_changed_data:
         raise UserError(
-            f"{opts.out} is not the prepared set {path} was trained on (it was prepared again since, with other "
-            f"settings, source or images: set {identity[7:19]}, the checkpoint's {saved.set_identity[7:19]}); "
+            f"{opts.out} is not the prepared set {path} was trained on (another set, or this one prepared again "
+            f"with other settings, source or images: set {identity[7:19]}, the checkpoint's {saved.set_identity[7:19]}); "
             "resume on the set it was trained on, or add --allow-changed-data to continue on this one")
     notes.append(f"continuing on a prepared set other than the one {path} was trained on (--allow-changed-data); "
                  "the run's next checkpoints record this one")
