@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.process import lifetime
-from alexrepro.process.signals import Stopped, stop_on_signals
+from alexrepro.process.signals import Stopped, command_is_process, stop_on_signals
 
 FAILED_RANK_GRACE = 5.0  # s the other ranks get to end on their own when one fails, before SIGTERM, then SIGKILL
 # s a rank waits in a collective for the others before it fails (`train --group-timeout`): NCCL's own default,
@@ -236,6 +236,7 @@ def free_port() -> int:
 def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple, outdir: str, parent: int) -> None:
     """One spawned process: set the torchrun-style environment, run fn, record its result, error or stop."""
     lifetime.bind_to_parent(parent)  # ends with the launching process, however that ends
+    command_is_process()  # this rank's life is its part of the command (training/loop.py: work_done)
     with contextlib.suppress(OSError):  # a session of its own, as torchrun gives its workers: a terminal's
         os.setsid()  # Ctrl-C reaches the launcher alone, which ends or signals the ranks itself, once
     os.environ.update(
@@ -263,6 +264,7 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (), forward: t
     `forward` (training) is passed on to every rank instead, which stop together and say what they kept:
     their `Stopped` is raised again here. A second signal ends this process at once, and with it the ranks.
     """
+    lifetime.start_quiet_resource_tracker()  # ranks ended at once leave no warning after the command's line
     with tempfile.TemporaryDirectory(prefix="alexrepro-spawn-") as outdir:
         context = mp.start_processes(
             _entry, args=(fn, world_size, free_port(), args, outdir, os.getpid()), nprocs=world_size,

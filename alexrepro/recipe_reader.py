@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +53,7 @@ def list_recipes() -> list[tuple[str, str]]:
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load a shipped recipe by name or a TOML file by path, then apply `section.key=value` overrides."""
-    raw, name = _resolve(str(name_or_path), seen=())
+    raw, name = _resolve(str(name_or_path), seen=())  # seen: the files on the way, by path
     recipe = recipe_from_dict(raw, name=name)
     return apply_overrides(recipe, overrides)
 
@@ -95,7 +96,8 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> R
 
 
 def validate(recipe: Recipe) -> None:
-    """Range checks that types alone do not express."""
+    """Range checks that types alone do not express; first, every float is a finite number."""
+    check_finite(recipe)
     m, d, o, s, r = recipe.model, recipe.data, recipe.optim, recipe.schedule, recipe.run
     checks = [
         (m.num_classes >= 2, "model.num_classes must be at least 2"),
@@ -131,7 +133,20 @@ def validate(recipe: Recipe) -> None:
             raise UserError(f"recipe {recipe.name!r}: {msg}")
 
 
-def _resolve(ref: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+def check_finite(recipe: Recipe) -> None:
+    """A UserError naming the first float field (or list item) that is inf or nan: TOML and --set read `inf` and
+    `nan` as numbers, which would pass the range checks and fail training steps later, far from the cause."""
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = getattr(getattr(recipe, sec), f.name)
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise UserError(f"recipe {recipe.name!r}: {sec}.{f.name} must be a finite number, got {v}")
+
+
+def _resolve(ref: str, seen: tuple[Path, ...]) -> tuple[dict[str, Any], str]:
+    """(the recipe's sections, `extends` merged in, its name). A recipe is its file: a user's tiny.toml may
+    extend the shipped "tiny"; only a file met again on the way is a cycle."""
     path = Path(ref)
     if path.suffix == ".toml" or path.exists():
         if path.is_dir():
@@ -144,15 +159,16 @@ def _resolve(ref: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
         if not path.is_file():
             raise UserError(_unknown_msg("recipe", ref, [n for n, _ in list_recipes()]))
         name = ref
-    if name in seen:
-        raise UserError(f"recipe {name!r} extends itself through {' -> '.join(seen)}")
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise UserError(f"recipe {name!r} extends itself: {chain}")
     raw = _read_toml(path)
     parent = raw.get("extends")
     if parent is None:
         return raw, name
     if not isinstance(parent, str):
         raise UserError(f"recipe {path}: extends must be a recipe name")
-    base, _ = _resolve(parent, seen + (name,))
+    base, _ = _resolve(parent, seen + (path.resolve(),))
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in raw.items():
         if k == "extends":

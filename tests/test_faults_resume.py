@@ -78,29 +78,71 @@ def test_a_copied_run_with_shuffled_times_resumes_from_the_checkpoint_furthest_a
     assert steps == sorted(steps) and len(steps) == len(set(steps)) + 3  # each step once (+ 3 epoch records)
 
 
-def test_a_mid_epoch_last_checkpoint_is_ahead_of_the_epoch_files_whatever_their_times(data, two_epochs, hooks,
-                                                                                       tmp_path):
+def test_a_mid_epoch_last_checkpoint_is_ahead_of_the_epoch_files_whatever_their_times(data, two_epochs, tmp_path,
+                                                                                       capsys):
     """A stop mid-epoch leaves last.pt ahead of every epoch file; a copy that makes it the oldest file changes
-    nothing, and a damaged last.pt hands on to the next position, named."""
+    nothing, and a damaged last.pt hands on to the next position, named. (In this process: the choice only.)"""
     run = copied(two_epochs, tmp_path / "run")
     folder = ck.checkpoint_dir(run)
     saved = ck.read_checkpoint(folder / ck.LAST)
-    saved.batch, saved.step = 3, saved.step + 3  # where a stop in epoch [2] would have left it
-    saved.epoch = 2
+    saved.epoch, saved.batch, saved.step = 2, 3, saved.step + 3  # where a stop in epoch [2] would have left it
     ck.save_checkpoint(folder / ck.LAST, saved)
     os.utime(folder / ck.LAST, ns=(1, 1))  # 1970: the oldest file of the folder
     assert ck.checkpoint_candidates(run)[0].name == ck.LAST
-    args = train_args(data, run, "--epochs", 2, "--resume")  # nothing more to train: only the choice is seen
-    with started(args, child_env(hooks), tmp_path / "mid.log") as proc:
-        assert finish(proc) == 0, (tmp_path / "mid.log").read_text()
-    assert note_lines(tmp_path / "mid.log") == [
-        f"note: resuming from last.pt: epoch [2] batch 3/{STEPS_PER_EPOCH} (step {2 * STEPS_PER_EPOCH + 3})"]
+    opts = TrainOptions(out=data, run_dir=run, overrides=SETS + ["schedule.epochs=2"], device="cpu", resume="",
+                        show_progress=False)  # nothing more to train: only the choice is seen
+    run_training(opts)
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: resuming from")]
+    assert notes == [f"note: resuming from last.pt: epoch [2] batch 3/{STEPS_PER_EPOCH} (step {2 * STEPS_PER_EPOCH + 3})"]
     (folder / ck.LAST).write_bytes(b"torn")
-    with started(args, child_env(hooks), tmp_path / "torn.log") as proc:
-        assert finish(proc) == 0, (tmp_path / "torn.log").read_text()
-    text = (tmp_path / "torn.log").read_text()
-    assert "skipping last.pt" in text
-    (note,) = note_lines(tmp_path / "torn.log")
+    run_training(opts)
+    err = capsys.readouterr().err
+    assert "skipping last.pt" in err
+    (note,) = [ln for ln in err.splitlines() if ln.startswith("note: resuming from")]
     assert re.fullmatch(rf"note: resuming from (epoch-002|best)\.pt: epoch \[2\] batch 0/{STEPS_PER_EPOCH} "
                         rf"\(step {2 * STEPS_PER_EPOCH}\); the checkpoints ahead of it do not load \(see the "
                         r"warnings\)", note), note
+
+
+# --------------------------------------------------------------------------------------------- the set trained on
+def prepared(src: Path, out: Path, **options: object) -> Path:
+    from alexrepro.data.options import PrepOptions
+    from alexrepro.data.prep import prep
+    from alexrepro.data.stats import compute_pca
+
+    prep(src, out, PrepOptions(workers=1, **options), progress=False)
+    compute_pca(out, progress=False)
+    return out
+
+
+def test_a_set_prepared_again_in_place_is_refused_on_resume_unless_allowed(synth_src, hooks, tmp_path, capsys):
+    from alexrepro.data.manifest import set_identity
+
+    out, run = prepared(synth_src, tmp_path / "out"), tmp_path / "run"
+    sets = [s for s in SETS if not s.startswith("model.num_classes")] + ["model.num_classes=4", "schedule.epochs=1"]
+    run_training(TrainOptions(out=out, run_dir=run, recipe="tiny", overrides=sets, device="cpu", show_progress=False))
+    first = set_identity(out)
+    assert ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST).set_identity == first
+    shutil.rmtree(out)
+    prepared(synth_src, out, resize="warp")  # the same source and image count, another preprocessing
+    assert set_identity(out) != first
+    before = {p.name: p.read_bytes() for p in ck.checkpoint_dir(run).iterdir()}
+    resume = ["train", out, "--run", run, "--device", "cpu", "--no-progress", "--epochs", 2, "--resume"]
+    with started(resume, child_env(hooks), tmp_path / "refused.log") as proc:
+        assert finish(proc) == 2
+    (line,) = error_lines(tmp_path / "refused.log")
+    assert line.startswith(f"error: {out} is not the prepared set {ck.checkpoint_dir(run) / ck.LAST} was trained on")
+    assert line.endswith("add --allow-changed-data to continue on this one")
+    assert {p.name: p.read_bytes() for p in ck.checkpoint_dir(run).iterdir()} == before  # nothing written
+    run_training(TrainOptions(out=out, run_dir=run, overrides=["schedule.epochs=2"], device="cpu", resume="",
+                              allow_changed_data=True, show_progress=False))
+    assert "(--allow-changed-data); the run's next checkpoints record this one" in capsys.readouterr().err
+    saved = ck.read_checkpoint(ck.checkpoint_dir(run) / ck.LAST)
+    assert saved.epoch == 2 and saved.set_identity == set_identity(out)  # a later resume needs no flag
+
+
+def test_the_resume_command_drops_allow_changed_data():
+    from alexrepro.training.stopping import resume_command
+
+    args = ["train", "OUT", "--run", "R", "--resume", "--allow-changed-data"]
+    assert resume_command(args, Path("OUT"), Path("R"), False) == "alexrepro train OUT --run R --resume"

@@ -1,9 +1,11 @@
 """The typed manifest: prep's bytes round-trip, defaults for hand-written sets, damaged fields exit 2."""
 
+import io
 import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from alexrepro.cli import main
 from alexrepro.data.manifest import (
@@ -13,6 +15,7 @@ from alexrepro.data.manifest import (
     SkippedFile,
     SplitEntry,
     read_manifest,
+    set_identity,
     write_manifest,
 )
 from alexrepro.data.options import PrepOptions
@@ -103,3 +106,27 @@ def test_prep_into_an_out_with_an_unreadable_manifest_is_refused(synth_src, tmp_
     with pytest.raises(UserError, match="is corrupt; delete .* and prepare again"):
         prep(synth_src, out, PrepOptions(workers=1, splits=["val"]), progress=False)
     assert (out / "manifest.json").read_text() == text  # nothing overwritten
+
+
+def test_set_identity_names_the_data_not_the_folders(synth_src, tmp_path):
+    """The same prep of the same images, from a copied source into another folder, is the same set; another
+    quality, --resize or image is another."""
+    def identity(src, name, **options):
+        prep(src, tmp_path / name, PrepOptions(workers=1, splits=["train"], **options), progress=False)
+        return set_identity(tmp_path / name)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synth_src, copy)
+    same = identity(synth_src, "a")
+    assert identity(copy, "b") == same == identity(synth_src, "c", shard_size=5)
+    assert identity(synth_src, "q", quality=80) != same
+    assert identity(synth_src, "w", resize="warp") != same
+    victim = sorted((copy / "train").glob("*/*.JPEG"))[0]
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(other, "JPEG")
+    size = victim.stat().st_size
+    assert other.tell() < size
+    victim.write_bytes(other.getvalue().ljust(size, b"\0"))  # another picture, the same size (JPEG ends at EOI)
+    changed = identity(copy, "d")
+    assert read_manifest(tmp_path / "d").skipped == read_manifest(tmp_path / "a").skipped  # read, not skipped
+    assert changed != same

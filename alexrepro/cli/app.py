@@ -11,7 +11,7 @@ from rich.text import Text
 
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.process.locking import set_command_line
-from alexrepro.process.signals import Stopped, stop_on_signals
+from alexrepro.process.signals import Stopped, command_is_process, stop_on_signals, work_done
 from alexrepro.progress import console
 from alexrepro.version import __version__
 
@@ -58,10 +58,17 @@ def main(argv: list[str] | None = None) -> None:
         args = args[1:]  # drops it, but keeps it on some Python versions); it means nothing to alexrepro
     if "--debug" in args:
         _state["debug"] = True
+    if argv is None:  # the process is this one command (not main() called from Python)
+        command_is_process()
     set_command_line(args)
     try:
         with stop_on_signals():
-            app(args=args, prog_name="alexrepro")
+            try:
+                app(args=args, prog_name="alexrepro")
+            except SystemExit as e:
+                if not e.code:  # done: a signal from here to the process's end leaves it as it is (exit 0)
+                    work_done()
+                raise
     except Stopped as e:
         if debug_enabled():  # where it stopped; the exit status still says which signal
             traceback.print_exc()

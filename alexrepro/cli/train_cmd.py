@@ -69,6 +69,9 @@ def train_command(
     force: bool = typer.Option(
         False, "--force", help="With --resume: continue although the recipe differs from the checkpoint's. "
         "Without: start a new run in a folder that holds an earlier one, whose files first move to RUN/previous-<time>/."),
+    allow_changed_data: bool = typer.Option(
+        False, "--allow-changed-data", help="With --resume: continue although OUT is not the prepared set the "
+        "checkpoint was trained on (prepared again since with other settings, source or images)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to RUN/tensorboard."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the run summary) on stdout."),
@@ -83,7 +86,8 @@ def train_command(
     opts = TrainOptions(
         out=out, run_dir=run, recipe=recipe, overrides=overrides, device=device, gpus=gpus, procs=procs,
         parallel=parallel, resume=str(resume_from) if resume_from else ("" if resume else None), force=force,
-        auto_resume=auto_resume, group_timeout=group_timeout, tensorboard=tensorboard, show_progress=progress,
+        auto_resume=auto_resume, group_timeout=group_timeout, allow_changed_data=allow_changed_data,
+        tensorboard=tensorboard, show_progress=progress,
     )
     summary = run_training(opts)
     if summary is not None:  # None: a torchrun rank other than 0
@@ -94,7 +98,12 @@ def render(summary: dict[str, Any], run: Path, json_out: bool) -> None:
     """The run's summary: one JSON object on stdout, or one line on stderr."""
     if json_out:
         emit_json(summary)
-        return
+    else:
+        print_summary(summary, run)
+
+
+def print_summary(summary: dict[str, Any], run: Path) -> None:
+    """The run's last line on stderr: epochs, steps, time, the best and last validation errors."""
     best, last = summary["best_val_top1_error"], summary["last_val_top1_error"]
     if best is None:
         console.print(f"nothing to train: {run} has already run {count_noun(summary['epochs'], 'epoch')}")

@@ -50,6 +50,25 @@ class BadImage(Exception):
     """A source file that cannot become a stored image; the message is the reason (one line)."""
 
 
+def image_suffixes() -> set[str]:
+    """The file suffixes Pillow reads (".jpeg", ".webp", ".tif", ...), lower case."""
+    Image.init()
+    return {suffix.lower() for suffix in Image.registered_extensions()}
+
+
+def opens_as_image(data: bytes) -> bool:
+    """Whether Pillow recognises `data` as an image (its header only: nothing is decoded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DecompressionBombWarning: a large image is still an image
+        try:
+            with Image.open(io.BytesIO(data)):
+                return True
+        except Image.DecompressionBombError:
+            return True
+        except (OSError, SyntaxError, ValueError, EOFError):  # UnidentifiedImageError is an OSError
+            return False
+
+
 def center_crop_box(width: int, height: int, size: int = IMAGE_SIZE) -> tuple[float, float, float, float]:
     """The source region that becomes the central size×size patch after §2's rescale (unrounded).
 

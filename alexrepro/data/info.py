@@ -20,7 +20,7 @@ from alexrepro.data.shards import (
     stored_checksums,
 )
 from alexrepro.data.stats_file import STATS, read_stats
-from alexrepro.errors import WorkFailed
+from alexrepro.errors import UserError, WorkFailed
 from alexrepro.progress import console, make_progress
 
 FIRST = 5  # classes and skipped files listed by name
@@ -192,8 +192,11 @@ def verify(out: Path, progress: bool = True, raise_on_problems: bool = True) -> 
     notes = [_no_checksums_note(without, shards, manifest.encoding)] if without else []
     for note in notes:
         console.print(f"note: {note}")
-    if (out / STATS).is_file() and read_stats(out).mean.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        problems.append(f"{STATS}: mean image is not 256×256×3")
+    if (out / STATS).is_file():
+        try:
+            read_stats(out)  # every dataset's shape, type and values
+        except UserError as e:
+            problems.append(str(e))
     report = {"verified": not problems, "images": checked, "checksummed": checksummed, "notes": notes,
               "problems": problems}
     if problems and raise_on_problems:

@@ -7,6 +7,7 @@ back, filling what older or hand-written manifests leave out. Field by field: do
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alexrepro.data.shards import FORMAT_VERSION, IMAGE_SIZE, READABLE_VERSIONS
+from alexrepro.data.stats_file import read_stats
 from alexrepro.errors import UserError
 from alexrepro.process.atomic import atomic_write_json
 
@@ -253,3 +255,26 @@ def write_manifest(out: str | os.PathLike[str], manifest: Manifest | Mapping[str
     if not isinstance(manifest, Manifest):
         manifest = Manifest.from_payload(manifest)
     atomic_write_json(manifest_path(out), manifest.to_payload())
+
+
+def set_identity(out: str | os.PathLike[str]) -> str:
+    """"sha256:<hex>" naming the data a prepared set holds, for a checkpoint to record and a resume to compare.
+
+    In it: what changes every stored image (encoding, JPEG quality, image size, --resize), the classes
+    (index and WordNet ID: the labels), each split's image count, the listing of the source each split was
+    prepared from (prep's record of every file's key, label, place and size), and the bytes of the mean
+    image, which changes with the images' contents. Not in it: where SRC and OUT are (a moved source or set
+    is the same data), the shard size (the images keep their order and index), class names and notes. So
+    the same prep of the same source gives the same identity, and a prep again with another source,
+    quality, --resize or images another. Cheap: the manifest and the mean image, never the shards.
+    """
+    manifest = read_manifest(out)
+    fields = {
+        "encoding": manifest.encoding, "quality": manifest.quality, "image_size": manifest.image_size,
+        "resize": manifest.resize, "classes": [[c.index, c.wnid] for c in manifest.classes],
+        "counts": {name: split.count for name, split in manifest.splits.items()},
+        "listings": {} if manifest.prep is None else dict(manifest.prep.splits),
+    }
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    h.update(read_stats(out).mean.tobytes())
+    return "sha256:" + h.hexdigest()

@@ -29,6 +29,7 @@ from alexrepro.data.manifest import (
     CONVERTED,
     MANIFEST,
     SKIPPED,
+    ClassInfo,
     Manifest,
     PrepRecord,
     ShardEntry,
@@ -43,6 +44,7 @@ from alexrepro.data.prep_state import (
     ShardDamaged,
     ShardResult,
     ShardTask,
+    check_apart,
     check_out,
     clean_field,
     clear_state,
@@ -207,9 +209,11 @@ def prep(src: Path, out: Path, options: PrepOptions | None = None, progress: boo
     options = options or PrepOptions()
     src, out = Path(src), Path(out)
     check_options(options)
+    check_apart(src, out)
     start = time.monotonic()
     source = sources.find_sources(
-        src, options.splits, options.devkit, options.val_labels, options.test_labels, options.synset_mapping
+        src, options.splits, options.devkit, options.val_labels, options.test_labels, options.synset_mapping,
+        leave_out=out,  # OUT inside SRC is no class and no image: a resumed prep finds what the first found
     )
     for note in source.notes:
         console.print(f"note: {printable(note)}", soft_wrap=True, markup=False)
@@ -317,9 +321,7 @@ def _finish(
         written = sum(r.count for r in res)
         skipped = list(split.unlabelled) + [s for r in res for s in r.skipped]
         assert written + len(skipped) == split.found, f"{name}: {written} + {len(skipped)} != {split.found}"
-        if written == 0:
-            raise UserError(f"no image of the {name} split ({split.layout}) could be read; see the reasons: "
-                            f"{skipped[0][1]}")
+        check_written(name, split, written, skipped, source.classes)
         splits[name] = SplitEntry(
             count=written,
             found=split.found,
@@ -359,6 +361,16 @@ def _finish(
         for kind, n in count_kinds([v for _, _, v in converted]).items()
     }
     return summary
+
+
+def check_written(name: str, split: sources.SplitSource, written: int, skipped: list[tuple[str, str]],
+                  classes: list[ClassInfo]) -> None:
+    """A UserError when no image of the split could be read, or (train) none of a class."""
+    if written == 0:
+        raise UserError(f"no image of the {name} split ({split.layout}) could be read; see the reasons: "
+                        f"{skipped[0][1]}")
+    if name == "train":
+        sources.check_every_class_written(split, classes, dict(skipped))
 
 
 def write_records(out: Path, manifest: Manifest, converted: list[tuple[str, str, str]]) -> None:

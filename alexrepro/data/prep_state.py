@@ -198,6 +198,15 @@ def clear_state(out: Path) -> None:
     (out / PREP_STATE).unlink(missing_ok=True)
 
 
+def check_apart(src: Path, out: Path) -> None:
+    """A UserError when SRC is OUT or lies inside it (prep would write among the images it reads). OUT inside
+    SRC is allowed: the listing leaves it out (sources.find_sources)."""
+    source, target = Path(src).resolve(), Path(out).resolve()
+    if source == target or target in source.parents:
+        raise UserError(f"SRC {src} is inside OUT {out} (or is it): prep would write its shards among the images "
+                        "it reads; choose an OUT outside SRC")
+
+
 def check_out(out: Path, ident: dict[str, Any], digests: dict[str, str]) -> Manifest | None:
     """Refuse an OUT that holds something else; return its previous manifest when it is this same set."""
     if out.exists() and not out.is_dir():

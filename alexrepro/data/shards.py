@@ -15,9 +15,11 @@ How the files are opened, and how many stay open, is alexrepro.data.shard_files.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,29 @@ def decode_jpeg(data: bytes | np.ndarray, where: str | None = None) -> np.ndarra
             f"stored image {where} does not decode ({reason}); find every damaged file with alexrepro info OUT "
             "--verify and rebuild the set with alexrepro prep"
         ) from None
+
+
+# What h5py raises when a shard's HDF5 structure is damaged (a flipped byte in an object header or a link:
+# "KeyError: Unable to synchronously open object", OSError, ...): each is a damaged shard to the user.
+HDF5_ERRORS = (KeyError, OSError, ValueError, RuntimeError, TypeError)
+
+
+def damaged_shard(path: Path, error: BaseException) -> UserError:
+    """The one line for a shard whose structure does not read: its path and the check to run."""
+    detail = error.args[0] if isinstance(error, KeyError) and error.args else error  # str(KeyError) adds quotes
+    return UserError(
+        f"shard {path} is damaged ({' '.join(str(detail).split())[:200]}); check the set with alexrepro info "
+        f"{path.parent.parent} --verify and run alexrepro prep again to rebuild it"
+    )
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Read a shard in the block: an h5py error there is the UserError of `damaged_shard`, never a traceback."""
+    try:
+        yield
+    except HDF5_ERRORS as e:
+        raise damaged_shard(Path(path), e) from None
 
 
 def _close_handle(f: h5py.File) -> None:
@@ -234,19 +259,13 @@ class Shard:
 
         Also reads the shard's `count` attribute into `stored_count`, for the checks of SplitDataset.
         """
-        with open_shard_file(self.path) as f:
-            try:
-                self.stored_count = int(f.attrs["count"])
-                return f["labels"][:]
-            except (KeyError, OSError, ValueError) as e:
-                raise UserError(
-                    f"shard {self.path} is damaged ({' '.join(str(e).split())}); check the set with alexrepro info "
-                    f"{self.path.parent.parent} --verify and run alexrepro prep again to rebuild it"
-                ) from None
+        with open_shard_file(self.path) as f, reading(self.path):
+            self.stored_count = int(f.attrs["count"])
+            return f["labels"][:]
 
     def keys(self) -> list[str]:
         """The source path of every image, read with a handle closed right after."""
-        with open_shard_file(self.path) as f:
+        with open_shard_file(self.path) as f, reading(self.path):
             raw = f["keys"][:]
         return [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in raw]
 
@@ -264,6 +283,8 @@ class Shard:
 
     def image(self, i: int) -> np.ndarray:
         """Image i as uint8 256×256×3 RGB."""
-        if self.encoding == "raw":
-            return self.file["images"][i]
-        return decode_jpeg(self.encoded(i), f"{self.path} #{i}")
+        with reading(self.path):
+            if self.encoding == "raw":
+                return self.file["images"][i]
+            stored = self.encoded(i)
+        return decode_jpeg(stored, f"{self.path} #{i}")

@@ -5,6 +5,11 @@ is flat; each image is found by its byte offset and size inside the outer tar. S
 are found: symlinked class folders and files are followed (loops and dangling links reported), file
 names that are not UTF-8 get `\\xNN`-escaped keys, and tar members outside the class structure (absolute
 or '..' paths, links, devices, deeper folders) are reported, never read and never a class.
+
+Every file is listed, whatever its name or suffix: prep reads it if Pillow opens it as an image and
+otherwise reports it in skipped.tsv with the reason (nothing is dropped without a word). A folder inside a
+class folder is reported, not read. `leave_out` (the OUT being prepared, when it lies inside SRC) is
+neither listed nor a class, so a prep into it resumes with the same listing.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from pathlib import Path
 
 from alexrepro.errors import UserError
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 Problem = tuple[str, str]  # (key, reason): a file found and not read, reported in skipped.tsv
+NOT_A_FILE = "not a regular file (a FIFO, socket or device): not read"
 OUTSIDE = "outside the archive (an absolute path or '..'): not read"
 
 
@@ -44,8 +49,13 @@ def printable(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def is_image_name(name: str) -> bool:
-    return not os.path.basename(name).startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+def is_class_tar(name: str) -> bool:
+    """A tar member that is a class's own tar (<wnid>.tar), not one of its images."""
+    return name.lower().endswith(".tar")
+
+
+def _same(path: Path, other: Path | None) -> bool:
+    return other is not None and path.resolve() == other
 
 
 def stem(name: str) -> str:
@@ -56,11 +66,11 @@ def _key(path: Path, root: Path) -> str:
     return printable(path.relative_to(root).as_posix())
 
 
-def class_folders(folder: Path, root: Path) -> tuple[list[Path], list[Problem]]:
+def class_folders(folder: Path, root: Path, leave_out: Path | None = None) -> tuple[list[Path], list[Problem]]:
     """The class folders of a split folder, symlinked ones followed; links that loop or lead nowhere reported.
 
     A class folder that resolves to the split folder or one above it would list the split's own files
-    again (a loop), so it is reported and not read.
+    again (a loop), so it is reported and not read. `leave_out` (a resolved path: OUT) is passed over.
     """
     here = folder.resolve()
     folders, problems = [], []
@@ -76,7 +86,7 @@ def class_folders(folder: Path, root: Path) -> tuple[list[Path], list[Problem]]:
             reason = "a symbolic link that loops" if loops else f"a broken symbolic link ({e.strerror or e})"
             problems.append((_key(path, root) + "/", f"{printable(reason)}: not read"))
             continue
-        if not is_dir:
+        if not is_dir or _same(path, leave_out):
             continue
         if target is not None and (target == here or target in here.parents):
             problems.append((_key(path, root) + "/", f"a symbolic link to {printable(str(target))}, which holds "
@@ -86,25 +96,49 @@ def class_folders(folder: Path, root: Path) -> tuple[list[Path], list[Problem]]:
     return folders, problems
 
 
-def list_folder(folder: Path, root: Path) -> tuple[list[ListedImage], list[Problem]]:
-    """Images directly in `folder` (flat) and in its class folders (symlinks followed), sorted by key;
-    and the links that could not be followed."""
-    entries = []
-    for path in sorted(folder.iterdir()):
-        if is_image_name(path.name) and not path.is_dir():
-            entries.append(ListedImage(_key(path, root), stem(path.name), None, str(path)))
-    folders, problems = class_folders(folder, root)
+def _kind(entry: os.DirEntry) -> str:
+    """file, dir (symlinks followed), link (one that loops or leads nowhere) or other (FIFO, socket, device)."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            return "dir"
+    except OSError:  # ELOOP
+        return "link"
+    return "link" if entry.is_symlink() else "other"
+
+
+def list_folder(folder: Path, root: Path, leave_out: Path | None = None) -> tuple[list[ListedImage], list[Problem]]:
+    """The files directly in `folder` (flat) and in its class folders (symlinks followed), sorted by key;
+    and what was found and not listed (links that could not be followed, folders inside class folders,
+    FIFOs and devices)."""
+    entries: list[ListedImage] = []
+    folders, problems = class_folders(folder, root, leave_out)  # it reports the split's links that do not resolve
+    with os.scandir(folder) as found:
+        for entry in sorted(found, key=lambda e: e.name):
+            kind = _kind(entry)
+            if kind == "file":
+                entries.append(ListedImage(_key(Path(entry.path), root), stem(entry.name), None, entry.path))
+            elif kind == "other":
+                problems.append((_key(Path(entry.path), root), NOT_A_FILE))
     for class_folder in folders:
         wnid = printable(class_folder.name)
         try:
-            names = sorted(os.listdir(class_folder))  # a symlinked file is read through its link
+            with os.scandir(class_folder) as found:  # a symlinked file is read through its link
+                listed = sorted(found, key=lambda e: e.name)
         except OSError as e:
             problems.append((_key(class_folder, root) + "/", f"cannot be listed ({e.strerror or e}): not read"))
             continue
-        for name in names:
-            file = class_folder / name
-            if is_image_name(name) and not file.is_dir():
-                entries.append(ListedImage(_key(file, root), stem(name), wnid, str(file)))
+        for entry in listed:
+            file, kind = class_folder / entry.name, _kind(entry)
+            if kind in ("file", "link"):  # a link that loops or leads nowhere is read, and skipped with its reason
+                entries.append(ListedImage(_key(file, root), stem(entry.name), wnid, str(file)))
+            elif kind == "dir":
+                if not _same(file, leave_out):
+                    problems.append((_key(file, root) + "/", "a folder inside a class folder (deeper than "
+                                                             "<class>/<image>): not read"))
+            else:
+                problems.append((_key(file, root), NOT_A_FILE))
     return sorted(entries, key=lambda e: e.key), problems
 
 
@@ -140,7 +174,7 @@ def _list_class_tar(outer: tarfile.TarFile, m: tarfile.TarInfo, path: Path, base
                 what = _not_a_file(im)
                 if what is not None or member_parts(im.name) is None:
                     problems.append((key, f"{what} in a class tar, not an image file: not read" if what else OUTSIDE))
-                elif is_image_name(im.name):
+                else:
                     entries.append(ListedImage(key, stem(im.name), wnid, str(path), m.offset_data + im.offset_data,
                                                im.size))
     except (tarfile.TarError, EOFError) as e:
@@ -165,12 +199,12 @@ def list_tar(path: Path, root: Path) -> tuple[list[ListedImage], list[Problem]]:
                     problems.append((key, f"{what} in the tar, not an image file: not read"))
                 elif parts is None:
                     problems.append((key, OUTSIDE))
-                elif m.name.lower().endswith(".tar"):
+                elif is_class_tar(m.name):
                     if len(parts) == 1:
                         entries += _list_class_tar(outer, m, path, base, problems)
                     else:
                         problems.append((key, "a class tar inside a folder of the archive: not read"))
-                elif is_image_name(m.name):
+                else:
                     if len(parts) <= 2:
                         folder = printable(parts[0]) if len(parts) == 2 else None
                         entries.append(ListedImage(key, stem(m.name), folder, str(path), m.offset_data, m.size))
@@ -183,11 +217,11 @@ def list_tar(path: Path, root: Path) -> tuple[list[ListedImage], list[Problem]]:
     return sorted(entries, key=lambda e: e.key), problems
 
 
-def train_classes(location: Path) -> list[str]:
+def train_classes(location: Path, leave_out: Path | None = None) -> list[str]:
     """Class names of a training split, without listing images: the class folders list_folder reads, or the
     class tars and <class>/ folders of a tar that list_tar reads (the same rules, so the two agree)."""
     if location.is_dir():
-        return sorted(printable(p.name) for p in class_folders(location, location)[0])
+        return sorted(printable(p.name) for p in class_folders(location, location, leave_out)[0])
     names = set()
     try:
         with tarfile.open(location, "r:") as tar:
@@ -195,9 +229,9 @@ def train_classes(location: Path) -> list[str]:
                 parts = member_parts(m.name)
                 if not m.isfile() or parts is None:
                     continue
-                if len(parts) == 1 and m.name.lower().endswith(".tar"):
+                if len(parts) == 1 and is_class_tar(m.name):
                     names.add(printable(stem(m.name)))
-                elif len(parts) == 2 and is_image_name(m.name):
+                elif len(parts) == 2 and not is_class_tar(m.name):
                     names.add(printable(parts[0]))
     except (tarfile.ReadError, EOFError) as e:
         raise UserError(f"{location} is not an uncompressed tar ({e}); prep reads .tar files in place, so "

@@ -13,9 +13,11 @@ Class indices are the sorted WNIDs (folder names) of the training split.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alexrepro.data.imaging import image_suffixes, opens_as_image
 from alexrepro.data.manifest import ClassInfo
 from alexrepro.data.source_files import ListedImage, Problem, list_folder, list_tar, train_classes
 from alexrepro.data.source_labels import Labelling, find_labelling, read_synset_mapping
@@ -79,8 +81,8 @@ def _locate_split(src: Path, image_root: Path, split: str) -> Path | None:
     return tars[0] if tars else None
 
 
-def _list_split(src: Path, location: Path) -> tuple[list[ListedImage], list[Problem]]:
-    return list_folder(location, src) if location.is_dir() else list_tar(location, src)
+def _list_split(src: Path, location: Path, leave_out: Path | None) -> tuple[list[ListedImage], list[Problem]]:
+    return list_folder(location, src, leave_out) if location.is_dir() else list_tar(location, src)
 
 
 def _check_file(path: Path | None, what: str, folder: bool = False) -> Path | None:
@@ -98,8 +100,13 @@ def find_sources(
     val_labels: Path | None = None,
     test_labels: Path | None = None,
     synset_mapping: Path | None = None,
+    leave_out: Path | None = None,
 ) -> Source:
-    """Find the splits of SRC, list and label their images; classes are the sorted training WNIDs."""
+    """Find the splits of SRC, list and label their images; classes are the sorted training WNIDs.
+
+    `leave_out` (OUT, when it lies inside SRC) is not listed. A training class with no image is a UserError
+    naming it, before any image is read.
+    """
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"source {src} does not exist or is not a folder; give the ImageNet folder as SRC")
@@ -112,10 +119,13 @@ def find_sources(
     synset_mapping = _check_file(synset_mapping, "--synset-mapping")
     located, wanted = _locate_splits(src, splits)
     labelling = find_labelling(src, devkit, val_labels, test_labels)
+    leave_out = None if leave_out is None else Path(leave_out).resolve()
     listed, problems = {}, {}
     for s in wanted:
-        listed[s], problems[s] = _list_split(src, located[s])
-    wnids, origin = _class_wnids(located, listed, labelling)
+        listed[s], problems[s] = _list_split(src, located[s], leave_out)
+    wnids, origin = _class_wnids(located, listed, labelling, leave_out)
+    if "train" in listed:
+        check_classes_hold_images(wnids, listed["train"], located["train"].relative_to(src).as_posix())
     names = _class_names(src, labelling, synset_mapping)
     classes = [ClassInfo(i, w, names.get(w, w)) for i, w in enumerate(wnids)]
     index = {c.wnid: c.index for c in classes}
@@ -124,28 +134,39 @@ def find_sources(
     result: dict[str, SplitSource] = {}
     for split in wanted:
         where = located[split].relative_to(src).as_posix() + ("/" if located[split].is_dir() else "")
-        entries, not_read = listed[split], list(problems[split])
-        if split == "train":  # training images are labelled by their class folder or tar, never by name
-            stray = [e for e in entries if e.folder is None]
-            not_read += [(e.key, "not inside a class folder or class tar: not read") for e in stray]
-            entries = [e for e in entries if e.folder is not None]
-        flat = [e for e in entries if e.folder is None]
-        by_stem = labelling.stem_to_wnid(split, [e.stem for e in flat]) if flat else {}
-        if flat and by_stem is None:
-            msg = (
-                f"{where} holds {len(flat)} images with no class folder and no ground truth was found "
-                f"(devkit ILSVRC*_ground_truth.txt + meta.mat, or LOC_val_solution.csv)"
-            )
-            if splits:
-                raise UserError(f"{msg}; give --{split}-labels FILE or --devkit DIR")
-            notes.append(f"{split} not prepared: {msg}")
-            continue
-        items, unlabelled = _label_images(entries, by_stem or {}, index)
-        layout = "class folders" if not flat else ("flat" if len(flat) == len(entries) else "mixed")
-        result[split] = SplitSource(split, f"{layout} in {where}", items, sorted(not_read + unlabelled))
+        made = _split_source(split, where, listed[split], problems[split], labelling, index)
+        if isinstance(made, SplitSource):
+            result[split] = made
+        elif splits:
+            raise UserError(f"{made}; give --{split}-labels FILE or --devkit DIR")
+        else:
+            notes.append(f"{split} not prepared: {made}")
     if not result:
         raise UserError(f"{src} has no split that can be labelled: {'; '.join(notes)}")
     return Source(src, classes, result, notes)
+
+
+def _split_source(split: str, where: str, entries: list[ListedImage], problems: list[Problem],
+                  labelling: Labelling, index: dict[str, int]) -> SplitSource | str:
+    """One split's labelled images and the files not read; or, for a flat split without ground truth, why not."""
+    not_read = list(problems)
+    if split == "train":  # training images are labelled by their class folder or tar, never by name
+        not_read += [(e.key, "not inside a class folder or class tar: not read") for e in entries if e.folder is None]
+        entries = [e for e in entries if e.folder is not None]
+    flat = [e for e in entries if e.folder is None]
+    by_stem = labelling.stem_to_wnid(split, [e.stem for e in flat]) if flat else {}
+    if flat and by_stem is None:
+        if len(flat) == len(entries):
+            return (f"{where} holds {len(flat)} images with no class folder and no ground truth was found "
+                    f"(devkit ILSVRC*_ground_truth.txt + meta.mat, or LOC_val_solution.csv)")
+        # beside class folders (a stray file): reported, and the split is kept
+        not_read += [(e.key, "not inside a class folder, and no ground truth names its class: not read")
+                     for e in flat]
+        entries = [e for e in entries if e.folder is not None]
+        flat = []
+    items, unlabelled = _label_images(entries, by_stem or {}, index)
+    layout = "class folders" if not flat else ("flat" if len(flat) == len(entries) else "mixed")
+    return SplitSource(split, f"{layout} in {where}", items, sorted(not_read + unlabelled))
 
 
 def _locate_splits(src: Path, splits: list[str] | None) -> tuple[dict[str, Path], list[str]]:
@@ -181,12 +202,56 @@ def _label_images(
     return items, unlabelled
 
 
+def check_classes_hold_images(wnids: list[str], entries: list[ListedImage], where: str) -> None:
+    """A UserError naming the training classes that hold no image: no file at all, or none that Pillow opens.
+
+    Cheap where it can be: a class with a file named as an image (a suffix Pillow reads) passes unread; only
+    a class without one has its files' headers read, until one opens.
+    """
+    by_class: dict[str | None, list[ListedImage]] = {}
+    for e in entries:
+        by_class.setdefault(e.folder, []).append(e)
+    suffixes, empty = image_suffixes(), []
+    for wnid in wnids:
+        files = by_class.get(wnid, [])
+        if any(os.path.splitext(e.key)[1].lower() in suffixes for e in files):
+            continue
+        if not any(opens_as_image(read_listed(e)) for e in files):
+            empty.append(f"{wnid} ({len(files)} files, none an image)" if files else f"{wnid} (no file)")
+    if empty:
+        raise UserError(
+            f"{len(empty)} training {'class holds' if len(empty) == 1 else 'classes hold'} no image in {where}: "
+            f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}; add its images or remove the class "
+            "folder (or class tar), then run prep again")
+
+
+def check_every_class_written(split: SplitSource, classes: list[ClassInfo], skipped: dict[str, str]) -> None:
+    """After prep read them: a UserError naming the training classes none of whose files was an image that
+    reads (every one skipped, each with its reason)."""
+    written = {it.label for it in split.items if it.key not in skipped}
+    lost = [c for c in classes if c.index not in written]
+    if lost:
+        key = next(it.key for it in split.items if it.label == lost[0].index)
+        raise UserError(
+            f"{len(lost)} training {'class has' if len(lost) == 1 else 'classes have'} no image that reads "
+            f"({', '.join(c.wnid for c in lost[:5])}{', ...' if len(lost) > 5 else ''}; e.g. {key}: "
+            f"{skipped[key]}); mend or remove it in SRC, then prepare into a new or emptied OUT")
+
+
+def read_listed(entry: ListedImage) -> bytes:
+    """A listed file's bytes (a plain file, or a slice of a tar); none if it cannot be read."""
+    try:
+        return read_item(Item(entry.key, -1, entry.path, entry.offset, entry.size))
+    except OSError:
+        return b""
+
+
 def _class_wnids(
-    located: dict[str, Path], listed: dict[str, list[ListedImage]], labelling: Labelling
+    located: dict[str, Path], listed: dict[str, list[ListedImage]], labelling: Labelling, leave_out: Path | None
 ) -> tuple[list[str], str]:
     """The sorted class WNIDs: the training split's class folders, else the devkit's, else val's folders."""
     if "train" in located:
-        wnids = train_classes(located["train"])
+        wnids = train_classes(located["train"], leave_out)
         if not wnids:
             raise UserError(f"{located['train']} has no class folders (train/<wnid>/*.JPEG); check SRC")
         return wnids, "train"

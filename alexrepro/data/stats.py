@@ -8,6 +8,7 @@ number of workers or the order in which chunks finish. The pool's workers end wi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg
+from alexrepro.data.shards import IMAGE_SIZE, Shard, decode_jpeg, reading
 from alexrepro.data.split import open_split
 from alexrepro.data.stats_file import STATS, Stats, read_stats, write_stats
 from alexrepro.errors import UserError
@@ -112,22 +113,23 @@ def _images(path: Path, idx: np.ndarray) -> Iterator[np.ndarray]:
     """The stored images at shard-local indices `idx` (sorted), decoded as stored, shape-checked."""
     shard = Shard(path)
     try:
-        contiguous = len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1
-        if shard.encoding == "raw" and contiguous:
-            block = shard.file["images"][int(idx[0]) : int(idx[-1]) + 1]
-            items: Iterator[np.ndarray] = iter(block)
-        elif shard.encoding == "jpeg" and contiguous:
-            encoded = shard.encoded_range(int(idx[0]), int(idx[-1]) + 1)
-            items = (decode_jpeg(b, f"{path} #{int(i)}") for i, b in zip(idx, encoded, strict=True))
-        else:
-            items = (shard.image(int(i)) for i in idx)
-        for i, img in zip(idx, items, strict=True):
-            if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or img.dtype != np.uint8:
-                raise UserError(
-                    f"{path} image {int(i)} decodes to {img.shape} {img.dtype}, not "
-                    f"{IMAGE_SIZE}×{IMAGE_SIZE}×3 uint8; prepare the set again with alexrepro prep"
-                )
-            yield img
+        with reading(path):
+            contiguous = len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1
+            if shard.encoding == "raw" and contiguous:
+                block = shard.file["images"][int(idx[0]) : int(idx[-1]) + 1]
+                items: Iterator[np.ndarray] = iter(block)
+            elif shard.encoding == "jpeg" and contiguous:
+                encoded = shard.encoded_range(int(idx[0]), int(idx[-1]) + 1)
+                items = (decode_jpeg(b, f"{path} #{int(i)}") for i, b in zip(idx, encoded, strict=True))
+            else:
+                items = (shard.image(int(i)) for i in idx)
+            for i, img in zip(idx, items, strict=True):
+                if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or img.dtype != np.uint8:
+                    raise UserError(
+                        f"{path} image {int(i)} decodes to {img.shape} {img.dtype}, not "
+                        f"{IMAGE_SIZE}×{IMAGE_SIZE}×3 uint8; prepare the set again with alexrepro prep"
+                    )
+                yield img
     finally:
         shard.close()
 
@@ -236,8 +238,9 @@ def compute_mean(out: Path, workers: int = 1, progress: bool = True) -> Stats:
     channel_mean = pixel_sum.reshape(-1, 3).sum(axis=0) / pixel_count
     eigval = eigvec = None
     if (out / "stats.h5").is_file():
-        old = read_stats(out)
-        eigval, eigvec = old.eigval, old.eigvec
+        with contextlib.suppress(UserError):  # a damaged earlier file is replaced whole; pca makes the PCA again
+            old = read_stats(out)
+            eigval, eigvec = old.eigval, old.eigvec
     stats = Stats(mean=mean, channel_mean=channel_mean, pixel_count=pixel_count, eigval=eigval, eigvec=eigvec)
     with described_write_errors(out / STATS, "free space on OUT's disk (or fix its permissions), then run the "
                                              "same prep again: it resumes with the mean image"):
@@ -277,7 +280,7 @@ def compute_pca(
         raise UserError(f"{out} has no {STATS} (the mean image); finish preparing it first: alexrepro prep SRC {out}")
     writable_folder(out, "OUT")  # before the pass, not after it
     with lock_folder(out, "OUT"):
-        stats = read_stats(out)
+        stats = read_stats(out, with_pca=False)  # a damaged PCA is what this pass replaces
         try:
             _, pixels, s, ss = pca_sums(out, sample=sample, workers=workers, seed=seed, progress=progress)
         except Stopped as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from alexrepro.data.shards import IMAGE_SIZE
 from alexrepro.errors import UserError
 from alexrepro.process.atomic import atomic_path
 
@@ -49,26 +50,59 @@ def write_stats(out: str | os.PathLike[str], stats: Stats) -> None:
                 f.create_dataset("eigvec", data=np.asarray(stats.eigvec, dtype=np.float64))
 
 
-def read_stats(out: str | os.PathLike[str], need_pca: bool = False) -> Stats:
-    """Read stats.h5; a UserError naming the command to run if it (or the PCA) is missing."""
+def read_stats(out: str | os.PathLike[str], need_pca: bool = False, with_pca: bool = True) -> Stats:
+    """Read stats.h5, every dataset's shape, type and values checked; a UserError naming the command to run if
+    it (or the PCA) is missing or damaged. `with_pca` False leaves a stored PCA unread (pca, about to redo it)."""
     path = Path(out) / STATS
     if not path.is_file():
         raise UserError(f"{out} has no {STATS} (the mean image); finish preparing it first: alexrepro prep SRC {out}")
+    redo_mean = f"delete it and run alexrepro prep SRC {out} again (it recomputes the mean), then alexrepro pca {out}"
     try:
         with h5py.File(path, "r") as f:
+            pca = with_pca and ("eigval" in f or "eigvec" in f)
             stats = Stats(
-                mean=f["mean"][:],
-                channel_mean=f["channel_mean"][:],
+                mean=_dataset(f, "mean"),
+                channel_mean=_dataset(f, "channel_mean"),
                 pixel_count=int(f.attrs["pixel_count"]),
-                eigval=f["eigval"][:] if "eigval" in f else None,
-                eigvec=f["eigvec"][:] if "eigvec" in f else None,
+                eigval=_dataset(f, "eigval") if pca else None,
+                eigvec=_dataset(f, "eigvec") if pca else None,
                 scale=str(f.attrs.get("scale", "0-255")),
             )
-    except (OSError, KeyError, ValueError) as e:
-        raise UserError(
-            f"{path} is corrupt ({' '.join(str(e).split())}); delete it and run alexrepro prep SRC {out} again "
-            f"(it recomputes the mean), then alexrepro pca {out}"
-        ) from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        detail = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        raise UserError(f"{path} is corrupt ({' '.join(str(detail).split())[:200]}); {redo_mean}") from None
+    problem = _misshapen(stats, ("mean", "channel_mean"))
+    if problem:
+        raise UserError(f"{path} is corrupt ({problem}); {redo_mean}")
+    problem = _misshapen(stats, ("eigval", "eigvec")) if stats.eigval is not None else None
+    if problem:
+        raise UserError(f"{path} is corrupt ({problem}); run alexrepro pca {out} again")
     if need_pca and stats.eigval is None:
         raise UserError(f"{out} has no PCA colour statistics; run: alexrepro pca {out}")
     return stats
+
+
+# What each dataset of stats.h5 holds: the mean image is §2's 256×256 RGB, the PCA §4.1's 3 eigenpairs.
+SHAPES = {"mean": (IMAGE_SIZE, IMAGE_SIZE, 3), "channel_mean": (3,), "eigval": (3,), "eigvec": (3, 3)}
+
+
+def _dataset(f: h5py.File, name: str) -> np.ndarray:
+    """A dataset's values; a KeyError naming it when it is missing or not a dataset."""
+    item = f.get(name)
+    if not isinstance(item, h5py.Dataset):
+        raise KeyError(f"no {name} dataset")
+    return item[()]
+
+
+def _misshapen(stats: Stats, names: tuple[str, ...]) -> str | None:
+    """What is wrong with these arrays of `stats` (shape, type, a value not finite), or None."""
+    for name in names:
+        value = np.asarray(getattr(stats, name))
+        want = SHAPES[name]
+        if value.shape != want:
+            return f"{name} is {'×'.join(map(str, value.shape)) or 'a scalar'}, not {'×'.join(map(str, want))}"
+        if value.dtype.kind != "f":
+            return f"{name} holds {value.dtype}, not floating-point numbers"
+        if not np.isfinite(value).all():
+            return f"{name} holds values that are not finite"
+    return None

@@ -24,12 +24,13 @@ from torch import nn  # noqa: E402
 
 from alexrepro.errors import UserError  # noqa: E402
 from alexrepro.loaders.augment import Colour  # noqa: E402
-from alexrepro.process.atomic import atomic_path, writable_file  # noqa: E402
+from alexrepro.process.atomic import atomic_path, described_write_errors, writable_file  # noqa: E402
 from alexrepro.recipe import DataConfig, Recipe  # noqa: E402
 from alexrepro.training.checkpoint import Checkpoint  # noqa: E402
 
 FIGURES = "figures"  # RUN/figures/ holds the default outputs
 DPI = 100  # every figure: its PNG is figsize × DPI pixels
+FIGURE_HINT = "free space there (or fix its permissions), then run it again"  # a PNG that could not be written
 RUN_HELP = "a run folder (alexrepro train --run RUN) or a checkpoint .pt"
 
 
@@ -161,7 +162,7 @@ def new_figure(width_in: float, height_in: float) -> Figure:
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write the figure as a PNG atomically (never bbox 'tight': the pixel size stays figsize × DPI)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with described_write_errors(path, FIGURE_HINT), atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
@@ -171,6 +172,6 @@ def save_rgb(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     from PIL import Image
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with described_write_errors(path, FIGURE_HINT), atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB").save(tmp, format="PNG")
     return path

@@ -26,6 +26,7 @@ import torch
 from alexrepro.errors import UserError
 from alexrepro.export.features import file_sha256, net_digest, read_feature_attrs
 from alexrepro.figures.common import (
+    FIGURE_HINT,
     Loaded,
     center_patches,
     check_same_classes,
@@ -40,7 +41,7 @@ from alexrepro.figures.common import (
     save_figure,
 )
 from alexrepro.loaders.augment import Colour
-from alexrepro.process.atomic import atomic_path, writable_file
+from alexrepro.process.atomic import atomic_path, described_write_errors, writable_file
 from alexrepro.progress import console, make_progress
 
 INDEX_VERSION = 1
@@ -130,7 +131,7 @@ def build_index(path: Path, key: str, loaded: Loaded, dataset: Any, indices: np.
                 device: torch.device, batch_size: int, show_progress: bool = True) -> None:
     """Extract the fc7 vectors of `indices` and write the index file atomically, rows filled as batches finish."""
     progress = make_progress(transient=True, show=show_progress)
-    with progress, atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with progress, described_write_errors(path, FIGURE_HINT), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         task = progress.add_task(f"fc7 index ({dataset.split})", total=len(indices), unit="images")
         feats_ds = None
         labels_out = np.zeros(len(indices), dtype=np.int64)

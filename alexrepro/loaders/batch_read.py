@@ -14,7 +14,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from alexrepro.data.shards import Shard, decode_jpeg
+from alexrepro.data.shards import Shard, decode_jpeg, reading
 from alexrepro.data.split import SplitDataset
 from alexrepro.errors import UserError
 
@@ -39,14 +39,15 @@ def read_batch(split: SplitDataset, indices: np.ndarray, pread: bool = True, che
         local = indices[where] - split.starts[s]
         order = np.argsort(local, kind="stable")
         shard = split.shards[int(s)]
-        if split.encoding == "raw":
-            items = _read_raw(shard, local[order])
-        else:
-            items = _read_encoded(shard, local[order], pread)
-        for k, i, item in zip(where[order], local[order], items, strict=True):
-            if check:
-                shard.check(int(i), item)
-            out[int(k)] = item
+        with reading(shard.path):  # a shard whose HDF5 structure is damaged: one line, never h5py's KeyError
+            if split.encoding == "raw":
+                items = _read_raw(shard, local[order])
+            else:
+                items = _read_encoded(shard, local[order], pread)
+            for k, i, item in zip(where[order], local[order], items, strict=True):
+                if check:
+                    shard.check(int(i), item)
+                out[int(k)] = item
     return out  # type: ignore[return-value]
 
 

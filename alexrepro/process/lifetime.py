@@ -112,6 +112,25 @@ def end_processes(processes: list[Any], grace: float = 5.0) -> None:
             p.join()
 
 
+# multiprocessing's resource tracker (one helper process per launching process, shared by the processes it
+# spawns) unlinks the semaphores of processes ended at once and warns about each "leak" as it exits, after
+# the command's last line. The cleaning is what is wanted; the warning is not a thing the user can act on.
+TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def start_quiet_resource_tracker() -> None:
+    """Start this process's resource tracker (if it is not running yet) with its leak warning off.
+
+    The tracker takes its warning filters from this interpreter's -W options when it starts, so the filter
+    goes into sys.warnoptions first; call this before spawning processes.
+    """
+    from multiprocessing import resource_tracker
+
+    if TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_WARNING)
+    resource_tracker.ensure_running()
+
+
 @contextlib.contextmanager
 def worker_pool(workers: int, died: str, setup: Callable[..., None] | None = None,
                 setup_args: tuple[Any, ...] = ()) -> Iterator[ProcessPoolExecutor]:
@@ -122,6 +141,7 @@ def worker_pool(workers: int, died: str, setup: Callable[..., None] | None = Non
     memory) is WorkFailed(`died`); otherwise the pool shuts down, waiting for its workers.
     """
     ctx = multiprocessing.get_context("spawn")
+    start_quiet_resource_tracker()
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                initargs=(os.getpid(), setup, setup_args))
     try:

@@ -13,6 +13,11 @@ signal while the first is being handled ends the process at once, by that signal
 except a repeat of a scheduler's signal (`same_stop`): SLURM signals every process of a job step and torchrun
 passes the signal it gets on to its workers as well, so one stop reaches a rank twice.
 
+Once a command's work is done (`work_done()`: its result is kept, its line printed or about to be), a first
+stop signal changes nothing any more: the process ends as it would, with its done line and exit 0; a second
+still ends it at once. So a signal that lands while a finished command prints or shuts down (torch,
+multiprocessing) never turns a finished run into a silent exit by that signal.
+
 `Stopped` derives from BaseException, like KeyboardInterrupt, so `except Exception` does not swallow it;
 and it is not a KeyboardInterrupt, which Typer would turn into a silent exit 130.
 """
@@ -29,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DONE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # what `work_done` takes over
 # SIGUSR1 is what SLURM sends before a pre-emption (`sbatch --signal=USR1@120`): the job ends as the SIGTERM
 # that would follow ends it, so it exits as that would, 143.
 EXIT_CODES = {signal.SIGUSR1: 128 + signal.SIGTERM}
@@ -94,6 +100,32 @@ class StopRequest:
             raise Stopped(self.signum, message)
 
 
+# whole: this process lives for one command; done: work_done() was called; seen: stop signals since
+_after: dict[str, int | bool] = {"whole": False, "done": False, "seen": 0}
+
+
+def command_is_process() -> None:
+    """Say that this process lives for one command (the CLI's entry point, a spawned training rank), so that
+    work_done() may take over its stop signals until it exits. Used from Python, work_done() does nothing."""
+    _after["whole"] = True
+
+
+def work_done() -> None:
+    """The command's work is done: from now on, for the rest of the process, the first SIGINT, SIGTERM or
+    SIGUSR1 is let pass and a second ends the process at once (main thread of a `command_is_process` only)."""
+    if not _after["whole"] or _after["done"] or threading.current_thread() is not threading.main_thread():
+        return
+    _after["done"] = True
+    for s in DONE_SIGNALS:
+        signal.signal(s, _after_done)
+
+
+def _after_done(signum: int, frame: FrameType | None) -> None:
+    _after["seen"] = int(_after["seen"]) + 1
+    if _after["seen"] > 1:
+        _end_now(signum)
+
+
 def _end_now(signum: int) -> None:
     """End the process at once, by `signum` itself (so the exit status says which signal ended it)."""
     os.write(2, f"\n{signal_name(signum)} again: ending at once\n".encode())
@@ -143,4 +175,4 @@ def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS, at_once: bool = Tru
         yield request
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, _after_done if _after["done"] else handler)  # a finished command keeps work_done's

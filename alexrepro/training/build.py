@@ -70,7 +70,7 @@ class Run:
             scaler=harness.scaler.state_dict() if harness.scaler.is_enabled() else None,
             schedule=self.schedule.state_dict(), rng=rng, loader=self.train_loader.state_dict(),
             history=state.history, running=state.epoch_tally.cpu().clone(), seconds=state.seconds(),
-            best_top1=state.best_top1, stats=stats_payload(self.stats),
+            best_top1=state.best_top1, stats=stats_payload(self.stats), set_identity=self.plan.set_identity,
         )
 
     def close(self) -> None:

@@ -5,7 +5,8 @@ The stored dict (`Checkpoint.to_payload`) has the keys format, version, model
 prepared set's list), epoch, batch (position within the epoch), step, parallel, optimizer, scaler,
 schedule, rng (python, numpy, torch, cuda; one entry per rank), loader, metrics (history, the
 running epoch's tally, seconds), best_top1, stats (mean image float32 256×256×3, channel_mean,
-eigval, eigvec on the 0–255 scale), checksum, and, for imported weights only (alexrepro import), origin (format,
+eigval, eigvec on the 0–255 scale), for a run's checkpoints set_identity (alexrepro.data.manifest.set_identity
+of the prepared set it was trained on), checksum, and, for imported weights only (alexrepro import), origin (format,
 file, sha256, net, published). Every value is a tensor (on the CPU) or plain Python, so
 `torch.load(weights_only=True)` reads it. Only this module reads the dict by key: the rest of the package
 gets a `Checkpoint` from `read_checkpoint` and writes one with `save_checkpoint` (or, for a run's
@@ -106,11 +107,13 @@ class Checkpoint:
     seconds: float = 0.0  # training time so far, over every session of the run
     best_top1: float = math.inf  # lowest validation top-1 error so far
     stats: dict[str, Any] | None = None  # the set's colour statistics (`stats_payload`)
+    set_identity: str | None = None  # the prepared set trained on (data.manifest.set_identity); None: not recorded
     origin: Origin | None = None  # imported weights only (alexrepro import); None for a trained net
 
     def to_payload(self) -> dict[str, Any]:
         """The dict torch.save stores (format and version first)."""
         origin = {} if self.origin is None else {"origin": self.origin.to_payload()}  # imported weights only
+        trained_on = {} if self.set_identity is None else {"set_identity": self.set_identity}  # a run's only
         return {
             "format": FORMAT, "version": VERSION,
             "model": self.model, "recipe": self.recipe.to_dict(), "recipe_name": self.recipe.name,
@@ -118,7 +121,7 @@ class Checkpoint:
             "parallel": self.parallel, "optimizer": self.optimizer, "scaler": self.scaler,
             "schedule": self.schedule, "rng": self.rng, "loader": self.loader,
             "metrics": {"history": self.history, "running": self.running, "seconds": self.seconds},
-            "best_top1": self.best_top1, "stats": self.stats, **origin,
+            "best_top1": self.best_top1, "stats": self.stats, **trained_on, **origin,
         }
 
     @classmethod
@@ -140,6 +143,7 @@ class Checkpoint:
             loader=payload.get("loader"), history=list(metrics.get("history", [])),
             running=metrics.get("running"), seconds=float(metrics.get("seconds", 0.0)),
             best_top1=float(payload.get("best_top1", math.inf)), stats=payload.get("stats"),
+            set_identity=None if payload.get("set_identity") is None else str(payload["set_identity"]),
             origin=Origin.from_payload(payload.get("origin")),
         )
 

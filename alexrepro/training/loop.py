@@ -16,18 +16,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from alexrepro import distributed
-from alexrepro.data.manifest import set_identity
 from alexrepro.errors import UserError, WorkFailed
 from alexrepro.group_health import agree, named_failures
-from alexrepro.process.signals import Stopped, StopRequest, signal_name, stop_on_signals
+from alexrepro.process.signals import Stopped, StopRequest, signal_name, stop_on_signals, work_done
 from alexrepro.progress import console
 from alexrepro.recipe import recipe_to_toml
 from alexrepro.topk import true_class_rank
@@ -39,7 +40,7 @@ from alexrepro.training.reporter import RunReporter, epoch_record, tensorboard_w
 from alexrepro.training.rng import capture_rng, rng_isolated
 from alexrepro.training.run_folder import claim_run_folder, keep_aside
 from alexrepro.training.step import StepHarness, autocast
-from alexrepro.training.stopping import TRAIN_SIGNALS, StopVote, stop_line
+from alexrepro.training.stopping import TRAIN_SIGNALS, WRITE_FAILED, StopVote, stop_line
 from alexrepro.training.watchdog import StallWatch, nonfinite_message
 
 __all__ = ["TrainOptions", "TrainPlan", "plan_training", "run_training", "train"]
@@ -59,7 +60,9 @@ def run_training(opts: TrainOptions) -> dict[str, Any] | None:
                 plan = plan_training(opts)
                 prepare(plan, owner=True)
                 if plan.world_size > 1:
-                    return distributed.launch(_process, plan.world_size, (plan,), forward=TRAIN_SIGNALS)
+                    summary = distributed.launch(_process, plan.world_size, (plan,), forward=TRAIN_SIGNALS)
+                    work_done()  # the ranks have finished: a signal now leaves the run as done
+                    return summary
                 return _process(plan)
         except Stopped as e:
             if e.message or e.quiet:
@@ -111,7 +114,7 @@ def plan_facts(plan: TrainPlan) -> dict[str, Any]:
     if plan.resume_path is not None:
         resume = f"{plan.resume_path.name} at {checkpoint.checkpoint_position(plan.resume_path)}"
     digest = hashlib.sha256(recipe_to_toml(plan.recipe).encode()).hexdigest()
-    return {"set": set_identity(plan.out), "resume": resume, "recipe": digest}
+    return {"set": plan.set_identity, "resume": resume, "recipe": digest}
 
 
 def prepare(plan: TrainPlan, owner: bool) -> None:
@@ -139,9 +142,11 @@ def _process(plan: TrainPlan) -> dict[str, Any]:
         distributed.init_process_group(info, plan.device_type, plan.group_timeout)
         try:
             with named_failures(info, plan.group_timeout):
-                return train(plan, info, request)
+                summary = train(plan, info, request)
         finally:
             distributed.cleanup()
+        work_done()  # a signal from here on (the summary, shutting down) leaves the finished run as it is
+        return summary
 
 
 def train(plan: TrainPlan, info: distributed.DistInfo, request: StopRequest | None = None) -> dict[str, Any]:
@@ -154,20 +159,29 @@ def train(plan: TrainPlan, info: distributed.DistInfo, request: StopRequest | No
     reporter = start_reporter(run, state)
     vote = StopVote(request or StopRequest(), info.distributed)
     try:
-        if vote.now() is not None:  # a signal while the run was being built
+        watch_records(reporter, vote)
+        if vote.now() is not None:  # a signal while the run was being built (or its records could not start)
             stop_run(run, state, reporter, state.epoch, state.batch, vote.signum)
         for epoch in range(state.epoch, plan.recipe.schedule.epochs):
             lr = run.schedule.lr
             train_one_epoch(run, state, reporter, epoch, lr, vote)
-            val = validate(run.harness, run.val_loader, expected=run.num_val, vote=vote)  # on the centre crop
+            try:
+                val = validate(run.harness, run.val_loader, expected=run.num_val, vote=vote)  # on the centre crop
+            except UserError as e:  # a damaged val shard or image: the epoch's training is kept, as on a stop
+                stop_on_bad_data(run, state, epoch, run.train_loader.plan.num_batches, lr, e)
             if val is None:  # stopped in validation: the epoch's training is kept, its validation comes again
                 stop_run(run, state, reporter, epoch, run.train_loader.plan.num_batches, vote.signum)
             is_best = record_epoch(run, state, reporter, epoch, lr, val)
-            save_run_state(run, state, epoch + 1, 0, epoch_end=True, is_best=is_best)
+            written = save_run_state(run, state, epoch + 1, 0, epoch_end=True, is_best=is_best)
+            watch_records(reporter, vote)
+            if vote.now() is not None:  # a signal, or a record that failed, at the epoch's end: stop there
+                stop_run(run, state, reporter, epoch + 1, 0, vote.signum, written)
     finally:
         vote.close()
         reporter.close()
         run.close()
+    if reporter.failure is not None:  # TensorBoard's last flush, after the last checkpoint
+        raise record_failed(reporter, f"the run finished; its checkpoints are in {checkpoint.checkpoint_dir(plan.run_dir)}")
     return run_summary(run, state, reporter.warnings)
 
 
@@ -201,7 +215,7 @@ def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int
     if start == 0:
         state.epoch_tally.zero_()
     reporter.start_epoch(epoch, run.plan.recipe.schedule.epochs, total, start)
-    for i, (images, labels) in enumerate(rng_isolated(loader), start=start):
+    for i, images, labels in read_or_stop(run, state, epoch, start, lr):
         state.step += 1
         tally = harness.step(images, labels, state.step)  # queued: no wait for the device here
         state.epoch_tally += tally
@@ -214,12 +228,44 @@ def train_one_epoch(run: Run, state: RunState, reporter: RunReporter, epoch: int
         stop_if_diverged(run, state, epoch, i, lr)
         if log_now:
             reporter.log_step(epoch, i + 1, total, state.step, lr, state.seconds(), state.epoch_tally)
+            watch_records(reporter, vote)
         if stop:
             stop_run(run, state, reporter, epoch, i + 1, stop)
         if save_now:
             save_run_state(run, state, epoch, i + 1)
     state.batch = 0
     reporter.end_epoch()
+
+
+def read_or_stop(run: Run, state: RunState, epoch: int, start: int, lr: float) -> Iterator[tuple[int, Any, Any]]:
+    """(batch index, images, labels) of the epoch from batch `start` on; a batch that does not read (a damaged
+    shard or image: a UserError) stops the run with a checkpoint of the last good step (`stop_on_bad_data`)."""
+    batches = rng_isolated(run.train_loader)
+    i = start
+    while True:
+        try:
+            images, labels = next(batches)
+        except StopIteration:
+            return
+        except UserError as e:
+            stop_on_bad_data(run, state, epoch, i, lr, e)
+        yield i, images, labels
+        i += 1
+
+
+def stop_on_bad_data(run: Run, state: RunState, epoch: int, batch: int, lr: float, error: UserError) -> NoReturn:
+    """Checkpoint the steps done (epoch, batch), then raise the data's one line saying where they are kept.
+
+    A single process only: among several, the other ranks are already in the next step's collectives, so
+    the error ends the run as it is and the checkpoints written before stay (docs/RELIABILITY.md, D8).
+    """
+    if run.info.distributed:
+        raise error
+    stop_if_diverged(run, state, epoch, batch, lr)  # never a checkpoint of a diverged net
+    where = save_run_state(run, state, epoch, batch).get("last")
+    raise UserError(f"{error}; training stopped: checkpoint {where} holds epoch [{epoch}] batch {batch}/"
+                    f"{run.train_loader.plan.num_batches} (step {state.step}); once the set reads, run the same "
+                    "command with --resume") from None
 
 
 def stop_if_diverged(run: Run, state: RunState, epoch: int, batch: int, lr: float) -> None:
@@ -238,12 +284,32 @@ def stop_if_diverged(run: Run, state: RunState, epoch: int, batch: int, lr: floa
     raise WorkFailed(nonfinite_message(bad_step, bad_loss, lr, str(where) if where else None))
 
 
-def stop_run(run: Run, state: RunState, reporter: RunReporter, epoch: int, batch: int, signum: int) -> None:
-    """Checkpoint the run at (epoch, batch) and raise Stopped with the line saying where and how to resume."""
-    where = save_run_state(run, state, epoch, batch).get("last")
+def stop_run(run: Run, state: RunState, reporter: RunReporter, epoch: int, batch: int, signum: int,
+             written: dict[str, Path] | None = None) -> NoReturn:
+    """Checkpoint the run at (epoch, batch) and raise Stopped with the line saying where and how to resume
+    (or, for WRITE_FAILED, the record's failure with that line). `written`: what save_run_state returned
+    for a checkpoint of (epoch, batch) already written, on every rank, so that none is written again."""
+    where = (save_run_state(run, state, epoch, batch) if written is None else written).get("last")
     line = stop_line(epoch, batch, run.train_loader.plan.num_batches, state.step, where, run.plan.resume_command)
+    if signum == WRITE_FAILED:
+        if run.info.is_main:
+            raise record_failed(reporter, f"training stopped: {line}")
+        raise Stopped(signal.SIGTERM, line, quiet=True)  # rank 0 says it
     reporter.note(f"stopped by {signal_name(signum)}: {line}")
     raise Stopped(signum, line, quiet=not run.info.is_main)
+
+
+def watch_records(reporter: RunReporter, vote: StopVote | None) -> None:
+    """A run record that could not be written stops the run at the next step every rank agrees on (W1)."""
+    if reporter.failure is not None and vote is not None:
+        vote.fail()
+
+
+def record_failed(reporter: RunReporter, then: str) -> UserError | WorkFailed:
+    """The record's one line (the file, the free space there), then `then`: where the run is kept."""
+    failure = reporter.failure
+    assert failure is not None
+    return type(failure)(f"{failure}; {then}")
 
 
 def save_run_state(run: Run, state: RunState, epoch: int, batch: int, *, epoch_end: bool = False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from alexrepro.data.manifest import set_identity
 from alexrepro.data.split import open_split
 from alexrepro.distributed import GROUP_TIMEOUT, launcher_command, resolve_launch
 from alexrepro.errors import UserError
@@ -55,6 +56,7 @@ class TrainOptions:
     auto_resume: bool = False
     force: bool = False  # resume: accept a changed recipe; a new run: keep an earlier run in RUN aside
     group_timeout: float | None = None  # s a rank waits in a collective before the job ends; None = GROUP_TIMEOUT
+    allow_changed_data: bool = False  # resume: continue on a prepared set other than the checkpoint's
     tensorboard: bool = False
     show_progress: bool = True
 
@@ -76,6 +78,7 @@ class TrainPlan:
     keep_aside: bool = False  # a new run with --force: move the earlier run's files to RUN/previous-<time>/
     resume_command: str = ""  # the command that continues this run (said when it stops on a signal)
     group_timeout: float = GROUP_TIMEOUT  # s: the process group's timeout (TrainOptions.group_timeout)
+    set_identity: str | None = None  # OUT's data.manifest.set_identity, which every checkpoint of the run records
 
 
 def group_timeout_of(opts: TrainOptions) -> float:
@@ -98,10 +101,12 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
         raise UserError(f"--run {opts.run_dir} is a file; give a folder for the run")
     notes: list[str] = []
     resume_path, keep_aside, saved = None, False, None
+    identity = set_identity(opts.out)
     if opts.auto_resume and opts.resume is None and checkpoint_candidates(opts.run_dir):
         opts = replace(opts, resume="")  # RUN holds a checkpoint: resume as --resume would
     if opts.resume is not None:
         resume_path, recipe, saved = resumed_recipe(opts, parallel, notes)
+        check_same_set(saved, identity, opts, resume_path, notes)
     else:
         recipe, keep_aside = new_run_recipe(opts, notes)
     check_class_count(recipe, len(train_split.classes), opts.out, resume_path)
@@ -120,7 +125,7 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
         out=Path(opts.out), run_dir=Path(opts.run_dir), recipe=recipe, device_type=device, world_size=world,
         parallel=parallel, resume_path=resume_path, tensorboard=opts.tensorboard,
         show_progress=opts.show_progress, notes=notes, keep_aside=keep_aside, resume_command=command,
-        group_timeout=group_timeout_of(opts),
+        group_timeout=group_timeout_of(opts), set_identity=identity,
     )
 
 
@@ -181,6 +186,24 @@ def resume_note(opts: TrainOptions, path: Path, saved: Checkpoint, batches: int)
     if found and checkpoint_candidates(opts.run_dir)[0] != path:
         line += "; the checkpoints ahead of it do not load (see the warnings)"
     return line
+
+
+def check_same_set(saved: Checkpoint, identity: str, opts: TrainOptions, path: Path, notes: list[str]) -> None:
+    """UserError unless OUT is the prepared set the checkpoint was trained on (data.manifest.set_identity), or
+    --allow-changed-data says to go on; then a note, and the run's next checkpoints record the new set."""
+    if saved.set_identity == identity:
+        return
+    if saved.set_identity is None:
+        notes.append(f"{path} does not record the prepared set it was trained on (an older or imported "
+                     f"checkpoint); {opts.out} is taken to be that set")
+        return
+    if not opts.allow_changed_data:
+        raise UserError(
+            f"{opts.out} is not the prepared set {path} was trained on (another set, or this one prepared again "
+            f"with other settings, source or images: set {identity[7:19]}, the checkpoint's {saved.set_identity[7:19]}); "
+            "resume on the set it was trained on, or add --allow-changed-data to continue on this one")
+    notes.append(f"continuing on a prepared set other than the one {path} was trained on (--allow-changed-data); "
+                 "the run's next checkpoints record this one")
 
 
 def check_class_count(recipe: Recipe, have: int, out: Path, resume_path: Path | None) -> None:

@@ -7,16 +7,19 @@ each step's tally (a device tensor, never read here between log points) and the 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from alexrepro.errors import UserError
+from alexrepro.errors import UserError, WorkFailed
+from alexrepro.process.atomic import described_write_errors
 from alexrepro.progress import console, make_progress
 from alexrepro.recipe import Recipe
-from alexrepro.training.run_folder import RunLog
+from alexrepro.training.run_folder import RECORD_HINT, RunLog
 from alexrepro.training.watchdog import StallWatch, stall_message
 
 
@@ -72,14 +75,21 @@ class RunReporter:
     """Step records, epoch lines, the progress bar, TensorBoard and stall warnings of one training process.
 
     Files are written on rank 0 only (`is_main`); the stall check runs on every rank, as its warning is
-    about that rank's loss. `warnings` collects the warnings given, for the run's summary.
+    about that rank's loss. `warnings` collects the warnings given, for the run's summary. A record that
+    cannot be written (metrics.jsonl, log.txt, TensorBoard's files) is kept as `failure`, its one line, and
+    nothing more is written: the loop then checkpoints the run and stops with that line (W1).
     """
 
     def __init__(self, run_dir: Path, device: torch.device, *, is_main: bool, show_progress: bool,
                  tensorboard: bool, stall: StallWatch, init: str) -> None:
         self.log = RunLog(run_dir, enabled=is_main)
         self.device = device
-        self.writer = tensorboard_writer(run_dir) if tensorboard and is_main else None
+        self.failure: UserError | WorkFailed | None = None
+        self.tensorboard_dir = Path(run_dir) / "tensorboard"
+        self.writer = None
+        if tensorboard and is_main:
+            with self.recording(self.tensorboard_dir):
+                self.writer = tensorboard_writer(run_dir)
         self.stall, self.init = stall, init
         self.is_main = is_main
         self.warnings: list[str] = []
@@ -89,17 +99,35 @@ class RunReporter:
         self.task: Any = None
         self._new_window()
 
+    @contextlib.contextmanager
+    def recording(self, path: Path | None = None) -> Iterator[None]:
+        """A block of writes: a failed one becomes `failure` (the first only) and ends every later write.
+
+        `path` names what a write that fails with a bare OSError was writing (TensorBoard's writer);
+        RunLog names its own files.
+        """
+        try:
+            with described_write_errors(path, RECORD_HINT) if path is not None else contextlib.nullcontext():
+                yield
+        except (UserError, WorkFailed) as e:
+            self.failure = self.failure or e
+            writer, self.log.enabled, self.writer = self.writer, False, None
+            if writer is not None:
+                with contextlib.suppress(Exception):  # its own failure is the one said, if any
+                    writer.close()
+
     def begin(self, recipe: Recipe, devices: list[str], all_devices: list[str], world_size: int,
               resumed_from: Path | None, epoch: int, step: int) -> None:
         """Record the run in its folder: recipe.toml, environment.json (`all_devices`: every process's), metrics
         cut back to `step`, and a log line naming this process's `devices`."""
         if not self.is_main:
             return
-        self.log.write_recipe(recipe)
-        self.log.write_environment(all_devices, world_size)
-        self.log.truncate_metrics(step)
-        self.log.line(f"{'resumed from ' + str(resumed_from) if resumed_from else 'started'} at epoch [{epoch}] "
-                      f"step {step}: recipe {recipe.name}, devices {devices}, world {world_size}")
+        with self.recording():
+            self.log.write_recipe(recipe)
+            self.log.write_environment(all_devices, world_size)
+            self.log.truncate_metrics(step)
+            self.log.line(f"{'resumed from ' + str(resumed_from) if resumed_from else 'started'} at epoch [{epoch}] "
+                          f"step {step}: recipe {recipe.name}, devices {devices}, world {world_size}")
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         """A progress task for the epoch's `total` batches, `done` of them already (a mid-epoch resume)."""
@@ -117,45 +145,53 @@ class RunReporter:
         """Write the record and log line of the steps since the last call (reads the device), check the stall."""
         record = step_record(self.window.cpu(), epoch, batch, step, lr, time.time() - self.window_started, seconds)
         loss = record["train_loss"]
-        self.log.metrics(record)
-        self.log.line(epoch_line(epoch, batch, total, loss, 100 * (1 - record["train_top1_error"]),
-                                 100 * (1 - record["train_top5_error"]), lr, record["images_per_s"]))
+        with self.recording():
+            self.log.metrics(record)
+            self.log.line(epoch_line(epoch, batch, total, loss, 100 * (1 - record["train_top1_error"]),
+                                     100 * (1 - record["train_top5_error"]), lr, record["images_per_s"]))
         if self.show_progress:  # the epoch's tally is read only for the bar's status
             tally = epoch_tally.cpu()
             self.progress.update(self.task, status=f"step {step} loss {loss:.3f} lr {lr:.3g} top-1 err "
                                  f"{float(1 - tally[1] / max(float(tally[3]), 1.0)):.1%} "
                                  f"{record['images_per_s']:,.0f} img/s")
         if self.writer is not None:
-            self.writer.add_scalar("train/loss", loss, step)
-            self.writer.add_scalar("train/lr", lr, step)
+            with self.recording(self.tensorboard_dir):
+                self.writer.add_scalar("train/loss", loss, step)
+                self.writer.add_scalar("train/lr", lr, step)
         if self.stall.check(step, loss):
             self.warnings.append(stall_message(step, loss, self.stall.num_classes, self.init))
             console.print(f"[yellow]warning:[/yellow] {self.warnings[-1]}")
-            self.log.line(f"warning: {self.warnings[-1]}")
+            with self.recording():
+                self.log.line(f"warning: {self.warnings[-1]}")
         self._new_window()
 
     def note(self, text: str) -> None:
         """One line in log.txt (rank 0)."""
-        self.log.line(text)
+        with self.recording():
+            self.log.line(text)
 
     def end_epoch(self) -> None:
         self.progress.remove_task(self.task)
 
     def log_epoch(self, record: dict[str, Any], next_lr: float) -> None:
         """Write a finished epoch's record and its validation line (also on the console)."""
-        self.log.metrics(record)
         line = val_line(record, next_lr)
-        self.log.line(line)
+        with self.recording():
+            self.log.metrics(record)
+            self.log.line(line)
         if self.is_main:
             console.print(line, highlight=False)
         if self.writer is not None:
-            self.writer.add_scalar("val/top1_error", record["val_top1_error"], record["epoch"] + 1)
-            self.writer.add_scalar("val/top5_error", record["val_top5_error"], record["epoch"] + 1)
+            with self.recording(self.tensorboard_dir):
+                self.writer.add_scalar("val/top1_error", record["val_top1_error"], record["epoch"] + 1)
+                self.writer.add_scalar("val/top5_error", record["val_top5_error"], record["epoch"] + 1)
 
     def close(self) -> None:
+        """Stop the bar and flush TensorBoard's files (a failure there becomes `failure`, as any write's)."""
         self.progress.stop()
         if self.writer is not None:
-            self.writer.close()
+            with self.recording(self.tensorboard_dir):
+                self.writer.close()
 
     def _new_window(self) -> None:
         self.window = torch.zeros(4, dtype=torch.float64, device=self.device)

@@ -31,12 +31,18 @@ from typing import Any
 import torch
 
 from alexrepro.errors import UserError
-from alexrepro.process.atomic import atomic_write_json, atomic_write_text, writable_folder
+from alexrepro.process.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    described_write_errors,
+    writable_folder,
+)
 from alexrepro.process.locking import LOCK_FILE, FolderLock
 from alexrepro.recipe import Recipe, recipe_to_toml
 from alexrepro.training.checkpoint import checkpoint_dir
 from alexrepro.version import __version__
 
+RECORD_HINT = "free space there (or fix its permissions)"  # a run record that could not be written (W1)
 PREVIOUS = "previous-"  # RUN/previous-<time>/: an earlier run's files, kept aside by --force
 RECIPE, METRICS, LOG, ENVIRONMENT, DIFF = "recipe.toml", "metrics.jsonl", "log.txt", "environment.json", "git.diff"
 
@@ -135,7 +141,8 @@ def environment_record(devices: list[str], world_size: int) -> tuple[dict[str, A
 
 
 class RunLog:
-    """The writer of a run folder (a no-op unless `enabled`, i.e. on rank 0)."""
+    """The writer of a run folder (a no-op unless `enabled`, i.e. on rank 0). A write that fails is one line
+    naming the file and the free space there (process/atomic.py: write_failure), never a traceback."""
 
     def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
         self.dir = Path(run_dir)
@@ -145,34 +152,38 @@ class RunLog:
 
     def write_recipe(self, recipe: Recipe) -> None:
         if self.enabled:
-            atomic_write_text(self.dir / RECIPE, recipe_to_toml(recipe))
+            with described_write_errors(self.dir / RECIPE, RECORD_HINT):
+                atomic_write_text(self.dir / RECIPE, recipe_to_toml(recipe))
 
     def write_environment(self, devices: list[str], world_size: int) -> None:
         if not self.enabled:
             return
         record, diff = environment_record(devices, world_size)
-        atomic_write_json(self.dir / ENVIRONMENT, record)
+        with described_write_errors(self.dir / ENVIRONMENT, RECORD_HINT):
+            atomic_write_json(self.dir / ENVIRONMENT, record)
         if diff:
-            atomic_write_text(self.dir / DIFF, diff)
+            with described_write_errors(self.dir / DIFF, RECORD_HINT):
+                atomic_write_text(self.dir / DIFF, diff)
 
     def truncate_metrics(self, step: int) -> None:
         """Drop metric lines after `step` (written by a run killed after its last checkpoint)."""
         path = self.dir / METRICS
         if not self.enabled or not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if _line_step(line) <= step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        kept = [line for line in path.read_text(errors="replace").splitlines() if _line_step(line) <= step]
+        with described_write_errors(path, RECORD_HINT):
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON object to metrics.jsonl (flushed, so a killed run keeps what it logged)."""
         if self.enabled:
-            with open(self.dir / METRICS, "a") as f:
+            with described_write_errors(self.dir / METRICS, RECORD_HINT), open(self.dir / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def line(self, text: str) -> None:
         """Append one line to the human log."""
         if self.enabled:
-            with open(self.dir / LOG, "a") as f:
+            with described_write_errors(self.dir / LOG, RECORD_HINT), open(self.dir / LOG, "a") as f:
                 f.write(text + "\n")
 
 

@@ -22,6 +22,10 @@ from alexrepro.distributed import group_timeout
 from alexrepro.process.signals import StopRequest
 
 TRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# Not a signal: rank 0 could not write a run record (metrics.jsonl, log.txt, TensorBoard). Voted like a
+# signal, so that every rank stops after the same step with a checkpoint; above every signal number, so
+# the MAX of the votes says the failure when a signal came too.
+WRITE_FAILED = 1024
 
 
 class StopVote:
@@ -39,12 +43,20 @@ class StopVote:
         self.request = request
         self.group = dist.new_group(backend="gloo", timeout=group_timeout()) if distributed else None
         self._pending: tuple[dist.Work, torch.Tensor] | None = None
-        self.signum: int | None = None  # the signal agreed on, once agreed
+        self.signum: int | None = None  # the signal agreed on (or WRITE_FAILED), once agreed
+        self.failed = False  # this rank could not write a run record: vote WRITE_FAILED from now on
+
+    def fail(self) -> None:
+        """Vote WRITE_FAILED from the next vote on (rank 0, whose record could not be written)."""
+        self.failed = True
+
+    def _mine(self) -> int:
+        return WRITE_FAILED if self.failed else self.request.signum or 0
 
     def step(self) -> int | None:
         """Called once per step on every rank: the signal every rank has agreed to stop on, or None."""
         if self.group is None:
-            self.signum = self.request.signum
+            self.signum = self._mine() or None
             return self.signum
         agreed = self._collect()
         if agreed is None:
@@ -66,7 +78,7 @@ class StopVote:
         self._collect()
 
     def _send(self, async_op: bool) -> tuple[dist.Work, torch.Tensor]:
-        flag = torch.tensor([self.request.signum or 0], dtype=torch.int64)
+        flag = torch.tensor([self._mine()], dtype=torch.int64)
         work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=async_op)
         return work, flag
 
@@ -84,9 +96,10 @@ class StopVote:
 
 
 def resume_command(args: list[str] | None, out: Path, run_dir: Path, launcher: list[str] | None = None) -> str:
-    """The command that continues this run: its own, with --resume (--resume-from and --force dropped); a
-    command with --auto-resume as it is. Under torchrun (`launcher`: its command line) the torchrun command
-    with these arguments, to run on every node.
+    """The command that continues this run: its own, with --resume (--resume-from, --force and
+    --allow-changed-data dropped: the run's checkpoints now record its recipe and set); a command with
+    --auto-resume as it is. Under torchrun (`launcher`: its command line) the torchrun command with these
+    arguments, to run on every node.
 
     `args` are the command's arguments after `alexrepro` (None when training was started from Python).
     """
@@ -99,7 +112,7 @@ def resume_command(args: list[str] | None, out: Path, run_dir: Path, launcher: l
                 skip = False
             elif arg in ("--resume-from",):
                 skip = True
-            elif arg not in ("--resume", "--force") and not arg.startswith("--resume-from="):
+            elif arg not in ("--resume", "--force", "--allow-changed-data") and not arg.startswith("--resume-from="):
                 kept.append(arg)
         rest = kept if "--auto-resume" in kept else [*kept, "--resume"]
     if launcher is None:
