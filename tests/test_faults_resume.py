@@ -145,4 +145,4 @@ def test_the_resume_command_drops_allow_changed_data():
     from alexrepro.training.stopping import resume_command
 
     args = ["train", "OUT", "--run", "R", "--resume", "--allow-changed-data"]
-    assert resume_command(args, Path("OUT"), Path("R"), False) == "alexrepro train OUT --run R --resume"
+    assert resume_command(args, Path("OUT"), Path("R")) == "alexrepro train OUT --run R --resume"

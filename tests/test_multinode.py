@@ -116,13 +116,15 @@ def test_sigterm_to_one_torchrun_stops_every_rank_with_a_checkpoint_and_its_comm
         wait_for(lambda: 2 in steps_logged(run) or any(a.poll() is not None for a in agents), "step 2's record")
         agents[0].send_signal(signal.SIGTERM)  # node 0's torchrun alone: its rank stops, and by their vote node 1's
         wait_for(lambda: agents[0].poll() is not None and not alive(other), "both ranks to stop")
+        ended = f"failed (exitcode: 143) local_rank: 0 (pid: {other})"  # what node 1's torchrun sees
+        wait_for(lambda: ended in log(tmp_path, 1) or agents[1].poll() is not None, "node 1's torchrun to see it")
         if agents[1].poll() is None:  # it may wait for node 0 in a new round (--max-restarts): every node's
             agents[1].send_signal(signal.SIGTERM)  # torchrun is signalled, as docs/DISTRIBUTED.md says
         codes = finish(agents)
     # torchrun's own: 1 after it passed a signal on, or a process of its node ended with 143 (node 1's, in a new
     # round, may also meet the signal before it handles signals again: -15)
     assert codes[0] == 1 and codes[1] in (1, -signal.SIGTERM), log(tmp_path, 0) + log(tmp_path, 1)
-    assert f"failed (exitcode: 143) local_rank: 0 (pid: {other})" in log(tmp_path, 1)
+    assert ended in log(tmp_path, 1), log(tmp_path, 1)
     saved = last(run)
     assert 2 <= saved.step < STEPS and saved.batch == saved.step and len(saved.rng) == 2  # mid-epoch, both ranks
     (line,) = lines(log(tmp_path, 0), "stopped by SIGTERM: ")
