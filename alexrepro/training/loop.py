@@ -262,10 +262,11 @@ def stop_on_bad_data(run: Run, state: RunState, epoch: int, batch: int, lr: floa
     if run.info.distributed:
         raise error
     stop_if_diverged(run, state, epoch, batch, lr)  # never a checkpoint of a diverged net
-    where = save_run_state(run, state, epoch, batch).get("last")
-    raise UserError(f"{error}; training stopped: checkpoint {where} holds epoch [{epoch}] batch {batch}/"
-                    f"{run.train_loader.plan.num_batches} (step {state.step}); once the set reads, run the same "
-                    "command with --resume") from None
+    save_run_state(run, state, epoch, batch)
+    # The line names neither the folder nor the position: it reads the same whichever loader met the damage
+    # (DALI reads ahead, so it meets it batches sooner); --resume says the position.
+    raise UserError(f"{error}; training stopped: the run's {checkpoint.LAST} keeps every step before it; once the "
+                    "set reads, run the same command with --resume") from None
 
 
 def stop_if_diverged(run: Run, state: RunState, epoch: int, batch: int, lr: float) -> None:
