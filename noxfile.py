@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (the CI line), `nox -s lint`, `nox -s demo`."""
+"""Sessions: `nox -s tests` (the CI line), `nox -s lint`, `nox -s demo`, `nox -s mutants` (not in CI)."""
 
 import nox
 
@@ -24,3 +24,12 @@ def demo(session: nox.Session) -> None:
     """The README's first line: the whole pipeline on generated data, on the CPU."""
     session.install("-e", ".[dali]")
     session.run("alexrepro", "demo", "--dir", str(session.create_tmp() + "/demo"), *session.posargs)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation testing of the paper's maths and the data path's exactness (docs/TESTING.md): about 25 minutes
+    on 2 cores; the score of each module in mutants/scores.md. Arguments go to tools/mutants.py
+    (`nox -s mutants -- --module alexrepro/nets/lrn.py`)."""
+    session.install("-e", ".[test]", "mutmut==3.8.1")
+    session.run("python", "tools/mutants.py", *session.posargs)

@@ -175,3 +175,41 @@ def test_eval_preset_is_torchvisions_resize_then_crops_minus_the_mean(variant):
     np.testing.assert_allclose(first.numpy(), np.stack(want)[0][..., 0] - mean0, atol=1e-4)
     with pytest.raises(UserError, match="crops must be one of center, ten"):
         EvalPreset(128, 112, "five")
+
+
+def test_the_mean_is_resized_per_channel_with_pils_bilinear_filter_in_float32():
+    rng = np.random.default_rng(5)
+    mean = rng.uniform(0, 255, (256, 256, 3))  # float64: a checkpoint's mean may come in any float type
+    by_hand = np.stack([np.asarray(Image.fromarray(mean[..., k].astype(np.float32), mode="F")
+                                   .resize((72, 72), Image.BILINEAR)) for k in range(3)], -1)
+    got = resize_mean(mean, 72)
+    assert got.dtype == np.float32 and got.shape == (72, 72, 3)
+    np.testing.assert_array_equal(got, by_hand)
+    same = resize_mean(mean, 256)
+    assert same.dtype == np.float32 and np.array_equal(same, mean.astype(np.float32))
+
+
+def test_torchvisions_normalisation_constants_are_float32_on_the_0_255_scale():
+    from alexrepro.loaders.augment import channel_std_mean_and_scale
+
+    m, s = channel_std_mean_and_scale([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert m.dtype == np.float32 and s.dtype == np.float32
+    np.testing.assert_allclose(m, np.array([0.485, 0.456, 0.406]) * 255, rtol=1e-6)
+    np.testing.assert_allclose(s, 1 / (np.array([0.229, 0.224, 0.225]) * 255), rtol=1e-6)
+
+
+def test_a_presets_patches_have_its_crop_shape_and_float_output_its_memory_format():
+    from alexrepro.loaders.colour import mean_colour
+    from alexrepro.loaders.presets import EvalPreset
+
+    image = structured_image(1)
+    colour = mean_colour(np.zeros((128, 128, 3), np.float32), torch.device("cpu"))
+    for variant, shape in (("center", (112, 112, 3)), ("ten", (10, 112, 112, 3))):
+        preset = EvalPreset(128, 112, variant)
+        assert preset.crop_shape == shape and preset.cut(image).shape == shape
+        patches = preset.cut_all([image, image])
+        assert patches.dtype == np.uint8 and patches.shape == (2, *shape)
+        t = torch.from_numpy(patches)
+        assert preset.finish(t, colour, torch.device("cpu")).is_contiguous()
+        last = preset.finish(t, colour, torch.device("cpu"), channels_last=True)
+        assert last.stride()[-3] == 1 and not last.is_contiguous()  # channels innermost: NHWC memory

@@ -128,6 +128,46 @@ def make_checkpoint(path, classes, seed=0, num_classes=None):
     return path
 
 
+def softmax_by_hand(out, checkpoint, crops):
+    """(N, K) averaged softmax and (N,) labels of one checkpoint on OUT's val split, computed without the
+    package's evaluation: the shard read with h5py, each image resized with PIL, torchvision's centre or ten
+    crops minus the constant mean (make_set's 127.5), the net's softmax averaged over the crops."""
+    import h5py
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    from alexrepro.training.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(checkpoint)
+    data = saved.recipe.data
+    net = build_model(saved.recipe.model, data.crop_size).eval()
+    net.load_state_dict(saved.model)
+    with h5py.File(out / "val" / "00000.h5", "r") as f:
+        images, labels = f["images"][:], f["labels"][:]
+    probs = []
+    for image in images:
+        small = np.array(Image.fromarray(image).resize((data.image_size,) * 2, Image.BILINEAR))
+        chw = torch.from_numpy(small).permute(2, 0, 1).float() - 127.5
+        views = torch.stack(TF.ten_crop(chw, [data.crop_size] * 2) if crops == 10
+                            else [TF.center_crop(chw, [data.crop_size] * 2)])
+        with torch.no_grad():
+            probs.append(torch.softmax(net(views), 1).mean(0))
+    return torch.stack(probs), torch.from_numpy(labels)
+
+
+def errors_by_hand(probs, labels):
+    """(top-1, top-5) error in percent, a tie counted as a miss (§6's top-k: fewer than k classes above)."""
+    above = (probs >= probs.gather(1, labels[:, None])).sum(1) - 1  # classes scoring at least the true one's
+    return tuple(100 * (above >= k).float().mean().item() for k in (1, 5))
+
+
+def wilson_by_hand(errors, n, z=1.959963984540054):
+    p = errors / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def run_cli(args, capsys):
     """Run the CLI in-process: (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as e:
@@ -159,11 +199,12 @@ def test_eval_cli_json_on_an_untrained_net(tiny, capsys):
         assert isinstance(r[key], tp), key
     assert r["images"] == K * PER_CLASS and r["classes"] == K  # every image of the split, once
     assert r["crops"] == 10 and r["test_time"] == "predict_ten_crop" and r["nets"] == 1
-    chance = 100 * (1 - 1 / K)  # an untrained net is no better than guessing
-    assert 50 <= r["top1_error_pct"] <= 100
-    lo, hi = r["top1_ci95_pct"]
-    assert lo <= r["top1_error_pct"] <= hi and lo <= chance <= hi
-    assert r["top5_error_pct"] <= r["top1_error_pct"]
+    probs, labels = softmax_by_hand(out, tiny / "a.pt", crops=10)
+    top1, top5 = errors_by_hand(probs, labels)
+    assert r["top1_error_pct"] == pytest.approx(top1, abs=1e-4) and r["top5_error_pct"] == pytest.approx(top5, abs=1e-4)
+    for key, pct in (("top1_ci95_pct", top1), ("top5_ci95_pct", top5)):  # Wilson's interval, written out
+        assert r[key] == pytest.approx([100 * b for b in wilson_by_hand(round(pct * K * PER_CLASS / 100),
+                                                                        K * PER_CLASS)], abs=1e-4)
     p = r["paper"]
     assert p["table"] == "2012" and p["comparable"] == "1 CNN" and p["top1_error_pct"] == 40.7
     assert p["top1_diff_pct"] == pytest.approx(r["top1_error_pct"] - 40.7, abs=1e-3)
@@ -174,8 +215,11 @@ def test_eval_cli_json_on_an_untrained_net(tiny, capsys):
     preds = (tiny / "pred.csv").read_text().splitlines()
     assert len(preds) == K * PER_CLASS + 1
     assert [line.split(",")[0] for line in preds[1:]] == [f"val/img_{i:03d}.JPEG" for i in range(K * PER_CLASS)]
-    misses = sum(line.split(",")[2] != line.split(",")[3] for line in preds[1:])
-    assert misses == round(r["top1_error_pct"] * K * PER_CLASS / 100)
+    for line, p in zip(preds[1:], probs, strict=True):  # each image's five classes and probabilities
+        cells = line.split(",")
+        top = torch.topk(p, 5)
+        assert cells[3::2] == [f"n{i:08d}" for i in top.indices.tolist()]
+        assert [float(c) for c in cells[4::2]] == pytest.approx(top.values.tolist(), abs=1e-4)
 
 
 def test_ensemble_center_crop_and_table_2010(tiny, capsys):

@@ -187,6 +187,34 @@ def prep_args(src: Path, out: Path) -> list[object]:
     return ["prep", src, out, "--workers", 2, "--shard-size", SHARD]
 
 
+# A worker that dies with its parent is gone within GONE_WITHIN seconds even on a loaded machine; one that
+# only noticed at its next write would still be inside a READ_DELAY-second read then.
+READ_DELAY = 90.0
+GONE_WITHIN = 45.0
+
+
+def start_time(pid: int) -> str | None:
+    """When `pid` started (/proc/PID/stat's field 22), so that a reused pid is never taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def ender(pids: list[int]) -> Callable[[], None]:
+    """A function that SIGKILLs whichever of `pids` (processes this test started, through its child) still
+    run, and no other process that a pid was given to since."""
+    started_at = {pid: start_time(pid) for pid in pids}
+
+    def end() -> None:
+        for pid, when in started_at.items():
+            if when is not None and alive(pid) and start_time(pid) == when:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    return end
+
+
 def start_slow_prep(stack: contextlib.ExitStack, hooks: Path, src: Path, out: Path, tmp: Path,
                     delay: float = 0.25) -> subprocess.Popen:
     """A prep with two workers, each image read slowed by `delay` s; returns once both workers are reading."""
@@ -232,15 +260,16 @@ def test_a_stopped_prep_says_what_it_kept_and_resumes_to_the_same_set(signum, co
 def test_kill_9_of_prep_leaves_no_worker_and_nothing_written_after(synth_src, reference, hooks, tmp_path):
     out = tmp_path / "out"
     with contextlib.ExitStack() as stack:
-        proc = start_slow_prep(stack, hooks, synth_src, out, tmp_path, delay=2.0)  # each worker mid-read for 2 s
+        proc = start_slow_prep(stack, hooks, synth_src, out, tmp_path, delay=READ_DELAY)  # each worker mid-read
         workers = pool_workers(proc.pid)
+        stack.callback(ender(workers))  # should one outlive the test
         proc.kill()
         finish(proc)
-        # at once, not at their next write (the check before each write is tested on its own below)
-        wait_for(lambda: not any(alive(w) for w in workers), "prep's workers to die with it", timeout=1.0)
-    before = listing(out)
-    time.sleep(2.5)  # past the read each worker was in, had one lived on
-    assert listing(out) == before
+        before = listing(out)
+        # With the parent, not at their next write (the check before each write is tested on its own below):
+        # the deadline is generous yet shorter than the read each worker is in.
+        wait_for(lambda: not any(alive(w) for w in workers), "prep's workers to die with it", timeout=GONE_WITHIN)
+    assert listing(out) == before  # nothing written after the parent died
     assert (out / LOCK_FILE).exists()  # left by the killed prep, locked by nobody: no stale lock
     prep(synth_src, out, PrepOptions(workers=2, shard_size=SHARD), progress=False)
     same_set(out, reference)

@@ -25,12 +25,15 @@ import torch
 from loader_data import jpeg_bytes, structured_image
 from loader_data import make_set as make_jpeg_set
 from test_faults import (
+    GONE_WITHIN,
     LINUX_PROC,
+    READ_DELAY,
     ROOT,
     SITECUSTOMIZE,
     alive,
     child_env,
     children,
+    ender,
     error_lines,
     finish,
     started,
@@ -186,14 +189,20 @@ def test_kill_9_of_train_leaves_no_loader_worker(loader, data, hooks, tmp_path):
         pytest.skip("DALI is not installed")
     run, mark = tmp_path / "run", tmp_path / "reading"
     args = train_args(data, run, "--loader", loader, "--set", "data.workers=1")
-    with started(args, child_env(hooks, "batch", 2.0, mark), tmp_path / "train.log") as proc:
+    with started(args, child_env(hooks, "batch", READ_DELAY, mark), tmp_path / "train.log") as proc:
         wait_for(lambda: mark.exists() or proc.poll() is not None, "a loader worker to read")
         me = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         workers = [c for c in children(proc.pid) if Path(f"/proc/{c}/cmdline").read_bytes() == me]  # forked
         assert workers, (tmp_path / "train.log").read_text()
-        proc.kill()
-        finish(proc)
-        wait_for(lambda: not any(alive(w) for w in workers), "the loader workers to die with train", timeout=2.0)
+        end_workers = ender(workers)
+        try:
+            proc.kill()
+            finish(proc)
+            # with train, not after the READ_DELAY-second read each is in
+            wait_for(lambda: not any(alive(w) for w in workers), "the loader workers to die with train",
+                     timeout=GONE_WITHIN)
+        finally:
+            end_workers()
 
 
 @pytest.mark.parametrize("when", ["building", "validating"])

@@ -1,5 +1,7 @@
 """LRN (§3.3): b = a / (k + α' Σ a²)^β over n adjacent maps, checked against the formula written out in loops."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -191,3 +193,134 @@ def test_cuda_convnet_recipe_computes_krizhevskys_imagenet_cmrnorm():
     torch.testing.assert_close(_norm(cfg, groups=1)(x), cmrnorm_kfcnorm(x, 5, 1e-4, 0.75, 2.0))
     # The hard-coded 1 of the 2011 cuda-convnet kernel (and of minDiv's default) is another function.
     assert not torch.allclose(_norm(cfg, groups=1)(x), cmrnorm_kfcnorm(x, 5, 1e-4, 0.75, 1.0), rtol=1e-3, atol=0)
+
+
+def test_defaults_are_the_printed_reading_over_all_maps():
+    # §3.3 as printed, one window over all the maps, unless a caller says otherwise (8 maps: two towers of 4
+    # would change channels 2..5, the divided-by-n reading every channel).
+    from alexrepro.nets.lrn import local_response_norm_autograd
+
+    x = activations(channels=8)
+    expected = lrn_by_loops(x, N, ALPHA, BETA, K, groups=1)
+    torch.testing.assert_close(local_response_norm(x, N, ALPHA, BETA, K), expected)
+    torch.testing.assert_close(LocalResponseNorm(N, ALPHA, BETA, K)(x), expected)
+    torch.testing.assert_close(local_response_norm_autograd(x, N, ALPHA, BETA, K), expected)
+    assert repr(LocalResponseNorm(N, ALPHA, BETA, K)) == (
+        "LocalResponseNorm(size=5, alpha=0.0001, beta=0.75, k=2.0, convention='printed', groups=1, kernel='auto')")
+
+
+def test_half_precision_activations_are_normalised_in_float32():
+    # Under autocast the activations arrive in bf16: the window sums and the power are taken in float32 and
+    # only the result is rounded, so it is the float32 formula of the same inputs, rounded once.
+    x = activations(channels=8).to(torch.bfloat16)
+    y = local_response_norm(x, N, ALPHA, BETA, K, "printed", 2)
+    expected = lrn_by_loops(x.double(), N, ALPHA, BETA, K, groups=2).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+
+
+def test_sizes_below_one_and_unknown_names_are_one_line_errors():
+    x = activations(channels=6)
+    with pytest.raises(UserError, match="^LRN size must be at least 1, got 0$"):
+        local_response_norm(x, 0, ALPHA, BETA, K)
+    with pytest.raises(UserError, match="^unknown LRN convention 'caffe'; use one of printed, divided-by-n$"):
+        local_response_norm(x, N, ALPHA, BETA, K, "caffe")
+    with pytest.raises(UserError, match="^unknown LRN kernel 'cuda'; use one of auto, triton, torch$"):
+        local_response_norm(x, N, ALPHA, BETA, K, kernel="cuda")
+    with pytest.raises(UserError, match="unknown LRN kernel 'cuda'"):
+        LocalResponseNorm(N, ALPHA, BETA, K, kernel="cuda")
+
+
+# ------------------------------------------------------------------------------------------ choosing a kernel
+class FakeTriton:
+    """Stands in for alexrepro/nets/lrn_triton.py on a machine without CUDA: it says why it cannot run (as the
+    real one does for k ≤ 0 or α' < 0, on `why`), and its "fused kernel" is the formula, recording each call."""
+
+    def __init__(self, why: str | None = None) -> None:
+        self.why, self.calls = why, []
+
+    def unsupported(self, x, alpha, k):
+        return self.why if (k > 0 and alpha >= 0) else "k ≤ 0 or α < 0"
+
+    def fused_local_response_norm(self, x, size, alpha_prime, beta, k, groups):
+        self.calls.append((size, alpha_prime, beta, k, groups))
+        return lrn_by_loops(x, size, alpha_prime, beta, k, groups)
+
+
+class CudaLike:
+    """What the kernel choice reads of a tensor: is it on CUDA."""
+
+    is_cuda = True
+
+
+def test_the_kernel_choice_follows_the_recipes_name(monkeypatch):
+    from alexrepro.nets import lrn
+
+    monkeypatch.setattr(lrn, "lrn_triton", FakeTriton())
+    cuda, cpu = CudaLike(), activations()
+    assert lrn._runs_triton(cuda, ALPHA, K, "auto") and lrn._runs_triton(cuda, ALPHA, K, "triton")
+    assert not lrn._runs_triton(cuda, ALPHA, K, "torch")  # "torch" always takes the torch path
+    assert not lrn._runs_triton(cpu, ALPHA, K, "auto")  # "auto" takes Triton only for CUDA tensors
+    assert lrn._runs_triton(cpu, ALPHA, K, "triton")  # "triton" where it says it can run (the interpreter)
+    assert not lrn._runs_triton(cuda, ALPHA, -1.0, "auto")  # what it cannot do goes to the torch path
+    with pytest.raises(UserError, match="^LRN kernel 'triton': k ≤ 0 or α < 0; use kernel 'auto' or 'torch'"):
+        lrn._runs_triton(cuda, ALPHA, -1.0, "triton")
+    monkeypatch.setattr(lrn, "lrn_triton", FakeTriton("not on this device"))
+    assert not lrn._runs_triton(cuda, ALPHA, K, "auto")
+    with pytest.raises(UserError, match="LRN kernel 'triton': not on this device"):
+        lrn._runs_triton(cuda, ALPHA, K, "triton")
+    monkeypatch.setattr(lrn, "lrn_triton", None)
+    assert not lrn._runs_triton(cuda, ALPHA, K, "auto")
+    with pytest.raises(UserError, match="LRN kernel 'triton': Triton is not installed; use kernel 'auto'"):
+        lrn._runs_triton(cuda, ALPHA, K, "triton")
+
+
+@pytest.mark.parametrize("convention, alpha_prime", [("printed", ALPHA), ("divided-by-n", ALPHA / N)])
+def test_the_triton_kernel_gets_the_same_lrn(monkeypatch, convention, alpha_prime):
+    # The fused kernel is handed exactly the function the torch path computes: α' of the convention, the
+    # size, β, k and the towers.
+    from alexrepro.nets import lrn
+
+    fake = FakeTriton()
+    monkeypatch.setattr(lrn, "lrn_triton", fake)
+    x = activations(channels=8)
+    got = local_response_norm(x, N, ALPHA, BETA, K, convention, groups=2, kernel="triton")
+    assert fake.calls == [(N, alpha_prime, BETA, K, 2)]
+    torch.testing.assert_close(got, lrn_by_loops(x, N, alpha_prime, BETA, K, groups=2))
+    module = LocalResponseNorm(N, ALPHA, BETA, K, convention, groups=2, kernel="triton")
+    torch.testing.assert_close(module(x), got)
+    assert len(fake.calls) == 2
+    LocalResponseNorm(N, ALPHA, BETA, K, convention, groups=2, kernel="torch")(x)
+    assert len(fake.calls) == 2
+
+
+def test_set_lrn_kernel_sets_every_lrn_and_refuses_unknown_names():
+    from alexrepro.nets.alexnet import build_model
+    from alexrepro.nets.lrn import set_lrn_kernel
+    from alexrepro.recipe_reader import load_recipe
+
+    net = build_model(load_recipe("tiny").model, 112)
+    assert set_lrn_kernel(net, "torch") is net
+    kernels = [m.kernel for m in net.modules() if isinstance(m, LocalResponseNorm)]
+    assert kernels == ["torch", "torch"]
+    with pytest.raises(UserError, match="unknown LRN kernel 'fast'"):
+        set_lrn_kernel(net, "fast")
+
+
+def test_a_run_refuses_a_kernel_its_device_cannot_run(monkeypatch):
+    from alexrepro.nets import lrn
+
+    for kernel in ("auto", "torch"):
+        lrn.check_kernel_device(kernel, "cpu")
+        lrn.check_kernel_device(kernel, "cuda")
+    with pytest.raises(UserError, match="unknown LRN kernel 'cuda'"):
+        lrn.check_kernel_device("cuda", "cuda")
+    monkeypatch.setattr(lrn, "lrn_triton", SimpleNamespace(runs_on=lambda device_type: device_type == "cuda"))
+    lrn.check_kernel_device("triton", "cuda")
+    with pytest.raises(UserError, match=r"^run.lrn_kernel = 'triton' runs on CUDA \(on the CPU only under "
+                                        r"TRITON_INTERPRET=1\), not on cpu; use 'auto' or 'torch'$"):
+        lrn.check_kernel_device("triton", "cpu")
+    monkeypatch.setattr(lrn, "lrn_triton", None)
+    lrn.check_kernel_device("auto", "cuda")
+    with pytest.raises(UserError, match=r"^run.lrn_kernel = 'triton' needs Triton \(pip install triton\); "
+                                        r"use 'auto' or 'torch'$"):
+        lrn.check_kernel_device("triton", "cuda")

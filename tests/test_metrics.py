@@ -125,3 +125,65 @@ def test_topk_classes_sorted_and_capped():
     vals, idx = topk_classes(scores, 5)
     assert idx.shape == (1, 4) and idx[0, 0].item() == 1
     assert vals[0].tolist() == sorted(vals[0].tolist(), reverse=True)
+
+
+def test_training_counts_top1_and_top5_and_top5_shrinks_below_five_classes():
+    from alexrepro.topk import TOP_KS, topk_for
+
+    assert TOP_KS == (1, 5)  # §6
+    assert topk_for(1000) == (1, 5) and topk_for(5) == (1, 5) and topk_for(3) == (1, 3) and topk_for(1) == (1, 1)
+
+
+def test_k_up_to_the_class_count_is_defined_and_above_it_is_a_user_error():
+    assert ErrorCounts(num_classes=5).total == 0  # top-5 of five classes: defined (always right)
+    with pytest.raises(UserError, match="^top-5 error needs at least 5 classes but the scores have 4; evaluate on "
+                                        "a set with more classes or report a smaller k$"):
+        ErrorCounts(num_classes=4)
+    with pytest.raises(UserError, match="top-0 error"):
+        ErrorCounts(num_classes=4, ks=(0,))
+
+
+def test_labels_of_any_integer_type_rank_alike():
+    scores = torch.tensor([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1]])
+    for labels in ([2, 2], np.array([2, 2], dtype=np.int32), torch.tensor([2, 2], dtype=torch.int32)):
+        assert true_class_rank(scores, labels).tolist() == [1, 2]
+        counts = ErrorCounts(num_classes=3, ks=(1, 2))
+        counts.update(scores, labels)
+        assert counts.images.tolist() == [0, 0, 2] and counts.misses[2].tolist() == [0, 0, 1]
+
+
+def test_empty_counts_and_classes_without_images_are_nan():
+    counts = ErrorCounts(num_classes=3, ks=(1,))
+    assert math.isnan(counts.error(1))
+    # class 0: one image, missed; class 1: no image; class 2: three images, one missed
+    counts.update(torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.0, 0.1, 0.9], [0.0, 0.9, 0.1]]),
+                  torch.tensor([0, 2, 2, 2]))
+    got = counts.class_error(1)
+    assert got[0] == 1.0 and math.isnan(got[1]) and got[2] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="^scores have 4 classes, the counts 3$"):
+        counts.update(torch.zeros(1, 4), torch.tensor([0]))
+
+
+def test_merged_tallies_keep_each_k_apart():
+    scores = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05], [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]] * 2)
+    labels = torch.tensor([0, 0, 0, 1])  # ranks 0, 5, 0, 4
+    a, b = ErrorCounts(num_classes=6), ErrorCounts(num_classes=6)
+    a.update(scores[:2], labels[:2])
+    b.update(scores[2:], labels[2:])
+    a.add_array(b.as_array())
+    assert a.images.tolist() == [3, 1, 0, 0, 0, 0]
+    assert a.misses[1].tolist() == [1, 1, 0, 0, 0, 0] and a.misses[5].tolist() == [1, 0, 0, 0, 0, 0]
+    assert a.interval(1, z=1.0) == wilson_interval(2, 4, 1.0) != wilson_interval(2, 4)
+
+
+def test_wilson_interval_ends_are_exact_and_bad_counts_are_refused():
+    for n in (1, 3, 7, 10, 1000, 123457):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    with pytest.raises(ValueError, match="^a confidence interval needs at least one image$"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match=r"^errors must lie in \[0, n\], got 11 of 10$"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError, match="^an ensemble needs at least one member$"):
+        average_ensemble([])
+    with pytest.raises(ValueError, match=r"^ensemble members disagree on shape: \[\(1, 3\), \(1, 4\)\]$"):
+        average_ensemble([torch.zeros(1, 3), torch.zeros(1, 4)])

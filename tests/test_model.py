@@ -147,7 +147,12 @@ def test_ablation_recipes_build_and_run(name):
         assert seen["pool1"][2:] == (27, 27) and seen["pool2"][2:] == (13, 13) and seen["pool5"][2:] == (6, 6)
         assert model.pool1.kernel_size == 2 and model.pool1.stride == 2
     if name == "no-lrn":
-        assert "norm1" not in [n for n, m in model.named_children() if isinstance(m, LocalResponseNorm)]
+        # §3.3 puts an LRN after conv1 and conv2: the ablation removes both, and nothing normalises instead.
+        assert not [n for n, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
+        x = torch.randn(1, 96, 55, 55)
+        assert model.norm1(x) is x and model.norm2(x) is x
+        paper = build_model(load_recipe("paper").model, r.data.crop_size)
+        assert [n for n, m in paper.named_modules() if isinstance(m, LocalResponseNorm)] == ["norm1", "norm2"]
     if name == "tanh":
         feats = model.eval().forward_features(torch.randn(1, 3, 224, 224) * 50)
         assert feats.min() < 0 and feats.abs().max() <= 1
@@ -278,6 +283,68 @@ def test_model_parallel_rejects_what_it_cannot_split():
         mp.load_state_dict(sd)
 
 
+def test_model_parallel_places_each_towers_half_on_its_device():
+    # The meta device stands for a second device on a machine with one: placement is checked, not the maths.
+    torch.manual_seed(0)
+    grouped = build_model(small_cfg(), 112)
+    mp = model_parallel(grouped, ("cpu", "meta"))
+    assert mp.devices == (torch.device("cpu"), torch.device("meta")) and mp.crop_size == 112
+    for name in ("conv1", "conv3", "fc6", "fc8"):
+        assert mp.towers[0][name].weight.device.type == "cpu" and mp.towers[1][name].bias.device.type == "meta"
+    half = grouped.conv1.weight.shape[0] // 2
+    torch.testing.assert_close(mp.towers[0]["conv1"].weight, grouped.conv1.weight[:half])
+
+
+def test_model_parallel_state_dict_is_torchs_plain_tensors_under_any_prefix():
+    torch.manual_seed(0)
+    grouped = build_model(small_cfg(), 112)
+    mp = model_parallel(grouped, CPU2)
+    sd = mp.state_dict()
+    assert not any(v.requires_grad for v in sd.values())  # detached, as nn.Module.state_dict gives them
+    kept = mp.state_dict(keep_vars=True)["fc8.weight"]
+    assert kept.requires_grad and torch.equal(kept.detach(), grouped.fc8.weight)
+    into = {}
+    assert mp.state_dict(destination=into, prefix="module.") is into
+    assert list(into) == [f"module.{k}" for k in grouped.state_dict()]
+    assert all(torch.equal(into[f"module.{k}"], v) for k, v in grouped.state_dict().items())
+
+
+def test_model_parallel_load_reports_and_refuses_keys_as_torch_does():
+    torch.manual_seed(0)
+    mp = model_parallel(build_model(small_cfg(), 112), CPU2)
+    sd = dict(mp.state_dict())
+    extra = {**sd, "fc9.weight": torch.zeros(1)}
+    with pytest.raises(UserError, match=r"^state_dict does not fit the two-tower AlexNet: missing \[\], unexpected "
+                                        r"\['fc9.weight'\]; load a checkpoint saved from the same recipe's model$"):
+        mp.load_state_dict(extra)
+    torch.manual_seed(1)
+    fresh = model_parallel(build_model(small_cfg(), 112), CPU2)
+    del extra["fc8.bias"]
+    keys = fresh.load_state_dict(extra, strict=False)
+    assert keys.missing_keys == ["fc8.bias"] and keys.unexpected_keys == ["fc9.weight"]
+    assert torch.equal(fresh.state_dict()["fc6.weight"], sd["fc6.weight"])
+    assert fresh.load_state_dict(sd) == ([], [])
+    sd["fc6.weight"] = torch.zeros(3, 3)
+    with pytest.raises(UserError, match=r"has shape \(3, 3\), the model needs \(64, 256\); load a checkpoint "
+                                        r"saved from the same recipe's model$"):
+        fresh.load_state_dict(sd)
+
+
+def test_model_parallel_refusals_say_what_to_do():
+    with pytest.raises(UserError, match=r"^model_parallel needs the AlexNet from build_model \(unwrap DDP or "
+                                        r"torch.compile first\)$"):
+        model_parallel(torch.nn.Linear(2, 2), CPU2)
+    with pytest.raises(UserError, match=r"layout is 'one-tower': use --set model.layout=two-tower or data "
+                                        r"parallelism$"):
+        model_parallel(build_model(small_cfg(layout="one-tower"), 112), CPU2)
+    with pytest.raises(UserError, match=r"^model parallelism normalises each tower's maps on its own GPU \(§3.3\); "
+                                        r"this model's LRN crosses the towers \(model.lrn_across_towers, as "
+                                        r"Caffe's\): use data parallelism$"):
+        model_parallel(build_model(small_cfg(lrn_across_towers=True), 112), CPU2)
+    with pytest.raises(UserError, match="^model parallelism needs exactly two devices, got 3$"):
+        model_parallel(build_model(small_cfg(), 112), (*CPU2, torch.device("cpu")))
+
+
 # ------------------------------------------------------------------------------------------ summary and CLI
 def test_summary_counts_and_forward_macs():
     cfg = load_recipe("paper").model
@@ -345,6 +412,10 @@ def test_model_parallel_across_a_gpu_and_the_cpu():
     out = mp(x)
     assert out.is_cuda
     torch.testing.assert_close(out.cpu(), grouped(x), rtol=1e-4, atol=1e-4)
+    features = mp.forward_features(x)
+    assert features.is_cuda
+    torch.testing.assert_close(features.cpu(), grouped.forward_features(x), rtol=1e-4, atol=1e-4)
+    assert all(v.is_cuda for v in mp.state_dict().values())  # both towers' halves joined on devices[0]
     torch.nn.functional.cross_entropy(out, y.cuda()).backward()
     assert all(p.grad is not None for p in mp.parameters())
 

@@ -9,6 +9,7 @@ from alexrepro.training.optim import (
     PaperSGD,
     apply_hyperparameters,
     decay_groups,
+    group_settings,
     make_optimizer,
     paper_update,
     set_lr,
@@ -239,3 +240,121 @@ def test_channels_last_weights_with_contiguous_gradients_follow_the_rule():
 def test_channels_last_weights_with_contiguous_gradients_follow_the_rule_on_cuda():
     # The fused CUDA kernel refuses tensors of different strides (check_fast_path_restrictions).
     _channels_last_rule_check("cuda")
+
+
+def test_defaults_are_momentum_09_and_no_decay_and_lr_must_be_positive():
+    # PaperSGD's own defaults (the recipe always passes its values): μ = 0.9 (§5), λ = 0.
+    p = _param([1.0, -0.5])
+    opt = PaperSGD([p], lr=0.01)
+    assert (opt.param_groups[0]["momentum"], opt.param_groups[0]["weight_decay"]) == (0.9, 0.0)
+    torch.testing.assert_close(opt.velocity(p), torch.zeros(2, dtype=torch.float64))  # before the first step
+    w, v = [1.0, -0.5], [0.0, 0.0]
+    for g in ([0.3, -1.0], [0.2, 0.4]):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        for i in range(2):
+            v[i] = 0.9 * v[i] - 0.01 * g[i]
+            w[i] += v[i]
+    assert p.tolist() == pytest.approx(w, rel=1e-12)
+    decayed = _param([1.0, -0.5])
+    opt = PaperSGD([decayed], lr=0.1, momentum=MU, weight_decay=0.5)  # λ given for a plain list of parameters
+    decayed.grad = torch.zeros(2, dtype=torch.float64)
+    opt.step()
+    assert decayed.tolist() == pytest.approx([0.95, -0.475], rel=1e-12)  # w·(1 − λε)
+    for lr in (0.0, -0.1):
+        with pytest.raises(ValueError, match=f"^learning rate must be positive, got {lr}$"):
+            PaperSGD([p], lr=lr)
+    with pytest.raises(KeyError, match="not a parameter of this optimiser"):
+        opt.velocity(p)
+
+
+def test_parameters_and_groups_without_gradients_are_passed_over():
+    frozen, moving, other = _param([1.0]), _param([2.0]), _param([3.0])
+    opt = PaperSGD([{"params": [frozen, moving]}, {"params": []}, {"params": [other]}], lr=0.1, momentum=MU)
+    moving.grad, other.grad = torch.tensor([1.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64)
+    opt.step()
+    assert frozen.tolist() == [1.0] and moving.tolist() == pytest.approx([1.9]) and other.tolist() == pytest.approx([3.1])
+    frozen_group = PaperSGD([{"params": [frozen]}, {"params": [other]}], lr=0.1, momentum=MU)
+    other.grad = torch.tensor([-1.0], dtype=torch.float64)
+    frozen_group.step()  # a first group with no gradient at all: the next group still steps
+    assert other.tolist() == pytest.approx([3.2]) and frozen.tolist() == [1.0]
+
+
+def test_grad_scaler_hands_its_scale_and_overflow_flag_to_the_fused_step(monkeypatch):
+    # No separate unscale pass and no host read of found_inf: the scaler gives both to the one kernel.
+    p = nn.Parameter(torch.tensor([1.0, -0.5]))
+    opt = PaperSGD([{"params": [p], "weight_decay": WD}], lr=0.01, momentum=MU)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    fused, seen = torch._fused_sgd_, []
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(None if kwargs[k] is None else kwargs[k].item() for k in ("grad_scale", "found_inf")))
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_sgd_", spy)
+    scaler.scale((p * torch.tensor([0.3, -1.0])).sum()).backward()
+    scaler.step(opt)
+    assert seen == [(1024.0, 0.0)]
+    assert p.tolist() == pytest.approx([rule(1.0, 0.0, 0.3, 0.01)[0], rule(-0.5, 0.0, -1.0, 0.01)[0]], rel=1e-6)
+    # An overflow refuses the step even where the caller's flag says yes; the caller's no refuses a clean one.
+    for overflow, ok in ((True, True), (False, False)):
+        before = p.detach().clone()
+        p.grad = torch.tensor([float("inf"), 1.0]) if overflow else torch.tensor([1.0, 1.0])
+        opt.found_inf = torch.tensor(1.0 if overflow else 0.0)  # as GradScaler.step sets it
+        opt.step(ok=torch.tensor(ok))
+        del opt.found_inf
+        assert torch.equal(p.detach(), before), (overflow, ok)
+    assert seen[1:] == [(None, 1.0), (None, 1.0)]  # the refusal is the kernel's, on the device
+
+
+def test_a_velocity_saved_in_another_memory_format_is_laid_out_as_the_weights():
+    # A run resumed with another run.channels_last: the saved u is contiguous, the weights channels_last.
+    conv, (gw, gb) = _channels_last_conv_with_contiguous_grads("cpu")
+    w0 = conv.weight.detach().clone()
+    opt = make_optimizer(conv, OptimConfig(lr=0.01))
+    u = torch.randn(6, 4, 3, 3)  # u = −v/ε, contiguous
+    opt.load_state_dict({"state": {0: {"buffer": u.clone()}, 1: {"buffer": torch.zeros(6)}},
+                         "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [i]}
+                                          for i, g in enumerate(opt.param_groups)]})
+    conv.weight.grad, conv.bias.grad = gw, gb
+    opt.step()
+    assert opt.state[conv.weight]["buffer"].stride() == conv.weight.stride()
+    v = -0.01 * u
+    torch.testing.assert_close(conv.weight.detach(), w0 + 0.9 * v - 0.0005 * 0.01 * w0 - 0.01 * gw,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_group_rules_and_the_recipes_momentum():
+    # §5 writes the decay for "weight w": biases are not decayed unless the recipe says "all"; one ε for all.
+    assert group_settings(0.0005, "weights") == ({"weight_decay": 0.0005, "lr_mult": 1.0},
+                                                 {"weight_decay": 0.0, "lr_mult": 1.0})
+    assert group_settings(0.0005, "all", 2.0) == ({"weight_decay": 0.0005, "lr_mult": 1.0},
+                                                  {"weight_decay": 0.0005, "lr_mult": 2.0})
+    with pytest.raises(ValueError, match="^weight_decay_on must be 'weights' or 'all', got 'bias'$"):
+        group_settings(0.0005, "bias")
+    lin = nn.Linear(2, 2)
+    for name, kind in (("paper", PaperSGD), ("torch-sgd", torch.optim.SGD)):
+        opt = make_optimizer(lin, OptimConfig(name=name, lr=0.03, momentum=0.5))
+        assert isinstance(opt, kind)
+        assert [(g["lr"], g["momentum"]) for g in opt.param_groups] == [(0.03, 0.5), (0.03, 0.5)]
+    with pytest.raises(ValueError, match="^unknown optimiser 'adam'$"):
+        make_optimizer(lin, OptimConfig(name="adam"))
+
+
+def test_a_resume_takes_every_hyperparameter_of_the_new_recipe():
+    lin = nn.Linear(2, 2)
+    one = make_optimizer(lin, OptimConfig(lr=0.1, weight_decay=0.0005, weight_decay_on="all"))
+    assert len(one.param_groups) == 1  # weights and biases alike: one group
+    apply_hyperparameters(one, OptimConfig(lr=0.1, weight_decay=0.001, weight_decay_on="all", momentum=0.8), 0.01)
+    assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in one.param_groups] == [(0.01, 0.8, 0.001)]
+    two = make_optimizer(lin, OptimConfig(lr=0.1, weight_decay=0.0005))
+    apply_hyperparameters(two, OptimConfig(weight_decay=0.002, bias_lr_mult=2.0), 0.01)
+    assert [(g["lr"], g["weight_decay"], g["lr_mult"]) for g in two.param_groups] == [(0.01, 0.002, 1.0),
+                                                                                      (0.02, 0.0, 2.0)]
+
+
+def test_set_lr_on_groups_without_a_multiple_gives_them_epsilon():
+    p = _param([1.0])
+    opt = PaperSGD([{"params": [p]}], lr=0.1)  # a group made by hand: no lr_mult
+    set_lr(opt, 0.003)
+    assert opt.param_groups[0]["lr"] == 0.003

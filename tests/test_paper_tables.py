@@ -108,3 +108,38 @@ def test_centre_patch_against_table_2_gets_no_difference():
     assert (p["comparable"], p["top1_diff_pct"], p["top5_diff_pct"]) == ("1 CNN", pytest.approx(1.0), pytest.approx(1.0))
     p = compare_with_paper("2012", "test", nets=5, crops=10, ours_top1=40.0, ours_top5=17.4)
     assert p["top1_error_pct"] is None and p["top5_error_pct"] == 16.4 and p["top5_diff_pct"] == pytest.approx(1.0)
+
+
+def test_the_test_split_of_table_2_has_only_a_top5_column_and_only_for_some_rows():
+    # Table 2's "Top-5 (test)" column: 16.4 for 5 CNNs, empty for 1 CNN (its 18.2 is the val column).
+    one = compare_with_paper("2012", "test", nets=1, crops=10, ours_top1=40.0, ours_top5=18.0)
+    assert (one["comparable"], one["top1_error_pct"], one["top5_error_pct"]) == ("1 CNN", None, None)
+    assert one["top1_diff_pct"] is None and one["top5_diff_pct"] is None
+    # Table 1 reports the 2010 test set: both columns, on "test" and on "val" alike.
+    for split in ("test", "val"):
+        t = compare_with_paper("2010", split, nets=1, crops=10, ours_top1=38.5, ours_top5=18.0)
+        assert (t["top1_error_pct"], t["top5_error_pct"]) == (37.5, 17.0)
+        assert t["top1_diff_pct"] == pytest.approx(1.0) and t["top5_diff_pct"] == pytest.approx(1.0)
+    # A run that has no figure yet gets no difference.
+    none = compare_with_paper("2012", "val", nets=1, crops=10, ours_top1=None, ours_top5=None)
+    assert none["top1_error_pct"] == 40.7 and none["top1_diff_pct"] is None and none["top5_diff_pct"] is None
+
+
+def test_differences_are_rounded_to_a_ten_thousandth_of_a_point():
+    assert difference(40.71234, 40.7) == 0.0123 and difference(17.0, 18.3) == -1.3
+
+
+def test_the_reasons_name_the_table_and_its_rows():
+    from alexrepro.evaluation.paper_tables import no_comparable_reason
+
+    assert no_comparable_reason("2010", crops=10, nets=2) == (
+        "Table 1 has no row measured as 2 nets × 10 patches (its CNN rows: 1 net × 10 patches, 1 net × centre patch)")
+    with pytest.raises(KeyError, match="table 2012 has no row '3 CNNs'"):
+        row("2012", "3 CNNs")
+
+
+def test_a_manifest_source_of_any_json_kind_names_its_year():
+    from pathlib import Path
+
+    assert choose_table(None, {"root": Path("/data/ILSVRC2010"), "files": 3}, "val") == "2010"
+    assert choose_table(None, ["ILSVRC2012_img_train.tar"], "test") == "2012"

@@ -10,7 +10,6 @@ from PIL import Image
 from skimage import data as skdata
 
 from alexrepro.cli import main
-from alexrepro.data.imaging import prepare_image
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.predict import load_image, mean_from_checkpoint
@@ -106,29 +105,50 @@ def test_mean_needs_data_when_the_checkpoint_lacks_it(photos, tmp_path, capsys):
         mean_from_checkpoint(read_checkpoint(photos / "no_mean.pt"), None)
 
 
-def test_predict_sees_exactly_what_the_eval_loader_sees(photos, tmp_path):
-    """The file goes through prep's §2 path and the loader's ten-crop path: same tensor as eval's."""
-    from alexrepro.loaders import make_loader
+def reference_views(stored, crops, size, crop):
+    """§2 and §4.1 written out with PIL and torchvision, not with the package: the stored image and the mean
+    resized to `size` (bilinear, antialiased), the centre patch or torchvision's ten crops, the mean cut at the
+    same patch subtracted, as float32 N×3×c×c (or N×10×3×c×c)."""
+    import torchvision.transforms.functional as TF
 
-    raw = (photos / "astronaut.jpg").read_bytes()
-    stored = np.asarray(prepare_image(raw, encoding="raw"))
-    np.testing.assert_array_equal(load_image(photos / "astronaut.jpg"), stored)
+    image = torch.from_numpy(np.array(Image.fromarray(stored).resize((size, size), Image.BILINEAR)))
+    mean = torch.from_numpy(np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(MEAN[..., k]), mode="F")
+                                                 .resize((size, size), Image.BILINEAR)) for k in range(3)], -1))
+    chw = (image.permute(2, 0, 1).float() - mean.permute(2, 0, 1))  # the mean at each pixel, cut with it below
+    if crops == 1:
+        return TF.center_crop(chw, [crop, crop])[None]
+    return torch.stack(TF.ten_crop(chw, [crop, crop]))[None]
+
+
+def test_predict_sees_exactly_what_the_eval_loader_sees(photos, tmp_path):
+    """A photo goes through §2's rescale and central patch, then §4.1's views: checked against PIL and
+    torchvision written out here, for predict's tensor and for the evaluation loader's."""
+    import torchvision.transforms.functional as TF
+
+    from alexrepro.loaders import make_loader
+    from alexrepro.loaders.augment import mean_image_for
+
+    stored = load_image(photos / "chelsea.png")  # 451×300 PNG: no JPEG decoder in the way
+    source = Image.open(photos / "chelsea.png").convert("RGB")
+    by_hand = np.asarray(TF.center_crop(TF.resize(source, 256), 256), dtype=np.float64)  # shorter side 256
+    assert stored.shape == (256, 256, 3) and stored.dtype == np.uint8
+    assert np.abs(stored - by_hand).mean() < 1.5  # the box resize vs resize-then-crop; a pixel's shift gives 6
     out = tmp_path / "set"
-    write_shard(out / "val" / "00000.h5", "raw", stored[None], [3], ["val/astronaut.jpg"])
+    write_shard(out / "val" / "00000.h5", "raw", stored[None], [3], ["val/chelsea.png"])
     write_manifest(out, {"source": "test", "encoding": "raw", "image_size": 256, "classes": CLASSES,
                          "splits": {"val": {"count": 1, "shards": [{"file": "val/00000.h5", "count": 1}]}}})
     write_stats(out, Stats(mean=MEAN, channel_mean=MEAN.reshape(-1, 3).mean(0), pixel_count=1))
     data = tiny_recipe().data
     cpu = torch.device("cpu")
-    from alexrepro.loaders.augment import mean_image_for
-
     colour = mean_colour(mean_image_for(MEAN, MEAN.reshape(-1, 3).mean(0), data), cpu)
     for crops, kind in ((10, "ten"), (1, "center")):
+        expected = reference_views(stored, crops, data.image_size, data.crop_size)
         loader = make_loader(out, "val", data, 1, train=False, device=cpu, crops=kind, kind="torch")
         images, labels = next(iter(loader))
         mine = EvalPreset.for_data(data, variant_for(crops))([stored], colour, cpu)  # what predict --crops feeds the net
-        assert mine.shape == images.shape and labels.tolist() == [3]
-        torch.testing.assert_close(mine, images)
+        assert labels.tolist() == [3]
+        torch.testing.assert_close(mine, expected, rtol=0, atol=1e-3)
+        torch.testing.assert_close(images, expected, rtol=0, atol=1e-3)
 
 
 def test_png_named_jpeg_and_cmyk_are_read(photos, tmp_path, capsys):

@@ -336,3 +336,109 @@ def test_lighting_magnitudes_for_imagenet():
     assert unit[0] == pytest.approx(0.1 * 0.2175 * 255, rel=1e-12) and unit[0] == pytest.approx(5.5, abs=0.1)
     ratio = 0.1 * st.lighting_magnitudes(stats, "cuda-convnet")[0] / unit[0]
     assert 1.8 < ratio < 2.4
+
+
+# ------------------------------------------------------------------------------------------ the maths' edges
+def test_covariance_of_imagenet_sized_sums_is_taken_in_float64():
+    # ImageNet's sums: 8.4e10 pixels, Σx up to 2e13 per channel: Σx·Σxᵀ is 4e26, far past int64.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(1000, 3)).astype(np.float64)
+    n, scale = 84_000_000_000, 84_000_000  # the same pixels repeated: the same covariance (nearly)
+    s = (x.sum(0) * scale).astype(np.int64)
+    ss = (x.T @ x * scale).astype(np.int64)
+    by_hand = (ss.astype(np.float64) - np.outer(s.astype(np.float64), s.astype(np.float64)) / n) / (n - 1)  # unbiased, as np.cov
+    np.testing.assert_allclose(st.covariance_from_sums(n, s, ss), by_hand, rtol=1e-12)
+    np.testing.assert_allclose(st.covariance_from_sums(2, [1, 2, 3], [[1, 2, 3], [2, 4, 6], [3, 6, 9]]),
+                               np.cov(np.array([[1, 2, 3], [0, 0, 0]]).T), atol=1e-12)
+    with pytest.raises(ValueError, match="^a covariance needs at least 2 samples, got 1$"):
+        st.covariance_from_sums(1, [1, 2, 3], np.eye(3))
+    with pytest.raises(ValueError, match=r"^expected a 3×3 covariance, got shape \(2, 2\)$"):
+        st.eigen_rgb(np.eye(2))
+
+
+def test_lighting_magnitudes_clip_rounding_below_zero_and_take_any_eigenvalue_size():
+    stats = Stats(mean=np.zeros((256, 256, 3), np.float32), channel_mean=np.zeros(3), pixel_count=1,
+                  eigval=np.array([0.25, 1e-3, -1e-12]), eigvec=np.eye(3))
+    np.testing.assert_array_equal(st.lighting_magnitudes(stats, "cuda-convnet"), [0.5, np.sqrt(1e-3), 0.0])
+    np.testing.assert_allclose(st.lighting_magnitudes(stats, "unit"), [0.25 / 255, 1e-3 / 255, 0.0])
+    with pytest.raises(ValueError, match=r"^lighting scale must be one of \('unit', 'cuda-convnet'\), got 'sqrt'$"):
+        st.lighting_magnitudes(stats, "sqrt")
+    stats.scale = "0-1"
+    with pytest.raises(ValueError, match="^statistics on scale '0-1'; expected '0-255'$"):
+        st.lighting_magnitudes(stats, "unit")
+    stats.eigval = None
+    with pytest.raises(UserError, match="^the colour statistics have no PCA; run: alexrepro pca OUT$"):
+        st.lighting_magnitudes(stats, "unit")
+
+
+def test_a_sample_of_one_image_is_allowed_and_fewer_is_refused():
+    assert st.sample_indices(10, 1, seed=0).shape == (1,)
+    with pytest.raises(UserError, match="^--sample must be a positive number of images, got 0$"):
+        st.sample_indices(10, 0, seed=0)
+
+
+def test_the_pca_report_is_the_stored_pca_beside_the_published_one(tmp_path, monkeypatch):
+    root = make_set(tmp_path / "raw", "raw")
+    calls = []  # a clock at 100 s for the first reading and 102.12345 s after: the pass "took" 2.12345 s
+    monkeypatch.setattr(st, "time", __import__("types").SimpleNamespace(
+        perf_counter=lambda: 100.0 if not calls.append(1) and len(calls) == 1 else 102.12345))
+    r = st.pca_report(root, progress=False)
+    stored = read_stats(root)
+    assert (r["out"], r["images"], r["pixels"], r["sample"], r["seed"]) == (str(root), N, N * PIX, None, 0)
+    assert r["seconds"] == 2.123 and r["scale"] == "0-255"
+    np.testing.assert_array_equal(r["eigval"], stored.eigval)
+    np.testing.assert_array_equal(r["eigval_unit"], stored.eigval / 255**2)
+    np.testing.assert_array_equal(r["lighting_magnitudes"]["unit"], stored.eigval / 255)
+    np.testing.assert_array_equal(r["lighting_magnitudes"]["cuda-convnet"], np.sqrt(stored.eigval))
+    cosines = [abs(sum(stored.eigvec[i, j] * st.IMAGENET_EIGVEC[i, j] for i in range(3))) for j in range(3)]
+    np.testing.assert_allclose(r["alignment_with_reference"], cosines, rtol=1e-12)
+    sampled = st.pca_report(root, sample=4, progress=False, workers=1)  # the seed is 0 unless given
+    assert sampled["images"] == 4 and sampled["seed"] == 0
+    np.testing.assert_array_equal(sampled["eigval"], st.compute_pca(root, sample=4, seed=0, progress=False).eigval)
+    assert not np.array_equal(sampled["eigval"], st.compute_pca(root, sample=4, seed=1, progress=False).eigval)
+    np.testing.assert_array_equal(st.compute_pca(root, sample=4, progress=False).eigval, sampled["eigval"])
+
+
+def test_a_pca_stopped_by_a_signal_says_stats_h5_is_as_it_was(tmp_path, monkeypatch):
+    import signal
+
+    from alexrepro.process.signals import Stopped
+
+    root = make_set(tmp_path / "raw", "raw")
+
+    def stopped(*a, **k):
+        raise Stopped(signal.SIGTERM, "stopped")
+
+    monkeypatch.setattr(st, "pca_sums", stopped)
+    with pytest.raises(Stopped) as e:
+        st.compute_pca(root, progress=False)
+    assert e.value.signum == signal.SIGTERM
+    assert str(e.value).startswith(f"stopped by SIGTERM: {root / 'stats.h5'} is as it was (no PCA written); "
+                                   "run it again: ")
+
+
+def test_statistics_that_cannot_be_written_say_what_to_do(tmp_path, monkeypatch):
+    import errno
+
+    from alexrepro.errors import WorkFailed
+
+    root = make_set(tmp_path / "raw", "raw")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "write_stats", full)
+    with pytest.raises(WorkFailed, match=r"stats\.h5.*free space on OUT's disk \(or fix its permissions\), then run the "
+                                         "same prep again: it resumes with the mean image"):
+        st.compute_mean(root, progress=False)
+    with pytest.raises(WorkFailed, match=rf"stats\.h5.*free space on OUT's disk \(or fix its permissions\), then run "
+                                         rf"alexrepro pca {root} again"):
+        st.compute_pca(root, progress=False)
+
+
+def test_a_pca_into_an_out_another_process_holds_is_refused_naming_out(tmp_path):
+    from alexrepro.process.locking import lock_folder
+
+    root = make_set(tmp_path / "raw", "raw")
+    with lock_folder(root, "OUT"), pytest.raises(UserError, match=f"^OUT {root} is in use by another alexrepro"):
+        st.compute_pca(root, progress=False)

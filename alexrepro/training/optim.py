@@ -78,6 +78,11 @@ class PaperSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update(ok)
+        return loss
+
+    def _update(self, ok: torch.Tensor | None) -> None:
+        """The update itself (under step's no_grad): each group's parameters in one fused kernel per device."""
         grad_scale = getattr(self, "grad_scale", None)  # set by GradScaler.step (fp16)
         skip = getattr(self, "found_inf", None)
         if ok is not None:
@@ -111,7 +116,6 @@ class PaperSGD(torch.optim.Optimizer):
                     found_inf=None if skip is None else skip.to(device),
                 )
             group["buffer_lr"] = lr
-        return loss
 
 
 def _with_strides_of(param: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

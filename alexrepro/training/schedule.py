@@ -42,6 +42,18 @@ def step_reductions(epochs_done: int, milestones: list[int]) -> int:
     return sum(1 for m in milestones if epochs_done >= m)
 
 
+def reductions_so_far(cfg: ScheduleConfig, epochs_done: int, plateau: PlateauState) -> int:
+    """The reductions of the schedule's kind: milestones passed ("step") or the plateau rule's count."""
+    if cfg.kind == "step":
+        return step_reductions(epochs_done, cfg.milestones)
+    return plateau.reductions
+
+
+def scheduled_lr(base_lr: float, factor: float, reductions: int) -> float:
+    """ε after `reductions` reductions: the base lr times factor^reductions (§5: divided by 10 each time)."""
+    return base_lr * factor**reductions
+
+
 class LRSchedule:
     """The recipe's schedule: call `epoch_end(epoch, val_top1_error)` after each validation."""
 
@@ -53,14 +65,13 @@ class LRSchedule:
 
     @property
     def reductions(self) -> int:
-        if self.cfg.kind == "step":
-            return step_reductions(self.epochs_done, self.cfg.milestones)
-        return self.plateau.reductions
+        """How many times the lr has been divided so far."""
+        return reductions_so_far(self.cfg, self.epochs_done, self.plateau)
 
     @property
     def lr(self) -> float:
         """The learning rate ε for the next epoch."""
-        return self.base_lr * self.cfg.factor**self.reductions  # §5: divided by 10 each time
+        return scheduled_lr(self.base_lr, self.cfg.factor, self.reductions)
 
     def epoch_end(self, epoch: int, val_top1_error: float) -> bool:
         """Record epoch `epoch` (0-based) and its validation error; True if the lr was just reduced."""
