@@ -146,6 +146,8 @@ def test_every_shown_command_and_flag_is_in_help(doc, line):
             test_every_shown_command_and_flag_is_in_help(doc, " ".join(["alexrepro", *words[:at], word, *words[at + 1:]]))
         return
     words = [w.strip("[]") for w in words]  # optional parts shown as [--crops 10]
+    if words[:1] == ["--"]:  # `torchrun ... -m alexrepro -- train ...`: the CLI drops torchrun's `--` (cli/app.py)
+        words = words[1:]
     cmd, path, rest = resolve(words)
     if hasattr(cmd, "commands"):
         first = next((w for w in rest if not w.startswith("-") and w not in ("...", "…")), None)
