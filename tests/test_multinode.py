@@ -124,7 +124,10 @@ def test_sigterm_to_one_torchrun_stops_every_rank_with_a_checkpoint_and_its_comm
     # torchrun's own: 1 after it passed a signal on, or a process of its node ended with 143 (node 1's, in a new
     # round, may also meet the signal before it handles signals again: -15)
     assert codes[0] == 1 and codes[1] in (1, -signal.SIGTERM), log(tmp_path, 0) + log(tmp_path, 1)
-    assert ended in log(tmp_path, 1), log(tmp_path, 1)
+    # node 1's torchrun reports its rank's 143, unless node 0's torchrun (which holds the rendezvous store) ended
+    # first and node 1's met the closed store before its next look at its rank (seen on a loaded 2-core machine);
+    # either way the group stopped together: the checkpoint below holds both ranks' state at one mid-epoch step
+    assert ended in log(tmp_path, 1) or "RendezvousConnectionError" in log(tmp_path, 1), log(tmp_path, 1)
     saved = last(run)
     assert 2 <= saved.step < STEPS and saved.batch == saved.step and len(saved.rng) == 2  # mid-epoch, both ranks
     (line,) = lines(log(tmp_path, 0), "stopped by SIGTERM: ")
