@@ -275,9 +275,9 @@ def test_tiny_recipe_learns_shapes_not_colours(tmp_path):
     prep(tmp_path / "src", tmp_path / "out", PrepOptions(workers=2), progress=False)
     compute_pca(tmp_path / "out", progress=False)
     s = run_training(TrainOptions(out=tmp_path / "out", run_dir=tmp_path / "run", recipe="tiny",
-                                  overrides=["schedule.epochs=16", "schedule.milestones=12,15"],
+                                  overrides=["schedule.epochs=12", "schedule.milestones=9,11"],
                                   device="cpu", show_progress=False))
-    assert s["epochs"] == 16 and s["steps"] == 16 * (2000 // 64)  # the tiny recipe, 16 of its 36 epochs
+    assert s["epochs"] == 12 and s["steps"] == 12 * (2000 // 64)  # the tiny recipe, 12 of its 36 epochs
     best = ck.checkpoint_dir(tmp_path / "run") / "best.pt"
     grey_out = greyscale_copy(tmp_path / "out", tmp_path / "grey")
     errors = [evaluate(EvalOptions(out=out, checkpoints=[best], crops=1, device="cpu", loader="torch", batch_size=100),
