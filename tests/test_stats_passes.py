@@ -189,3 +189,12 @@ def test_float32_eigenvalues_are_scaled_in_float64():
                   eigval=lam32, eigvec=np.eye(3))
     np.testing.assert_array_equal(st.lighting_magnitudes(stats, "unit"), lam / 255.0)
     np.testing.assert_array_equal(st.lighting_magnitudes(stats, "cuda-convnet"), np.sqrt(lam))
+
+
+def test_a_shard_whose_images_do_not_read_is_one_line_naming_it(tmp_path):
+    root = make_set(tmp_path, "raw")
+    shard = root / "train" / "00002.h5"
+    with h5py.File(shard, "a") as f:
+        del f["images"]  # the structure is damaged: the images dataset is gone
+    with pytest.raises(UserError, match=f"^shard {shard} is damaged .*alexrepro info {root} --verify"):
+        list(st._images(shard, np.arange(4, dtype=np.int64)))
