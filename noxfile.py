@@ -28,7 +28,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def mutants(session: nox.Session) -> None:
-    """Mutation testing of the paper's maths and the data path's exactness (docs/TESTING.md): about 25 minutes
+    """Mutation testing of the paper's maths and the data path's exactness (docs/TESTING.md): 12-20 minutes
     on 2 cores; the score of each module in mutants/scores.md. Arguments go to tools/mutants.py
     (`nox -s mutants -- --module alexrepro/nets/lrn.py`)."""
     session.install("-e", ".[test]", "mutmut==3.8.1")

@@ -145,7 +145,8 @@ def test_k_up_to_the_class_count_is_defined_and_above_it_is_a_user_error():
 
 def test_labels_of_any_integer_type_rank_alike():
     scores = torch.tensor([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1]])
-    for labels in ([2, 2], np.array([2, 2], dtype=np.int32), torch.tensor([2, 2], dtype=torch.int32)):
+    for labels in ([2, 2], np.array([2, 2], dtype=np.int32), torch.tensor([2, 2], dtype=torch.int32),
+                   np.array([2, 2], dtype=np.int16), torch.tensor([2, 2], dtype=torch.uint8)):
         assert true_class_rank(scores, labels).tolist() == [1, 2]
         counts = ErrorCounts(num_classes=3, ks=(1, 2))
         counts.update(scores, labels)
@@ -187,3 +188,33 @@ def test_wilson_interval_ends_are_exact_and_bad_counts_are_refused():
         average_ensemble([])
     with pytest.raises(ValueError, match=r"^ensemble members disagree on shape: \[\(1, 3\), \(1, 4\)\]$"):
         average_ensemble([torch.zeros(1, 3), torch.zeros(1, 4)])
+
+
+def test_softmax_is_the_formula_in_float32_or_wider():
+    logits = torch.tensor([[1.0, 2.0, 0.5], [-3.0, 0.0, 3.0]], dtype=torch.float64)
+    e = np.exp(logits.numpy() - logits.numpy().max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    got = softmax(logits)
+    assert got.dtype == torch.float64  # float64 logits stay float64
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-15)
+    for half in (torch.bfloat16, torch.float16):  # half precision is widened to float32 first
+        got = softmax(logits.to(half))
+        assert got.dtype == torch.float32
+        h = logits.to(half).double().numpy()
+        e = np.exp(h - h.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(got.numpy(), e / e.sum(axis=1, keepdims=True), rtol=1e-6)
+
+
+def test_topk_classes_work_along_the_last_dimension_of_any_shape():
+    scores = torch.from_numpy(np.random.default_rng(4).normal(size=(2, 3, 7)))  # images × views × classes
+    values, indices = topk_classes(scores, 5)
+    want = np.argsort(-scores.numpy(), axis=-1)[..., :5]
+    assert indices.shape == (2, 3, 5)
+    np.testing.assert_array_equal(indices.numpy(), want)
+    np.testing.assert_array_equal(values.numpy(), np.take_along_axis(scores.numpy(), want, -1))
+    assert topk_classes(scores, 9)[1].shape == (2, 3, 7)  # capped at the 7 classes, not the 3 views
+
+
+def test_crop_averaging_names_the_shape_it_cannot_take():
+    with pytest.raises(ValueError, match=r"^expected \(N, crops, K\) probabilities, got shape \(2, 3\)$"):
+        average_crops(torch.zeros(2, 3))

@@ -512,3 +512,50 @@ def test_paper_scaled_keeps_the_full_nets_std_per_fan_in():
         std = 0.01 * math.sqrt(fan / fan_in)
         assert abs(w.std().item() / std - 1) < 5 / math.sqrt(2 * w.numel()) + 1e-3, name
         assert torch.all(getattr(model, name).bias == (1.0 if name in BIAS_ONE else 0.0)), name
+
+
+# ------------------------------------------------------------------------------------------ geometry's edges
+def test_feature_sizes_name_every_stage_with_the_papers_sides():
+    from alexrepro.nets.alexnet import feature_sizes
+
+    # §3.5 with padding 2 on conv1: 224 → 55 → 27 → 27 → 13 → 13 → 13 → 13 → 6
+    assert feature_sizes(load_recipe("paper").model, 224) == {
+        "conv1": 55, "pool1": 27, "conv2": 27, "pool2": 13, "conv3": 13, "conv4": 13, "conv5": 13, "pool5": 6}
+
+
+def test_conv1_padding_comes_from_the_recipe():
+    from alexrepro.nets.alexnet import conv_geometry, feature_sizes
+
+    cfg = dataclasses.replace(load_recipe("paper").model, conv1_padding=0)  # Caffe's 227 crops, no padding
+    assert conv_geometry(cfg)["conv1"] == (11, 4, 0)
+    assert feature_sizes(cfg, 227)["conv1"] == (227 - 11) // 4 + 1 == 55
+    model = AlexNet(dataclasses.replace(small_cfg(), conv1_padding=0), 112)
+    assert model.conv1.padding == (0, 0) and model.conv2.padding == (2, 2)
+
+
+def test_the_narrowest_net_keeps_two_kernels_per_layer():
+    cfg = dataclasses.replace(load_recipe("paper").model, width=0.001)  # 96·0.001 rounds to 0 kernels
+    assert conv_channels(cfg) == (2, 2, 2, 2, 2)  # one per tower
+
+
+def test_crop_sizes_below_one_and_too_small_for_the_net_are_told_apart():
+    cfg = small_cfg()
+    with pytest.raises(UserError, match="^crop size must be positive, got 0$"):
+        build_model(cfg, 0)
+    with pytest.raises(UserError, match=r"^crop size 1 is too small for this net: nothing is left after conv1; "
+                                        r"use a larger data.crop_size \(the tiny recipe uses 112\)$"):
+        build_model(cfg, 1)
+    with pytest.raises(UserError, match="^unknown init scheme 'he'; use one of paper, caffe, paper-scaled$"):
+        init_weights(build_model(cfg, 112), "he")
+
+
+def test_caffes_lrn_crosses_the_towers_boundary_and_the_papers_does_not():
+    torch.manual_seed(0)
+    x = torch.rand(1, 24, 5, 5) + 0.5  # conv1 of the tiny net: 24 maps, towers of 12
+    for across, crosses in ((True, True), (False, False)):
+        model = AlexNet(small_cfg(lrn_across_towers=across), 112)
+        bumped = x.clone()
+        bumped[:, 11] *= 4  # the last map of tower 1
+        changed = (model.norm1(bumped) - model.norm1(x)).abs().amax(dim=(0, 2, 3))
+        assert bool(changed[12] > 0) == crosses  # the first map of tower 2 sees it only across the boundary
+        assert bool(changed[10] > 0)  # its own tower always does

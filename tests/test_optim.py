@@ -358,3 +358,12 @@ def test_set_lr_on_groups_without_a_multiple_gives_them_epsilon():
     opt = PaperSGD([{"params": [p]}], lr=0.1)  # a group made by hand: no lr_mult
     set_lr(opt, 0.003)
     assert opt.param_groups[0]["lr"] == 0.003
+
+
+def test_torch_sgd_starts_at_the_recipes_lr_and_velocity_names_a_stranger():
+    lin = torch.nn.Linear(3, 2)
+    opt = make_optimizer(lin, OptimConfig(name="torch-sgd", lr=0.037, momentum=0.9))
+    assert [g["lr"] for g in opt.param_groups] == [0.037] * len(opt.param_groups)
+    paper = make_optimizer(lin, OptimConfig(lr=0.037))
+    with pytest.raises(KeyError, match="^'not a parameter of this optimiser'$"):
+        paper.velocity(torch.nn.Parameter(torch.zeros(2)))

@@ -143,3 +143,10 @@ def test_a_manifest_source_of_any_json_kind_names_its_year():
 
     assert choose_table(None, {"root": Path("/data/ILSVRC2010"), "files": 3}, "val") == "2010"
     assert choose_table(None, ["ILSVRC2012_img_train.tar"], "test") == "2012"
+
+
+def test_a_year_is_read_in_the_source_text_not_in_its_escaped_form():
+    # "‐" is U+2010 (a hyphen): JSON escapes it as \\u2010, which must not read as the year 2010
+    assert choose_table(None, "/data/my\u2010set", "val") == "2012"
+    assert choose_table(None, "/data/my\u2010set", "test") == "2010"
+    assert choose_table(None, "", "val") == "2012"

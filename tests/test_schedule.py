@@ -62,3 +62,12 @@ def test_a_resumed_plateau_schedule_goes_on_as_the_straight_one():
         assert resumed.epoch_end(e, err) == straight.epoch_end(e, err)
         assert resumed.lr == straight.lr and resumed.state_dict() == straight.state_dict()
     assert straight.reductions == 3  # at epochs 3, 6 (0.69 is not 0.01 below 0.70) and 8
+
+
+def test_a_resumed_schedule_keeps_its_reductions():
+    # §5: the lr was divided by 10 twice before the save; the resumed run goes on from 0.01 / 100.
+    cfg = ScheduleConfig(kind="plateau", patience=2, threshold=0.01, factor=0.1, max_reductions=3)
+    resumed = LRSchedule(cfg, 0.01)
+    resumed.load_state_dict({"kind": "plateau", "epochs_done": 40, "best": 0.3, "bad_epochs": 1, "reductions": 2})
+    assert resumed.plateau == PlateauState(best=0.3, bad_epochs=1, reductions=2)
+    assert resumed.lr == pytest.approx(0.01 / 100)
