@@ -14,30 +14,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_faults import LINUX_PROC, SITECUSTOMIZE, child_env, error_lines, finish, started
-from test_faults_train import STEPS_PER_EPOCH, metrics_steps, train_args
-from test_train import make_set
+from test_faults import LINUX_PROC, child_env, error_lines, finish, started
+from test_faults_train import SMALL_RUN as SETS
+from test_faults_train import (
+    STEPS_PER_EPOCH,
+    fault_hooks,  # noqa: F401 - the fixture `hooks`
+    metrics_steps,
+    small_train_set,  # noqa: F401 - the fixture `data`
+    train_args,
+)
 
 from alexrepro.training import checkpoint as ck
 from alexrepro.training.loop import TrainOptions, run_training
 
 pytestmark = pytest.mark.skipif(not LINUX_PROC, reason="needs Linux /proc to find and watch the children")
-
-SETS = ["model.num_classes=4", "data.image_size=72", "data.crop_size=64", "data.workers=0",
-        "optim.batch_size=4", "run.log_every=2"]
-
-
-@pytest.fixture(scope="module")
-def hooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hooks")
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_set(tmp_path_factory.mktemp("trainset") / "out")
-
 
 @pytest.fixture(scope="module")
 def two_epochs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

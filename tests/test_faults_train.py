@@ -52,21 +52,25 @@ from alexrepro.training.stopping import resume_command
 
 pytestmark = pytest.mark.skipif(not LINUX_PROC, reason="needs Linux /proc to find and watch the children")
 
-SETS = ["model.num_classes=4", "data.image_size=72", "data.crop_size=64", "data.workers=0",
-        "optim.batch_size=4", "run.log_every=2", "schedule.epochs=2"]
+# the tiny raw set's run at 64-pixel crops (test_faults_files and test_faults_resume use it and the fixtures
+# `hooks` and `data` below, adding their own schedule.epochs)
+SMALL_RUN = ["model.num_classes=4", "data.image_size=72", "data.crop_size=64", "data.workers=0",
+             "optim.batch_size=4", "run.log_every=2"]
+SETS = [*SMALL_RUN, "schedule.epochs=2"]
 STEPS_PER_EPOCH = 8  # 32 training images / 4
 
 
-@pytest.fixture(scope="module")
-def hooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", name="hooks")
+def fault_hooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of test_faults' child-only sitecustomize (it slows each batch read when asked)."""
     folder = tmp_path_factory.mktemp("hooks")
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return folder
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", name="data")
+def small_train_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny raw set: 4 classes, 32 training images."""
     return make_set(tmp_path_factory.mktemp("trainset") / "out")
 
 
