@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from net_files import ok_json, run_cli
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -29,19 +30,6 @@ from alexrepro.training.checkpoint import Checkpoint, read_checkpoint, save_chec
 
 KINDS = ("trained", "caffe", "torchvision")
 ATOL = 1e-4  # ONNX's logits against torch's
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
-
-
-def ok_json(args, capsys) -> dict:
-    code, stdout, err = run_cli([*args, "--json"], capsys)
-    assert code == 0, err
-    return json.loads(stdout)
 
 
 def one_error_line(args, capsys, code: int = 2) -> str:

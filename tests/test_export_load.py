@@ -15,22 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from net_files import run_cli
 from PIL import Image
 from skimage import data as skdata
 
 import alexrepro
-from alexrepro.cli import main
 from alexrepro.errors import UserError
 
 KINDS = ("trained", "caffe", "torchvision")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 def predict_cli(ck: Path, photos: list[Path], crops: int, capsys) -> list[list[dict]]:

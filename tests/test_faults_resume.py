@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from run_state import metrics_steps
 from test_faults import LINUX_PROC, child_env, error_lines, finish, started
 from test_faults_train import SMALL_RUN as SETS
 from test_faults_train import (
     STEPS_PER_EPOCH,
     fault_hooks,  # noqa: F401 - the fixture `hooks`
-    metrics_steps,
     small_train_set,  # noqa: F401 - the fixture `data`
     train_args,
 )

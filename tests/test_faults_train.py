@@ -24,6 +24,7 @@ import pytest
 import torch
 from loader_data import jpeg_bytes, structured_image
 from loader_data import make_set as make_jpeg_set
+from run_state import assert_same_state, metrics_steps
 from test_faults import (
     GONE_WITHIN,
     LINUX_PROC,
@@ -93,21 +94,6 @@ def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, 
 def train_args(data: Path, run: Path, *extra: object) -> list[object]:
     return ["train", data, "--recipe", "tiny", "--run", run, "--device", "cpu", "--no-progress",
             *[x for s in SETS for x in ("--set", s)], *extra]
-
-
-def metrics_steps(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    return [int(m) for m in re.findall(r'"step": (\d+)', path.read_text())] if path.is_file() else []
-
-
-def assert_same_state(a: ck.Checkpoint, b: ck.Checkpoint) -> None:
-    """Bitwise: the net's weights, the optimiser's buffers and the position."""
-    assert (a.epoch, a.batch, a.step) == (b.epoch, b.batch, b.step)
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-    for p, state in a.optimizer["state"].items():
-        for name, value in state.items():
-            assert not isinstance(value, torch.Tensor) or torch.equal(value, b.optimizer["state"][p][name]), name
 
 
 def resume_from_line(line: str, tmp: Path) -> subprocess.CompletedProcess:

@@ -6,26 +6,12 @@ import json
 
 import h5py
 import numpy as np
-import pytest
 import torch
+from net_files import ok_json, run_cli
 
 import alexrepro
-from alexrepro.cli import main
 from alexrepro.data.prepared import open_split
 from alexrepro.training.checkpoint import read_checkpoint, save_checkpoint
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
-
-
-def ok_json(args, capsys) -> dict:
-    code, stdout, err = run_cli([*args, "--json"], capsys)
-    assert code == 0, err
-    return json.loads(stdout)
 
 
 def one_error_line(args, capsys) -> str:

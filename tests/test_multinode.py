@@ -17,11 +17,11 @@ import shlex
 import signal
 
 import pytest
+from run_state import assert_same_state, metrics_steps
 from test_faults import LINUX_PROC, alive, wait_for
 from test_train import make_set
 from torchrun_nodes import (
     STEPS,
-    assert_same,
     command_for,
     documented,
     finish,
@@ -31,7 +31,6 @@ from torchrun_nodes import (
     log,
     node_env,
     nodes,
-    steps_logged,
     tiny,
     worker,
 )
@@ -82,7 +81,7 @@ def test_two_nodes_train_bitwise_as_the_built_in_launcher_and_evaluate(nodes_set
     train = local_command(command_for("train"), port, nodes_set, run, *tiny())
     with nodes([train, train], node_env(nodes_hooks), tmp_path) as agents:
         assert finish(agents) == [0, 0], log(tmp_path, 0) + log(tmp_path, 1)
-    assert_same(last(run), nodes_reference)
+    assert_same_state(last(run), nodes_reference)
     assert lines(log(tmp_path, 0), "done: 1 epoch, 8 steps") and not lines(log(tmp_path, 1), "done:")  # rank 0 says it
     best = ck.checkpoint_dir(run) / ck.BEST
     evaluate = local_command(command_for("eval"), free_port(), nodes_set, run, "--json", "--batch-size", "4")
@@ -113,7 +112,7 @@ def test_sigterm_to_one_torchrun_stops_every_rank_with_a_checkpoint_and_its_comm
     train = local_command(command_for("train"), free_port(), nodes_set, run, *tiny())
     with nodes([train, train], node_env(nodes_hooks, slow=0.3), tmp_path) as agents:
         other = worker(agents[1])
-        wait_for(lambda: 2 in steps_logged(run) or any(a.poll() is not None for a in agents), "step 2's record")
+        wait_for(lambda: 2 in metrics_steps(run) or any(a.poll() is not None for a in agents), "step 2's record")
         agents[0].send_signal(signal.SIGTERM)  # node 0's torchrun alone: its rank stops, and by their vote node 1's
         wait_for(lambda: agents[0].poll() is not None and not alive(other), "both ranks to stop")
         ended = f"failed (exitcode: 143) local_rank: 0 (pid: {other})"  # what node 1's torchrun sees
@@ -138,7 +137,7 @@ def test_sigterm_to_one_torchrun_stops_every_rank_with_a_checkpoint_and_its_comm
     env = dict(node_env(nodes_hooks), **dict(s.split("=", 1) for s in settings))
     with nodes([command[len(settings):]] * 2, env, tmp_path) as agents:
         assert finish(agents) == [0, 0], log(tmp_path, 0) + log(tmp_path, 1)
-    assert_same(last(run), nodes_reference)
+    assert_same_state(last(run), nodes_reference)
 
 
 @pytest.mark.slow
@@ -150,7 +149,7 @@ def test_a_stopped_rank_is_named_within_the_timeout_and_once_killed_the_group_re
     train = local_command(command_for("train"), free_port(), nodes_set, run, *tiny("--group-timeout", "10"))
     with nodes([train, train], node_env(nodes_hooks, slow=0.3), tmp_path) as agents:
         stopped = worker(agents[1])
-        wait_for(lambda: 4 in steps_logged(run) or any(a.poll() is not None for a in agents), "step 4's record")
+        wait_for(lambda: 4 in metrics_steps(run) or any(a.poll() is not None for a in agents), "step 4's record")
         assert last(run).step >= 2  # --checkpoint-every 2: a checkpoint mid-epoch
         os.kill(stopped, signal.SIGSTOP)
         wait_for(lambda: lines(log(tmp_path, 0), "failed: ") or agents[0].poll() is not None, "rank 0's line")
@@ -163,9 +162,9 @@ def test_a_stopped_rank_is_named_within_the_timeout_and_once_killed_the_group_re
     assert f"failed (exitcode: -9) local_rank: 0 (pid: {stopped})" in log(tmp_path, 1)  # torchrun's summary
     said = (run / "log.txt").read_text()
     assert re.search(r"^resumed from \S+last\.pt at epoch \[0\] step [2-7]:", said, re.M), said
-    steps = steps_logged(run)
+    steps = metrics_steps(run)
     assert steps == sorted(steps) and steps[-1] == STEPS  # nothing logged twice: the restart cut them back
-    assert_same(last(run), nodes_reference)
+    assert_same_state(last(run), nodes_reference)
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_state import assert_same_state, metrics_steps
 from test_faults import ROOT, alive, child_env, wait_for
-from torchrun_nodes import SETS, STEPS, assert_same, descendants, end, last, steps_logged
+from torchrun_nodes import SETS, STEPS, descendants, end, last
 
 from alexrepro.distributed import free_port
 
@@ -131,7 +132,7 @@ def test_a_job_warned_by_sigusr1_checkpoints_requeues_itself_and_the_requeued_jo
     first = batch(job_env(nodes_hooks, slurm_bin, nodes_set, run, free_port(), None), tmp_path, "job")
     try:
         srun = srun_of(first)
-        wait_for(lambda: 2 in steps_logged(run) or first.poll() is not None, "step 2's record", timeout=300)
+        wait_for(lambda: 2 in metrics_steps(run) or first.poll() is not None, "step 2's record", timeout=300)
         step = descendants(srun)  # every process of the job step: each node's torchrun and its worker
         assert len(step) == 4, step
         for pid in step:  # what SLURM does 120 s before the job's end (--signal=USR1@120)
@@ -159,4 +160,4 @@ def test_a_job_warned_by_sigusr1_checkpoints_requeues_itself_and_the_requeued_jo
     assert requeued.read_text().split() == [JOB]  # finished: not queued again
     assert re.search(rf"^resumed from \S+last\.pt at epoch \[0\] step {saved.step}:", (run / "log.txt").read_text(),
                      re.M)
-    assert_same(last(run), nodes_reference)
+    assert_same_state(last(run), nodes_reference)

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from test_faults import ROOT, child_env, children, wait_for
 
 from alexrepro.training import checkpoint as ck
@@ -141,21 +140,6 @@ def log(tmp: Path, node: int) -> str:
 
 def lines(text: str, start: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith(start)]
-
-
-def steps_logged(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    return [int(m) for m in re.findall(r'"step": (\d+)', path.read_text())] if path.is_file() else []
-
-
-def assert_same(a: ck.Checkpoint, b: ck.Checkpoint) -> None:
-    """Bitwise: the position, the net's weights and the optimiser's buffers."""
-    assert (a.epoch, a.batch, a.step) == (b.epoch, b.batch, b.step)
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-    for p, state in a.optimizer["state"].items():
-        for name, value in state.items():
-            assert not isinstance(value, torch.Tensor) or torch.equal(value, b.optimizer["state"][p][name]), name
 
 
 def last(run: Path) -> ck.Checkpoint:
