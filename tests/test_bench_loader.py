@@ -76,11 +76,14 @@ def test_bench_loader_refuses_bad_dali_settings_in_one_line(jpeg_set, capsys):
 
 def test_dali_tuning_parses_every_setting_and_refuses_the_rest():
     t = DaliTuning.parse("prefetch=3, source_depth=8,threads=2,py_workers=4,hw_decoder_load=0.9,"
-                         "bytes_per_sample_hint=196608,roi_decode=true")
+                         "bytes_per_sample_hint=196608,roi_decode=true,per_sample=1")
     assert (t.prefetch, t.source_depth, t.threads, t.py_workers, t.hw_decoder_load, t.bytes_per_sample_hint,
-            t.roi_decode) == (3, 8, 2, 4, 0.9, 196608, True)
+            t.roi_decode, t.per_sample) == (3, 8, 2, 4, 0.9, 196608, True, True)
     assert t.workers(16) == (2, 4, 8) and DaliTuning().workers(16) == (16, 16, 16) and DaliTuning().workers(1) == (1, 1, 2)
-    for bad in ("prefetch=0", "hw_decoder_load=1.5", "roi_decode=maybe", "speed=11", "prefetch", "threads=two"):
+    # sample mode: each batch already keeps every worker busy, so only `prefetch` batches are in flight
+    assert DaliTuning(per_sample=True).workers(16) == (16, 16, 2) and not DaliTuning.parse("per_sample=false").per_sample
+    for bad in ("prefetch=0", "hw_decoder_load=1.5", "roi_decode=maybe", "per_sample=yes", "speed=11", "prefetch",
+                "threads=two"):
         with pytest.raises(Exception, match="DALI setting"):
             DaliTuning.parse(bad)
 

@@ -119,19 +119,24 @@ def test_source_is_picklable_and_ends_the_epoch(jpeg_set):
 
 # Settings that change how DALI runs, never what it computes (alexrepro bench loader --dali-variant).
 TUNINGS = ["roi_decode=true", "prefetch=1,source_depth=1", "threads=1,py_workers=2", "bytes_per_sample_hint=196608",
-           "hw_decoder_load=1"]
+           "hw_decoder_load=1", "per_sample=true,py_workers=3", "per_sample=true,roi_decode=true"]
 
 
-def dali_batches(out, tuning, device, epoch=1, seed=4, batch_size=8):
+def dali_batches(out, tuning, device, epoch=1, seed=4, batch_size=8, passes=None, **spec_kw):
+    """The DALI loader's batches of `epoch` with `tuning`; with `passes`, one list per (epoch, start batch)
+    read in turn by the one loader."""
     from alexrepro.loaders.base import LoaderSpec
     from alexrepro.loaders.dali_loader import DaliLoader, DaliTuning
 
-    spec = LoaderSpec(out=out, split="train", data=DataConfig(workers=1), batch_size=batch_size, train=True,
-                      device=device, seed=seed)
+    kw = {"split": "train", "data": DataConfig(workers=1), "train": True} | spec_kw
+    spec = LoaderSpec(out=out, batch_size=batch_size, device=device, seed=seed, **kw)
     loader = DaliLoader(spec, DaliTuning.parse(tuning))
     try:
-        loader.set_epoch(epoch)
-        return list(loader)
+        result = []
+        for e, start in passes or ((epoch, 0),):
+            loader.set_epoch(e, start)
+            result.append(list(loader))
+        return result if passes else result[0]
     finally:
         loader.close()
 
@@ -148,7 +153,7 @@ def test_dali_settings_give_the_same_tensors(jpeg_set, tuning):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (dali_available() and torch.cuda.is_available()), reason="needs nvidia-dali and CUDA")
-@pytest.mark.parametrize("tuning", ["", "roi_decode=true", "hw_decoder_load=0", "hw_decoder_load=1"])
+@pytest.mark.parametrize("tuning", ["", "roi_decode=true", "hw_decoder_load=0", "hw_decoder_load=1", "per_sample=true"])
 def test_dali_settings_on_the_gpu_decoder_keep_the_reference_tensors(jpeg_set, tuning):
     # nvJPEG (CUDA or the hardware decoder, by hw_decoder_load) against the PyTorch backend's PIL decode of the
     # same draws: within the tolerance any JPEG decoder is held to, and roi_decode equal to the whole decode.
@@ -162,3 +167,46 @@ def test_dali_settings_on_the_gpu_decoder_keep_the_reference_tensors(jpeg_set, t
     if tuning == "roi_decode=true":
         whole = [(a.cpu(), y.cpu()) for a, y in dali_batches(jpeg_set, "", cuda)]
         assert_close(whole, got, exact=True)
+
+
+@pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
+@pytest.mark.parametrize("workers", [1, 3])
+def test_sample_mode_keeps_short_batches_ranks_epochs_and_evaluation(raw_set, jpeg_set, workers):
+    # Sample mode fills a short batch up to DALI's fixed batch size; the loader must hand back exactly the
+    # batch's own images, as batch mode does: the kept last batch, a rank with none of it, epochs following
+    # on and a resume mid-epoch, and ten-crop evaluation (the preset's views).
+    cfg = DataConfig(workers=1, drop_last=False)
+    mode = f"per_sample=true,py_workers={workers}"
+    passes = ((2, 0), (3, 0), (3, 2))
+    for rank in range(3):  # 20 = 3 × 6 + 2: rank 2 gets nothing of the last batch
+        kw = {"data": cfg, "rank": rank, "world_size": 3, "seed": 1, "batch_size": 6, "passes": passes}
+        batch_mode, sample_mode = dali_batches(raw_set, "", CPU, **kw), dali_batches(raw_set, mode, CPU, **kw)
+        assert [len(y) for _, y in sample_mode[0]] == ([2, 2, 2, 1] if rank < 2 else [2, 2, 2, 0])
+        assert len(sample_mode[2]) == 2  # the resumed pass: batches 2 and 3
+        for a, b in zip(batch_mode, sample_mode, strict=True):
+            assert_close(a, b, exact=True)
+    kw = {"split": "val", "train": False, "crops": "ten", "batch_size": 4, "epoch": 0}
+    ten_batch, ten_sample = dali_batches(jpeg_set, "", CPU, **kw), dali_batches(jpeg_set, mode, CPU, **kw)
+    assert [tuple(a.shape) for a, _ in ten_sample] == [(4, 10, 3, 224, 224), (3, 10, 3, 224, 224)]
+    assert_close(ten_batch, ten_sample, exact=True)
+
+
+@pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
+def test_sample_source_fills_a_short_batch_with_padding_the_loader_drops(jpeg_set):
+    from alexrepro.loaders.dali_source import PAD_LABEL, SampleSource, real_count
+
+    loader = make_loader(jpeg_set, "val", DataConfig(workers=1), 4, train=False, device=CPU, kind="dali")
+    source = pickle.loads(pickle.dumps(SampleSource(loader.dataset, loader.plan, loader.spec.data, 0, 0)))
+    info = type("Info", (), {"epoch_idx": 0, "iteration": 1, "idx_in_batch": 0})()
+    samples = []
+    for i in range(4):  # 7 images in batches of 4: batch 1 holds images 4, 5, 6 and one filler
+        info.idx_in_batch = i
+        samples.append(source(info))
+    labels = [int(s[3]) for s in samples]
+    assert labels == [4, 5, 6, PAD_LABEL] and real_count(labels) == 3
+    whole = ShardSource(loader.dataset, loader.plan, loader.spec.data, 0, 0)(info)[0]
+    assert all(bytes(s[0]) == bytes(w) for s, w in zip(samples, whole, strict=False))
+    info.iteration = 2
+    with pytest.raises(StopIteration):
+        source(info)
+    loader.close()

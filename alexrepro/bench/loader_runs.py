@@ -90,6 +90,7 @@ def time_loader(loader: Loader, count: int, label: str, cold: bool = False) -> d
 def time_dali_stage(loader: Any, stage: str, count: int, cold: bool = False) -> dict[str, Any]:
     """A run of the DALI loader's pipeline stopped at `stage` (read, decode or crop), outputs left in DALI."""
     from alexrepro.loaders.dali_loader import close_pipeline
+    from alexrepro.loaders.dali_source import real_count
 
     pipe = None
 
@@ -100,7 +101,7 @@ def time_dali_stage(loader: Any, stage: str, count: int, cold: bool = False) -> 
             yield pipe.run()
 
     try:
-        return time_stream(make, count, f"dali: {stage}", lambda out: len(out[1]), loader.spec.device,
+        return time_stream(make, count, f"dali: {stage}", lambda out: real_count(out[1].as_array()), loader.spec.device,
                            shard_paths(loader), cold)
     finally:
         if pipe is not None:

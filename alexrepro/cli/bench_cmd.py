@@ -87,7 +87,7 @@ def bench_loader_cmd(
                                 "then decoded (then DALI's crops)."),
     dali_variant: list[str] = typer.Option(
         [], "--dali-variant", help="DALI settings to run beside the default, key=value[,key=value] (repeatable): "
-        "prefetch, source_depth, threads, py_workers, hw_decoder_load, bytes_per_sample_hint, roi_decode."),
+        "prefetch, source_depth, threads, py_workers, hw_decoder_load, bytes_per_sample_hint, roi_decode, per_sample."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Our PyTorch and DALI loaders vs pytorch/examples' ImageFolder + RandomResizedCrop pipeline."""

@@ -9,7 +9,7 @@ as the PyTorch backend, so for the same draws both give the same tensor up to th
 differences. Batches are prefetched (prefetch_queue_depth) so that loading overlaps training.
 
 `DaliTuning` holds how the pipeline runs (prefetch depths, threads, the hardware decoder's share, decoding
-only the crop's region): settings that change the speed, never the tensors (tests/test_dali.py), chosen by
+only the crop's region, batch or sample mode of the Python source): settings that change the speed, never the tensors (tests/test_dali.py), chosen by
 `alexrepro bench loader --dali-variant` measurements (docs/PERFORMANCE.md).
 """
 
@@ -29,7 +29,7 @@ from alexrepro.errors import UserError, WorkFailed
 from alexrepro.loaders.augment import CropParams, finish_batch, to_device
 from alexrepro.loaders.base import Loader, LoaderSpec
 from alexrepro.loaders.batch_read import first_damage
-from alexrepro.loaders.dali_source import ShardSource, nonempty_batches
+from alexrepro.loaders.dali_source import SampleSource, ShardSource, nonempty_batches, real_count
 from alexrepro.loaders.order import rank_batch
 
 PREFETCH = 2  # batches DALI prepares ahead, in the pipeline and in the Python workers
@@ -41,12 +41,14 @@ class DaliTuning:
     """How the DALI pipeline runs; none of it changes a tensor. None: the default named beside each."""
 
     prefetch: int = PREFETCH  # batches the pipeline prepares ahead (its prefetch_queue_depth)
-    source_depth: int | None = None  # batches in flight in the Python workers; None: max(prefetch, py_workers)
+    source_depth: int | None = None  # batches in flight in the Python workers; None: max(prefetch, py_workers),
+    #                                  in sample mode prefetch (each batch already keeps every worker busy)
     threads: int | None = None  # DALI's CPU threads (decoding on the CPU, the mixed decoder's host part); data.workers
     py_workers: int | None = None  # Python worker processes reading the shards; None: data.workers
     hw_decoder_load: float | None = None  # mixed decoder only: the share of JPEGs for the hardware decoder; DALI's 0.65
     bytes_per_sample_hint: int | None = None  # the decoder's output preallocated per sample; None: DALI's
     roi_decode: bool = False  # training at image_size 256: decode only each crop's region (decoders.image_slice)
+    per_sample: bool = False  # sample mode: every Python worker reads part of every batch (SampleSource)
 
     def __post_init__(self) -> None:
         for name in ("prefetch", "source_depth", "threads", "py_workers", "bytes_per_sample_hint"):
@@ -60,7 +62,7 @@ class DaliTuning:
         """(CPU threads, Python workers, batches in flight in them) for a recipe's data.workers."""
         threads = self.threads or max(1, data_workers)
         py = self.py_workers or max(1, data_workers)
-        return threads, py, self.source_depth or max(self.prefetch, py)
+        return threads, py, self.source_depth or (self.prefetch if self.per_sample else max(self.prefetch, py))
 
     @classmethod
     def parse(cls, text: str) -> DaliTuning:
@@ -72,7 +74,7 @@ class DaliTuning:
             if not eq or key not in fields:
                 raise UserError(f"DALI setting {part!r}: use key=value with a key among {', '.join(fields)}")
             try:
-                if key == "roi_decode":
+                if key in ("roi_decode", "per_sample"):
                     if raw.lower() not in ("true", "false", "1", "0"):
                         raise ValueError(raw)
                     values[key] = raw.lower() in ("true", "1")
@@ -122,10 +124,12 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
     def graph():  # noqa: ANN202 - DALI's graph-building function
         # Batch mode hands each batch to ONE Python worker, and only `depth` batches are in flight: a
         # depth of one batch per worker lets every worker read (at depth 2, 16 workers on an H200 gave
-        # 9.0k images/s, the PyTorch loader 23.8k; docs/PERFORMANCE.md).
+        # 9.0k images/s, the PyTorch loader 23.8k; docs/PERFORMANCE.md). Sample mode splits each batch
+        # over all the workers instead.
+        batch_mode = {"batch": False} if isinstance(source, SampleSource) else {"batch": True, "batch_info": True}
         stored, anchor, flip, label, alpha = fn.external_source(
-            source, num_outputs=5, batch=True, parallel=True, batch_info=True,
-            prefetch_queue_depth=depth, layout=["HWC" if encoding == "raw" else "", "", "", "", ""],
+            source, num_outputs=5, parallel=True, prefetch_queue_depth=depth,
+            layout=["HWC" if encoding == "raw" else "", "", "", "", ""], **batch_mode,
         )
         if stage == "read":
             return stored, label
@@ -201,7 +205,7 @@ class DaliLoader(Loader):
             if want == self._next or (not self.spec.train and want[1] == 0 == self._next[1]):
                 return self._pipe
         self._shutdown()
-        source = ShardSource(self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
+        source = self._source()
         max_batch = self.plan.batch_size // self.plan.world_size  # no rank slice is larger
         self._pipe = build_pipeline(self.spec, source, self.dataset.encoding, max_batch, self.tuning)
         self._next = want
@@ -218,14 +222,16 @@ class DaliLoader(Loader):
                 crops, labels, anchor, flip, alpha = pipe.run()
             except Exception as e:  # DALI's own words for a damaged image, or a worker's traceback
                 raise self._failure(b, e) from None
-            images = to_torch(crops, spec.device)
+            labels = labels.as_array()
+            n = real_count(labels)  # sample mode fills a short batch up to DALI's fixed size: keep its own images
+            images = to_torch(crops, spec.device)[:n]
             if preset is not None:
-                params = preset.params(images.shape[0])
+                params = preset.params(n)
             else:
-                yx = anchor.as_array().astype(np.int64)
-                params = CropParams(yx[:, 0], yx[:, 1], flip.as_array().astype(bool), alpha.as_array())
+                yx = anchor.as_array()[:n].astype(np.int64)
+                params = CropParams(yx[:, 0], yx[:, 1], flip.as_array()[:n].astype(bool), alpha.as_array()[:n])
             images = finish_batch(images, params, self.colour, spec.device, spec.channels_last)
-            yield images, to_device(spec.device, labels.as_array())[0]
+            yield images, to_device(spec.device, labels[:n])[0]
         try:
             pipe.run()
         except StopIteration:
@@ -256,11 +262,16 @@ class DaliLoader(Loader):
     def stage_pipeline(self, stage: str) -> Any:
         """A pipeline over this loader's epoch that stops at `stage` (STAGES), for `bench loader --stages`;
         close it with close_pipeline."""
-        source = ShardSource(self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
+        source = self._source()
         with warnings.catch_warnings():  # a stage leaves some of the source's outputs unused, as it means to
             warnings.filterwarnings("ignore", message="The external source node")
             return build_pipeline(self.spec, source, self.dataset.encoding,
                                   self.plan.batch_size // self.plan.world_size, self.tuning, stage)
+
+    def _source(self) -> ShardSource:
+        """The external source over this loader's epoch from its start batch, in the tuning's mode."""
+        kind = SampleSource if self.tuning.per_sample else ShardSource
+        return kind(self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
 
     def _shutdown(self) -> None:
         if self._pipe is not None:

@@ -1,10 +1,13 @@
-"""The DALI backend's external source: a picklable callable that hands DALI one batch of stored images.
+"""The DALI backend's external sources: picklable callables that hand DALI stored images and their draws.
 
-It runs in DALI's Python worker processes (parallel external source, batch mode), so it imports
-neither torch nor DALI: only the shard reader, the epoch plan and the one sampler. DALI calls it
-with a BatchInfo (epoch_idx counts DALI epochs since the pipeline was built, iteration the batch
-within it); the loader builds the pipeline for a first (epoch, start batch) and lets DALI epoch k
-be our epoch first_epoch + k from batch 0, rebuilding it when asked for anything else.
+They run in DALI's Python worker processes (parallel external source), so they import neither torch nor
+DALI: only the shard reader, the epoch plan and the one sampler. `ShardSource` (batch mode, the default)
+is called with a BatchInfo and returns a whole batch: DALI gives each batch to one worker. `SampleSource`
+(sample mode, `DaliTuning(per_sample=True)`) is called with a SampleInfo for one image: DALI splits each
+batch into one contiguous run of samples per worker, so every worker reads part of every batch. In both,
+epoch_idx counts DALI epochs since the pipeline was built and iteration the batch within it; the loader
+builds the pipeline for a first (epoch, start batch) and lets DALI epoch k be our epoch first_epoch + k
+from batch 0, rebuilding it when asked for anything else.
 """
 
 from __future__ import annotations
@@ -51,16 +54,19 @@ class ShardSource:
     first_start: int
     parent: int = field(default_factory=os.getpid)  # the process that built the pipeline
 
-    def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
+    def _position(self, info: Any) -> tuple[int, int]:
+        """(our epoch, global batch) of DALI's call; StopIteration past this rank's last non-empty batch."""
         if os.getpid() not in (self.parent, _bound):  # first call in a DALI worker (forked or spawned)
             _bind_worker(self.parent)
         epoch_idx, iteration = int(info.epoch_idx), int(info.iteration)
-        epoch = self.first_epoch + epoch_idx
         batch = (self.first_start if epoch_idx == 0 else 0) + iteration
         if batch >= nonempty_batches(self.plan):
             raise StopIteration
+        return self.first_epoch + epoch_idx, batch
+
+    def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
         # evaluation: the preset's views are constants of the pipeline; the centre params only fill the slots
-        idx, p = rank_batch(self.plan, self.data, epoch, batch)
+        idx, p = rank_batch(self.plan, self.data, *self._position(info))
         stored = read_batch(self.split, idx)  # one pread per run of adjacent images in a shard
         labels = self.split.labels[idx]
         return (
@@ -70,3 +76,36 @@ class ShardSource:
             [np.array(v, dtype=np.int64) for v in labels],
             [np.asarray(a, dtype=np.float64) for a in p.alpha],
         )
+
+
+PAD_LABEL = -1  # the label of a sample that only fills a short batch up to DALI's fixed size in sample mode
+
+
+@dataclass
+class SampleSource(ShardSource):
+    """Sample mode: (stored image, crop corner [y, x], flip, label, α) of one image of this rank's slice.
+
+    DALI asks sample mode for a full batch every time, so a rank's short batch (the kept last one, or
+    a rank's smaller slice of it) is filled up with copies of its first image labelled PAD_LABEL; the
+    loader keeps only the batch's own images (`real_count`). A worker asks for a contiguous run of one
+    batch's samples, so the batch's indices and draws are computed once per worker and batch.
+    """
+
+    _cached: tuple[tuple[int, int], np.ndarray, Any] | None = field(default=None, init=False, repr=False)
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:  # type: ignore[override]
+        where = self._position(info)
+        if self._cached is None or self._cached[0] != where:
+            self._cached = (where, *rank_batch(self.plan, self.data, *where))
+        _, idx, p = self._cached
+        i = int(info.idx_in_batch)
+        label = int(self.split.labels[idx[i]]) if i < len(idx) else PAD_LABEL
+        i = i if i < len(idx) else 0
+        return (read_batch(self.split, idx[i : i + 1])[0], np.array([p.y[i], p.x[i]], dtype=np.int32),
+                np.array(p.flip[i], dtype=np.int32), np.array(label, dtype=np.int64),
+                np.asarray(p.alpha[i], dtype=np.float64))
+
+
+def real_count(labels: np.ndarray) -> int:
+    """How many of a batch's samples are its own images (the rest fill a short batch in sample mode)."""
+    return int(np.count_nonzero(np.asarray(labels) != PAD_LABEL))

@@ -73,7 +73,7 @@ CORES=$(nproc)
 KT=(--set run.lrn_kernel=triton) KTORCH=(--set run.lrn_kernel=torch) KT_COMPILED=(--set run.lrn_kernel=triton)
 VARIANTS=()  # DALI settings timed beside the default (DaliTuning; the default hw_decoder_load is DALI's 0.65)
 for v in hw_decoder_load=0 hw_decoder_load=0.9 hw_decoder_load=1 roi_decode=true prefetch=4 source_depth=32 \
-         bytes_per_sample_hint=196608 threads=8 py_workers=8; do VARIANTS+=(--dali-variant "$v"); done
+         bytes_per_sample_hint=196608 threads=8 py_workers=8 per_sample=true; do VARIANTS+=(--dali-variant "$v"); done
 if ((DRY)); then
   BUDGET_S=${BUDGET_S:-2400} SCALE=4  # a CPU compiles far slower than the device's 16 cores: longer limits
   WORK=${WORK:-/tmp/alexrepro-gpu-dry}
