@@ -319,6 +319,15 @@ def test_a_run_refuses_a_kernel_its_device_cannot_run(monkeypatch):
     with pytest.raises(UserError, match=r"^run.lrn_kernel = 'triton' runs on CUDA \(on the CPU only under "
                                         r"TRITON_INTERPRET=1\), not on cpu; use 'auto' or 'torch'$"):
         lrn.check_kernel_device("triton", "cpu")
+    # Triton's CPU interpreter runs kernels on real tensors, never on torch.compile's fake ones
+    monkeypatch.setattr(lrn, "lrn_triton", SimpleNamespace(runs_on=lambda device_type: True))
+    lrn.check_kernel_device("triton", "cpu")
+    lrn.check_kernel_device("triton", "cuda", compiled=True)
+    lrn.check_kernel_device("torch", "cpu", compiled=True)
+    with pytest.raises(UserError, match=r"^run.lrn_kernel = 'triton' under --compile runs on CUDA only \(Triton's "
+                                        r"interpreter cannot run inside torch.compile\), not on cpu; drop --compile "
+                                        r"or use 'auto' or 'torch'$"):
+        lrn.check_kernel_device("triton", "cpu", compiled=True)
     monkeypatch.setattr(lrn, "lrn_triton", None)
     lrn.check_kernel_device("auto", "cuda")
     with pytest.raises(UserError, match=r"^run.lrn_kernel = 'triton' needs Triton \(pip install triton\); "

@@ -216,6 +216,20 @@ def test_bench_refuses_the_triton_kernel_on_the_cpu(capsys):
     assert e.value.code == 2 and "run.lrn_kernel = 'triton' runs on CUDA" in err and "Traceback" not in err
 
 
+@pytest.mark.skipif(lrn.lrn_triton is None, reason="needs Triton")
+def test_compile_with_the_interpreted_kernel_is_refused_in_one_line():
+    # On the CPU the kernel runs only in Triton's interpreter, which cannot run inside torch.compile (it wants
+    # real tensors, Dynamo traces fake ones): one line and exit 2 before any work, not Dynamo's traceback.
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "alexrepro", "bench", "train", "--recipe", "tiny", "--device", "cpu", "--compile",
+           "--set", "run.lrn_kernel=triton", "--steps", "1", "--batch-size", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0] == ("error: run.lrn_kernel = 'triton' under --compile runs on CUDA only (Triton's interpreter "
+                        "cannot run inside torch.compile), not on cpu; drop --compile or use 'auto' or 'torch'")
+
+
 @pytest.mark.skipif(INTERPRETED or lrn.lrn_triton is None, reason="traces on the CPU without the interpreter")
 def test_compile_traces_the_kernels_in_one_graph(monkeypatch):
     """torch.compile(fullgraph=True) of the net with kernel="triton": one forward graph and one backward graph,

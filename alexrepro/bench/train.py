@@ -94,7 +94,7 @@ def step_bench(recipe: str, overrides: tuple[str, ...], batch_size: int | None, 
                precision: str, channels_last: bool, compile_: bool) -> StepBench:
     """The recipe (with overrides), a synthetic batch and the step harness seeded 0, as both benchmarks use."""
     loaded = load_recipe(recipe, list(overrides))
-    check_kernel_device(loaded.run.lrn_kernel, device.type)
+    check_kernel_device(loaded.run.lrn_kernel, device.type, compile_ or loaded.run.compile)
     n = batch_size or loaded.optim.batch_size
     images, labels = synthetic_batch(n, loaded.data.crop_size, loaded.model.num_classes, device, channels_last)
     torch.manual_seed(0)  # the plain loop's net is built from the same seed: the same initial weights

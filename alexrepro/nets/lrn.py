@@ -70,8 +70,9 @@ def check_kernel(kernel: str) -> None:
         raise UserError(f"unknown LRN kernel {kernel!r}; use one of {', '.join(KERNELS)}")
 
 
-def check_kernel_device(kernel: str, device_type: str) -> None:
-    """UserError unless `kernel` can run on `device_type` ("cpu", "cuda"): a run refuses it before it starts."""
+def check_kernel_device(kernel: str, device_type: str, compiled: bool = False) -> None:
+    """UserError unless `kernel` can run on `device_type` ("cpu", "cuda"), under torch.compile if `compiled`:
+    a run refuses it before it starts."""
     check_kernel(kernel)
     if kernel != "triton":
         return
@@ -80,6 +81,9 @@ def check_kernel_device(kernel: str, device_type: str) -> None:
     if not lrn_triton.runs_on(device_type):
         raise UserError(f"run.lrn_kernel = 'triton' runs on CUDA (on the CPU only under TRITON_INTERPRET=1), "
                         f"not on {device_type}; use 'auto' or 'torch'")
+    if compiled and device_type != "cuda":  # the interpreter runs kernels on real tensors, not compile's fake ones
+        raise UserError(f"run.lrn_kernel = 'triton' under --compile runs on CUDA only (Triton's interpreter cannot "
+                        f"run inside torch.compile), not on {device_type}; drop --compile or use 'auto' or 'torch'")
 
 
 def _runs_triton(x: torch.Tensor, alpha_prime: float, k: float, kernel: str) -> bool:

@@ -110,7 +110,7 @@ def plan_training(opts: TrainOptions) -> TrainPlan:
     else:
         recipe, keep_aside = new_run_recipe(opts, notes)
     check_class_count(recipe, len(train_split.classes), opts.out, resume_path)
-    check_kernel_device(recipe.run.lrn_kernel, device)
+    check_kernel_device(recipe.run.lrn_kernel, device, recipe.run.compile)
     num_train, batch = len(train_split), recipe.optim.batch_size
     if num_train < batch and recipe.data.drop_last or num_train == 0:
         raise UserError(
