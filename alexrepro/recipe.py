@@ -113,6 +113,9 @@ class RunConfig:
     # The LRN's implementation (the same function): "auto" = the fused Triton kernel on CUDA, the torch
     # path elsewhere; "triton" or "torch" forces one (alexrepro.nets.lrn.KERNELS).
     lrn_kernel: Literal["auto", "triton", "torch"] = "auto"
+    # How conv2/4/5's towers run (the same function): "grouped" = one grouped convolution, "split" = one
+    # convolution per tower, joined (alexrepro.nets.alexnet.CONV_FORMS; `alexrepro bench conv` times both).
+    grouped_conv: Literal["grouped", "split"] = "grouped"
     log_every: int = 50  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at epoch ends
     keep_last: int = 3  # per-epoch checkpoints kept besides last and best

@@ -7,7 +7,7 @@ every ratio comes from the report's own figures, and that the comparisons see a 
 import pytest
 import torch
 
-from alexrepro.bench.conv import TwoConvs, bench_conv, conv_shapes
+from alexrepro.bench.conv import bench_conv, conv_shapes, split_copy
 from alexrepro.bench.curves import bench_curves, compare
 from alexrepro.cli import main
 
@@ -30,7 +30,9 @@ def test_two_convs_compute_the_grouped_layer():
     torch.manual_seed(0)
     grouped = torch.nn.Conv2d(8, 6, 3, padding=1, groups=2).double()
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
-    assert torch.allclose(TwoConvs(grouped)(x), grouped(x), atol=1e-12)
+    split = split_copy(grouped)  # the net's run.grouped_conv = "split" with the grouped layer's weights
+    assert split.form == "split" and torch.equal(split.weight, grouped.weight) and split.weight is not grouped.weight
+    assert torch.allclose(split(x), grouped(x), atol=1e-12)
 
 
 def test_bench_conv_reports_every_layer_and_consistent_ratios(capsys):

@@ -114,6 +114,19 @@ def test_resume_after_an_epoch_gives_bitwise_equal_weights(data, tmp_path):
     _assert_equal(_weights(straight), _weights(split))
 
 
+def test_a_resume_may_switch_the_grouped_convolutions_form(data, tmp_path):
+    # run.grouped_conv changes the kernels, not the function: a resume may change it without --force, and
+    # the run goes on from the same weights (equal up to float32 rounding with the uninterrupted run's)
+    straight, switched = tmp_path / "straight", tmp_path / "switched"
+    _train(data, straight)
+    _train(data, switched, "schedule.epochs=1")
+    summary = _train(data, switched, "run.grouped_conv=split", resume="")
+    assert summary["resumed_from"].endswith("last.pt") and summary["epochs"] == 2
+    assert ck.read_checkpoint(ck.checkpoint_dir(switched) / "last.pt").recipe.run.grouped_conv == "split"
+    a, b = _weights(straight), _weights(switched)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
 def test_resume_mid_epoch_gives_bitwise_equal_weights(data, tmp_path, monkeypatch):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     _train(data, straight)

@@ -8,7 +8,8 @@ the input gradient where the net needs one, and the weight gradient), this times
   net          the layer as the net has it (groups = 2 for conv2/4/5, 1 for conv1/3)
   same_flops   an ungrouped convolution with half the input maps: the same FLOPs and output shape
   full         the ungrouped convolution over all input maps (twice the FLOPs)
-  two_convs    the two towers as two convolutions on the halves, joined: the grouped layer's function
+  two_convs    the two towers as two convolutions on the halves, joined: the grouped layer's function, as
+               the net runs it with run.grouped_conv = "split" (nets/alexnet.py: TowerConv2d)
 
 in each memory format (NCHW, channels_last) and, on CUDA, with cuDNN's autotuner off and on, the
 variants taking turns. It reports ms per GFLOP of each and the ratios: grouped ÷ same FLOPs ungrouped
@@ -28,6 +29,14 @@ from torch import nn
 from alexrepro.bench.machine import machine_info
 from alexrepro.bench.timing import time_interleaved
 from alexrepro.errors import UserError
+from alexrepro.nets.alexnet import (
+    GROUPED,
+    TowerConv2d,
+    conv_channels,
+    conv_geometry,
+    feature_sizes,
+    set_grouped_conv,
+)
 from alexrepro.recipe_reader import load_recipe
 from alexrepro.runtime import autocast_dtype, resolve_device
 
@@ -64,8 +73,6 @@ class ConvShape:
 
 def conv_shapes(recipe: str, overrides: tuple[str, ...]) -> tuple[list[ConvShape], int]:
     """The recipe net's five conv layers on their real input shapes, and the recipe's batch size."""
-    from alexrepro.nets.alexnet import GROUPED, conv_channels, conv_geometry, feature_sizes
-
     loaded = load_recipe(recipe, list(overrides))
     cfg, crop = loaded.model, loaded.data.crop_size
     channels, geometry, sizes = conv_channels(cfg), conv_geometry(cfg), feature_sizes(cfg, crop)
@@ -81,22 +88,13 @@ def conv_shapes(recipe: str, overrides: tuple[str, ...]) -> tuple[list[ConvShape
     return shapes, loaded.optim.batch_size
 
 
-class TwoConvs(nn.Module):
-    """A grouped (groups = 2) convolution written as two convolutions on the halves of the input, joined."""
-
-    def __init__(self, grouped: nn.Conv2d) -> None:
-        super().__init__()
-        self.halves = nn.ModuleList()
-        for w, b in zip(grouped.weight.detach().chunk(2), grouped.bias.detach().chunk(2), strict=True):
-            conv = nn.Conv2d(w.shape[1], w.shape[0], grouped.kernel_size, grouped.stride, grouped.padding,
-                             device=w.device, dtype=w.dtype)
-            with torch.no_grad():
-                conv.weight.copy_(w)
-                conv.bias.copy_(b)
-            self.halves.append(conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([conv(part) for conv, part in zip(self.halves, x.chunk(2, dim=1), strict=True)], 1)
+def split_copy(grouped: nn.Conv2d) -> TowerConv2d:
+    """The grouped layer with its weights, as the net runs it with run.grouped_conv = "split": one convolution
+    per tower on that tower's maps, joined."""
+    split = TowerConv2d(grouped.in_channels, grouped.out_channels, grouped.kernel_size, grouped.stride,
+                        grouped.padding, groups=grouped.groups, device=grouped.weight.device, dtype=grouped.weight.dtype)
+    split.load_state_dict(grouped.state_dict())
+    return set_grouped_conv(split, "split")
 
 
 def _variants(s: ConvShape, n: int) -> dict[str, tuple[nn.Module, int, float]]:
@@ -109,7 +107,7 @@ def _variants(s: ConvShape, n: int) -> dict[str, tuple[nn.Module, int, float]]:
     if s.groups == 2:
         out["same_flops"] = (conv(s.c_in // 2), s.c_in // 2, s.gflop(n, s.c_in // 2))
         out["full"] = (conv(s.c_in), s.c_in, s.gflop(n, s.c_in))
-        out["two_convs"] = (TwoConvs(net), s.c_in, s.gflop(n, s.c_in // 2))
+        out["two_convs"] = (split_copy(net), s.c_in, s.gflop(n, s.c_in // 2))
     return out
 
 
@@ -128,7 +126,7 @@ def _agreement(s: ConvShape, n: int, device: torch.device, dtype: torch.dtype) -
     relative to the largest magnitude of each, with the same weights and input."""
     gen = torch.Generator().manual_seed(0)
     grouped = nn.Conv2d(s.c_in, s.c_out, s.kernel, s.stride, s.pad, groups=2).to(device, dtype)
-    split = TwoConvs(grouped)
+    split = split_copy(grouped)
     x = torch.randn(n, s.c_in, s.side, s.side, generator=gen).to(device, dtype)
     g = torch.randn(n, s.c_out, s.out_side(), s.out_side(), generator=gen).to(device, dtype)
     results = []
@@ -136,8 +134,7 @@ def _agreement(s: ConvShape, n: int, device: torch.device, dtype: torch.dtype) -
         xi = x.clone().requires_grad_(True)
         y = module(xi)
         y.backward(g)
-        w = module.weight.grad if module is grouped else torch.cat([c.weight.grad for c in module.halves])
-        results.append((y.detach(), xi.grad, w))
+        results.append((y.detach(), xi.grad, module.weight.grad))
     rel = [float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) for a, b in zip(*results, strict=True)]
     return {"output": rel[0], "input_grad": rel[1], "weight_grad": rel[2], "bitwise_equal": all(r == 0 for r in rel)}
 

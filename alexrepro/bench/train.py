@@ -164,6 +164,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
     import torchvision
 
     from alexrepro.nets import build_net
+    from alexrepro.nets.alexnet import set_grouped_conv
     from alexrepro.nets.lrn import set_lrn_kernel
 
     recipe, device, amp = bench.recipe, bench.harness.device, bench.harness.amp_dtype
@@ -184,6 +185,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
 
     torch.manual_seed(0)
     plain_model = set_lrn_kernel(build_net(recipe.model, recipe.data.crop_size), recipe.run.lrn_kernel)
+    set_grouped_conv(plain_model, recipe.run.grouped_conv)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                                 weight_decay=recipe.optim.weight_decay)
     loops = {"plain": plain_step(placed(plain_model), plain_opt)}

@@ -188,7 +188,8 @@ def render_conv(result: dict[str, Any]) -> None:
         console.print(f"in training's setting ({result['training_setting']}): grouped costs "
                       f"{result['grouped_vs_ungrouped_per_flop']}× per FLOP (switch above {result['switch_above']}); "
                       f"two convolutions take {result['two_convs_vs_grouped_time']}× the grouped time; "
-                      f"switch suggested: {result['switch_suggested']}", highlight=False)
+                      f"switch suggested: {result['switch_suggested']}"
+                      f"{' (--set run.grouped_conv=split)' if result['switch_suggested'] else ''}", highlight=False)
 
 
 def render_curves(result: dict[str, Any]) -> None:

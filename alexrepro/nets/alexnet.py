@@ -36,6 +36,7 @@ CONV_GEOMETRY = {
 }
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 GROUPED = ("conv2", "conv4", "conv5")  # §3.2: these see only the kernel maps on their own GPU
+CONV_FORMS = ("grouped", "split")  # how a grouped layer runs (run.grouped_conv); see TowerConv2d
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # §5: biases 1 here (to give ReLUs positive inputs)
 INIT_SCHEMES = ("paper", "caffe", "paper-scaled")
 # §3.5: each layer's fan-in in the paper's two-GPU net (kernel size × input maps on the same GPU).
@@ -125,9 +126,43 @@ class AlexNet(nn.Module):
         return self.fc8(self.drop7(self.forward_features(x)))
 
 
+class TowerConv2d(nn.Conv2d):
+    """A convolution grouped by tower (§3.2: each output map sees only its own tower's input maps).
+
+    form "grouped" runs it as one grouped convolution (groups = towers); "split" as one plain convolution
+    per tower on that tower's maps, joined along the channels. The same function and the same parameters
+    (one weight, one bias, the same state_dict): only the kernels differ, and with them the rounding.
+    `alexrepro bench conv` times both (two_convs_vs_grouped_time).
+    """
+
+    form: str = "grouped"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "grouped" or self.groups == 1:
+            return super().forward(x)
+        xs, ws = x.chunk(self.groups, 1), self.weight.chunk(self.groups)
+        bs = self.bias.chunk(self.groups) if self.bias is not None else [None] * self.groups
+        return torch.cat([F.conv2d(xs[t], ws[t], bs[t], self.stride, self.padding, self.dilation)
+                          for t in range(self.groups)], 1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, form={self.form!r}"
+
+
+def set_grouped_conv(net: nn.Module, form: str) -> nn.Module:
+    """Every TowerConv2d in `net` runs in `form` (CONV_FORMS; the recipe's run.grouped_conv). The same function
+    and parameters, so weights, checkpoints and the recipe's maths do not change. Returns `net`."""
+    if form not in CONV_FORMS:
+        raise UserError(f"unknown grouped convolution form {form!r}; use one of {', '.join(CONV_FORMS)}")
+    for module in net.modules():
+        if isinstance(module, TowerConv2d):
+            module.form = form
+    return net
+
+
 def _conv(geometry: tuple[int, int, int], c_in: int, c_out: int, groups: int = 1) -> nn.Conv2d:
     k, stride, pad = geometry
-    return nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, groups=groups)
+    return (TowerConv2d if groups > 1 else nn.Conv2d)(c_in, c_out, k, stride=stride, padding=pad, groups=groups)
 
 
 def _norm(cfg: ModelConfig, groups: int) -> nn.Module:

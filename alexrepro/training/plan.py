@@ -35,6 +35,7 @@ from alexrepro.training.stopping import resume_command
 RESUME_MAY_CHANGE = {
     "schedule.epochs", "data.workers", "data.loader", "run.log_every", "run.checkpoint_every",
     "run.keep_last", "run.stall_steps", "run.compile", "run.channels_last", "run.lrn_kernel",
+    "run.grouped_conv",
 }
 
 
