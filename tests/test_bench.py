@@ -235,9 +235,10 @@ def test_bench_profile_cli_cpu_json_and_trace(tmp_path, capsys):
         assert r["categories"][kind]["ms_per_step"] > 0, kind
     events = json.loads(trace.read_text())["traceEvents"]
     names = [e.get("name") for e in events]
-    # the net: 5 convs, 2 LRNs, 3 max pools, 3 linear layers, each once per profiled step
+    # the net: 5 convs (conv2/4/5 by tower), 2 LRNs, 3 max pools, 3 linear layers, each once per profiled step
     assert names.count("train_step") == steps
-    assert names.count("module: Conv2d") == 5 * steps and names.count("module: LocalResponseNorm") == 2 * steps
+    assert names.count("module: Conv2d") == 2 * steps and names.count("module: TowerConv2d") == 3 * steps
+    assert names.count("module: LocalResponseNorm") == 2 * steps
     assert names.count("module: MaxPool2d") == 3 * steps and names.count("module: Linear") == 3 * steps
 
 
