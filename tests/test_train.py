@@ -104,27 +104,22 @@ def test_run_folder_records_itself(data, tmp_path):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
 
 
-def test_resume_after_an_epoch_gives_bitwise_equal_weights(data, tmp_path):
+@pytest.mark.parametrize("change", ["run.lrn_kernel=torch", "run.grouped_conv=split"])
+def test_resume_after_an_epoch_gives_bitwise_equal_weights(data, tmp_path, change):
     straight, split = tmp_path / "straight", tmp_path / "split"
     _train(data, straight)
     _train(data, split, "schedule.epochs=1")
-    # schedule.epochs and run.lrn_kernel may change on resume without --force; on the CPU "auto" is "torch"
-    summary = _train(data, split, "run.lrn_kernel=torch", resume="")
+    # schedule.epochs, run.lrn_kernel and run.grouped_conv may change on resume without --force; on the CPU
+    # lrn_kernel "auto" is "torch"; grouped_conv "split" changes the kernels, not the function
+    summary = _train(data, split, change, resume="")
     assert summary["resumed_from"].endswith("last.pt") and summary["epochs"] == 2
-    _assert_equal(_weights(straight), _weights(split))
-
-
-def test_a_resume_may_switch_the_grouped_convolutions_form(data, tmp_path):
-    # run.grouped_conv changes the kernels, not the function: a resume may change it without --force, and
-    # the run goes on from the same weights (equal up to float32 rounding with the uninterrupted run's)
-    straight, switched = tmp_path / "straight", tmp_path / "switched"
-    _train(data, straight)
-    _train(data, switched, "schedule.epochs=1")
-    summary = _train(data, switched, "run.grouped_conv=split", resume="")
-    assert summary["resumed_from"].endswith("last.pt") and summary["epochs"] == 2
-    assert ck.read_checkpoint(ck.checkpoint_dir(switched) / "last.pt").recipe.run.grouped_conv == "split"
-    a, b = _weights(straight), _weights(switched)
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    key, value = change.removeprefix("run.").split("=")
+    assert getattr(ck.read_checkpoint(ck.checkpoint_dir(split) / "last.pt").recipe.run, key) == value
+    if key == "lrn_kernel":
+        _assert_equal(_weights(straight), _weights(split))
+    else:  # the same weights up to float32 rounding
+        a, b = _weights(straight), _weights(split)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
 def test_resume_mid_epoch_gives_bitwise_equal_weights(data, tmp_path, monkeypatch):

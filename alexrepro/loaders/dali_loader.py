@@ -100,6 +100,21 @@ def _decoder_options(tuning: DaliTuning, gpu: bool) -> dict[str, Any]:
     return options
 
 
+def _source_outputs(source: ShardSource, encoding: str, depth: int) -> Any:
+    """Inside a pipeline's graph: the Python source's outputs (stored, anchor, flip, label, α), `depth` batches ahead.
+
+    Batch mode hands each batch to ONE Python worker, and only `depth` batches are in flight: a depth of one
+    batch per worker lets every worker read (at depth 2, 16 workers on an H200 gave 9.0k images/s, the
+    PyTorch loader 23.8k; docs/PERFORMANCE.md). Sample mode (SampleSource) splits each batch over all the
+    workers instead.
+    """
+    from nvidia.dali import fn
+
+    mode = {"batch": False} if isinstance(source, SampleSource) else {"batch": True, "batch_info": True}
+    return fn.external_source(source, num_outputs=5, parallel=True, prefetch_queue_depth=depth,
+                              layout=["HWC" if encoding == "raw" else "", "", "", "", ""], **mode)
+
+
 def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_batch: int,
                    tuning: DaliTuning | None = None, stage: str = "crop") -> Any:
     """A built DALI pipeline whose outputs are (uint8 crops NHWC or N×V×c×c×3, labels, anchors, flips, α).
@@ -122,15 +137,7 @@ def build_pipeline(spec: LoaderSpec, source: ShardSource, encoding: str, max_bat
 
     @pipeline_def
     def graph():  # noqa: ANN202 - DALI's graph-building function
-        # Batch mode hands each batch to ONE Python worker, and only `depth` batches are in flight: a
-        # depth of one batch per worker lets every worker read (at depth 2, 16 workers on an H200 gave
-        # 9.0k images/s, the PyTorch loader 23.8k; docs/PERFORMANCE.md). Sample mode splits each batch
-        # over all the workers instead.
-        batch_mode = {"batch": False} if isinstance(source, SampleSource) else {"batch": True, "batch_info": True}
-        stored, anchor, flip, label, alpha = fn.external_source(
-            source, num_outputs=5, parallel=True, prefetch_queue_depth=depth,
-            layout=["HWC" if encoding == "raw" else "", "", "", "", ""], **batch_mode,
-        )
+        stored, anchor, flip, label, alpha = _source_outputs(source, encoding, depth)
         if stage == "read":
             return stored, label
         if encoding == "raw":
