@@ -13,7 +13,6 @@ runtimes, and the logits' rounding stays far below the 1e-4 that ONNX's are held
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from cli_run import ok_json, run_cli  # noqa: F401 - the net-file tests import them from here
 from PIL import Image
 from skimage import data as skdata
 
@@ -75,21 +75,6 @@ def make_set(out: Path) -> Path:
     write_stats(out, Stats(mean=stack.mean(0).astype(np.float32), channel_mean=stack.mean((0, 1, 2)),
                            pixel_count=stack[..., 0].size, eigval=np.array([3000.0, 300.0, 30.0]), eigvec=np.eye(3)))
     return out
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of one CLI command run in this process."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
-
-
-def ok_json(args, capsys) -> dict:
-    """The one --json object of a command that must succeed."""
-    code, stdout, err = run_cli([*args, "--json"], capsys)
-    assert code == 0, err
-    return json.loads(stdout)
 
 
 def cli(*args: object) -> None:

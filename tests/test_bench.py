@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_run import run_cli
 
 from alexrepro.bench import timing
 from alexrepro.bench.timing import time_interleaved
 from alexrepro.bench.train import bench_train
-from alexrepro.cli import main
 from alexrepro.data.options import PrepOptions
 from alexrepro.data.prep import prep
 from alexrepro.data.stats import compute_pca
@@ -25,12 +25,6 @@ def prepared(synth_src, tmp_path_factory):
     prep(synth_src, out, PrepOptions(workers=1), progress=False)
     compute_pca(out, progress=False)
     return out
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code, capsys.readouterr()
 
 
 def test_time_interleaved_takes_turns_and_keeps_the_best_round(monkeypatch):
@@ -82,19 +76,19 @@ def test_bench_train_reports_every_loop_and_the_ceiling(prepared):
 
 
 def test_bench_prep_pca_loader_cli_json(synth_src, prepared, capsys):
-    code, cap = run_cli(["bench", "prep", str(synth_src), "--limit", "6", "--workers", "1", "--json"], capsys)
-    assert code == 0, cap.err
-    r = json.loads(cap.out)
+    code, stdout, err = run_cli(["bench", "prep", str(synth_src), "--limit", "6", "--workers", "1", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(stdout)
     assert r["bench"] == "prep" and r["speedup_per_core"] == pytest.approx(
         r["ours_images_per_s_per_core"] / r["baseline_images_per_s_per_core"], rel=0.01)
-    code, cap = run_cli(["bench", "pca", str(prepared), "--max-images", "8", "--json"], capsys)
-    assert code == 0, cap.err
-    r = json.loads(cap.out)
+    code, stdout, err = run_cli(["bench", "pca", str(prepared), "--max-images", "8", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(stdout)
     assert r["eigval_max_rel_diff"] < 1e-9  # both passes agree on the numbers they time
-    code, cap = run_cli(["bench", "loader", str(prepared), "--src", str(synth_src), "--batches", "1",
+    code, stdout, err = run_cli(["bench", "loader", str(prepared), "--src", str(synth_src), "--batches", "1",
                          "--batch-size", "4", "--workers", "0", "--kinds", "torch", "--json"], capsys)
-    assert code == 0, cap.err
-    r = json.loads(cap.out)
+    assert code == 0, err
+    r = json.loads(stdout)
     assert r["loaders"]["torch"]["images_per_s"] > 0 and r["baseline"]["images_per_s"] > 0
 
 
@@ -216,11 +210,11 @@ def test_profile_walk_traces_backward_kernels_to_their_forward_layer():
 def test_bench_profile_cli_cpu_json_and_trace(tmp_path, capsys):
     steps = 2
     trace = tmp_path / "trace.json"
-    code, cap = run_cli(["bench", "profile", "--recipe", "tiny", "--set", "model.num_classes=4", "--set",
+    code, stdout, err = run_cli(["bench", "profile", "--recipe", "tiny", "--set", "model.num_classes=4", "--set",
                          "model.width=0.125", "--set", "model.fc_width=32", "--batch-size", "8", "--steps", str(steps),
                          "--warmup", "1", "--top", "6", "--trace", str(trace), "--json"], capsys)
-    assert code == 0, cap.err
-    r = json.loads(cap.out)
+    assert code == 0, err
+    r = json.loads(stdout)
     assert r["bench"] == "profile" and r["device"] == "cpu" and r["steps"] == steps
     assert r["images_per_s"] == pytest.approx(8 / r["seconds_per_step"], rel=1e-2)
     assert 1 <= len(r["top"]) <= 6 and r["top"] == sorted(r["top"], key=lambda row: -row["total_ms"])
@@ -245,9 +239,9 @@ def test_bench_profile_cli_cpu_json_and_trace(tmp_path, capsys):
 def test_bench_lrn_cli_json_and_table(capsys):
     args = ["bench", "lrn", "--recipe", "tiny", "--set", "model.num_classes=4", "--set", "model.width=0.125",
             "--batch-size", "4", "--steps", "1", "--rounds", "1"]
-    code, cap = run_cli([*args, "--json"], capsys)
-    assert code == 0, cap.err
-    r = json.loads(cap.out)
+    code, stdout, err = run_cli([*args, "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(stdout)
     assert r["bench"] == "lrn" and r["layers"] == 2 and r["dtype"] == "torch.float32"
     # the tiny net at width 1/8: 12 maps of 27×27 after conv1, 32 of 13×13 after conv2 (112-pixel crops)
     assert r["shapes"] == [[4, 12, 27, 27], [4, 32, 13, 13]] and r["values"] == 4 * (12 * 27 * 27 + 32 * 13 * 13)
@@ -257,14 +251,14 @@ def test_bench_lrn_cli_json_and_table(capsys):
     assert r["floor_seconds"] == pytest.approx(20 * r["values"] / (r["bandwidth_gb_per_s"] * 1e9), rel=0.01)
     for name, secs in r["seconds_forward_backward"].items():
         assert r["times_floor"][name] == pytest.approx(secs / r["floor_seconds"], rel=0.01)
-    code, cap = run_cli(args, capsys)
-    assert code == 0 and cap.out == "" and "LRN floor" in cap.err and "LRN torch ÷ floor" in cap.err
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0 and stdout == "" and "LRN floor" in err and "LRN torch ÷ floor" in err
 
 
 def test_bench_profile_bad_options_exit_2(tmp_path, capsys):
     for args in (["--steps", "0"], ["--precision", "fp8"], ["--top", "0"], ["--trace", str(tmp_path)]):
-        code, cap = run_cli(["bench", "profile", "--recipe", "tiny", *args], capsys)
-        assert code == 2, (args, cap.err)
+        code, stdout, err = run_cli(["bench", "profile", "--recipe", "tiny", *args], capsys)
+        assert code == 2, (args, err)
 
 
 def test_bench_read_times_both_readers_on_the_same_bytes(tmp_path, capsys):
@@ -273,10 +267,10 @@ def test_bench_read_times_both_readers_on_the_same_bytes(tmp_path, capsys):
     from alexrepro.data import shard_files
 
     out = make_set(tmp_path / "jpeg", n_train=24, n_val=3, per_shard=3)  # 8 shards, 2 h5py handles
-    code, cap = run_cli(["bench", "read", str(out), "--batches", "4", "--batch-size", "10", "--max-open", "2",
+    code, stdout, err = run_cli(["bench", "read", str(out), "--batches", "4", "--batch-size", "10", "--max-open", "2",
                          "--rounds", "2", "--json"], capsys)
-    assert code == 0, cap.err
-    r = json.loads(cap.out)
+    assert code == 0, err
+    r = json.loads(stdout)
     assert r["bench"] == "read" and r["identical"] is True and r["shards"] == 8 and r["max_open"] == 2
     assert 1 <= r["shards_per_batch"] <= 8
     for reader in ("h5py", "pread", "pread_checked"):
@@ -288,15 +282,15 @@ def test_bench_read_times_both_readers_on_the_same_bytes(tmp_path, capsys):
         r["readers"]["pread"]["seconds"] / r["readers"]["pread_checked"]["seconds"], rel=1e-2)
     assert shard_files.MAX_OPEN_SHARDS == 256  # the run's cap did not outlive it
     raw = make_set(tmp_path / "raw", n_train=6, n_val=3, per_shard=3, encoding="raw")
-    code, cap = run_cli(["bench", "read", str(raw)], capsys)
-    assert code == 2 and "JPEG" in cap.err
+    code, stdout, err = run_cli(["bench", "read", str(raw)], capsys)
+    assert code == 2 and "JPEG" in err
 
 
 def test_bench_tables_are_printed_without_json(prepared, capsys):
-    code, cap = run_cli(["bench", "pca", str(prepared), "--max-images", "8"], capsys)
-    assert code == 0, cap.err
-    assert cap.out == ""  # the table goes to stderr; stdout is kept for --json
-    assert "pca: images/s" in cap.err and "max relative eigenvalue difference" in cap.err
+    code, stdout, err = run_cli(["bench", "pca", str(prepared), "--max-images", "8"], capsys)
+    assert code == 0, err
+    assert stdout == ""  # the table goes to stderr; stdout is kept for --json
+    assert "pca: images/s" in err and "max relative eigenvalue difference" in err
 
 
 def test_bench_all_makes_its_set_once_and_runs_each_benchmark_on_it(tmp_path, monkeypatch, capsys):
@@ -317,9 +311,9 @@ def test_bench_all_makes_its_set_once_and_runs_each_benchmark_on_it(tmp_path, mo
         monkeypatch.setattr(target, lambda *args, name=target.rsplit(".", 1)[1], **kwargs: made.append((name, args[:2])))
     src, out = tmp_path / "src", tmp_path / "data"
 
-    code, cap = run_cli(["bench", "all", "--dir", str(tmp_path), "--json"], capsys)
-    assert code == 0, cap.err
-    report = json.loads(cap.out)
+    code, stdout, err = run_cli(["bench", "all", "--dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
     assert list(report) == ["bench", "prep", "pca", "loader", "train", "machine"]
     assert report["bench"] == "all" and report["loader"] == {"ran": "loader"} and report["machine"]["cpu_cores"] >= 1
     assert made == [("make_synthetic", (src,)), ("prep", (src, out)), ("compute_pca", (out,))]
@@ -333,6 +327,6 @@ def test_bench_all_makes_its_set_once_and_runs_each_benchmark_on_it(tmp_path, mo
     (out / "manifest.json").write_text("{}")  # a set already in --dir is used as it is
     made.clear()
     calls.clear()
-    code, cap = run_cli(["bench", "all", "--dir", str(tmp_path), "--json"], capsys)
-    assert code == 0, cap.err
+    code, stdout, err = run_cli(["bench", "all", "--dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
     assert made == [] and [kind for kind, _, _ in calls] == ["prep", "pca", "loader", "train"]

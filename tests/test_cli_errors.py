@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+from cli_run import run_cli
 from loader_data import jpeg_bytes, make_set, structured_image
 
 from alexrepro.cli import main
@@ -30,14 +31,6 @@ NUM_CLASSES = 3  # make_set(labels_are_indices=False) labels i % 3
 SMALL = ["--set", f"model.num_classes={NUM_CLASSES}", "--set", "data.image_size=72", "--set", "data.crop_size=64",
          "--set", "model.fc_width=32", "--set", "data.workers=0", "--set", "optim.batch_size=8"]
 CUDA = torch.cuda.is_available()
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of the CLI run in this process."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 def error_line(err: str) -> str:

@@ -4,23 +4,16 @@ import json
 
 import numpy as np
 import pytest
+from cli_run import run_cli
 from PIL import Image
 
-from alexrepro.cli import main
 from alexrepro.demo import MARKER, greyscale_copy, kept_accuracy
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out = capsys.readouterr().out
-    return e.value.code, out
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path, capsys):
     folder = tmp_path / "demo"
-    code, out = run_cli(["demo", "--dir", str(folder), "--classes", "4", "--train-per-class", "12",
+    code, out, _ = run_cli(["demo", "--dir", str(folder), "--classes", "4", "--train-per-class", "12",
                          "--val-per-class", "4", "--epochs", "2", "--json"], capsys)
     assert code == 0
     summary = json.loads(out)
@@ -44,7 +37,7 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep me")
-    code, _ = run_cli(["demo", "--dir", str(foreign)], capsys)
+    code, _, _ = run_cli(["demo", "--dir", str(foreign)], capsys)
     assert code == 2 and (foreign / "thesis.tex").read_text() == "keep me"
 
 

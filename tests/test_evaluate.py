@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli
 from torch import nn
 
-from alexrepro.cli import main
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.evaluate import rank_indices, score_batches
@@ -166,14 +166,6 @@ def wilson_by_hand(errors, n, z=1.959963984540054):
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def run_cli(args, capsys):
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli
 from loader_data import jpeg_bytes, structured_image
 from loader_data import make_set as make_jpeg_set
 from run_state import assert_same_state, metrics_steps
@@ -42,7 +43,6 @@ from test_faults import (
 )
 from test_train import make_set
 
-from alexrepro.cli import main
 from alexrepro.data.prepared import write_shard
 from alexrepro.errors import UserError
 from alexrepro.process.locking import LOCK_FILE, FolderLock, read_holder
@@ -260,9 +260,9 @@ def test_a_second_train_into_a_locked_run_is_refused_naming_the_holder(data, hoo
 
 
 def cli(args: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return int(e.value.code or 0), capsys.readouterr().err
+    """Exit code and stderr of one CLI command run in this process."""
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 def test_auto_resume_starts_a_run_without_a_checkpoint_and_resumes_one_with_it(data, straight, tmp_path, capsys):

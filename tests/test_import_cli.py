@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from cli_run import run_cli
 from PIL import Image
 from skimage import data as skdata
 from test_import_caffe import caffe_forward
@@ -31,13 +32,6 @@ FC = 64  # fc6/fc7 width of the test weights (4096 in the published files)
 # accuracy in percent; eval prints error rates, 100 minus these.
 CAFFE_TOP1, CAFFE_TOP5 = 57.1, 80.2
 TV_TOP1, TV_TOP5 = 56.522, 79.066
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 def error_line(err: str) -> str:

@@ -9,10 +9,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_run import run_cli
 from format_v1 import downgrade_set, downgrade_shard
 
 import alexrepro.data.prep as prep_mod
-from alexrepro.cli import main
 from alexrepro.data.info import describe, verify
 from alexrepro.data.manifest import read_manifest
 from alexrepro.data.options import PrepOptions
@@ -20,12 +20,6 @@ from alexrepro.data.prep import prep
 from alexrepro.data.shards import decode_jpeg
 from alexrepro.data.split import open_split
 from alexrepro.errors import WorkFailed
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code, capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def test_describe(prepared, synth_summary):
 
 
 def test_cli_info_json_and_verify_ok(prepared, capsys):
-    code, text = run_cli(["info", str(prepared), "--verify", "--json"], capsys)
+    code, text, _ = run_cli(["info", str(prepared), "--verify", "--json"], capsys)
     assert code == 0
     data = json.loads(text)
     assert data["verify"]["verified"] and data["verify"]["images"]["train"] == data["splits"]["train"]["count"]
@@ -149,7 +143,7 @@ def test_a_flipped_byte_inside_a_jpegs_scan_is_a_checksum_mismatch(copy, capsys)
     want = (f"{path.as_posix()}: image 2 ({key}) checksum mismatch (stored crc32 {zlib.crc32(before):08x}, "
             f"its bytes give {zlib.crc32(after):08x})")
     assert f"(1 problems): {want}" in str(e.value) and str(e.value).endswith(want)
-    code, text = run_cli(["info", str(copy), "--verify", "--json"], capsys)
+    code, text, _ = run_cli(["info", str(copy), "--verify", "--json"], capsys)
     report = json.loads(text)["verify"]  # --json still prints the one object, every problem in it
     assert code == 1 and report["verified"] is False and report["problems"] == [want]
 
@@ -170,7 +164,7 @@ def test_a_flipped_byte_in_a_raw_image_is_a_checksum_mismatch(synth_src, tmp_pat
 
 def test_a_version_1_set_verifies_with_one_note(copy, capsys):
     shards = downgrade_set(copy)
-    code, text = run_cli(["info", str(copy), "--verify", "--json"], capsys)
+    code, text, _ = run_cli(["info", str(copy), "--verify", "--json"], capsys)
     report = json.loads(text)["verify"]
     assert json.loads(text)["format_version"] == 1
     assert code == 0 and report["verified"] and report["checksummed"] == {"train": 0, "val": 0}
@@ -182,7 +176,7 @@ def test_a_version_1_set_verifies_with_one_note(copy, capsys):
 
 
 def test_cli_verify_json_counts_the_checksummed_images(prepared, capsys):
-    code, text = run_cli(["info", str(prepared), "--verify", "--json"], capsys)
+    code, text, _ = run_cli(["info", str(prepared), "--verify", "--json"], capsys)
     data = json.loads(text)
     assert code == 0 and data["verify"]["notes"] == [] and data["format_version"] == 2
     assert data["verify"]["checksummed"] == {name: s["count"] for name, s in data["splits"].items()}

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli
 from PIL import Image
 from skimage import data as skdata
 
-from alexrepro.cli import main
 from alexrepro.data.prepared import Stats, write_manifest, write_shard, write_stats
 from alexrepro.errors import UserError
 from alexrepro.evaluation.predict import load_image, mean_from_checkpoint
@@ -50,13 +50,6 @@ def photos(tmp_path_factory):
     write_ckpt(root / "with_mean.pt")
     write_ckpt(root / "no_mean.pt", with_mean=False)
     return root
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_predict_photos_and_report_broken_files(photos, capsys):

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_run import run_cli
 
 import alexrepro.data.prep as prep_mod
 from alexrepro import open_split
@@ -19,12 +20,6 @@ from alexrepro.data.options import PrepOptions
 from alexrepro.data.prep import prep
 from alexrepro.data.stats_file import read_stats
 from alexrepro.errors import UserError
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code, capsys.readouterr().out
 
 
 def shard_contents(out, split):
@@ -159,11 +154,11 @@ def test_raw_encoding_and_one_split(synth_src, tmp_path):
 
 def test_cli_json_and_refusals(synth_src, tmp_path, capsys):
     out = tmp_path / "out"
-    code, text = run_cli(["prep", str(synth_src), str(out), "--workers", "1", "--split", "val", "--json"], capsys)
+    code, text, _ = run_cli(["prep", str(synth_src), str(out), "--workers", "1", "--split", "val", "--json"], capsys)
     assert code == 0 and json.loads(text)["splits"]["val"]["written"] > 0
     manifest = (out / "manifest.json").read_bytes()
     # OUT holding a different set (other options): refused, nothing overwritten
-    code, _ = run_cli(["prep", str(synth_src), str(out), "--split", "val", "--quality", "80"], capsys)
+    code, _, _ = run_cli(["prep", str(synth_src), str(out), "--split", "val", "--quality", "80"], capsys)
     assert code == 2 and (out / "manifest.json").read_bytes() == manifest
     assert run_cli(["prep", str(tmp_path / "missing"), str(tmp_path / "o1")], capsys)[0] == 2
     (tmp_path / "empty").mkdir()

@@ -11,17 +11,11 @@ import json
 
 import numpy as np
 import pytest
+from cli_run import run_cli
 from PIL import Image
 
 from alexrepro.cli import main
 from alexrepro.data.prepared import open_split, read_manifest
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 @pytest.fixture(scope="module")

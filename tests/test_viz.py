@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli
 from PIL import Image
 
-from alexrepro.cli import main
 from alexrepro.data.prepared import IMAGE_SIZE, Stats, write_manifest, write_shard, write_stats
 from alexrepro.figures.curves import read_epoch_records
 from alexrepro.figures.filters import filter_mosaic, grid_shape, normalise_kernel
@@ -70,13 +70,6 @@ def make_run(run: Path, out: Path, seed: int = 0, conv1: torch.Tensor | None = N
                        stats={"mean": st.mean.astype(np.float16), "channel_mean": st.channel_mean})
     save_checkpoint(run / "checkpoints" / "best.pt", saved)
     return run
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
 
 
 def png_size(path: str | Path) -> tuple[int, int]:
