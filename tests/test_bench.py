@@ -55,6 +55,13 @@ def test_bench_train_reports_every_loop_and_the_ceiling(prepared):
     # the ceiling: measured FLOP/s over 3 × 2 × multiply-adds per image
     assert r["ceiling_images_per_s"] == pytest.approx(r["matmul_gflops"] * 1e9 / (6 * r["forward_macs_per_image"]),
                                                       rel=1e-2)
+    # torchvision's AlexNet at these 112-pixel crops and 4 classes, counted by hand: conv1 64×3×11×11 to 27×27,
+    # pool to 13, conv2 192×64×5×5 at 13×13, pool to 6, conv3-5 at 6×6, the adaptive pool to 6×6 (a no-op), fc
+    tv = (27**2 * 64 * 3 * 121 + 13**2 * 192 * 64 * 25 + 6**2 * (384 * 192 + 256 * 384 + 256 * 256) * 9
+          + 256 * 36 * 4096 + 4096 * 4096 + 4096 * 4)
+    assert r["torchvision_forward_macs_per_image"] == tv
+    assert r["ours_vs_torchvision_per_mac"] == pytest.approx(r["ours_vs_torchvision"] * r["forward_macs_per_image"] / tv,
+                                                             rel=2e-3)
     ours, plain = r["loops"]["ours"]["seconds_per_step"], r["loops"]["plain"]["seconds_per_step"]
     # the step times are reported to 4 significant digits (up to 5e-4 relative each), the overhead from the
     # unrounded ones: compare the ratio, not its difference from 1 (which a loaded machine makes large)

@@ -100,7 +100,8 @@ def _train_extra_rows(result: dict[str, Any]) -> list[Row]:
     if "end_to_end_vs_synthetic" in result:
         rows += [("end to end ÷ synthetic input (target ≥ 0.9)", result["end_to_end_vs_synthetic"], 1.0)]
     if "ours_vs_torchvision" in result:
-        rows += [("ours ÷ torchvision AlexNet speed", result["ours_vs_torchvision"], 1.0)]
+        rows += [("ours ÷ torchvision AlexNet speed", result["ours_vs_torchvision"], 1.0),
+                 ("ours ÷ torchvision AlexNet, per multiply-add", result["ours_vs_torchvision_per_mac"], 1.0)]
     if "optimizer" in result:
         update = result["optimizer"]
         rows += [(f"update of {update['parameters']:,} weights, s: fused §5 / per tensor / torch SGD",

@@ -176,7 +176,8 @@ def report(g: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
         r = g["train.json"].get(key)
         if r:
             loops = {k: v["images_per_s"] for k, v in r["loops"].items()}
-            print(f"train {key}: images/s {loops}, vs torchvision {r.get('ours_vs_torchvision')}, e2e/synthetic "
+            print(f"train {key}: images/s {loops}, vs torchvision {r.get('ours_vs_torchvision')} "
+                  f"(per multiply-add {r.get('ours_vs_torchvision_per_mac')}), e2e/synthetic "
                   f"{r.get('end_to_end_vs_synthetic')}, overhead {r.get('overhead_vs_plain')}")
             print(f"   lrn {r.get('lrn')}")
     for key in ("jpeg", "raw"):
