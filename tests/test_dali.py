@@ -6,6 +6,7 @@ the last test is of the DALI backend's own external source.
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from loader_data import make_set
@@ -195,18 +196,26 @@ def test_sample_mode_keeps_short_batches_ranks_epochs_and_evaluation(raw_set, jp
 def test_sample_source_fills_a_short_batch_with_padding_the_loader_drops(jpeg_set):
     from alexrepro.loaders.dali_source import PAD_LABEL, SampleSource, real_count
 
-    loader = make_loader(jpeg_set, "val", DataConfig(workers=1), 4, train=False, device=CPU, kind="dali")
-    source = pickle.loads(pickle.dumps(SampleSource(loader.dataset, loader.plan, loader.spec.data, 0, 0)))
-    info = type("Info", (), {"epoch_idx": 0, "iteration": 1, "idx_in_batch": 0})()
-    samples = []
-    for i in range(4):  # 7 images in batches of 4: batch 1 holds images 4, 5, 6 and one filler
-        info.idx_in_batch = i
-        samples.append(source(info))
-    labels = [int(s[3]) for s in samples]
-    assert labels == [4, 5, 6, PAD_LABEL] and real_count(labels) == 3
-    whole = ShardSource(loader.dataset, loader.plan, loader.spec.data, 0, 0)(info)[0]
-    assert all(bytes(s[0]) == bytes(w) for s, w in zip(samples, whole, strict=False))
-    info.iteration = 2
+    loader = make_loader(jpeg_set, "train", DataConfig(workers=1, drop_last=False), 8, train=True, device=CPU,
+                         kind="dali", seed=2)
+    info = type("Info", (), {"epoch_idx": 0, "iteration": 0, "idx_in_batch": 0})()
+    # one image at a time, or runs of 3 read together; asked for out of order; one source for both batches
+    for run, order in ((1, range(8)), (3, [5, 0, 7, 2, 1, 6, 3, 4]), (3, [1, 4, 0, 6, 2, 7, 5, 3])):
+        source = pickle.loads(pickle.dumps(SampleSource(loader.dataset, loader.plan, loader.spec.data, 3, 0, run=run)))
+        for batch, n in ((0, 8), (1, 8), (2, 4)):  # 20 training images in batches of 8: batch 2 holds 4, 4 fillers
+            info.iteration = batch
+            whole = ShardSource(loader.dataset, loader.plan, loader.spec.data, 3, 0)(info)
+            got = {}
+            for i in order:
+                info.idx_in_batch = i
+                got[i] = source(info)
+            labels = [int(got[i][3]) for i in range(8)]
+            assert labels == [int(v) for v in whole[3]] + [PAD_LABEL] * (8 - n) and real_count(labels) == n
+            for i in range(8):  # the batch's own images, then copies of its first
+                k = i if i < n else 0
+                assert bytes(got[i][0]) == bytes(whole[0][k]) and list(got[i][1]) == list(whole[1][k])
+                assert int(got[i][2]) == int(whole[2][k]) and np.array_equal(got[i][4], whole[4][k])
+    info.iteration = 3
     with pytest.raises(StopIteration):
         source(info)
     loader.close()

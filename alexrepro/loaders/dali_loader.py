@@ -277,8 +277,11 @@ class DaliLoader(Loader):
 
     def _source(self) -> ShardSource:
         """The external source over this loader's epoch from its start batch, in the tuning's mode."""
-        kind = SampleSource if self.tuning.per_sample else ShardSource
-        return kind(self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
+        args = (self.dataset, self.plan, self.spec.data, self.epoch, self.start_batch)
+        if not self.tuning.per_sample:
+            return ShardSource(*args)
+        workers = self.tuning.workers(self.spec.data.workers)[1]
+        return SampleSource(*args, run=-(-self.plan.batch_size // self.plan.world_size // workers))  # ceil
 
     def _shutdown(self) -> None:
         if self._pipe is not None:

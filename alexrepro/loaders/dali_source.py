@@ -87,21 +87,30 @@ class SampleSource(ShardSource):
 
     DALI asks sample mode for a full batch every time, so a rank's short batch (the kept last one, or
     a rank's smaller slice of it) is filled up with copies of its first image labelled PAD_LABEL; the
-    loader keeps only the batch's own images (`real_count`). A worker asks for a contiguous run of one
-    batch's samples, so the batch's indices and draws are computed once per worker and batch.
+    loader keeps only the batch's own images (`real_count`). DALI gives each worker a contiguous run of
+    one batch's samples (batch size ÷ workers of them), so a worker computes the batch's indices and
+    draws once, and reads `run` images from the one it is asked for in one `read_batch` (one pread per
+    run of adjacent images in a shard) rather than one read per image. Which images are read together
+    changes the speed only: any sample asked for is read if it was not.
     """
 
-    _cached: tuple[tuple[int, int], np.ndarray, Any] | None = field(default=None, init=False, repr=False)
+    run: int = 1  # images read together from the one asked for (the loader: batch size ÷ Python workers)
+    _batch: tuple[tuple[int, int], np.ndarray, Any] | None = field(default=None, init=False, repr=False)
+    _stored: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self, info: Any) -> tuple[np.ndarray, ...]:  # type: ignore[override]
         where = self._position(info)
-        if self._cached is None or self._cached[0] != where:
-            self._cached = (where, *rank_batch(self.plan, self.data, *where))
-        _, idx, p = self._cached
+        if self._batch is None or self._batch[0] != where:
+            self._batch = (where, *rank_batch(self.plan, self.data, *where))
+            self._stored = {}
+        _, idx, p = self._batch
         i = int(info.idx_in_batch)
         label = int(self.split.labels[idx[i]]) if i < len(idx) else PAD_LABEL
         i = i if i < len(idx) else 0
-        return (read_batch(self.split, idx[i : i + 1])[0], np.array([p.y[i], p.x[i]], dtype=np.int32),
+        if i not in self._stored:
+            end = min(i + self.run, len(idx))
+            self._stored = dict(zip(range(i, end), read_batch(self.split, idx[i:end]), strict=True))
+        return (self._stored[i], np.array([p.y[i], p.x[i]], dtype=np.int32),
                 np.array(p.flip[i], dtype=np.int32), np.array(label, dtype=np.int64),
                 np.asarray(p.alpha[i], dtype=np.float64))
 
