@@ -112,3 +112,29 @@ def test_the_run_option_reaches_the_net_and_is_checked():
     assert not any(isinstance(m, TowerConv2d) for m in one_gpu.modules())
     with pytest.raises(UserError, match="run.grouped_conv must be one of 'grouped', 'split'"):
         load_recipe("tiny", ["run.grouped_conv=halves"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_forms_agree_on_cuda(channels_last, monkeypatch):
+    # cuDNN picks other kernels for the two forms: the same function up to float32 rounding (TF32 off), and
+    # within bf16's precision under autocast; gradients reach the one weight tensor in both
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    cfg = load_recipe("tiny", TINY).model
+    torch.manual_seed(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grouped = build_net(cfg, 112).cuda().to(memory_format=fmt).eval()
+    split = set_grouped_conv(build_net(cfg, 112), "split").cuda().to(memory_format=fmt).eval()
+    split.load_state_dict(grouped.state_dict())
+    x = torch.randn(4, 3, 112, 112, device="cuda").contiguous(memory_format=fmt)
+    for dtype, tol in ((None, 1e-4), (torch.bfloat16, 3e-2)):
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            a, b = grouped(x), split(x)
+        assert float((a - b).detach().abs().max() / a.detach().abs().max()) < tol, dtype
+        a.float().sum().backward()
+        b.float().sum().backward()
+        wa, wb = grouped.conv2.weight.grad, split.conv2.weight.grad
+        assert float((wa - wb).abs().max() / wa.abs().max()) < tol, dtype
+        grouped.zero_grad()
+        split.zero_grad()
