@@ -63,7 +63,9 @@ def test_recipes_and_checkpoints_without_arch_mean_the_papers_net():
     assert ModelConfig().arch == "alexnet" and next(iter(NETS)) == "alexnet"
     old = load_recipe("tiny", ["model.num_classes=10", "data.crop_size=64", "data.image_size=72"]).to_dict()
     del old["model"]["arch"]  # as written before the field existed
+    del old["run"]["lrn_kernel"], old["run"]["grouped_conv"]  # the run options added since read as their defaults
     assert recipe_from_dict(old).model.arch == "alexnet"
+    assert (recipe_from_dict(old).run.lrn_kernel, recipe_from_dict(old).run.grouped_conv) == ("auto", "grouped")
     torch.manual_seed(0)
     net = build_net(recipe_from_dict(old).model, 64)
     payload = {"model": net.state_dict(), "recipe": old, "recipe_name": "tiny", "classes": [],
