@@ -92,7 +92,8 @@ def split_copy(grouped: nn.Conv2d) -> TowerConv2d:
     """The grouped layer with its weights, as the net runs it with run.grouped_conv = "split": one convolution
     per tower on that tower's maps, joined."""
     split = TowerConv2d(grouped.in_channels, grouped.out_channels, grouped.kernel_size, grouped.stride,
-                        grouped.padding, groups=grouped.groups, device=grouped.weight.device, dtype=grouped.weight.dtype)
+                        grouped.padding, groups=grouped.groups, device=grouped.weight.device,
+                        dtype=grouped.weight.dtype)
     split.load_state_dict(grouped.state_dict())
     return set_grouped_conv(split, "split")
 

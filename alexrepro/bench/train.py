@@ -164,9 +164,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
     AlexNet; and the plain loop's net (the optimiser and LRN timings run on it)."""
     import torchvision
 
-    from alexrepro.nets import build_net
-    from alexrepro.nets.alexnet import set_grouped_conv
-    from alexrepro.nets.lrn import set_lrn_kernel
+    from alexrepro.nets import build_net, set_run_kernels
 
     recipe, device, amp = bench.recipe, bench.harness.device, bench.harness.amp_dtype
 
@@ -185,8 +183,7 @@ def plain_loops(bench: StepBench, torchvision_baseline: bool) -> tuple[dict[str,
         return step
 
     torch.manual_seed(0)
-    plain_model = set_lrn_kernel(build_net(recipe.model, recipe.data.crop_size), recipe.run.lrn_kernel)
-    set_grouped_conv(plain_model, recipe.run.grouped_conv)
+    plain_model = set_run_kernels(build_net(recipe.model, recipe.data.crop_size), recipe.run)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                                 weight_decay=recipe.optim.weight_decay)
     loops = {"plain": plain_step(placed(plain_model), plain_opt)}
@@ -220,8 +217,8 @@ def train_report(bench: StepBench, results: dict[str, float], steps: int, rounds
     if "torchvision" in results:
         report["ours_vs_torchvision"] = round(results["torchvision"] / results["ours"], 3)
         # Both nets do about the same work per image (the paper's 724 M forward multiply-adds at 224, torchvision's
-        # 714 M), so a ratio below 1 is kernels, not FLOPs: the same ratio per multiply-add says how much.
-        # the plain loop's torchvision.models.alexnet is full width whatever the recipe's width: so is this count
+        # 714 M), so a ratio below 1 is kernels, not FLOPs: the same ratio per multiply-add says how much. The
+        # plain loop's torchvision.models.alexnet is full width whatever the recipe's width, and so is this count.
         tv_macs = forward_macs(dataclasses.replace(recipe.model, arch="torchvision-alexnet", width=1.0, fc_width=4096),
                                crop)
         report["torchvision_forward_macs_per_image"] = tv_macs

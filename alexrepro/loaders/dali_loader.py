@@ -9,8 +9,9 @@ as the PyTorch backend, so for the same draws both give the same tensor up to th
 differences. Batches are prefetched (prefetch_queue_depth) so that loading overlaps training.
 
 `DaliTuning` holds how the pipeline runs (prefetch depths, threads, the hardware decoder's share, decoding
-only the crop's region, batch or sample mode of the Python source): settings that change the speed, never the tensors (tests/test_dali.py), chosen by
-`alexrepro bench loader --dali-variant` measurements (docs/PERFORMANCE.md).
+only the crop's region, batch or sample mode of the Python source): settings that change the speed, never
+the tensors (tests/test_dali.py), chosen by `alexrepro bench loader --dali-variant` measurements
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _decoder_options(tuning: DaliTuning, gpu: bool) -> dict[str, Any]:
 
 
 def _source_outputs(source: ShardSource, encoding: str, depth: int) -> Any:
-    """Inside a pipeline's graph: the Python source's outputs (stored, anchor, flip, label, α), `depth` batches ahead.
+    """Inside a pipeline's graph: the Python source's outputs (stored, anchor, flip, label, α), `depth` ahead.
 
     Batch mode hands each batch to ONE Python worker, and only `depth` batches are in flight: a depth of one
     batch per worker lets every worker read (at depth 2, 16 workers on an H200 gave 9.0k images/s, the
@@ -212,9 +213,7 @@ class DaliLoader(Loader):
             if want == self._next or (not self.spec.train and want[1] == 0 == self._next[1]):
                 return self._pipe
         self._shutdown()
-        source = self._source()
-        max_batch = self.plan.batch_size // self.plan.world_size  # no rank slice is larger
-        self._pipe = build_pipeline(self.spec, source, self.dataset.encoding, max_batch, self.tuning)
+        self._pipe = build_pipeline(self.spec, self._source(), self.dataset.encoding, self._max_batch, self.tuning)
         self._next = want
         self._first_epoch = self.epoch
         self._epochs_built = 0
@@ -272,8 +271,12 @@ class DaliLoader(Loader):
         source = self._source()
         with warnings.catch_warnings():  # a stage leaves some of the source's outputs unused, as it means to
             warnings.filterwarnings("ignore", message="The external source node")
-            return build_pipeline(self.spec, source, self.dataset.encoding,
-                                  self.plan.batch_size // self.plan.world_size, self.tuning, stage)
+            return build_pipeline(self.spec, source, self.dataset.encoding, self._max_batch, self.tuning, stage)
+
+    @property
+    def _max_batch(self) -> int:
+        """The pipeline's batch size: a rank's slice of a global batch (no rank slice is larger)."""
+        return self.plan.batch_size // self.plan.world_size
 
     def _source(self) -> ShardSource:
         """The external source over this loader's epoch from its start batch, in the tuning's mode."""
@@ -281,7 +284,7 @@ class DaliLoader(Loader):
         if not self.tuning.per_sample:
             return ShardSource(*args)
         workers = self.tuning.workers(self.spec.data.workers)[1]
-        return SampleSource(*args, run=-(-self.plan.batch_size // self.plan.world_size // workers))  # ceil
+        return SampleSource(*args, run=-(-self._max_batch // workers))  # each worker's run of a batch, rounded up
 
     def _shutdown(self) -> None:
         if self._pipe is not None:

@@ -16,7 +16,7 @@ from alexrepro.errors import UserError
 if TYPE_CHECKING:
     from torch import nn
 
-    from alexrepro.recipe import ModelConfig
+    from alexrepro.recipe import ModelConfig, RunConfig
 
 
 def _alexnet(model_cfg: ModelConfig, crop_size: int) -> nn.Module:
@@ -47,4 +47,14 @@ def build_net(model_cfg: ModelConfig, crop_size: int) -> nn.Module:
     return NETS[model_cfg.arch](model_cfg, crop_size)
 
 
-__all__ = ["NETS", "build_net"]
+def set_run_kernels(net: nn.Module, run: RunConfig) -> nn.Module:
+    """The recipe's run options that choose `net`'s kernels, not its function: run.lrn_kernel for every LRN
+    layer, run.grouped_conv for conv2/4/5's towers. Apply after model_parallel, which builds its own layers.
+    Returns `net`."""
+    from alexrepro.nets.alexnet import set_grouped_conv
+    from alexrepro.nets.lrn import set_lrn_kernel
+
+    return set_grouped_conv(set_lrn_kernel(net, run.lrn_kernel), run.grouped_conv)
+
+
+__all__ = ["NETS", "build_net", "set_run_kernels"]

@@ -79,15 +79,12 @@ def build_step(recipe: Recipe, device: torch.device, *, precision: str | None = 
     `precision` and `channels_last` default to the recipe's run section; `model_devices` splits the net's
     two towers over two devices (§3.2), the first of which then holds the inputs and tallies.
     """
-    from alexrepro.nets import build_net
-    from alexrepro.nets.alexnet import set_grouped_conv
-    from alexrepro.nets.lrn import set_lrn_kernel
+    from alexrepro.nets import build_net, set_run_kernels
 
     precision = recipe.run.precision if precision is None else precision
     channels_last = recipe.run.channels_last if channels_last is None else channels_last
     model = place_model(build_net(recipe.model, recipe.data.crop_size), device, channels_last, model_devices)
-    set_lrn_kernel(model, recipe.run.lrn_kernel)  # after model_parallel, which builds its own LRN layer
-    set_grouped_conv(model, recipe.run.grouped_conv)  # model parallel: each tower's convolutions are plain already
+    set_run_kernels(model, recipe.run)  # after model_parallel, which builds its own layers
     device = model_devices[0] if model_devices is not None else device
     optimizer = make_optimizer(model, recipe.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
