@@ -258,8 +258,15 @@ def test_bench_lrn_cli_json_and_table(capsys):
     assert r["floor_seconds"] == pytest.approx(20 * r["values"] / (r["bandwidth_gb_per_s"] * 1e9), rel=0.01)
     for name, secs in r["seconds_forward_backward"].items():
         assert r["times_floor"][name] == pytest.approx(secs / r["floor_seconds"], rel=0.01)
+    assert "tiles" not in r  # the Triton kernels' tiles are timed where they run (CUDA)
     code, stdout, err = run_cli(args, capsys)
     assert code == 0 and stdout == "" and "LRN floor" in err and "LRN torch ÷ floor" in err
+    from alexrepro.cli.bench_tables import _lrn_rows
+
+    rows = _lrn_rows(r | {"tiles": {"default": "1024x4", "best": "2048x8", "best_vs_default": 0.8,
+                                    "times_floor": {"1024x4": 2.5, "2048x8": 2.0}}})
+    assert rows[-3:] == [("LRN kernels at tile 1024x4 ÷ floor", 2.5, 1.0), ("LRN kernels at tile 2048x8 ÷ floor", 2.0, 1.0),
+                         ("fastest tile 2048x8: time ÷ default 1024x4's", 0.8, 1.0)]
 
 
 def test_bench_profile_bad_options_exit_2(tmp_path, capsys):

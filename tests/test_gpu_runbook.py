@@ -58,6 +58,9 @@ def test_summary_gathers_the_results_and_checks_the_targets(tmp_path):
              "lrn": {"seconds_forward_backward": {"ours": 1e-3}, "floor_seconds": 4e-4, "times_floor": {"torch": 9.0, "triton": 2.5}}}
     write(res, "train_compile", train)
     write(res, "curves", {"within_tolerance": True})
+    write(res, "lrn", {"seconds_forward_backward": {"triton": 4e-4}, "times_floor": {"triton": 2.6},
+                       "tiles": {"default": "1024x4", "best": "2048x8", "best_vs_default": 0.8,
+                                 "times_floor": {"1024x4": 2.5, "2048x8": 2.0}}})
     write(res, "loader", {"loaders": {"dali": {"images_per_s": 39000}},
                           "dali_variants": {"roi_decode=true": {"images_per_s": 41000, "vs_default": 1.05}}})
     for i, (rate, second) in enumerate([(9579, 20000), (23797, 23000), (15000, 22000)], start=1):
@@ -76,7 +79,8 @@ def test_summary_gathers_the_results_and_checks_the_targets(tmp_path):
     met = {t["target"]: (t["figure"], t["met"]) for t in s["targets"]}
     assert met["LRN share of kernel time, eager, Triton kernel"] == (0.08, True)
     assert met["LRN share of kernel time, eager, torch path (before)"] == (0.47, None)  # for reference
-    assert met["LRN forward + backward ÷ memory floor (Triton)"] == ({"times_floor.triton": 2.5}, True)
+    assert met["LRN forward + backward ÷ memory floor (Triton)"] == ({"times_floor.triton": 2.6}, True)  # bench lrn's
+    assert met["LRN kernels at the fastest tile: time ÷ the default tile's"] == ({"2048x8": 0.8}, None)
     assert met["paper net compiled, images/s (H200 target)"] == (26000, True)
     assert met["end to end ÷ synthetic input, compiled"] == (0.9, False)
     assert met["DALI, 256×256 JPEG shards, images/s (default settings)"] == (39000, False)
@@ -87,6 +91,7 @@ def test_summary_gathers_the_results_and_checks_the_targets(tmp_path):
     assert met["model-parallel path ran: steps, towers' devices"] == ({"steps": 2, "devices": ["cuda:0", "cuda:0"]}, True)
     assert json.loads((out / "profile.json").read_text())["eager_torch"]["images_per_s"] == 11680
     assert "target: paper net ÷ torchvision AlexNet, compiled: 0.85 (>= 0.8): met" in done.stdout
+    assert "fastest 2048x8, 0.8 of the default 1024x4's time" in done.stdout
 
 
 @pytest.mark.slow

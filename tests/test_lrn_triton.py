@@ -123,6 +123,48 @@ def test_any_strides_of_input_and_gradient(_):
     check_against_formula(wide[:, ::2, :, 1:], N, ALPHA, BETA, K, "printed", 2)  # a strided view
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"] if INTERPRETED else ["channels_last"])
+@pytest.mark.parametrize("_", [pytest.param(None, marks=kernels)])
+def test_every_tile_gives_the_same_bits(_, layout):
+    """A tile (activations and warps per program) changes which program computes an activation, not how: at
+    every tile `bench lrn` times, the kernels give the default tile's bits, forward (saving D or not) and
+    backward (recomputing D or reading it). On CUDA at the paper's shapes, channels-last, the kernels a
+    training step runs (each tile there is a compilation of its own: a few seconds each)."""
+    from alexrepro.nets.lrn_triton import TILE, TILES, _launch, launch_backward, launch_forward
+
+    alpha = lrn.effective_alpha(ALPHA, N, "printed")
+
+    def run(x: torch.Tensor, g: torch.Tensor, tile: tuple[int, int]) -> list[torch.Tensor]:
+        y, _ = launch_forward(x, N, alpha, BETA, K, 2, False, tile)
+        out = [y, launch_backward(g, x, None, N, alpha, BETA, K, 2, tile)]
+        if INTERPRETED:  # and the kernels' other forms
+            y_saving, d = launch_forward(x, N, alpha, BETA, K, 2, True, tile)
+            out += [y_saving, d, launch_backward(g, x, d, N, alpha, BETA, K, 2, tile)]
+        return out
+
+    for shape in [(2, 96, 7, 7)] if INTERPRETED else [(128, 96, 55, 55), (128, 256, 27, 27)]:
+        x = activations(shape, torch.bfloat16, layout == "channels_last")
+        g = activations(shape, torch.bfloat16, layout == "channels_last").flip(0)
+        want = run(x, g, TILE)
+        for tile in TILES:
+            assert all(torch.equal(a, b) for a, b in zip(run(x, g, tile), want, strict=True)), (shape, tile)
+        assert len({_launch(x, N // 2, t)[0] for t in TILES}) >= 3  # the tiles' lengths really differ here
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=kernels)])
+def test_bench_times_every_tile(_):
+    from alexrepro.bench.lrn import tile_timings
+    from alexrepro.nets.lrn_triton import TILE, TILES
+
+    x = activations((1, 16, 4, 4), torch.float32, channels_last=True)
+    r = tile_timings([(LocalResponseNorm(N, ALPHA, BETA, K, groups=2), x)], steps=1, rounds=1, floor=1e-3)
+    secs = r["seconds_forward_backward"]
+    names = [f"{a}x{w}" for a, w in [TILE, *(t for t in TILES if t != TILE)]]
+    assert list(secs) == names and r["default"] == names[0] and r["best"] == min(secs, key=secs.__getitem__)
+    assert r["best_vs_default"] == pytest.approx(secs[r["best"]] / secs[names[0]], rel=1e-3) and r["best_vs_default"] <= 1
+    assert r["times_floor"] == {k: pytest.approx(v / 1e-3, rel=1e-3) for k, v in secs.items()}
+
+
 @pytest.mark.parametrize("_", [pytest.param(None, marks=kernels)])
 def test_kernel_choices_on_this_device(_):
     x = activations((2, 8, 3, 3), torch.float32, channels_last=False)
@@ -290,9 +332,9 @@ def test_kernels_compile_for_a_gpu_without_one(layout, tmp_path, monkeypatch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    def compile_kernel(kernel, flag: str, save: bool) -> None:  # noqa: ANN001
+    def compile_kernel(kernel, flag: str, save: bool, tile: tuple[int, int] = lrn.lrn_triton.TILE) -> None:  # noqa: ANN001
         floats, ones = ("alpha", "beta", "k"), (("s_c", "g_c") if layout == "channels_last" else ("s_p", "g_p"))
-        consts = {"PER": 48, "SIZE": 5, flag: save, "BLOCK_P": 16, "BLOCK_C": 64} | {name: 1 for name in ones}
+        consts = {"PER": 48, "SIZE": 5, flag: save, "BLOCK_P": tile[0] // 64, "BLOCK_C": 64} | {n: 1 for n in ones}
         if not save:
             consts["denom_ptr"] = None  # launched with None when D is not saved
         signature = {}
@@ -304,13 +346,17 @@ def test_kernels_compile_for_a_gpu_without_one(layout, tmp_path, monkeypatch):
             else:
                 signature[name] = "fp32" if name in floats else "i32"
         consts = {name: value for name, value in consts.items() if name in signature}
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs=consts), target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"]
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": tile[1]})
+        assert compiled.asm["cubin"] and compiled.metadata.num_warps == tile[1]
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compiled from scratch, and no cache left behind
     for save in (False, True):
         compile_kernel(lrn.lrn_triton._lrn_forward_kernel, "SAVE", save)
         compile_kernel(lrn.lrn_triton._lrn_backward_kernel, "SAVED", save)
+    for tile in lrn.lrn_triton.TILES:  # every tile `bench lrn` times on a GPU
+        compile_kernel(lrn.lrn_triton._lrn_forward_kernel, "SAVE", False, tile)
+        compile_kernel(lrn.lrn_triton._lrn_backward_kernel, "SAVED", False, tile)
 
 
 # ------------------------------------------------------------------------------------------- on CUDA only
@@ -378,3 +424,5 @@ def test_bench_lrn_times_both_backwards_on_cuda(_):
     assert r["bytes_forward_backward"]["triton"] == 5 * 2 * r["values"]  # 10 bytes per value in bf16
     assert r["bytes_forward_backward"]["triton_saved"] == (5 * 2 + 8) * r["values"]
     assert r["floor_seconds"] > 0 and r["times_floor"]["triton"] > 0
+    assert r["tiles"]["default"] == "1024x4" and set(r["tiles"]["seconds_forward_backward"]) == {
+        f"{a}x{w}" for a, w in lrn.lrn_triton.TILES}

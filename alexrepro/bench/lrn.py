@@ -6,6 +6,8 @@ memory format of the run), one forward and one backward of every layer, timed pe
   autograd      the same formula through autograd (square, average pool, pow, divide)
   triton        the fused kernels of alexrepro.nets.lrn_triton, the backward recomputing D (CUDA only)
   triton_saved  the same, the forward saving D in float32 for the backward (CUDA only)
+and, where the Triton kernels run, their forward + backward (recomputing D, no autograd) at each tile of
+alexrepro.nets.lrn_triton.TILES (activations and warps per program) beside the default tile.
 The floor is the least memory traffic of a fused LRN: forward reads a and writes b, backward reads a and
 the gradient and writes ∂L/∂a (5 values per activation: 10 bytes in bf16); saving D adds 8 bytes (a
 float32 written and read back). It is divided by the device's measured copy bandwidth, and each
@@ -87,9 +89,10 @@ def implementations(inputs: list[tuple[Any, torch.Tensor]]) -> dict[str, Callabl
 
 
 def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype | None, steps: int = 3,
-                rounds: int = 3) -> dict[str, Any]:
+                rounds: int = 3, tiles: bool = False) -> dict[str, Any]:
     """Seconds per forward + backward of the net's LRN layers on their real inputs, per implementation, with
-    the bytes a fused LRN moves at the least and that floor in seconds at the measured copy bandwidth."""
+    the bytes a fused LRN moves at the least and that floor in seconds at the measured copy bandwidth; with
+    `tiles`, where the Triton kernels run, `tile_timings` besides."""
 
     inputs = lrn_inputs(model, images, amp)
     if not inputs:
@@ -111,18 +114,49 @@ def lrn_timings(model: torch.nn.Module, images: torch.Tensor, amp: torch.dtype |
     moved = {"triton": VALUES_MOVED * item * values, "triton_saved": (VALUES_MOVED * item + SAVED_D_BYTES) * values}
     bandwidth = copy_bandwidth(device)
     floor = moved["triton"] / bandwidth
+    by_tile = tile_timings(inputs, steps, rounds, floor) if tiles and "triton" in secs else None
     return {"layers": len(inputs), "shapes": [list(x.shape) for _, x in inputs], "dtype": str(inputs[0][1].dtype),
             "values": values, "seconds_forward_backward": {k: float(f"{v:.4g}") for k, v in secs.items()},
             "speedup_vs_autograd": {k: float(f"{secs['autograd'] / v:.4g}") for k, v in secs.items() if k != "autograd"},
             "bytes_forward_backward": moved, "bandwidth_gb_per_s": float(f"{bandwidth / 1e9:.4g}"),
             "floor_seconds": float(f"{floor:.4g}"),
-            "times_floor": {k: float(f"{v / floor:.4g}") for k, v in secs.items()}}
+            "times_floor": {k: float(f"{v / floor:.4g}") for k, v in secs.items()},
+            **({} if by_tile is None else {"tiles": by_tile})}
+
+
+def tile_name(tile: tuple[int, int]) -> str:
+    """"1024x4": activations per program × warps per program."""
+    return f"{tile[0]}x{tile[1]}"
+
+
+def tile_timings(inputs: list[tuple[Any, torch.Tensor]], steps: int, rounds: int, floor: float) -> dict[str, Any]:
+    """Seconds per forward + backward kernel launch of every LRN layer (D recomputed, no autograd) at each tile
+    of TILES, the default first, and as multiples of `floor`; the fastest tile, and its time as a fraction of
+    the default's."""
+    from alexrepro.nets import lrn
+    from alexrepro.nets.lrn_triton import TILE, TILES, launch_backward, launch_forward
+
+    def run(tile: tuple[int, int]) -> Callable[[], None]:
+        def step() -> None:
+            for m, x in inputs:
+                alpha = lrn.effective_alpha(m.alpha, m.size, m.convention)
+                launch_forward(x, m.size, alpha, m.beta, m.k, m.groups, False, tile)
+                launch_backward(torch.ones_like(x), x, None, m.size, alpha, m.beta, m.k, m.groups, tile)
+        return step
+
+    order = [TILE] + [t for t in TILES if t != TILE]
+    secs = time_interleaved({tile_name(t): run(t) for t in order}, steps, 1, rounds, inputs[0][1].device)
+    best = min(secs, key=secs.__getitem__)
+    return {"default": tile_name(TILE), "seconds_forward_backward": {k: float(f"{v:.4g}") for k, v in secs.items()},
+            "times_floor": {k: float(f"{v / floor:.4g}") for k, v in secs.items()},
+            "best": best, "best_vs_default": float(f"{secs[best] / secs[tile_name(TILE)]:.4g}")}
 
 
 def bench_lrn(recipe: str = "paper", overrides: tuple[str, ...] = (), batch_size: int | None = None,
               device: str = "cpu", precision: str = "fp32", channels_last: bool = False, steps: int = 10,
               rounds: int = 3) -> dict[str, Any]:
-    """`lrn_timings` on the recipe's net (seeded 0) and a synthetic batch, as `bench train` runs it."""
+    """`lrn_timings` on the recipe's net (seeded 0) and a synthetic batch, as `bench train` runs it, with the
+    Triton kernels' tiles timed where they run."""
     from alexrepro.nets import build_net
     from alexrepro.recipe_reader import load_recipe
     from alexrepro.runtime import autocast_dtype, resolve_device
@@ -135,6 +169,6 @@ def bench_lrn(recipe: str = "paper", overrides: tuple[str, ...] = (), batch_size
     images, _ = synthetic_batch(n, loaded.data.crop_size, loaded.model.num_classes, dev, channels_last)
     torch.manual_seed(0)
     model = place_model(build_net(loaded.model, loaded.data.crop_size), dev, channels_last)
-    report = lrn_timings(model, images, autocast_dtype(precision), steps=steps, rounds=rounds)
+    report = lrn_timings(model, images, autocast_dtype(precision), steps=steps, rounds=rounds, tiles=True)
     return {"recipe": loaded.name, "batch_size": n, "device": str(dev), "precision": precision,
             "channels_last": channels_last, "steps": steps, "rounds": rounds, **report}

@@ -120,6 +120,10 @@ def _lrn_rows(lrn: dict[str, Any]) -> list[Row]:
     rows += [(f"LRN floor: {lrn['bytes_forward_backward']['triton'] / 1e9:.3g} GB at "
               f"{lrn['bandwidth_gb_per_s']} GB/s copy, s", lrn["floor_seconds"], "")]
     rows += [(f"LRN {name} ÷ floor (target ≤ 3)", ratio, 1.0) for name, ratio in lrn["times_floor"].items()]
+    if "tiles" in lrn:  # the Triton kernels at each tile (activations x warps per program), no autograd
+        tiles = lrn["tiles"]
+        rows += [(f"LRN kernels at tile {name} ÷ floor", ratio, 1.0) for name, ratio in tiles["times_floor"].items()]
+        rows += [(f"fastest tile {tiles['best']}: time ÷ default {tiles['default']}'s", tiles["best_vs_default"], 1.0)]
     return rows
 
 

@@ -8,7 +8,8 @@ Forward reads a and writes b; backward reads a and the incoming gradient g and w
 
 recomputing D (`alexrepro::lrn`, the default: about 5 values read or written per activation), or reading
 the D that the forward saved in float32 (`alexrepro::lrn_saving_denominator`: 8 bytes more per value).
-`alexrepro bench lrn` times both against the torch path and the memory-traffic floor.
+`alexrepro bench lrn` times both against the torch path and the memory-traffic floor, and the kernels
+at each tile of TILES against the default TILE.
 
 Each program takes one image's tile of pixels × channels, read once from memory through its strides
 (NCHW or channels-last alike), with a halo of channels on each side. The window sums are shifts of the
@@ -103,9 +104,12 @@ def _lrn_backward_kernel(x_ptr, g_ptr, denom_ptr, dx_ptr, C, PER: tl.constexpr, 
 
 
 INTERPRETED = not isinstance(_lrn_forward_kernel, triton.runtime.jit.JITFunction)  # TRITON_INTERPRET=1
-# Activations per program: 8 per thread of 4 warps on a GPU. The interpreter pays Python time per program,
-# so its tiles are 8× longer along the pixels; the channel tiling, where the halo logic is, stays the same.
-TILE = 8192 if INTERPRETED else 1024
+# A program's tile: (activations, warps). 8 activations per thread of 4 warps on a GPU; `alexrepro bench lrn`
+# times each of TILES against it on the GPU (a tile moves no number: every activation is summed in the same
+# order whatever the tile). The interpreter pays Python time per program, so its tiles are 8× longer along
+# the pixels; the channel tiling, where the halo logic is, stays the same.
+TILE = (8192, 4) if INTERPRETED else (1024, 4)
+TILES = ((512, 2), (1024, 4), (2048, 4), (2048, 8), (4096, 8))
 
 
 def runs_on(device_type: str) -> bool:
@@ -151,59 +155,68 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-def _launch(x: torch.Tensor, halo: int) -> tuple[int, int, tuple[int]]:
-    """(pixels, channels) of a tile and the grid. The tile's width is the power of 2 that wastes the fewest
-    lanes on its halo and past the last channel (96 channels: 2 tiles of 64, 60 or 56 channels each)."""
+def _launch(x: torch.Tensor, halo: int, tile: tuple[int, int]) -> tuple[int, int, tuple[int], int]:
+    """(pixels, channels) of a tile, the grid and the warps per program. The tile's width is the power of 2 that
+    wastes the fewest lanes on its halo and past the last channel (96 channels: 2 tiles of 64, 60 or 56
+    channels each); its length takes the rest of `tile`'s activations, up to the pixels there are."""
     n, c, h, w = x.shape
     widths = [b for b in (16, 32, 64, 128) if b > 4 * halo] or [triton.next_power_of_2(4 * halo + 1)]
     block_c = min(widths, key=lambda b: (triton.cdiv(c, b - 2 * halo) * b, abs(b - 64)))
-    block_p = max(1, min(TILE // block_c, triton.next_power_of_2(h * w)))
-    return block_p, block_c, (n * triton.cdiv(h * w, block_p) * triton.cdiv(c, block_c - 2 * halo),)
+    block_p = max(1, min(tile[0] // block_c, triton.next_power_of_2(h * w)))
+    return block_p, block_c, (n * triton.cdiv(h * w, block_p) * triton.cdiv(c, block_c - 2 * halo),), tile[1]
 
 
-def _forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int,
-             save: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def launch_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, save: bool,
+                   tile: tuple[int, int] = TILE) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(b, D in float32 when `save`) from the forward kernel, launched with `tile`; no autograd."""
     x = _dense(x)
     _, c, h, w = x.shape
     y = torch.empty_like(x)
     denom = torch.empty_like(x, dtype=torch.float32) if save else None
     s_n, s_c, s_p = _pixel_strides(x)
-    block_p, block_c, grid = _launch(x, halo=size // 2)
+    block_p, block_c, grid, warps = _launch(x, size // 2, tile)
     if x.numel():  # an empty batch launches nothing
         wrap_triton(_lrn_forward_kernel)[grid](
             x, y, denom, c, c // groups, h * w, s_n, s_c, s_p, alpha, beta, k,
-            SIZE=size, SAVE=save, BLOCK_P=block_p, BLOCK_C=block_c)
+            SIZE=size, SAVE=save, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
     return y, denom
+
+
+def launch_backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor | None, size: int, alpha: float,
+                    beta: float, k: float, groups: int, tile: tuple[int, int] = TILE) -> torch.Tensor:
+    """∂L/∂a from the backward kernel, launched with `tile`; `denom` is the forward's D (with x's strides), or
+    None to recompute it."""
+    x = _dense(x)
+    _, c, h, w = x.shape
+    grad, (g_n, g_c, g_p) = _readable(grad)
+    dx = torch.empty_like(x)
+    s_n, s_c, s_p = _pixel_strides(x)
+    block_p, block_c, grid, warps = _launch(x, size // 2 if denom is not None else size - 1, tile)
+    if x.numel():
+        wrap_triton(_lrn_backward_kernel)[grid](
+            x, grad, denom, dx, c, c // groups, h * w, s_n, s_c, s_p, g_n, g_c, g_p,
+            alpha, beta, k, SIZE=size, SAVED=denom is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+    return dx
 
 
 @triton_op("alexrepro::lrn", mutates_args=())
 def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """LRN with α' = `alpha`; its backward recomputes the window sums."""
-    return _forward(x, size, alpha, beta, k, groups, save=False)[0]
+    return launch_forward(x, size, alpha, beta, k, groups, save=False)[0]
 
 
 @triton_op("alexrepro::lrn_saving_denominator", mutates_args=())
 def lrn_saving_denominator(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
                            groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(LRN, its denominator D in float32); the backward reads D instead of recomputing it."""
-    return _forward(x, size, alpha, beta, k, groups, save=True)
+    return launch_forward(x, size, alpha, beta, k, groups, save=True)
 
 
 @triton_op("alexrepro::lrn_backward", mutates_args=())
 def lrn_backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor | None, size: int, alpha: float,
                  beta: float, k: float, groups: int) -> torch.Tensor:
     """∂L/∂a from ∂L/∂b; `denom` is the forward's D (with x's strides), or None to recompute it."""
-    x = _dense(x)
-    _, c, h, w = x.shape
-    grad, (g_n, g_c, g_p) = _readable(grad)
-    dx = torch.empty_like(x)
-    s_n, s_c, s_p = _pixel_strides(x)
-    block_p, block_c, grid = _launch(x, halo=size // 2 if denom is not None else size - 1)
-    if x.numel():
-        wrap_triton(_lrn_backward_kernel)[grid](
-            x, grad, denom, dx, c, c // groups, h * w, s_n, s_c, s_p, g_n, g_c, g_p,
-            alpha, beta, k, SIZE=size, SAVED=denom is not None, BLOCK_P=block_p, BLOCK_C=block_c)
-    return dx
+    return launch_backward(grad, x, denom, size, alpha, beta, k, groups)
 
 
 def _setup(ctx, inputs, output) -> None:  # noqa: ANN001

@@ -204,7 +204,7 @@ step pytest 150 pytest.txt "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
 step profile 90 profile.json "${AX[@]}" bench profile "${NET[@]}" "${KT[@]}" "${DEV[@]}" "${PREC[@]}" \
   "${PROFILE_STEPS[@]}" --top 20 --trace "$OUT/profile_trace.json.gz" --json
 
-step lrn 60 lrn.json "${AX[@]}" bench lrn "${NET[@]}" "${DEV[@]}" "${PREC[@]}" --json
+step lrn 75 lrn.json "${AX[@]}" bench lrn "${NET[@]}" "${DEV[@]}" "${PREC[@]}" --json
 
 step curves 90 curves.json "${AX[@]}" bench curves "${NET[@]}" "${DEV[@]}" "${PREC[@]}" "${CURVES[@]}" \
   --variant run.lrn_kernel=triton --variant run.lrn_kernel=torch --json
