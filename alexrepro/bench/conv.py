@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.timing import time_interleaved
+from alexrepro.bench.timing import sig, time_interleaved
 from alexrepro.errors import UserError
 from alexrepro.nets.alexnet import (
     GROUPED,
@@ -41,11 +41,6 @@ from alexrepro.recipe_reader import load_recipe
 from alexrepro.runtime import autocast_dtype, resolve_device
 
 SWITCH_ABOVE = 1.3  # grouped ÷ ungrouped cost per FLOP above which the two-convolution form is worth a switch
-
-
-def _sig(x: float) -> float:
-    """x to 4 significant digits (ratios far from 1 keep their digits, as rounding to places would not)."""
-    return float(f"{x:.4g}")
 
 
 @dataclass(frozen=True)
@@ -158,20 +153,20 @@ def _setting(shapes: list[ConvShape], n: int, device: torch.device, dtype: torch
     layers: dict[str, Any] = {}
     for key, t in secs.items():
         layer, variant = key.split("/")
-        layers.setdefault(layer, {})[variant] = {"seconds": _sig(t), "gflop": float(f"{flops[key]:.6g}"),
-                                                 "ms_per_gflop": _sig(1e3 * t / flops[key])}
+        layers.setdefault(layer, {})[variant] = {"seconds": sig(t), "gflop": float(f"{flops[key]:.6g}"),
+                                                 "ms_per_gflop": sig(1e3 * t / flops[key])}
     for v in layers.values():
         if "same_flops" in v:
             per = {k: r["ms_per_gflop"] for k, r in v.items()}
-            v["grouped_vs_ungrouped_per_flop"] = _sig(per["net"] / per["same_flops"])
-            v["grouped_vs_full_per_flop"] = _sig(per["net"] / per["full"])
-            v["two_convs_vs_grouped_time"] = _sig(v["two_convs"]["seconds"] / v["net"]["seconds"])
+            v["grouped_vs_ungrouped_per_flop"] = sig(per["net"] / per["same_flops"])
+            v["grouped_vs_full_per_flop"] = sig(per["net"] / per["full"])
+            v["two_convs_vs_grouped_time"] = sig(v["two_convs"]["seconds"] / v["net"]["seconds"])
     grouped = [v for v in layers.values() if "same_flops" in v]
     total = {k: sum(v[k]["seconds"] for v in grouped) for k in ("net", "same_flops", "two_convs")} if grouped else {}
-    summary = {"net_seconds_all_layers": _sig(sum(v["net"]["seconds"] for v in layers.values()))}
+    summary = {"net_seconds_all_layers": sig(sum(v["net"]["seconds"] for v in layers.values()))}
     if total:
-        summary.update({"grouped_vs_ungrouped_per_flop": _sig(total["net"] / total["same_flops"]),
-                        "two_convs_vs_grouped_time": _sig(total["two_convs"] / total["net"])})
+        summary.update({"grouped_vs_ungrouped_per_flop": sig(total["net"] / total["same_flops"]),
+                        "two_convs_vs_grouped_time": sig(total["two_convs"] / total["net"])})
     return {"layers": layers, **summary}
 
 

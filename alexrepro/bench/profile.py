@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.timing import check_step_options
+from alexrepro.bench.timing import check_step_options, sig
 from alexrepro.bench.train import step_bench
 from alexrepro.errors import UserError
 from alexrepro.process.atomic import atomic_write_bytes, writable_file
@@ -317,8 +317,8 @@ def profile_train(
     report: dict[str, Any] = {
         "recipe": bench.recipe.name, "batch_size": n, "crop_size": bench.recipe.data.crop_size, "device": str(dev),
         "precision": precision, "channels_last": channels_last, "compile": compile_, "warmup": warmup, "steps": steps,
-        "seconds_per_step": float(f"{seconds:.4g}"), "images_per_s": float(f"{n / seconds:.4g}"),
-        "profiled_seconds_per_step": float(f"{profiled_seconds:.4g}"),
+        "seconds_per_step": sig(seconds), "images_per_s": sig(n / seconds),
+        "profiled_seconds_per_step": sig(profiled_seconds),
         "time_counted": "kernel time on the GPU" if dev.type == "cuda" else "self CPU time of ops",
         **summary,
     }

@@ -13,6 +13,12 @@ from alexrepro.errors import UserError
 from alexrepro.runtime import autocast_dtype, synchronize
 
 
+def sig(x: float) -> float:
+    """x to 4 significant digits, as the benchmarks report figures (ratios far from 1 keep their digits, as
+    rounding to places would not)."""
+    return float(f"{x:.4g}")
+
+
 def matmul_rate(device: torch.device, precision: str, n: int | None = None, seconds: float = 0.5) -> float:
     """Measured multiply-add rate (FLOP/s, 2 per multiply-add) of a square matmul in the precision."""
     n = n or (8192 if device.type == "cuda" else 1024)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from alexrepro.bench.lrn import lrn_timings
 from alexrepro.bench.machine import machine_info
-from alexrepro.bench.timing import check_step_options, matmul_rate, synthetic_batch, time_interleaved
+from alexrepro.bench.timing import check_step_options, matmul_rate, sig, synthetic_batch, time_interleaved
 from alexrepro.errors import UserError
 from alexrepro.nets.lrn import check_kernel_device
 from alexrepro.nets.summary import forward_macs
@@ -63,9 +63,9 @@ def optimizer_timings(model: torch.nn.Module, cfg: Any, device: torch.device, st
     secs = time_interleaved({"fused": ours.step, "per_tensor": per_tensor, "torch_sgd": sgd.step},
                             steps, 1, rounds, device)
     return {"parameters": sum(p.numel() for p in params),
-            "seconds_per_update": {k: float(f"{v:.4g}") for k, v in secs.items()},
-            "fused_speedup_vs_per_tensor": float(f"{secs['per_tensor'] / secs['fused']:.4g}"),
-            "fused_speedup_vs_torch_sgd": float(f"{secs['torch_sgd'] / secs['fused']:.4g}")}
+            "seconds_per_update": {k: sig(v) for k, v in secs.items()},
+            "fused_speedup_vs_per_tensor": sig(secs['per_tensor'] / secs['fused']),
+            "fused_speedup_vs_torch_sgd": sig(secs['torch_sgd'] / secs['fused'])}
 
 
 def _cycle(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -208,8 +208,8 @@ def train_report(bench: StepBench, results: dict[str, float], steps: int, rounds
     }
     for name, secs in results.items():
         ips = n / secs
-        report["loops"][name] = {"seconds_per_step": float(f"{secs:.4g}"), "images_per_s": float(f"{ips:.4g}"),
-                                 "fraction_of_ceiling": float(f"{ips / ceiling:.4g}")}
+        report["loops"][name] = {"seconds_per_step": sig(secs), "images_per_s": sig(ips),
+                                 "fraction_of_ceiling": sig(ips / ceiling)}
     report["overhead_vs_plain"] = round(results["ours"] / results["plain"] - 1, 4)
     if "end_to_end" in results:
         # Training drops the last partial batch (data.drop_last), so every timed batch has n images.
