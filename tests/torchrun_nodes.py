@@ -117,12 +117,23 @@ def nodes(commands: list[list[str]], env: dict[str, str], tmp: Path) -> Iterator
         end(procs)
 
 
+def is_worker(pid: int) -> bool:
+    """Whether `pid` runs a worker's own command (`python -u -m alexrepro ...`). Not a child the agent forked
+    that has not exec'd yet: torchrun forks `ldconfig` as it starts, and until the exec that child shows
+    torchrun's command line, which names alexrepro too."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:  # ended between the listing and the read
+        return False
+    return b"alexrepro" in args and b"torch.distributed.run" not in args
+
+
 def worker(agent: subprocess.Popen) -> int:
     """The pid of the one worker an agent runs now (waiting until it runs)."""
     found: list[int] = []
 
     def started() -> bool:
-        found[:] = [c for c in children(agent.pid) if b"alexrepro" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        found[:] = [c for c in children(agent.pid) if is_worker(c)]
         return len(found) == 1 or agent.poll() is not None
 
     wait_for(started, "the agent's worker", timeout=300)
